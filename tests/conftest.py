@@ -1,0 +1,16 @@
+"""Shared test configuration.
+
+Unit tests (tests/unit) need no Ray. Integration tests share one Ray cluster per
+session through the fixtures in tests/integration/conftest.py.
+"""
+
+from hypothesis import HealthCheck, settings
+
+# The machines here are shared and noisy: no hypothesis deadline, bounded examples.
+settings.register_profile(
+    "xenray",
+    deadline=None,
+    max_examples=200,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("xenray")
