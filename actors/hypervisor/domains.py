@@ -1,0 +1,203 @@
+"""The hypervisor's domain table: ids, pause counts, shutdown latching, life cycle.
+
+Pure bookkeeping following ``xen/common/domain.c`` and ``domid.c`` (xen-reference.md 1,
+12.2): domids are allocated upward from the last one handed out, wrapping to 1, never 0
+twice in a row; a new domain starts with one controller pause; pauses are reference
+counted (above 255 -EOVERFLOW, below 0 -EINVAL); only the first shutdown code sticks; a
+destroyed domain reports ``dying`` only once it is dead, and lingers as a zombie while
+other domains still map pages it granted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import secrets
+
+from protocols.errno import Errno, XenError
+
+DOMID_FIRST_RESERVED = 0x7FF0
+DOMID_ANY = 0x7FF5
+MAX_PAUSE_COUNT = 255
+PAGE_SIZE = 4096
+
+
+class Dying(enum.IntEnum):
+    """``d->is_dying`` (``xen/include/xen/sched.h``)."""
+
+    ALIVE = 0
+    DYING = 1
+    DEAD = 2
+
+
+class DomInfo(enum.IntFlag):
+    """``XEN_DOMINF_*`` flags of getdomaininfo (``xen/include/public/domctl.h``)."""
+
+    dying = 1 << 0
+    hvm_guest = 1 << 1
+    shutdown = 1 << 2
+    paused = 1 << 3
+    blocked = 1 << 4
+    running = 1 << 5
+    debugged = 1 << 6
+    xs_domain = 1 << 7
+    hap = 1 << 8
+
+
+DOMINF_SHUTDOWNSHIFT = 16
+
+
+@dataclasses.dataclass
+class Domain:
+    """One domain's hypervisor-side state. Mutated only through :class:`DomainTable`."""
+
+    domid: int
+    secret: str
+    handle: bytes = bytes(16)  # the toolstack's UUID
+    hvm: bool = False
+    privileged: bool = False
+    max_vcpus: int = 1
+    online_vcpus: int = 1
+    max_pages: int = 0
+    tot_pages: int = 0
+    pause_count: int = 1  # creation leaves one controller pause (12.2)
+    shutdown_code: int | None = None
+    is_shutdown: bool = False
+    dying: Dying = Dying.ALIVE
+    blocked: bool = False  # every online vCPU blocked (reported by the guest kernel)
+    cpu_time_ns: int = 0
+
+    @property
+    def paused(self) -> bool:
+        return self.pause_count > 0
+
+    def info_flags(self) -> int:
+        """``getdomaininfo`` flags, with the shutdown code in bits 16..23."""
+        flags = DomInfo(0)
+        if self.dying is Dying.DEAD:
+            flags |= DomInfo.dying
+        if self.hvm:
+            flags |= DomInfo.hvm_guest
+        if self.is_shutdown:
+            flags |= DomInfo.shutdown
+        if self.paused:
+            flags |= DomInfo.paused
+        runnable = self.online_vcpus > 0 and not self.paused and not self.is_shutdown
+        if runnable and self.dying is Dying.ALIVE:
+            flags |= DomInfo.blocked if self.blocked else DomInfo.running
+        code = self.shutdown_code if self.shutdown_code is not None else 0
+        return int(flags) | (code & 0xFF) << DOMINF_SHUTDOWNSHIFT
+
+
+class DomainTable:
+    """All domains of one host and the host's memory budget, in pages."""
+
+    def __init__(self, *, host_pages: int) -> None:
+        self.host_pages = host_pages
+        self.domains: dict[int, Domain] = {}
+        self._last_domid = 0
+
+    # -- creation and destruction -------------------------------------------------------
+
+    def create(self, *, domid: int = DOMID_ANY, privileged: bool = False, hvm: bool = False,
+               max_vcpus: int = 1, handle: bytes = bytes(16)) -> Domain:
+        """``XEN_DOMCTL_createdomain``: a new domain, paused once."""
+        if domid == DOMID_ANY:
+            domid = self._alloc_domid()
+        elif not 0 <= domid < DOMID_FIRST_RESERVED:
+            raise XenError(Errno.EINVAL, f"domid {domid} is reserved")
+        elif domid in self.domains:
+            raise XenError(Errno.EEXIST, f"domid {domid} is in use")
+        if not 1 <= max_vcpus <= 128:
+            raise XenError(Errno.EINVAL, f"max_vcpus {max_vcpus}")
+        dom = Domain(domid=domid, secret=secrets.token_hex(16), handle=handle, hvm=hvm,
+                     privileged=privileged, max_vcpus=max_vcpus, online_vcpus=max_vcpus)
+        self.domains[domid] = dom
+        if domid != 0:
+            self._last_domid = domid
+        return dom
+
+    def _alloc_domid(self) -> int:
+        """``domid_alloc`` with DOMID_ANY: upward from last+1 through 0x7FEF, then from 1."""
+        candidates = [*range(self._last_domid + 1, DOMID_FIRST_RESERVED),
+                      *range(1, self._last_domid + 1)]
+        for domid in candidates:
+            if domid not in self.domains:
+                return domid
+        raise XenError(Errno.ENOSPC, "no free domid")
+
+    def get(self, domid: int) -> Domain:
+        dom = self.domains.get(domid)
+        if dom is None or dom.dying is Dying.DEAD:
+            raise XenError(Errno.ESRCH, f"no domain {domid}")
+        return dom
+
+    def kill(self, domid: int) -> Domain:
+        """``domain_kill``: alive -> dying; the caller tears down, then calls :meth:`reap`."""
+        dom = self.get(domid)
+        if dom.domid == 0:
+            raise XenError(Errno.EINVAL, "dom0 cannot be destroyed")
+        dom.dying = Dying.DYING
+        dom.pause_count = max(dom.pause_count, 1)
+        return dom
+
+    def reap(self, domid: int, *, zombie: bool) -> None:
+        """Teardown done: the domain is dead; it stays listed only as a zombie."""
+        dom = self.domains[domid]
+        dom.dying = Dying.DEAD
+        dom.tot_pages = 0
+        if not zombie:
+            del self.domains[domid]
+
+    # -- pause and shutdown ------------------------------------------------------------
+
+    def pause(self, domid: int, *, caller: int) -> None:
+        dom = self.get(domid)
+        if domid == caller:
+            raise XenError(Errno.EINVAL, "a domain cannot pause itself")
+        if dom.pause_count >= MAX_PAUSE_COUNT:
+            raise XenError(Errno.EOVERFLOW, "pause count overflow")
+        dom.pause_count += 1
+
+    def unpause(self, domid: int, *, caller: int) -> None:
+        dom = self.get(domid)
+        if domid == caller:
+            raise XenError(Errno.EINVAL, "a domain cannot unpause itself")
+        if dom.pause_count == 0:
+            raise XenError(Errno.EINVAL, "domain is not paused")
+        dom.pause_count -= 1
+
+    def shutdown(self, domid: int, reason: int) -> bool:
+        """``domain_shutdown``: latch the first code. Returns True if this call latched it."""
+        dom = self.get(domid)
+        if dom.shutdown_code is not None:
+            return False
+        dom.shutdown_code = reason
+        dom.is_shutdown = True
+        return True
+
+    def resume(self, domid: int) -> None:
+        """``XEN_DOMCTL_resumedomain``: clear the shutdown state and code."""
+        dom = self.get(domid)
+        dom.shutdown_code = None
+        dom.is_shutdown = False
+
+    # -- memory ------------------------------------------------------------------------
+
+    @property
+    def host_free_pages(self) -> int:
+        return self.host_pages - sum(d.tot_pages for d in self.domains.values())
+
+    def set_max_pages(self, domid: int, max_pages: int) -> None:
+        """``XEN_DOMCTL_max_mem``: lowering below tot_pages is allowed (13)."""
+        if max_pages < 0:
+            raise XenError(Errno.EINVAL, "negative max_mem")
+        self.get(domid).max_pages = max_pages
+
+    def populate(self, domid: int, nr_pages: int) -> int:
+        """Grow a domain by ``nr_pages`` within max_pages and the host budget; returns done."""
+        dom = self.get(domid)
+        room = min(dom.max_pages - dom.tot_pages, self.host_free_pages)
+        done = max(0, min(nr_pages, room))
+        dom.tot_pages += done
+        return done
