@@ -180,6 +180,11 @@ MEMORY_OP = {
     "populate_physmap": _RESERVATION,
     "current_reservation": struct(domid=DOMID),
     "maximum_reservation": struct(domid=DOMID),
+    # struct xen_add_to_physmap_batch: Dom0 tools map a guest's frames with
+    # space = XENMAPSPACE_gmfn_foreign (4); the emulator answers with the memory file.
+    "add_to_physmap_batch": struct(
+        domid=DOMID, space=U32, size=U16, foreign_domid=DOMID,
+        idxs=Array(U64, MAX_EXTENTS), gpfns=Array(U64, MAX_EXTENTS)),
 }
 
 # xen/include/public/vcpu.h.

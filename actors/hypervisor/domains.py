@@ -15,9 +15,8 @@ import enum
 import secrets
 
 from protocols.errno import Errno, XenError
+from protocols.hypercall import DOMID_ANY, DOMID_FIRST_RESERVED, DomInfoFlag, dominf_flags
 
-DOMID_FIRST_RESERVED = 0x7FF0
-DOMID_ANY = 0x7FF5
 MAX_PAUSE_COUNT = 255
 PAGE_SIZE = 4096
 
@@ -30,21 +29,6 @@ class Dying(enum.IntEnum):
     DEAD = 2
 
 
-class DomInfo(enum.IntFlag):
-    """``XEN_DOMINF_*`` flags of getdomaininfo (``xen/include/public/domctl.h``)."""
-
-    dying = 1 << 0
-    hvm_guest = 1 << 1
-    shutdown = 1 << 2
-    paused = 1 << 3
-    blocked = 1 << 4
-    running = 1 << 5
-    debugged = 1 << 6
-    xs_domain = 1 << 7
-    hap = 1 << 8
-
-
-DOMINF_SHUTDOWNSHIFT = 16
 
 
 @dataclasses.dataclass
@@ -73,20 +57,19 @@ class Domain:
 
     def info_flags(self) -> int:
         """``getdomaininfo`` flags, with the shutdown code in bits 16..23."""
-        flags = DomInfo(0)
+        flags = DomInfoFlag(0)
         if self.dying is Dying.DEAD:
-            flags |= DomInfo.dying
+            flags |= DomInfoFlag.dying
         if self.hvm:
-            flags |= DomInfo.hvm_guest
+            flags |= DomInfoFlag.hvm_guest
         if self.is_shutdown:
-            flags |= DomInfo.shutdown
+            flags |= DomInfoFlag.shutdown
         if self.paused:
-            flags |= DomInfo.paused
+            flags |= DomInfoFlag.paused
         runnable = self.online_vcpus > 0 and not self.paused and not self.is_shutdown
         if runnable and self.dying is Dying.ALIVE:
-            flags |= DomInfo.blocked if self.blocked else DomInfo.running
-        code = self.shutdown_code if self.shutdown_code is not None else 0
-        return int(flags) | (code & 0xFF) << DOMINF_SHUTDOWNSHIFT
+            flags |= DomInfoFlag.blocked if self.blocked else DomInfoFlag.running
+        return dominf_flags(flags, self.shutdown_code or 0)
 
 
 class DomainTable:

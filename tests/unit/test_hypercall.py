@@ -149,6 +149,7 @@ SERVED = {
     Hypercall.memory_op: {
         MemoryOp.increase_reservation, MemoryOp.decrease_reservation,
         MemoryOp.populate_physmap, MemoryOp.current_reservation, MemoryOp.maximum_reservation,
+        MemoryOp.add_to_physmap_batch,
     },
     Hypercall.vcpu_op: {VcpuOp.up, VcpuOp.down, VcpuOp.is_up, VcpuOp.get_runstate_info},
     Hypercall.xen_version: set(XenVersion),

@@ -1,0 +1,58 @@
+"""What the hypervisor's state machine asks its Ray shell to do (effects are data).
+
+The state machine never touches a file, a process or the transport; it returns these and
+``actor.py`` carries them out in order, before the hypercall's reply leaves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class Deliver:
+    """Raise an upcall at ``endpoint`` for these (already dequeued) event-channel ports."""
+
+    endpoint: str
+    domid: int
+    ports: tuple[int, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class GateVcpus:
+    """Stop (``paused=True``) or restart a domain's vCPUs: its kernel stops making progress."""
+
+    endpoint: str
+    paused: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class SizeMemory:
+    """Create or grow a domain's memory file to ``nr_pages`` frames."""
+
+    path: str
+    nr_pages: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ReleaseMemory:
+    path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchVcpu:
+    """Watch the process running a domain's vCPUs: its death is the domain crashing."""
+
+    domid: int
+    pid: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ConsoleLine:
+    """``CONSOLEIO_write``: text for the hypervisor's own console (its log)."""
+
+    domid: int
+    text: str
+
+
+Effect = Deliver | GateVcpus | SizeMemory | ReleaseMemory | WatchVcpu | ConsoleLine

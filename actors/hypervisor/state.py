@@ -1,0 +1,362 @@
+"""The hypervisor of one emulated host, as a pure state machine.
+
+It manages CPU and memory only (DESIGN.md): the domain table, memory, event channels,
+grant tables. Every request arrives as a msgpack hypercall with the caller's credential;
+:meth:`Hypervisor.hypercall` returns the encoded ``[rc, result]`` plus the effects the Ray
+shell must carry out. State changes only through :meth:`hypercall`, :meth:`boot_dom0` and
+:meth:`vcpu_exited`; never touch the attributes from outside.
+
+Upcall routing: a port's upcall goes to the endpoint (actor) that bound or allocated it,
+as ``/dev/xen/evtchn`` is per process in a real Dom0; a DomU has one endpoint, fixed by the
+toolstack when it sets the vCPU context. When an upcall is due the hypervisor performs the
+guest's part of the 2-level protocol on the domain's behalf (clear ``evtchn_upcall_pending``,
+the selector, then each pending port, 19.1) and ships the dequeued ports with the upcall, so
+no two processes ever read-modify-write the same bitmap word.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from actors.hypervisor.domains import PAGE_SIZE, Domain, DomainTable, Dying
+from actors.hypervisor.effects import (ConsoleLine, Deliver, Effect, GateVcpus, ReleaseMemory,
+                                       SizeMemory, WatchVcpu)
+from protocols import evtchn as ev
+from protocols.errno import Errno, XenError
+from protocols.hypercall import (DOMID_SELF, ConsoleIO, CreateDomainFlag, Domctl, EvtchnOp,
+                                 Hypercall, MemoryOp, Runstate, SchedOp, ShutdownReason, Sysctl, VcpuOp,
+                                 Virq, XenVersion, decode_call, encode_result)
+
+XEN_VERSION = (4, 22)
+XENMAPSPACE_gmfn_foreign = 4
+
+
+class Hypervisor:
+    def __init__(self, host: str, *, memory_mib: int, pcpus: int, mem_prefix: str,
+                 cpu_time_ns: Callable[[int], int] = lambda domid: 0) -> None:
+        self.host = host
+        self.pcpus = pcpus
+        self.mem_prefix = mem_prefix
+        self.table = DomainTable(host_pages=memory_mib * 1024 * 1024 // PAGE_SIZE)
+        self.evtchn = ev.EventChannels(hardware_domid=0)
+        self._cpu_time_ns = cpu_time_ns
+        self._domu_endpoint: dict[int, str] = {}
+        self._port_endpoint: dict[tuple[int, int], str] = {}
+        self._pids: dict[int, int] = {}
+        self.stats = {"hypercalls": 0, "refused": 0, "errors": 0, "upcalls": 0}
+        self._handlers: dict[Hypercall, Callable[[Domain, str, Any, dict], tuple[Any, list]]] = {
+            Hypercall.xen_version: self._xen_version,
+            Hypercall.console_io: self._console_io,
+            Hypercall.sched_op: self._sched_op,
+            Hypercall.event_channel_op: self._event_channel_op,
+            Hypercall.memory_op: self._memory_op,
+            Hypercall.vcpu_op: self._vcpu_op,
+            Hypercall.domctl: self._domctl,
+            Hypercall.sysctl: self._sysctl,
+        }
+
+    # -- entry points ------------------------------------------------------------------
+
+    def boot_dom0(self, *, memory_mib: int, vcpus: int = 1) -> Domain:
+        """Xen's boot: build the one privileged domain, unpaused, owning its memory."""
+        dom0 = self.table.create(domid=0, privileged=True, max_vcpus=vcpus)
+        self.table.set_max_pages(0, memory_mib * 256)
+        self.table.populate(0, memory_mib * 256)
+        dom0.pause_count = 0
+        self.evtchn.add_domain(0, privileged=True, max_vcpus=vcpus)
+        return dom0
+
+    def hypercall(self, domid: int, secret: str, endpoint: str,
+                  data: bytes) -> tuple[bytes, list[Effect]]:
+        """Authenticate the caller, decode, dispatch; every error becomes Xen's rc."""
+        self.stats["hypercalls"] += 1
+        dom = self.table.domains.get(domid)
+        if dom is None or dom.dying is not Dying.ALIVE or not hmac.compare_digest(
+                dom.secret, secret):
+            self.stats["refused"] += 1
+            return encode_result(-Errno.EPERM), []
+        if not dom.privileged:
+            endpoint = self._domu_endpoint.get(domid, endpoint)
+        try:
+            req = decode_call(data)
+            handler = self._handlers.get(req.op)
+            if handler is None:
+                raise XenError(Errno.ENOSYS, f"hypercall {req.op.name} is not emulated")
+            result, effects = handler(dom, endpoint, req.subop, req.args)
+        except XenError as e:
+            self.stats["errors"] += 1
+            return encode_result(e.rc), []
+        rc, value = result if isinstance(result, tuple) else (0, result)
+        return encode_result(rc, value), effects
+
+    def vcpu_exited(self, domid: int) -> list[Effect]:
+        """The process running a domain's vCPUs died: unless it was being destroyed, crash."""
+        dom = self.table.domains.get(domid)
+        if dom is None or dom.dying is not Dying.ALIVE:
+            return []
+        return self._shutdown(dom, ShutdownReason.crash)
+
+    def statistics(self) -> dict[str, Any]:
+        es = self.evtchn.statistics()
+        return {
+            **self.stats,
+            "domains": len(self.table.domains),
+            "host_pages": self.table.host_pages,
+            "free_pages": self.table.host_free_pages,
+            "evtchn_sends": es.sends,
+            "evtchn_upcalls": es.upcalls,
+            "evtchn_coalesced": es.coalesced,
+        }
+
+    def memory_path(self, domid: int) -> str:
+        return f"{self.mem_prefix}-d{domid}"
+
+    # -- upcall routing ----------------------------------------------------------------
+
+    def _route(self, upcall: ev.Upcall | None) -> list[Effect]:
+        if upcall is None:
+            return []
+        ports = self.evtchn.shared_info(upcall.domid).guest_take_pending(upcall.vcpu)
+        by_endpoint: dict[str, list[int]] = {}
+        for port in ports:
+            ep = self._port_endpoint.get((upcall.domid, port))
+            if ep is not None:
+                by_endpoint.setdefault(ep, []).append(port)
+        self.stats["upcalls"] += len(by_endpoint)
+        return [Deliver(ep, upcall.domid, tuple(p)) for ep, p in by_endpoint.items()]
+
+    def _own_port(self, domid: int, port: int, endpoint: str) -> None:
+        self._port_endpoint[(domid, port)] = endpoint
+
+    # -- hypercall families ------------------------------------------------------------
+
+    def _xen_version(self, dom, ep, sub, args):
+        major, minor = XEN_VERSION
+        answers = {
+            XenVersion.version: major << 16 | minor,
+            XenVersion.extraversion: "-xenray",
+            XenVersion.capabilities: "xen-3.0-x86_64 hvm-3.0-x86_64",
+            XenVersion.pagesize: PAGE_SIZE,
+            XenVersion.get_features: 0,
+            XenVersion.changeset: "xenray",
+            XenVersion.compile_info: {"compiler": "python", "compile_by": "xenray"},
+        }
+        if sub not in answers:
+            raise XenError(Errno.ENOSYS)
+        return answers[sub], []
+
+    def _console_io(self, dom, ep, sub, args):
+        if sub == ConsoleIO.write:
+            return 0, [ConsoleLine(dom.domid, args["buf"].decode("utf-8", "replace"))]
+        raise XenError(Errno.ENOSYS, "CONSOLEIO_read has no input here")
+
+    def _sched_op(self, dom, ep, sub, args):
+        if sub in (SchedOp.yield_, SchedOp.block):
+            return 0, []
+        if sub == SchedOp.shutdown:
+            return 0, self._shutdown(dom, _reason(args["reason"]))
+        if sub == SchedOp.remote_shutdown:
+            _privileged(dom)
+            target = self.table.get(args["domain_id"])
+            return 0, self._shutdown(target, _reason(args["reason"]))
+        raise XenError(Errno.ENOSYS)
+
+    def _shutdown(self, dom: Domain, reason: int) -> list[Effect]:
+        """``domain_shutdown``: latch the first code, stop the vCPUs, tell Dom0 (DOM_EXC)."""
+        if not self.table.shutdown(dom.domid, reason):
+            return []
+        effects: list[Effect] = []
+        if dom.domid in self._domu_endpoint:
+            effects.append(GateVcpus(self._domu_endpoint[dom.domid], True))
+        return effects + self._route(self.evtchn.send_global_virq(Virq.DOM_EXC))
+
+    def _event_channel_op(self, dom, ep, sub, a):
+        d, evc = dom.domid, self.evtchn
+        if sub == EvtchnOp.alloc_unbound:
+            owner = d if a["dom"] == DOMID_SELF else a["dom"]
+            port = evc.alloc_unbound(d, a["dom"], a["remote_dom"])
+            self._own_port(owner, port, ep if owner == d else self._domu_endpoint.get(owner, ep))
+            return {"port": port}, []
+        if sub == EvtchnOp.bind_interdomain:
+            port, upcall = evc.bind_interdomain(d, a["remote_dom"], a["remote_port"])
+            self._own_port(d, port, ep)
+            return {"local_port": port}, self._route(upcall)
+        if sub == EvtchnOp.bind_virq:
+            port = evc.bind_virq(d, a["virq"], a["vcpu"])
+            self._own_port(d, port, ep)
+            return {"port": port}, []
+        if sub == EvtchnOp.bind_ipi:
+            port = evc.bind_ipi(d, a["vcpu"])
+            self._own_port(d, port, ep)
+            return {"port": port}, []
+        if sub == EvtchnOp.send:
+            return 0, self._route(evc.send(d, a["port"]))
+        if sub == EvtchnOp.close:
+            evc.close(d, a["port"])
+            self._port_endpoint.pop((d, a["port"]), None)
+            return 0, []
+        if sub == EvtchnOp.unmask:
+            return 0, self._route(evc.unmask(d, a["port"]))
+        if sub == EvtchnOp.status:
+            s = evc.status(d, a["dom"], a["port"])
+            return {"status": int(s.status), "vcpu": s.vcpu, "unbound_dom": s.unbound_dom,
+                    "interdomain_dom": s.interdomain_dom,
+                    "interdomain_port": s.interdomain_port, "virq": s.virq}, []
+        if sub == EvtchnOp.bind_vcpu:
+            evc.bind_vcpu(d, a["port"], a["vcpu"])
+            return 0, []
+        if sub == EvtchnOp.reset:
+            target = d if a["dom"] == DOMID_SELF else a["dom"]
+            evc.reset(d, a["dom"])
+            self._port_endpoint = {k: v for k, v in self._port_endpoint.items()
+                                   if k[0] != target}
+            return 0, []
+        raise XenError(Errno.ENOSYS)
+
+    def _memory_op(self, dom, ep, sub, a):
+        if sub in (MemoryOp.current_reservation, MemoryOp.maximum_reservation):
+            target = self._target(dom, a["domid"])
+            pages = target.tot_pages if sub == MemoryOp.current_reservation else target.max_pages
+            return (pages, None), []  # memory_op returns counts as its rc (13)
+        if sub in (MemoryOp.populate_physmap, MemoryOp.increase_reservation):
+            target = self._target(dom, a["domid"])
+            want = a["nr_extents"] << a["extent_order"]
+            done = self.table.populate(target.domid, want)
+            extents = done >> a["extent_order"]
+            effects = [SizeMemory(self.memory_path(target.domid), target.tot_pages)] if done else []
+            return (extents, None), effects
+        if sub == MemoryOp.decrease_reservation:
+            target = self._target(dom, a["domid"])
+            pages = min(a["nr_extents"] << a["extent_order"], target.tot_pages)
+            target.tot_pages -= pages
+            return (pages >> a["extent_order"], None), []
+        if sub == MemoryOp.add_to_physmap_batch:
+            _privileged(dom)
+            if a["space"] != XENMAPSPACE_gmfn_foreign:
+                raise XenError(Errno.EINVAL, "only XENMAPSPACE_gmfn_foreign is emulated")
+            foreign = self.table.get(a["foreign_domid"])
+            errs = [0 if i < foreign.tot_pages else -Errno.EINVAL for i in a["idxs"]]
+            return {"errs": errs, "path": self.memory_path(foreign.domid)}, []
+        raise XenError(Errno.ENOSYS)
+
+    def _target(self, dom: Domain, domid: int) -> Domain:
+        """``DOMID_SELF`` or the caller itself; another domain only for a privileged caller."""
+        if domid in (DOMID_SELF, dom.domid):
+            return dom
+        _privileged(dom)
+        return self.table.get(domid)
+
+    def _vcpu_op(self, dom, ep, sub, a):
+        if a["vcpuid"] >= dom.max_vcpus:
+            raise XenError(Errno.ENOENT, f"no vCPU {a['vcpuid']}")
+        if sub == VcpuOp.is_up:
+            return int(a["vcpuid"] < dom.online_vcpus), []
+        if sub == VcpuOp.get_runstate_info:
+            stopped = dom.paused or dom.is_shutdown
+            state = Runstate.offline if stopped else Runstate.running
+            return {"state": int(state), "time": [self._cpu_time_ns(dom.domid), 0, 0, 0]}, []
+        raise XenError(Errno.ENOSYS)
+
+    # -- privileged: domctl and sysctl -------------------------------------------------
+
+    def _domctl(self, dom, ep, sub, a):
+        _privileged(dom)
+        if sub == Domctl.createdomain:
+            flags = CreateDomainFlag(a["flags"])
+            new = self.table.create(domid=a["domain"], hvm=bool(flags & CreateDomainFlag.hvm),
+                                    max_vcpus=a["max_vcpus"] or 1, handle=a["handle"])
+            max_port = a["max_evtchn_port"] or ev.MAX_EVENT_CHANNELS_DEFAULT
+            self.evtchn.add_domain(new.domid, max_port=max_port, max_vcpus=new.max_vcpus)
+            return {"domain": new.domid, "secret": new.secret}, []
+        target = self.table.get(a["domain"])
+        d = target.domid
+        if sub == Domctl.getdomaininfo:
+            return self._dominfo(target), []
+        if sub == Domctl.pausedomain:
+            self.table.pause(d, caller=dom.domid)
+            return 0, self._gate(target)
+        if sub == Domctl.unpausedomain:
+            self.table.unpause(d, caller=dom.domid)
+            return 0, self._gate(target)
+        if sub == Domctl.max_mem:
+            self.table.set_max_pages(d, a["max_memkb"] >> 2)
+            return 0, []
+        if sub == Domctl.setvcpucontext:
+            return 0, self._set_vcpu_context(target, a["ctxt"])
+        if sub == Domctl.resumedomain:
+            self.table.resume(d)
+            return 0, self._gate(target)
+        if sub == Domctl.destroydomain:
+            return 0, self._destroy(target)
+        raise XenError(Errno.ENOSYS)
+
+    def _set_vcpu_context(self, target: Domain, ctxt: bytes) -> list[Effect]:
+        """The toolstack hands over the process that runs the vCPUs, and its endpoint."""
+        try:
+            ctx = msgpack.unpackb(ctxt, raw=False)
+            pid, endpoint = int(ctx["pid"]), str(ctx["endpoint"])
+        except Exception as e:  # hostile bytes from Dom0 still only get -EINVAL
+            raise XenError(Errno.EINVAL, "vCPU context needs pid and endpoint") from e
+        self._domu_endpoint[target.domid] = endpoint
+        for key in [k for k in self._port_endpoint if k[0] == target.domid]:
+            self._port_endpoint[key] = endpoint
+        self._pids[target.domid] = pid
+        return [WatchVcpu(target.domid, pid)]
+
+    def _gate(self, target: Domain) -> list[Effect]:
+        ep = self._domu_endpoint.get(target.domid)
+        if ep is None:
+            return []
+        return [GateVcpus(ep, target.paused or target.is_shutdown)]
+
+    def _destroy(self, target: Domain) -> list[Effect]:
+        """``domain_kill``: close its event channels (peers go UNBOUND), free memory, DOM_EXC."""
+        d = target.domid
+        self.table.kill(d)
+        self.evtchn.remove_domain(d)
+        self._port_endpoint = {k: v for k, v in self._port_endpoint.items() if k[0] != d}
+        self._domu_endpoint.pop(d, None)
+        self._pids.pop(d, None)
+        self.table.reap(d, zombie=False)
+        return [ReleaseMemory(self.memory_path(d)),
+                *self._route(self.evtchn.send_global_virq(Virq.DOM_EXC))]
+
+    def _dominfo(self, target: Domain) -> dict[str, Any]:
+        return {
+            "domain": target.domid,
+            "flags": target.info_flags(),
+            "tot_pages": target.tot_pages,
+            "max_pages": target.max_pages,
+            "cpu_time": self._cpu_time_ns(target.domid),
+            "nr_online_vcpus": target.online_vcpus,
+            "max_vcpu_id": target.max_vcpus - 1,
+            "handle": target.handle,
+            "ssidref": 0,
+            "cpupool": 0,
+        }
+
+    def _sysctl(self, dom, ep, sub, a):
+        _privileged(dom)
+        if sub == Sysctl.getdomaininfolist:
+            doms = sorted(d for d in self.table.domains if d >= a["first_domain"])
+            return [self._dominfo(self.table.domains[d]) for d in doms[:a["max_domains"]]], []
+        if sub == Sysctl.physinfo:
+            return {"nr_cpus": self.pcpus, "total_pages": self.table.host_pages,
+                    "free_pages": self.table.host_free_pages, "host": self.host}, []
+        raise XenError(Errno.ENOSYS)
+
+
+def _privileged(dom: Domain) -> None:
+    if not dom.privileged:
+        raise XenError(Errno.EPERM, "privileged operation")
+
+
+def _reason(value: int) -> int:
+    try:
+        return ShutdownReason(value)
+    except ValueError as e:
+        raise XenError(Errno.EINVAL, f"shutdown reason {value}") from e

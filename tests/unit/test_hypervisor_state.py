@@ -1,0 +1,161 @@
+"""The hypervisor state machine, driven with real msgpack hypercalls and no Ray."""
+
+import msgpack
+import pytest
+
+from actors.hypervisor.effects import Deliver, GateVcpus, ReleaseMemory, SizeMemory, WatchVcpu
+from actors.hypervisor.state import Hypervisor
+from protocols.errno import Errno
+from protocols.hypercall import (DOMID_ANY, DOMID_SELF, DomInfoFlag, Domctl, EvtchnOp,
+                                 Hypercall, MemoryOp, SchedOp, ShutdownReason, Sysctl, Virq,
+                                 XenVersion, decode_result, dominf_shutdown_code, encode_call)
+
+HANDLE = bytes(range(16))
+
+
+class Caller:
+    def __init__(self, hv, domid, secret, endpoint):
+        self.hv, self.domid, self.secret, self.endpoint = hv, domid, secret, endpoint
+        self.effects = []
+
+    def __call__(self, op, subop, **args):
+        reply, effects = self.hv.hypercall(self.domid, self.secret, self.endpoint,
+                                           encode_call(op, subop, args))
+        self.effects = effects
+        res = decode_result(reply)
+        return res.rc, res.result
+
+
+@pytest.fixture
+def hv():
+    h = Hypervisor("h1", memory_mib=64, pcpus=2, mem_prefix="/dev/shm/test")
+    h.boot_dom0(memory_mib=16)
+    return h
+
+
+def dom0(hv, endpoint="h1/xl"):
+    return Caller(hv, 0, hv.table.domains[0].secret, endpoint)
+
+
+def create(hv, mib=8):
+    xl = dom0(hv)
+    rc, res = xl(Hypercall.domctl, Domctl.createdomain, domain=DOMID_ANY, ssidref=0,
+                 handle=HANDLE, flags=0, max_vcpus=1, max_evtchn_port=1023,
+                 max_grant_frames=-1, max_maptrack_frames=-1)
+    assert rc == 0
+    domid = res["domain"]
+    assert xl(Hypercall.domctl, Domctl.max_mem, domain=domid, max_memkb=mib * 1024)[0] == 0
+    rc, done = xl(Hypercall.memory_op, MemoryOp.populate_physmap, extent_start=[],
+                  nr_extents=mib * 256, extent_order=0, mem_flags=0, domid=domid)
+    return domid, res["secret"], rc, xl.effects
+
+
+def test_hypervisor_12_2_new_domain_is_paused_once_and_gets_memory(hv):
+    domid, _, rc, effects = create(hv)
+    assert domid == 1 and rc == 8 * 256
+    assert effects == [SizeMemory("/dev/shm/test-d1", 8 * 256)]
+    info = hv._dominfo(hv.table.domains[domid])
+    assert info["flags"] & DomInfoFlag.paused
+
+
+def test_hypervisor_memory_budget_gives_fewer_extents_when_host_is_full(hv):
+    # 64 MiB host, 16 MiB for dom0: a 64 MiB guest gets only what is left.
+    _, _, done, _ = create(hv, mib=64)
+    assert done == (64 - 16) * 256
+    _, _, done2, effects = create(hv, mib=8)
+    assert done2 == 0 and effects == []
+
+
+def test_hypervisor_forged_caller_is_refused(hv):
+    domid, secret, _, _ = create(hv)
+    forged = Caller(hv, 0, secret, "evil")  # a DomU's secret claiming to be dom0
+    assert forged(Hypercall.xen_version, XenVersion.version)[0] == -Errno.EPERM
+    assert hv.stats["refused"] == 1
+
+
+def test_hypervisor_domctl_from_domu_is_eperm(hv):
+    domid, secret, _, _ = create(hv)
+    guest = Caller(hv, domid, secret, f"h1/dom{domid}")
+    assert guest(Hypercall.domctl, Domctl.pausedomain, domain=0)[0] == -Errno.EPERM
+    assert guest(Hypercall.sysctl, Sysctl.physinfo)[0] == -Errno.EPERM
+
+
+def test_hypervisor_malformed_hypercall_is_einval_and_state_unchanged(hv):
+    before = hv.statistics()["domains"]
+    for junk in (b"", b"\xc1", b"\x93\x01", msgpack.packb([36, 1, {"domain": "x"}])):
+        reply, effects = hv.hypercall(0, hv.table.domains[0].secret, "h1/xl", junk)
+        assert decode_result(reply).rc == -Errno.EINVAL and effects == []
+    assert hv.statistics()["domains"] == before
+
+
+def test_hypervisor_null_hypercall_returns_xen_version(hv):
+    assert dom0(hv)(Hypercall.xen_version, XenVersion.version) == (0, 4 << 16 | 22)
+
+
+def test_hypervisor_event_channel_upcall_goes_to_the_binding_endpoint(hv):
+    domid, secret, _, _ = create(hv)
+    xl = dom0(hv)
+    xl(Hypercall.domctl, Domctl.setvcpucontext, domain=domid, vcpu=0,
+       ctxt=msgpack.packb({"pid": 4242, "endpoint": "h1/dom1"}))
+    assert xl.effects == [WatchVcpu(domid, 4242)]
+    guest = Caller(hv, domid, secret, "ignored-for-domu")
+    rc, res = guest(Hypercall.event_channel_op, EvtchnOp.alloc_unbound, dom=DOMID_SELF,
+                    remote_dom=0)
+    port = res["port"]
+    console = dom0(hv, "h1/xenconsoled")
+    rc, res = console(Hypercall.event_channel_op, EvtchnOp.bind_interdomain, remote_dom=domid,
+                      remote_port=port)
+    local = res["local_port"]
+    assert console.effects == [Deliver("h1/xenconsoled", 0, (local,))]  # always pending
+    guest(Hypercall.event_channel_op, EvtchnOp.send, port=port)
+    assert guest.effects == [Deliver("h1/xenconsoled", 0, (local,))]
+    console(Hypercall.event_channel_op, EvtchnOp.send, port=local)
+    assert console.effects == [Deliver("h1/dom1", domid, (port,))]
+
+
+def test_hypervisor_12_2_first_shutdown_code_sticks_and_dom_exc_reaches_xenstored(hv):
+    domid, secret, _, _ = create(hv)
+    xs = dom0(hv, "h1/xenstored")
+    rc, res = xs(Hypercall.event_channel_op, EvtchnOp.bind_virq, virq=Virq.DOM_EXC, vcpu=0)
+    guest = Caller(hv, domid, secret, "h1/dom1")
+    guest(Hypercall.sched_op, SchedOp.shutdown, reason=ShutdownReason.reboot)
+    assert Deliver("h1/xenstored", 0, (res["port"],)) in guest.effects
+    guest(Hypercall.sched_op, SchedOp.shutdown, reason=ShutdownReason.crash)
+    flags = hv._dominfo(hv.table.domains[domid])["flags"]
+    assert flags & DomInfoFlag.shutdown
+    assert dominf_shutdown_code(flags) == ShutdownReason.reboot
+
+
+def test_hypervisor_vcpu_process_death_is_a_crash(hv):
+    domid, _, _, _ = create(hv)
+    hv.vcpu_exited(domid)
+    flags = hv._dominfo(hv.table.domains[domid])["flags"]
+    assert dominf_shutdown_code(flags) == ShutdownReason.crash
+
+
+def test_hypervisor_destroy_releases_memory_and_unbinds_peers(hv):
+    domid, secret, _, _ = create(hv)
+    guest = Caller(hv, domid, secret, "h1/dom1")
+    _, res = guest(Hypercall.event_channel_op, EvtchnOp.alloc_unbound, dom=DOMID_SELF,
+                   remote_dom=0)
+    xl = dom0(hv)
+    _, b = xl(Hypercall.event_channel_op, EvtchnOp.bind_interdomain, remote_dom=domid,
+              remote_port=res["port"])
+    xl(Hypercall.domctl, Domctl.destroydomain, domain=domid)
+    assert ReleaseMemory("/dev/shm/test-d1") in xl.effects
+    _, st = xl(Hypercall.event_channel_op, EvtchnOp.status, dom=0, port=b["local_port"])
+    assert st["status"] == 1  # EVTCHNSTAT_unbound
+    assert xl(Hypercall.domctl, Domctl.getdomaininfo, domain=domid)[0] == -Errno.ESRCH
+
+
+def test_hypervisor_pause_gates_the_domain_vcpus(hv):
+    domid, _, _, _ = create(hv)
+    xl = dom0(hv)
+    xl(Hypercall.domctl, Domctl.setvcpucontext, domain=domid, vcpu=0,
+       ctxt=msgpack.packb({"pid": 1, "endpoint": "h1/dom1"}))
+    xl(Hypercall.domctl, Domctl.unpausedomain, domain=domid)
+    assert xl.effects == [GateVcpus("h1/dom1", False)]
+    xl(Hypercall.domctl, Domctl.pausedomain, domain=domid)
+    assert xl.effects == [GateVcpus("h1/dom1", True)]
+    assert xl(Hypercall.domctl, Domctl.unpausedomain, domain=domid)[0] == 0
+    assert xl(Hypercall.domctl, Domctl.unpausedomain, domain=domid)[0] == -Errno.EINVAL
