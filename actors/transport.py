@@ -82,3 +82,9 @@ class Endpoint:
         if handler is None:
             raise ValueError(f"{type(self).__name__} has no handler for {kind!r}")
         return handler(*args)
+
+    def on_process(self) -> dict[str, Any]:
+        """Where this actor runs: its OS pid and Ray node (``xenray list --json`` shows them)."""
+        import os
+
+        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}

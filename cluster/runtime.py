@@ -75,12 +75,14 @@ class EmbeddedRay:
         apply_ray_env()
         self._tmpdir = tempfile.mkdtemp(prefix="xr-", dir="/tmp")
         os.environ["RAY_TMPDIR"] = self._tmpdir
+        ray_dir = os.path.join(self._tmpdir, "ray")  # where Ray records the current cluster
+        os.makedirs(ray_dir)
         from ray.cluster_utils import Cluster as RayCluster
 
         head_args: dict[str, Any] = {
             "num_cpus": 0,
             "include_dashboard": False,
-            "temp_dir": self._tmpdir,
+            "temp_dir": ray_dir,
         }
         if fast_health_checks:
             head_args["_system_config"] = FAST_HEALTH_CHECKS

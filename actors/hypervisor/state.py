@@ -46,7 +46,7 @@ class Hypervisor:
         self._cpu_time_ns = cpu_time_ns
         self._domu_endpoint: dict[int, str] = {}
         self._port_endpoint: dict[tuple[int, int], str] = {}
-        self._pids: dict[int, int] = {}
+        self.vcpu_pids: dict[int, int] = {}
         self.stats = {"hypercalls": 0, "refused": 0, "errors": 0, "upcalls": 0}
         self._handlers: dict[Hypercall, Callable[[Domain, str, Any, dict], tuple[Any, list]]] = {
             Hypercall.xen_version: self._xen_version,
@@ -304,7 +304,7 @@ class Hypervisor:
         self._domu_endpoint[target.domid] = endpoint
         for key in [k for k in self._port_endpoint if k[0] == target.domid]:
             self._port_endpoint[key] = endpoint
-        self._pids[target.domid] = pid
+        self.vcpu_pids[target.domid] = pid
         return [WatchVcpu(target.domid, pid)]
 
     def _gate(self, target: Domain) -> list[Effect]:
@@ -320,7 +320,7 @@ class Hypervisor:
         self.evtchn.remove_domain(d)
         self._port_endpoint = {k: v for k, v in self._port_endpoint.items() if k[0] != d}
         self._domu_endpoint.pop(d, None)
-        self._pids.pop(d, None)
+        self.vcpu_pids.pop(d, None)
         self.table.reap(d, zombie=False)
         return [ReleaseMemory(self.memory_path(d)),
                 *self._route(self.evtchn.send_global_virq(Virq.DOM_EXC))]

@@ -1,0 +1,117 @@
+"""The hypervisor's Ray shell: the only hypervisor file that knows about Ray.
+
+It turns ``deliver`` calls into state-machine calls and carries out the returned effects:
+upcalls and vCPU gates go out through the transport (one-way, like interrupts), memory files
+are sized and removed, and each domain's vCPU process is watched through a pidfd so that its
+death becomes a crash (``SHUTDOWN_crash``) exactly as if the guest had called it.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+
+import ray
+
+from actors import log as xlog
+from actors import memory
+from actors.hypervisor.effects import (ConsoleLine, Deliver, Effect, GateVcpus, ReleaseMemory,
+                                       SizeMemory, WatchVcpu)
+from actors.hypervisor.state import Hypervisor
+from actors.transport import Endpoint, RayTransport
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu_ns(pid: int | None) -> int:
+    """utime + stime of a process, from /proc (the hypervisor runs on the domain's host)."""
+    if not pid:
+        return 0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // _CLK_TCK
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+@ray.remote(max_restarts=0)
+class HypervisorActor(Endpoint):
+    def __init__(self, host: str, memory_mib: int, pcpus: int, run_id: str,
+                 log_dir: str | None = None) -> None:
+        self.log = xlog.setup(host=host, component="hypervisor", log_dir=log_dir)
+        self.lock = threading.Lock()
+        self.transport = RayTransport()
+        self.state = Hypervisor(host, memory_mib=memory_mib, pcpus=pcpus,
+                                mem_prefix=str(memory.SHM_DIR / f"xenray-{run_id}-{host}"),
+                                cpu_time_ns=lambda d: process_cpu_ns(self.state.vcpu_pids.get(d)))
+        self._pidfds: dict[int, int] = {}  # pidfd -> domid
+        self._wake_r, self._wake_w = os.pipe()
+        threading.Thread(target=self._watch_vcpus, name="vcpu-watch", daemon=True).start()
+        self.log.info("hypervisor up", memory_mib=memory_mib, pcpus=pcpus)
+
+    # -- transport entry points -------------------------------------------------------
+
+    def on_boot_dom0(self, memory_mib: int) -> str:
+        with self.lock:
+            dom0 = self.state.boot_dom0(memory_mib=memory_mib)
+        self.log.info("dom0 built", memory_mib=memory_mib)
+        return dom0.secret
+
+    def on_hypercall(self, domid: int, secret: str, endpoint: str, data: bytes) -> bytes:
+        with self.lock:
+            reply, effects = self.state.hypercall(domid, secret, endpoint, data)
+            self._carry_out(effects)
+        return reply
+
+    def on_statistics(self) -> dict:
+        with self.lock:
+            return self.state.statistics()
+
+    def on_ping(self) -> str:
+        return "ok"
+
+    # -- effects ----------------------------------------------------------------------
+
+    def _carry_out(self, effects: list[Effect]) -> None:
+        for e in effects:
+            match e:
+                case Deliver(endpoint, domid, ports):
+                    self.transport.send(endpoint, "upcall", domid, list(ports))
+                case GateVcpus(endpoint, paused):
+                    self.transport.send(endpoint, "vcpu_gate", paused)
+                case SizeMemory(path, nr_pages):
+                    memory.create(path, nr_pages)
+                case ReleaseMemory(path):
+                    memory.remove(path)
+                case WatchVcpu(domid, pid):
+                    self._watch(domid, pid)
+                case ConsoleLine(domid, text):
+                    self.log.info("console_io", domid=domid, text=text.rstrip("\n"))
+
+    def _watch(self, domid: int, pid: int) -> None:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            self._carry_out(self.state.vcpu_exited(domid))
+            return
+        self._pidfds[fd] = domid
+        os.write(self._wake_w, b"x")
+
+    def _watch_vcpus(self) -> None:
+        """Wait on every domain's pidfd; a readable pidfd is a process that died."""
+        while True:
+            fds = [self._wake_r, *list(self._pidfds)]
+            ready, _, _ = select.select(fds, [], [])
+            for fd in ready:
+                if fd == self._wake_r:
+                    os.read(self._wake_r, 4096)
+                    continue
+                domid = self._pidfds.pop(fd)
+                os.close(fd)
+                with self.lock:
+                    effects = self.state.vcpu_exited(domid)
+                    if effects:
+                        self.log.warning("vcpu process died: domain crashed", domid=domid)
+                    self._carry_out(effects)
