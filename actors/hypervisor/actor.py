@@ -43,8 +43,10 @@ class HypervisorActor(Endpoint):
         self.log = xlog.setup(host=host, component="hypervisor", log_dir=log_dir)
         self.lock = threading.Lock()
         self.transport = RayTransport()
+        self._maps: dict[str, memory.Mapping] = {}
         self.state = Hypervisor(host, memory_mib=memory_mib, pcpus=pcpus,
                                 mem_prefix=str(memory.SHM_DIR / f"xenray-{run_id}-{host}"),
+                                frames=self._frames,
                                 cpu_time_ns=lambda d: process_cpu_ns(self.state.vcpu_pids.get(d)))
         self._pidfds: dict[int, int] = {}  # pidfd -> domid
         self._wake_r, self._wake_w = os.pipe()
@@ -84,11 +86,21 @@ class HypervisorActor(Endpoint):
                 case SizeMemory(path, nr_pages):
                     memory.create(path, nr_pages)
                 case ReleaseMemory(path):
+                    if (m := self._maps.pop(path, None)) is not None:
+                        m.close()
                     memory.remove(path)
                 case WatchVcpu(domid, pid):
                     self._watch(domid, pid)
                 case ConsoleLine(domid, text):
                     self.log.info("console_io", domid=domid, text=text.rstrip("\n"))
+
+    def _frames(self, domid: int, pfn: int, count: int) -> memoryview:
+        """Pages of a domain's memory, through one shared mapping of its file per domain."""
+        path = self.state.memory_path(domid)
+        m = self._maps.get(path)
+        if m is None or pfn + count > m.nr_pages:  # first use, or the domain grew
+            m = self._maps[path] = memory.Mapping(path)
+        return m.pages(pfn, count)
 
     def _watch(self, domid: int, pid: int) -> None:
         try:

@@ -25,6 +25,7 @@ import msgpack
 from actors.hypervisor.domains import PAGE_SIZE, Domain, DomainTable, Dying
 from actors.hypervisor.effects import (ConsoleLine, Deliver, Effect, GateVcpus, ReleaseMemory,
                                        SizeMemory, WatchVcpu)
+from actors.hypervisor.grants import Frames, Grants
 from protocols import evtchn as ev
 from protocols.errno import Errno, XenError
 from protocols.hypercall import (DOMID_SELF, ConsoleIO, CreateDomainFlag, Domctl, EvtchnOp,
@@ -37,12 +38,14 @@ XENMAPSPACE_gmfn_foreign = 4
 
 class Hypervisor:
     def __init__(self, host: str, *, memory_mib: int, pcpus: int, mem_prefix: str,
-                 cpu_time_ns: Callable[[int], int] = lambda domid: 0) -> None:
+                 frames: Frames, cpu_time_ns: Callable[[int], int] = lambda domid: 0) -> None:
         self.host = host
         self.pcpus = pcpus
         self.mem_prefix = mem_prefix
         self.table = DomainTable(host_pages=memory_mib * 1024 * 1024 // PAGE_SIZE)
         self.evtchn = ev.EventChannels(hardware_domid=0)
+        self.grants = Grants(frames, self.memory_path)
+        self.zombies: set[int] = set()
         self._cpu_time_ns = cpu_time_ns
         self._domu_endpoint: dict[int, str] = {}
         self._port_endpoint: dict[tuple[int, int], str] = {}
@@ -54,6 +57,7 @@ class Hypervisor:
             Hypercall.sched_op: self._sched_op,
             Hypercall.event_channel_op: self._event_channel_op,
             Hypercall.memory_op: self._memory_op,
+            Hypercall.grant_table_op: self._grant_table_op,
             Hypercall.vcpu_op: self._vcpu_op,
             Hypercall.domctl: self._domctl,
             Hypercall.sysctl: self._sysctl,
@@ -227,8 +231,10 @@ class Hypervisor:
             want = a["nr_extents"] << a["extent_order"]
             done = self.table.populate(target.domid, want)
             extents = done >> a["extent_order"]
-            effects = [SizeMemory(self.memory_path(target.domid), target.tot_pages)] if done else []
-            return (extents, None), effects
+            if not done:
+                return (0, None), []
+            self.grants.attach(target.domid, target.tot_pages)
+            return (extents, None), [SizeMemory(self.memory_path(target.domid), target.tot_pages)]
         if sub == MemoryOp.decrease_reservation:
             target = self._target(dom, a["domid"])
             pages = min(a["nr_extents"] << a["extent_order"], target.tot_pages)
@@ -242,6 +248,10 @@ class Hypervisor:
             errs = [0 if i < foreign.tot_pages else -Errno.EINVAL for i in a["idxs"]]
             return {"errs": errs, "path": self.memory_path(foreign.domid)}, []
         raise XenError(Errno.ENOSYS)
+
+    def _grant_table_op(self, dom, ep, sub, a):
+        results = self.grants.op(dom.domid, dom.privileged, sub, a["ops"])
+        return (0, results), self._reap_zombies()
 
     def _target(self, dom: Domain, domid: int) -> Domain:
         """``DOMID_SELF`` or the caller itself; another domain only for a privileged caller."""
@@ -321,9 +331,26 @@ class Hypervisor:
         self._port_endpoint = {k: v for k, v in self._port_endpoint.items() if k[0] != d}
         self._domu_endpoint.pop(d, None)
         self.vcpu_pids.pop(d, None)
-        self.table.reap(d, zombie=False)
-        return [ReleaseMemory(self.memory_path(d)),
-                *self._route(self.evtchn.send_global_virq(Virq.DOM_EXC))]
+        self.grants.release(d)
+        zombie = self.grants.in_use(d)  # its pages are still mapped by others
+        self.table.reap(d, zombie=zombie)
+        effects: list[Effect] = []
+        if zombie:
+            self.zombies.add(d)
+        else:
+            self.grants.forget(d)
+            effects.append(ReleaseMemory(self.memory_path(d)))
+        return effects + self._reap_zombies() + self._route(
+            self.evtchn.send_global_virq(Virq.DOM_EXC))
+
+    def _reap_zombies(self) -> list[Effect]:
+        """A zombie whose last mapped page was unmapped finally goes away."""
+        done = [d for d in self.zombies if not self.grants.in_use(d)]
+        for d in done:
+            self.zombies.discard(d)
+            self.grants.forget(d)
+            del self.table.domains[d]
+        return [ReleaseMemory(self.memory_path(d)) for d in done]
 
     def _dominfo(self, target: Domain) -> dict[str, Any]:
         return {

@@ -26,9 +26,20 @@ class Caller:
         return res.rc, res.result
 
 
+class Memory:
+    """Domain memory as bytearrays: what the actor maps from /dev/shm files."""
+
+    def __init__(self):
+        self.pages = {}
+
+    def __call__(self, domid, pfn, count):
+        buf = self.pages.setdefault(domid, bytearray(64 * 4096))
+        return memoryview(buf)[pfn * 4096:(pfn + count) * 4096]
+
+
 @pytest.fixture
 def hv():
-    h = Hypervisor("h1", memory_mib=64, pcpus=2, mem_prefix="/dev/shm/test")
+    h = Hypervisor("h1", memory_mib=64, pcpus=2, mem_prefix="/dev/shm/test", frames=Memory())
     h.boot_dom0(memory_mib=16)
     return h
 
@@ -159,3 +170,54 @@ def test_hypervisor_pause_gates_the_domain_vcpus(hv):
     assert xl.effects == [GateVcpus("h1/dom1", True)]
     assert xl(Hypercall.domctl, Domctl.unpausedomain, domain=domid)[0] == 0
     assert xl(Hypercall.domctl, Domctl.unpausedomain, domain=domid)[0] == -Errno.EINVAL
+
+
+def _grant(hv, domid, ref, grantee, frame, readonly=False):
+    from actors.hypervisor.grants import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES
+    from protocols.gnttab import GrantTable
+
+    mem = hv.grants._frames(domid, GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES)
+    GrantTable(mem).grant_access(ref, grantee, frame, readonly=readonly)
+
+
+def _map(caller, dom, ref, flags=2):
+    from protocols.hypercall import GnttabOp
+
+    rc, res = caller(Hypercall.grant_table_op, GnttabOp.map_grant_ref,
+                     ops=[{"host_addr": 0, "flags": flags, "ref": ref, "dom": dom}])
+    assert rc == 0  # batches return 0; the element carries the status
+    return res[0]
+
+
+def test_hypervisor_6_2_map_gives_the_mapper_exactly_the_granted_page(hv):
+    domid, secret, _, _ = create(hv)
+    _grant(hv, domid, 8, 0, 20)
+    got = _map(dom0(hv), domid, 8)
+    assert got["status"] == 0 and got["dev_bus_addr"] == 20 << 12
+    assert got["path"] == "/dev/shm/test-d1"
+
+
+def test_hypervisor_6_2_map_of_a_ref_not_granted_to_the_mapper_fails(hv):
+    d1, s1, _, _ = create(hv, mib=4)
+    d2, s2, _, _ = create(hv, mib=4)
+    _grant(hv, d1, 8, 0, 20)  # granted to dom0, not to d2
+    other = Caller(hv, d2, s2, "h1/dom2")
+    assert _map(other, d1, 8)["status"] == -1  # GNTST_general_error
+    assert _map(other, d1, 5000)["status"] == -3  # GNTST_bad_gntref
+
+
+def test_hypervisor_6_2_destroyed_granter_stays_a_zombie_while_mapped(hv):
+    from protocols.hypercall import GnttabOp
+
+    domid, _, _, _ = create(hv)
+    _grant(hv, domid, 8, 0, 20)
+    xl = dom0(hv)
+    handle = _map(xl, domid, 8)["handle"]
+    xl(Hypercall.domctl, Domctl.destroydomain, domain=domid)
+    assert ReleaseMemory("/dev/shm/test-d1") not in xl.effects
+    _, infos = xl(Hypercall.sysctl, Sysctl.getdomaininfolist, first_domain=1, max_domains=10)
+    assert [i["flags"] & DomInfoFlag.dying for i in infos] == [DomInfoFlag.dying]
+    xl(Hypercall.grant_table_op, GnttabOp.unmap_grant_ref,
+       ops=[{"host_addr": 0, "dev_bus_addr": 0, "handle": handle}])
+    assert ReleaseMemory("/dev/shm/test-d1") in xl.effects
+    assert xl(Hypercall.sysctl, Sysctl.getdomaininfolist, first_domain=1, max_domains=10)[1] == []

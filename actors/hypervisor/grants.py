@@ -1,0 +1,113 @@
+"""The hypervisor's grant tables: ``grant_table_op`` over each domain's own memory.
+
+Each domain's v1 grant table lives in its memory at pfns 4..11 (``GNTTAB_FIRST_PFN``,
+``NR_GNTTAB_FRAMES``; ``setup_table`` reports them, as Xen reports its grant frames), so the
+granter writes entries with plain stores and the hypervisor reads them and sets
+``GTF_reading``/``GTF_writing`` in place (``protocols.gnttab_ops`` has Xen's rules). A
+successful map answers with the granter's memory file and the frame, which is all the mapper
+needs to ``mmap`` exactly that page. A destroyed domain whose pages are still mapped stays a
+zombie until the last mapping goes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from protocols import gnttab_ops as ops
+from protocols.errno import Errno, XenError
+from protocols.gnttab import (GNTST, GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef,
+                              GnttabUnmapGrantRef, GrantTable)
+from protocols.hypercall import DOMID_SELF, GnttabOp
+
+GNTTAB_FIRST_PFN = 4
+NR_GNTTAB_FRAMES = 8
+
+Frames = Callable[[int, int, int], memoryview]  # (domid, first pfn, count) -> its pages
+
+
+class Grants:
+    def __init__(self, frames: Frames, memory_path: Callable[[int], str]) -> None:
+        self._frames = frames
+        self._memory_path = memory_path
+        self._doms: dict[int, ops.DomainGrants] = {}
+        self._pages: dict[int, int] = {}
+        self._maptrack: dict[int, ops.Maptrack] = {}
+
+    def attach(self, domid: int, nr_pages: int) -> None:
+        """The domain has ``nr_pages`` of memory; its table is the frames at GNTTAB_FIRST_PFN."""
+        self._pages[domid] = nr_pages
+        if domid in self._doms:
+            self._doms[domid].active.nr_pages = nr_pages
+
+    def lookup(self, domid: int) -> ops.DomainGrants | None:
+        """A domain's grant state, mapped on first use (its memory file exists by then)."""
+        g = self._doms.get(domid)
+        nr_pages = self._pages.get(domid, 0)
+        if g is None and nr_pages >= GNTTAB_FIRST_PFN + NR_GNTTAB_FRAMES:
+            table = GrantTable(self._frames(domid, GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES))
+            g = self._doms[domid] = ops.DomainGrants(table, ops.ActiveGrants(nr_pages))
+        return g
+
+    def maptrack(self, domid: int) -> ops.Maptrack:
+        return self._maptrack.setdefault(domid, ops.Maptrack())
+
+    def in_use(self, domid: int) -> bool:
+        g = self._doms.get(domid)
+        return g is not None and ops.granter_in_use(g.active)
+
+    def release(self, domid: int) -> None:
+        """``gnttab_release_mappings`` of a dying domain, then forget its maptrack."""
+        ops.release_mappings(self.lookup, self.maptrack(domid))
+        self._maptrack.pop(domid, None)
+
+    def forget(self, domid: int) -> None:
+        self._pages.pop(domid, None)
+        g = self._doms.pop(domid, None)
+        if g is not None:
+            g.table.release()
+
+    # -- grant_table_op ----------------------------------------------------------------
+
+    def op(self, caller: int, privileged: bool, sub: int, elems: list[dict[str, Any]]) -> list:
+        """One batch: the hypercall returns 0 and every element carries its own status."""
+        if sub == GnttabOp.map_grant_ref:
+            reqs = [GnttabMapGrantRef(e["host_addr"], e["flags"], e["ref"], e["dom"])
+                    for e in elems]
+            return [{"status": int(r.status), "handle": r.handle, "dev_bus_addr": r.dev_bus_addr,
+                     "path": self._memory_path(q.dom) if r.status == GNTST.okay else None}
+                    for q, r in zip(reqs, ops.map_batch(self.lookup, self.maptrack(caller),
+                                                        mapper=caller, ops=reqs))]
+        if sub == GnttabOp.unmap_grant_ref:
+            reqs = [GnttabUnmapGrantRef(e["host_addr"], e["dev_bus_addr"], e["handle"])
+                    for e in elems]
+            return [{"status": int(r.status)}
+                    for r in ops.unmap_batch(self.lookup, self.maptrack(caller), ops=reqs)]
+        if sub == GnttabOp.copy:
+            reqs = [GnttabCopy(GnttabCopyPtr(**e["source"]), GnttabCopyPtr(**e["dest"]),
+                               e["len"], e["flags"]) for e in elems]
+            return [{"status": int(s)} for s in ops.copy_batch(
+                self.lookup, caller=caller, ops=reqs, memcpy=self._memcpy)]
+        if sub in (GnttabOp.setup_table, GnttabOp.query_size):
+            return [self._table_info(caller, privileged, sub, e) for e in elems]
+        raise XenError(Errno.ENOSYS)
+
+    def _table_info(self, caller: int, privileged: bool, sub: int, e: dict) -> dict:
+        dom = caller if e["dom"] == DOMID_SELF else e["dom"]
+        if dom != caller and not privileged:
+            return {"status": int(GNTST.permission_denied)}
+        if self.lookup(dom) is None:
+            return {"status": int(GNTST.bad_domain)}
+        if sub == GnttabOp.query_size:
+            return {"status": 0, "nr_frames": NR_GNTTAB_FRAMES,
+                    "max_nr_frames": NR_GNTTAB_FRAMES}
+        if e["nr_frames"] > NR_GNTTAB_FRAMES:
+            return {"status": int(GNTST.general_error)}
+        return {"status": 0, "frame_list": list(range(GNTTAB_FIRST_PFN,
+                                                      GNTTAB_FIRST_PFN + e["nr_frames"]))}
+
+    def _memcpy(self, plan: ops.CopyPlan) -> None:
+        src = self._frames(plan.src_domid, plan.src_frame, 1)
+        dst = self._frames(plan.dst_domid, plan.dst_frame, 1)
+        dst[plan.dst_offset:plan.dst_offset + plan.len] = \
+            src[plan.src_offset:plan.src_offset + plan.len]

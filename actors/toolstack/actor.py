@@ -1,0 +1,226 @@
+"""The toolstack agent of one host (Dom0's ``xl``/libxl), as a Ray actor.
+
+It builds domains (:mod:`actors.toolstack.builder`), starts each DomU's actor, and reacts to
+domains shutting down the way xl does (reference 12.3): xenstored fires ``@releaseDomain``
+when the hypervisor raises ``VIRQ_DOM_EXC``; the agent then reads the domain list and, for
+each newly shut-down domain, applies ``on_poweroff`` / ``on_reboot`` / ``on_crash`` (destroy,
+restart, rename-restart, preserve). Reactions run on one worker thread, in order, so a
+restart never races the destroy before it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import threading
+from typing import Any
+
+import msgpack
+import ray
+
+from actors import log as xlog
+from actors.domain.actor import DomainActor
+from actors.hypercall_client import Credential, HypercallClient
+from actors.toolstack.builder import build_pv_domain, destroy_domain
+from actors.transport import Endpoint, RayTransport
+from actors.xs_client import XsClient
+from cluster.runtime import NAMESPACE, actor_name, pin_to_host
+from cluster.xlcfg import Action, DomainConfig
+from protocols.errno import Errno, XenError
+from protocols.hypercall import (Domctl, DomInfoFlag, Hypercall, ShutdownReason, Sysctl,
+                                 dominf_shutdown_code)
+
+SHUTDOWN_WORDS = {"poweroff": ShutdownReason.poweroff, "reboot": ShutdownReason.reboot}
+STATE_LETTERS = "rbpscd"  # xl list: running blocked paused shutdown crashed dying
+REASON_LETTERS = "-rscwS"  # xl_info.c: indexed by shutdown code
+
+
+@dataclasses.dataclass
+class Record:
+    """xl's view of one domain it created."""
+
+    name: str
+    domid: int
+    config: dict[str, Any]
+    secret: str
+    pid: int = 0
+    handled_shutdown: bool = False
+
+
+def state_string(flags: int) -> str:
+    """xl list's State column: ``r b p s <reason> d`` (``tools/xl/xl_info.c``)."""
+    shutdown = bool(flags & DomInfoFlag.shutdown)
+    return "".join([
+        "r" if flags & DomInfoFlag.running else "-",
+        "b" if flags & DomInfoFlag.blocked else "-",
+        "p" if flags & DomInfoFlag.paused else "-",
+        "s" if shutdown else "-",
+        REASON_LETTERS[dominf_shutdown_code(flags)] if shutdown and
+        dominf_shutdown_code(flags) < len(REASON_LETTERS) else "-",
+        "d" if flags & DomInfoFlag.dying else "-",
+    ])
+
+
+@ray.remote(max_restarts=0, max_concurrency=8)
+class ToolstackActor(Endpoint):
+    def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
+        self.host, self.log_dir = host, log_dir
+        self.log = xlog.setup(host=host, component="xl", log_dir=log_dir)
+        endpoint = actor_name(host, "xl")
+        transport = RayTransport()
+        self.transport = transport
+        self.hv = HypercallClient(transport, actor_name(host, "hypervisor"),
+                                  Credential(0, dom0_secret, endpoint))
+        self.xs = XsClient(transport, host, 0, dom0_secret, endpoint)
+        self.records: dict[str, Record] = {}
+        self.lock = threading.RLock()
+        self.reactions: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._react, name="xl-reactions", daemon=True).start()
+        self.xs.watch("@releaseDomain", "xl-release", lambda path, token: self.reactions.put(
+            "release"))
+
+    # -- commands ------------------------------------------------------------------------
+
+    def on_create(self, config: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+        cfg = DomainConfig.from_dict(config)
+        name = name or cfg.name
+        with self.lock:
+            if name in self.records:
+                raise XenError(Errno.EEXIST, f"domain {name!r} already exists on {self.host}")
+        built = build_pv_domain(self.hv, self.xs, cfg, name=name)
+        endpoint = actor_name(self.host, f"dom{built.domid}")
+        try:
+            self.transport.call(actor_name(self.host, "xenstored"), "introduce", built.domid,
+                                built.secret, endpoint)
+            actor = DomainActor.options(name=endpoint, namespace=NAMESPACE,
+                                        lifetime="detached", **pin_to_host(self.host)).remote(
+                self.host, built.domid, built.secret, built.memory_path, self.log_dir)
+            pid = ray.get(actor.deliver.remote("process"))["pid"]
+            self.hv(Hypercall.domctl, Domctl.setvcpucontext, domain=built.domid, vcpu=0,
+                    ctxt=msgpack.packb({"pid": pid, "endpoint": endpoint}))
+            with self.lock:
+                self.records[name] = Record(name, built.domid, config, built.secret, pid)
+            self.hv(Hypercall.domctl, Domctl.unpausedomain, domain=built.domid)
+        except BaseException:
+            self._teardown(built.domid)
+            with self.lock:
+                self.records.pop(name, None)
+            raise
+        self.log.info("domain created", domid=built.domid, name=name)
+        return {"name": name, "domid": built.domid, "host": self.host, "pid": pid}
+
+    def on_destroy(self, name: str) -> None:
+        rec = self._record(name)
+        self._teardown(rec.domid)
+        with self.lock:
+            self.records.pop(name, None)
+        self.log.info("domain destroyed", domid=rec.domid, name=name)
+
+    def on_pause(self, name: str) -> None:
+        self.hv(Hypercall.domctl, Domctl.pausedomain, domain=self._record(name).domid)
+
+    def on_unpause(self, name: str) -> None:
+        self.hv(Hypercall.domctl, Domctl.unpausedomain, domain=self._record(name).domid)
+
+    def on_shutdown(self, name: str, word: str) -> None:
+        """The PV control protocol: write the command; the guest acks and shuts down."""
+        if word not in SHUTDOWN_WORDS:
+            raise ValueError(f"unknown shutdown command {word!r}")
+        rec = self._record(name)
+        self.xs.write(f"/local/domain/{rec.domid}/control/shutdown", word)
+
+    def on_list(self) -> list[dict[str, Any]]:
+        """xl list's rows for this host, Dom0 first."""
+        infos = self.hv(Hypercall.sysctl, Sysctl.getdomaininfolist, first_domain=0,
+                        max_domains=1 << 15)
+        with self.lock:
+            names = {r.domid: r.name for r in self.records.values()}
+            pids = {r.domid: r.pid for r in self.records.values()}
+        rows = []
+        for info in infos:
+            domid = info["domain"]
+            if domid != 0 and domid not in names:
+                continue
+            rows.append({
+                "name": "Domain-0" if domid == 0 else names[domid], "domid": domid,
+                "mem": info["tot_pages"] * 4096 >> 20, "vcpus": info["nr_online_vcpus"],
+                "state": state_string(info["flags"]), "time": info["cpu_time"] / 1e9,
+                "host": self.host, "pid": pids.get(domid, os.getpid()),  # Dom0: this agent
+            })
+        return rows
+
+    def on_names(self) -> dict[str, int]:
+        with self.lock:
+            return {r.name: r.domid for r in self.records.values()}
+
+    def on_xs_event(self, data: bytes) -> None:
+        self.xs.on_event(data)
+
+    def on_upcall(self, domid: int, ports: list[int]) -> None:
+        """Dom0's xl binds no ports of its own; nothing to service."""
+
+    # -- shutdown reactions (xl_vmcontrol.c handle_domain_death) ------------------------
+
+    def _react(self) -> None:
+        while True:
+            self.reactions.get()
+            try:
+                self._handle_release()
+            except Exception:  # one bad reaction must not stop the agent
+                self.log.exception("reacting to @releaseDomain failed")
+
+    def _handle_release(self) -> None:
+        infos = {i["domain"]: i for i in self.hv(Hypercall.sysctl, Sysctl.getdomaininfolist,
+                                                 first_domain=1, max_domains=1 << 15)}
+        with self.lock:
+            pending = [r for r in self.records.values() if not r.handled_shutdown
+                       and r.domid in infos and infos[r.domid]["flags"] & DomInfoFlag.shutdown]
+            for rec in pending:
+                rec.handled_shutdown = True
+        for rec in pending:
+            self._apply(rec, dominf_shutdown_code(infos[rec.domid]["flags"]))
+
+    def _apply(self, rec: Record, reason: int) -> None:
+        key = {ShutdownReason.poweroff: "on_poweroff", ShutdownReason.reboot: "on_reboot",
+               ShutdownReason.crash: "on_crash", ShutdownReason.watchdog: "on_watchdog",
+               ShutdownReason.soft_reset: "on_soft_reset"}.get(reason)
+        if key is None:  # suspend is not an action: "domain has suspended"
+            self.log.info("domain has suspended", domid=rec.domid, name=rec.name)
+            return
+        action = Action.from_xl_name(rec.config[key])
+        self.log.info("domain shut down", domid=rec.domid, name=rec.name,
+                      reason=ShutdownReason(reason).name, action=action.xl_name)
+        if action in (Action.DESTROY, Action.COREDUMP_DESTROY):
+            self.on_destroy(rec.name)
+        elif action in (Action.RESTART, Action.COREDUMP_RESTART, Action.SOFT_RESET):
+            self.on_destroy(rec.name)
+            self.on_create(rec.config, rec.name)
+        elif action is Action.RENAME_RESTART:
+            with self.lock:
+                self.records.pop(rec.name)
+                rec.name = f"{rec.name}-{rec.domid}"
+                self.records[rec.name] = rec
+            self.xs.write(f"/local/domain/{rec.domid}/name", rec.name)
+            self.on_create(rec.config, rec.config["name"])
+        # PRESERVE: leave it shut down, for the user to inspect or destroy.
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _record(self, name: str) -> Record:
+        with self.lock:
+            rec = self.records.get(name)
+        if rec is None:
+            raise KeyError(f"no domain named {name!r} on {self.host}")
+        return rec
+
+    def _teardown(self, domid: int) -> None:
+        """Destroy in the hypervisor first (so the vCPU exit is not a crash), then the actor."""
+        destroy_domain(self.hv, self.xs, domid)
+        self.transport.call(actor_name(self.host, "xenstored"), "release", domid)
+        name = actor_name(self.host, f"dom{domid}")
+        try:
+            ray.kill(ray.get_actor(name, namespace=NAMESPACE))
+        except ValueError:
+            pass
+        self.transport.forget(name)

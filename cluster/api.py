@@ -1,0 +1,213 @@
+"""The experiment API: a Mininet-like ``Cluster`` of emulated Xen hosts.
+
+    with Cluster(hosts=2) as xen:
+        xen.create("examples/counter.cfg", host="h1")
+        print(xen.list())
+        xen.pause("counter1")
+
+Embedded mode (the default) starts a local multi-node Ray cluster, one node per host, and
+tears it all down on exit. Attach mode (``address=``) joins an existing Ray cluster whose
+nodes carry the ``xen-host`` label, boots any host whose actors are missing, and on exit
+stops only the hosts it booted. The CLI is a thin layer over these same methods.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import pathlib
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import ray
+
+from actors.transport import PeerGone, RayTransport
+from cluster import home
+from cluster.hosts import HostSpec, boot_host, stop_host, xenstored_socket
+from cluster.runtime import EmbeddedRay, actor_name, connect, discover_hosts
+from cluster.xlcfg import DomainConfig, load_config, parse_config
+
+
+class DomainNotFound(KeyError):
+    def __str__(self) -> str:
+        return f"no domain named {self.args[0]!r}"
+
+
+class Cluster:
+    def __init__(self, hosts: int | Sequence[str] = 2, *, address: str | None = None,
+                 host_memory_mib: int = 2048, host_cpus: int = 2, dom0_memory_mib: int = 256,
+                 run_id: str | None = None, progress: Callable[[str], None] | None = None):
+        names = [f"h{i + 1}" for i in range(hosts)] if isinstance(hosts, int) else list(hosts)
+        self.specs = {n: HostSpec(n, host_memory_mib, host_cpus, dom0_memory_mib)
+                      for n in names}
+        self.address = address
+        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self.run_dir = str(home.run_dir())
+        self.log_dir = str(home.logs_dir() / self.run_id)
+        self._progress = progress or (lambda msg: None)
+        self._embedded: EmbeddedRay | None = None
+        self._booted: list[str] = []
+        self._transport = RayTransport()
+        self._rr = itertools.count()
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def start(self) -> Cluster:
+        if self.address is None:
+            self._progress(f"starting an embedded Ray cluster with {len(self.specs)} hosts")
+            self._embedded = EmbeddedRay({n: {"cpus": s.pcpus} for n, s in self.specs.items()})
+            self.address = self._embedded.address
+        connect(self.address)
+        if self._embedded is None:
+            live = discover_hosts()
+            self.specs = {n: self.specs.get(n, HostSpec(n)) for n in live}
+        for name, spec in self.specs.items():
+            if not self._host_is_up(name):
+                self._progress(f"booting host {name}: hypervisor, Dom0, xenstored, "
+                               "xenconsoled, xl")
+                boot_host(spec, run_id=self.run_id, run_dir=self.run_dir,
+                          log_dir=self.log_dir)
+                self._booted.append(name)
+        return self
+
+    def stop(self) -> None:
+        for name in self._booted:
+            self._progress(f"stopping host {name}")
+            stop_host(name, run_id=self.run_id)
+        self._booted.clear()
+        if self._embedded is not None:
+            self._embedded.shutdown()
+            self._embedded = None
+        elif ray.is_initialized():
+            ray.shutdown()
+
+    def __enter__(self) -> Cluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def hosts(self) -> list[str]:
+        return list(self.specs)
+
+    def _host_is_up(self, host: str) -> bool:
+        try:
+            self._transport.call(actor_name(host, "xl"), "process", timeout=30)
+            return True
+        except (PeerGone, TimeoutError):
+            return False
+
+    def _xl(self, host: str, kind: str, *args: Any) -> Any:
+        return self._transport.call(actor_name(host, "xl"), kind, *args)
+
+    # -- domains -----------------------------------------------------------------------
+
+    def create(self, config: str | os.PathLike | DomainConfig, *, host: str | None = None,
+               name: str | None = None) -> dict[str, Any]:
+        """Create a domain from an xl.cfg file (path), its text, or a parsed config."""
+        cfg = _as_config(config)
+        if self.find(name or cfg.name) is not None:
+            raise ValueError(f"a domain named {name or cfg.name!r} already exists")
+        host = host or self.hosts[next(self._rr) % len(self.hosts)]
+        if host not in self.specs:
+            raise ValueError(f"no host {host!r}; hosts are {', '.join(self.hosts)}")
+        return self._xl(host, "create", cfg.to_dict(), name)
+
+    def find(self, name: str) -> tuple[str, int] | None:
+        """``(host, domid)`` of a domain, or None."""
+        for host in self.hosts:
+            domid = self._xl(host, "names").get(name)
+            if domid is not None:
+                return host, domid
+        return None
+
+    def _where(self, name: str) -> tuple[str, int]:
+        found = self.find(name)
+        if found is None:
+            raise DomainNotFound(name)
+        return found
+
+    def list(self) -> list[dict[str, Any]]:
+        """xl list's rows for every host (Name, ID, Mem, VCPUs, State, Time, host)."""
+        rows = []
+        for host in self.hosts:
+            rows.extend(self._xl(host, "list"))
+        return rows
+
+    def info(self) -> list[dict[str, Any]]:
+        """Per host: memory, free memory, pCPUs, domains, and its xenstored socket."""
+        out = []
+        for host in self.hosts:
+            stats = self._transport.call(actor_name(host, "hypervisor"), "statistics")
+            out.append({"host": host, "total_memory_mib": stats["host_pages"] // 256,
+                        "free_memory_mib": stats["free_pages"] // 256,
+                        "nr_cpus": self.specs[host].pcpus, "domains": stats["domains"],
+                        "xenstored_socket": xenstored_socket(self.run_dir, host)})
+        return out
+
+    def destroy(self, name: str) -> None:
+        host, _ = self._where(name)
+        self._xl(host, "destroy", name)
+
+    def pause(self, name: str) -> None:
+        host, _ = self._where(name)
+        self._xl(host, "pause", name)
+
+    def unpause(self, name: str) -> None:
+        host, _ = self._where(name)
+        self._xl(host, "unpause", name)
+
+    def shutdown(self, name: str, *, wait: bool = False, timeout: float = 60.0) -> None:
+        self._control(name, "poweroff", wait, timeout)
+
+    def reboot(self, name: str, *, wait: bool = False, timeout: float = 60.0) -> None:
+        self._control(name, "reboot", wait, timeout)
+
+    def _control(self, name: str, word: str, wait: bool, timeout: float) -> None:
+        host, domid = self._where(name)
+        self._xl(host, "shutdown", name, word)
+        if wait:  # xl -w: until that domain (this domid) is gone or replaced
+            self.wait_for(lambda: self.find(name) != (host, domid), timeout,
+                          f"{name} to {word}")
+
+    def console(self, name: str, lines: int = 20) -> list[str]:
+        """The last ``lines`` lines the domain wrote on its console."""
+        host, _ = self._where(name)
+        return self._transport.call(actor_name(host, "xenconsoled"), "tail", name, lines)
+
+    def follow_console(self, name: str, poll: float = 0.25) -> Iterator[str]:
+        """Console lines as they arrive (``xl console``), until the domain goes away."""
+        host, _ = self._where(name)
+        path = pathlib.Path(self._transport.call(actor_name(host, "xenconsoled"),
+                                                 "log_path", name))
+        self.wait_for(path.exists, 30, f"{name}'s console log")
+        with path.open() as f:
+            while True:
+                line = f.readline()
+                if line:
+                    yield line.rstrip("\n")
+                elif self.find(name) is None:
+                    return
+                else:
+                    time.sleep(poll)
+
+    def wait_for(self, condition: Callable[[], Any], timeout: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = condition()
+            if value:
+                return value
+            time.sleep(0.1)
+        raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _as_config(config: str | os.PathLike | DomainConfig) -> DomainConfig:
+    if isinstance(config, DomainConfig):
+        return config
+    if isinstance(config, os.PathLike) or (isinstance(config, str) and "\n" not in config
+                                           and "=" not in config):
+        return load_config(config)[0]
+    return parse_config(str(config))[0]
