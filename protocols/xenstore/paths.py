@@ -1,0 +1,108 @@
+"""Xenstore path syntax and tree arithmetic (reference 11.1 "Paths"; ``tools/xenstored/core.c``
+``canonicalize``, ``get_parent``; ``tools/xenstored/watch.c`` ``is_child``).
+
+Every request that names a node goes through :func:`canonicalize` first, so this is where a
+hostile or buggy peer's path is refused with EINVAL, whatever string it sends. The rules:
+
+* characters: ASCII alphanumerics and ``-/_@`` only, never empty;
+* no ``//`` anywhere and no trailing ``/`` (except ``/`` itself);
+* a leading ``@`` names a special node (``@introduceDomain``, ``@releaseDomain``), accepted only
+  by WATCH, UNWATCH, GET_PERMS and SET_PERMS;
+* a relative path is relative to ``/local/domain/<domid>`` and, per the reference, accepted
+  only over a domain's ring (C xenstored would also take one from a socket, meaning dom0);
+* at most ``XENSTORE_ABS_PATH_MAX`` (3072) characters in all; an unprivileged caller is also
+  held to the path-length quota (``XENSTORE_REL_PATH_MAX``, 2048) for the part after any
+  ``/local/domain/<id>/`` prefix, as C's ``domain_max_chk(conn, ACC_PATHLEN, ...)`` does.
+"""
+
+from __future__ import annotations
+
+import re
+
+from protocols.errno import Errno, XenError
+
+XENSTORE_ABS_PATH_MAX = 3072
+XENSTORE_REL_PATH_MAX = 2048
+
+INTRODUCE_DOMAIN = "@introduceDomain"
+RELEASE_DOMAIN = "@releaseDomain"
+SPECIAL_PATHS = (INTRODUCE_DOMAIN, RELEASE_DOMAIN)
+
+_VALID = re.compile(r"[A-Za-z0-9/_@-]+")
+_LOCAL_PREFIX = re.compile(r"/local/domain/[0-9]{1,5}/")
+
+
+def domain_path(domid: int) -> str:
+    """``GET_DOMAIN_PATH``: the home of domain ``domid``, base of its relative paths."""
+    return f"/local/domain/{domid}"
+
+
+def canonicalize(path: str, domid: int, *, relative_ok: bool, allow_special: bool = False,
+                 path_max: int | None = None) -> str:
+    """The absolute path ``path`` names for a caller ``domid``, or EINVAL.
+
+    ``relative_ok`` is true for a domain's ring connection; ``path_max`` is the caller's
+    path-length quota (None for privileged callers).
+    """
+    if not isinstance(path, str) or not _VALID.fullmatch(path):
+        raise XenError(Errno.EINVAL, f"invalid characters in path {path!r:.80}")
+    if path[0] == "@":
+        if not allow_special:
+            raise XenError(Errno.EINVAL, f"special path {path:.80} not allowed here")
+        name = path
+    elif path[0] == "/":
+        name = path
+    elif relative_ok:
+        name = f"{domain_path(domid)}/{path}"
+    else:
+        raise XenError(Errno.EINVAL, f"relative path {path:.80} on a socket connection")
+    if (name.endswith("/") and name != "/") or "//" in name:
+        raise XenError(Errno.EINVAL, f"malformed path {name:.80}")
+    if len(name) > XENSTORE_ABS_PATH_MAX:
+        raise XenError(Errno.EINVAL, f"path longer than {XENSTORE_ABS_PATH_MAX}")
+    if path_max:
+        local = _LOCAL_PREFIX.match(name)
+        if len(name) - (local.end() if local else 0) > path_max:
+            raise XenError(Errno.EINVAL, f"path longer than the quota of {path_max}")
+    return name
+
+
+def parent(name: str) -> str:
+    """``get_parent``: drop the last component; ``/x`` and ``@x`` have parent ``/``."""
+    slash = name.rfind("/", 1)
+    return name[:slash] if slash > 0 else "/"
+
+
+def basename(name: str) -> str:
+    """The last component of a path other than ``/``."""
+    return name[name.rfind("/") + 1:]
+
+
+def child(name: str, leaf: str) -> str:
+    """``child_name``: the path of child ``leaf`` of ``name``."""
+    return f"/{leaf}" if name == "/" else f"{name}/{leaf}"
+
+
+def ancestors(name: str) -> list[str]:
+    """The :func:`parent` chain of ``name`` up to and including ``/``, nearest first."""
+    found = []
+    while name != "/":
+        name = parent(name)
+        found.append(name)
+    return found
+
+
+def is_child(name: str, watched: str, depth: int | None) -> bool:
+    """``is_child``: ``name`` is ``watched`` or below it, at most ``depth`` levels down
+    (None: any depth; 0: the node only; 1: it and its direct children)."""
+    if name == watched:
+        return True
+    if watched == "/":
+        if not name.startswith("/"):
+            return False
+        levels = name.count("/")
+    elif name.startswith(watched) and name[len(watched)] == "/":
+        levels = name.count("/", len(watched))
+    else:
+        return False
+    return depth is None or levels <= depth
