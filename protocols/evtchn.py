@@ -31,12 +31,10 @@ import enum
 from dataclasses import dataclass
 
 from protocols.errno import Errno, XenError
+from protocols.hypercall import DOMID_FIRST_RESERVED, DOMID_SELF, NR_VIRQS, Virq
 from protocols.shared_info import (
     EVTCHN_2L_NR_CHANNELS, SHARED_INFO_SIZE, XEN_LEGACY_MAX_VCPUS, SetPending, SharedInfo)
 
-DOMID_FIRST_RESERVED = 0x7FF0
-DOMID_SELF = 0x7FF0
-NR_VIRQS = 24
 EVTCHNS_PER_BUCKET = 64  # PAGE_SIZE / sizeof(struct evtchn), rounded: the emulator's choice
 MAX_EVENT_CHANNELS_DEFAULT = 1023  # xl.cfg max_event_channels
 
@@ -70,32 +68,6 @@ class VirqType(enum.Enum):
     VCPU = "V"
     DOMAIN = "D"
     GLOBAL = "G"
-
-
-class Virq(enum.IntEnum):
-    """``VIRQ_*`` (``xen/include/public/xen.h``)."""
-
-    TIMER = 0
-    DEBUG = 1
-    CONSOLE = 2
-    DOM_EXC = 3
-    TBUF = 4
-    DEBUGGER = 6
-    XENOPROF = 7
-    CON_RING = 8
-    PCPU_STATE = 9
-    MEM_EVENT = 10
-    ARGO = 11
-    ENOMEM = 12
-    XENPMU = 13
-    ARCH_0 = 16
-    ARCH_1 = 17
-    ARCH_2 = 18
-    ARCH_3 = 19
-    ARCH_4 = 20
-    ARCH_5 = 21
-    ARCH_6 = 22
-    ARCH_7 = 23
 
 
 _PER_VCPU = frozenset({Virq.TIMER, Virq.DEBUG, Virq.XENOPROF, Virq.XENPMU})

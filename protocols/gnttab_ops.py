@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from protocols.evtchn import DOMID_SELF
+from protocols.hypercall import DOMID_SELF
 from protocols.gnttab import (
     GNTCOPY_dest_gref, GNTCOPY_source_gref, GNTMAP, GNTST, GTF, MAX_MAPTRACK_FRAMES_DEFAULT,
     PAGE_SHIFT, PAGE_SIZE, GnttabCopy, GnttabMapGrantRef, GnttabUnmapGrantRef, GrantTable)

@@ -18,6 +18,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 
 from protocols.errno import Errno, XenError
+from protocols.hypercall import DOMID_ANY, DOMID_SELF
 
 XS_PERM_NONE = 0x00
 XS_PERM_READ = 0x01
@@ -25,8 +26,6 @@ XS_PERM_WRITE = 0x02
 XS_PERM_OWNER = 0x08  # never on the wire: what perm_for_conn adds for owners
 XS_PERM_ALL = XS_PERM_READ | XS_PERM_WRITE | XS_PERM_OWNER
 
-DOMID_SELF = 0x7FF0
-DOMID_ANY = 0x7FF5
 
 _LETTER_TO_ACCESS = {"n": XS_PERM_NONE, "r": XS_PERM_READ, "w": XS_PERM_WRITE,
                      "b": XS_PERM_READ | XS_PERM_WRITE}
