@@ -1,0 +1,7 @@
+"""A DomU: its PV guest kernel (:mod:`.kernel`), the init programs it runs and their guest OS
+API (:mod:`.inits`), and the Ray shell around them (:mod:`.actor`, the only file using Ray)."""
+
+from actors.domain.inits import INITS, GuestOS
+from actors.domain.kernel import PVKernel
+
+__all__ = ["INITS", "GuestOS", "PVKernel"]

@@ -1,0 +1,57 @@
+"""A DomU's Ray shell: the only domain file that knows about Ray.
+
+The toolstack creates it (``<host>/dom<domid>``) once the domain is built and paused; it maps
+the domain's memory, reads start_info from pfn 0 and builds the kernel with the domain's
+credential for hypercalls and xenstore. The hypervisor then drives it one-way (``vcpu_gate``,
+``upcall``) and xenstored pushes watch events (``xs_event``); each handler hands over to the
+kernel and returns at once, while the kernel's own threads make the blocking calls, hence the
+thread pool (``max_concurrency``). The process dying is the domain crashing: the hypervisor
+watches its pid (reference 19.8, DESIGN.md "Failure semantics").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+from actors import log as xlog
+from actors.domain.kernel import PVKernel
+from actors.hypercall_client import Credential, HypercallClient
+from actors.memory import Mapping
+from actors.transport import Endpoint, RayTransport
+from actors.xs_client import XsClient
+from cluster.runtime import actor_name
+from protocols.start_info import StartInfo
+
+
+@ray.remote(max_restarts=0, max_concurrency=8)
+class DomainActor(Endpoint):
+    def __init__(self, host: str, domid: int, secret: str, memory_path: str,
+                 log_dir: str | None = None) -> None:
+        self.log = xlog.setup(host=host, component=f"dom{domid}",
+                              log_dir=log_dir).bind(domid=domid)
+        endpoint = actor_name(host, f"dom{domid}")
+        transport = RayTransport()
+        self.memory = Mapping(memory_path)
+        hypercall = HypercallClient(transport, actor_name(host, "hypervisor"),
+                                    Credential(domid, secret, endpoint))
+        xs = XsClient(transport, host, domid, secret, endpoint)
+        self.kernel = PVKernel(StartInfo.unpack(self.memory.page(0)), self.memory, hypercall,
+                               xs, self.log)
+        self.log.info("domain actor up", memory_path=memory_path)
+
+    def on_vcpu_gate(self, paused: bool) -> None:
+        self.kernel.vcpu_gate(paused)
+
+    def on_upcall(self, domid: int, ports: list[int]) -> None:
+        self.kernel.upcall(domid, ports)
+
+    def on_xs_event(self, data: bytes) -> None:
+        self.kernel.xs_event(data)
+
+    def on_statistics(self) -> dict[str, Any]:
+        return self.kernel.statistics()
+
+    def on_save(self) -> dict[str, Any]:
+        return self.kernel.save()
