@@ -19,9 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from cluster import daemon
+from cluster.report import domain_table, host_table
 from cluster.xlcfg import XlCfgError
 from protocols.errno import XenError
 
@@ -119,15 +119,7 @@ def cmd_list(a: argparse.Namespace) -> int:
     if a.json:
         out.print_json(json.dumps(rows))
         return 0
-    table = Table(box=None, header_style="bold")
-    for col, just in (("Name", "left"), ("ID", "right"), ("Mem", "right"),
-                      ("VCPUs", "right"), ("State", "left"), ("Time(s)", "right"),
-                      ("Host", "left")):
-        table.add_column(col, justify=just)
-    for r in rows:
-        table.add_row(r["name"], str(r["domid"]), str(r["mem"]), str(r["vcpus"]), r["state"],
-                      f"{r['time']:.1f}", r["host"])
-    out.print(table)
+    out.print(domain_table(rows))
     return 0
 
 
@@ -136,14 +128,7 @@ def cmd_info(a: argparse.Namespace) -> int:
     if a.json:
         out.print_json(json.dumps(rows))
         return 0
-    table = Table(box=None, header_style="bold")
-    for col in ("host", "total_memory_mib", "free_memory_mib", "nr_cpus", "domains",
-                "xenstored_socket"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*(str(r[c]) for c in ("host", "total_memory_mib", "free_memory_mib",
-                                            "nr_cpus", "domains", "xenstored_socket")))
-    out.print(table)
+    out.print(host_table(rows))
     return 0
 
 

@@ -13,9 +13,9 @@ import signal
 import time
 
 from rich.console import Console
-from rich.table import Table
 
 from cluster.api import Cluster
+from cluster.report import domain_table
 
 EXAMPLES = pathlib.Path(__file__).parent / "examples"
 COUNT = re.compile(r"counter (\d+)")
@@ -33,13 +33,7 @@ def wait_count_above(xen: Cluster, name: str, value: int, timeout: float = 30) -
 
 def show_list(out: Console, xen: Cluster) -> list[dict]:
     rows = xen.list()
-    table = Table(box=None, header_style="bold")
-    for col in ("Name", "ID", "Mem", "VCPUs", "State", "Time(s)", "Host"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(r["name"], str(r["domid"]), str(r["mem"]), str(r["vcpus"]), r["state"],
-                      f"{r['time']:.1f}", r["host"])
-    out.print(table)
+    out.print(domain_table(rows))
     return rows
 
 
@@ -85,7 +79,7 @@ def run(out: Console) -> int:
         out.print(f"  counter2 was domid {before}, now domid {after}")
         wait_count_above(xen, "counter2", 0)
 
-        step("5. SIGKILL counter3's process: a crash (on_crash = destroy), nobody else notices")
+        step("5. SIGKILL counter3: a crash (on_crash = destroy); the others carry on")
         pid = next(r["pid"] for r in xen.list() if r["name"] == "counter3")
         survivors = {n: last_count(xen, n) for n in ("counter1", "counter4")}
         os.kill(pid, signal.SIGKILL)

@@ -6,10 +6,9 @@ resource (``num_cpus=0``), because soft node affinity does not guarantee placeme
 (ray-notes.md). The embedded mode starts a local multi-node cluster on this machine with
 ``ray.cluster_utils.Cluster``: a head node that runs no domains, then one node per host.
 
-Hygiene (ray-notes.md): a private ``RAY_TMPDIR`` per run, ``RAY_AUTH_MODE`` set explicitly
-and identically for every process, never ``ray stop``; we tear down only the nodes we
-started. ``RAY_ENABLE_UV_RUN_RUNTIME_ENV=0`` stops Ray from re-packaging this project into a
-fresh virtualenv per worker when the driver runs under ``uv run``.
+Hygiene (ray-notes.md): a private ``RAY_TMPDIR`` per run, the shared environment of
+``cluster.RAY_ENV`` in every process, never ``ray stop``; we tear down only the nodes we
+started.
 """
 
 from __future__ import annotations
@@ -22,16 +21,11 @@ from typing import Any
 
 import ray
 
+from cluster import RAY_ENV
+
 NAMESPACE = "xenray"
 HOST_LABEL = "xen-host"
 
-# Environment every xenray process (driver, raylets, workers) must share.
-RAY_ENV = {
-    "RAY_AUTH_MODE": "disabled",
-    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
-    "RAY_worker_maximum_startup_concurrency": "64",
-    "RAY_DEDUP_LOGS": "0",
-}
 
 # Detect a dead host in ~2 s instead of ~14 s (ray-notes.md, test settings).
 FAST_HEALTH_CHECKS = {
@@ -57,7 +51,9 @@ def actor_name(host: str, component: str) -> str:
 
 
 def apply_ray_env() -> None:
-    os.environ.update(RAY_ENV)
+    """Make sure child processes (raylets, workers) inherit the shared settings."""
+    for key, value in RAY_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 @dataclasses.dataclass

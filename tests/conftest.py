@@ -4,6 +4,7 @@ Unit tests (tests/unit) need no Ray. Integration tests share one Ray cluster per
 session through the fixtures in tests/integration/conftest.py.
 """
 
+import cluster  # noqa: F401  (sets the Ray environment before anything imports ray)
 from hypothesis import HealthCheck, settings
 
 # The machines here are shared and noisy: no hypothesis deadline, bounded examples.

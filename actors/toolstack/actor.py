@@ -62,6 +62,18 @@ def state_string(flags: int) -> str:
     ])
 
 
+def check_devices(cfg: DomainConfig) -> None:
+    """Refuse, before anything is built, devices this host cannot back (xl does the same)."""
+    for disk in cfg.disk:
+        if disk.target and not os.path.exists(disk.target):
+            raise XenError(Errno.ENOENT, f"disk {disk.vdev}: target {disk.target} does not "
+                                         "exist on this host")
+    if cfg.disk or cfg.vif:
+        kinds = " and ".join(k for k, v in (("disk", cfg.disk), ("vif", cfg.vif)) if v)
+        raise XenError(Errno.ENOSYS, f"{cfg.name}: {kinds} devices need blkback/netback, "
+                                     "which xenray does not emulate yet; remove them to boot")
+
+
 @ray.remote(max_restarts=0, max_concurrency=8)
 class ToolstackActor(Endpoint):
     def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
@@ -85,6 +97,7 @@ class ToolstackActor(Endpoint):
     def on_create(self, config: dict[str, Any], name: str | None = None) -> dict[str, Any]:
         cfg = DomainConfig.from_dict(config)
         name = name or cfg.name
+        check_devices(cfg)
         with self.lock:
             if name in self.records:
                 raise XenError(Errno.EEXIST, f"domain {name!r} already exists on {self.host}")

@@ -13,7 +13,7 @@ from protocols.hypercall import DOMID_ANY, Domctl, Hypercall, MemoryOp, Sysctl, 
 
 
 def test_hypervisor_actor_boots_dom0_and_serves_hypercalls(ray_hosts, tmp_path):
-    name = actor_name("h1", "hypervisor-test")
+    name = actor_name("h1", "hypervisor-test")  # beside the cluster's own
     hv = HypervisorActor.options(name=name, namespace=NAMESPACE, **pin_to_host("h1")).remote(
         "h1", 256, 2, f"t{os.getpid()}", str(tmp_path))
     try:

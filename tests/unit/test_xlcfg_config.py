@@ -8,7 +8,7 @@ from hypothesis import given, strategies as st
 
 from cluster.xlcfg import Action, DomainConfig, XlCfgError, load_config, parse_config
 
-EXAMPLE = pathlib.Path("/work/shared/xl-examples/xlexample.pvlinux")
+EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "cluster" / "examples" / "xlexample.pvlinux"
 
 
 def _cfg(text: str) -> DomainConfig:
