@@ -110,7 +110,8 @@ def cmd_create(a: argparse.Namespace) -> int:
     for w in warnings:
         err.print(f"warning: {w}")
     info = attach().create(cfg, host=a.host)
-    out.print(f"created {info['name']} (domid {info['domid']}) on {info['host']}")
+    out.print(f"created {info['name']} (domid {info['domid']}) on {info['host']}, "
+              f"booting {info['kernel']}")
     return 0
 
 
@@ -242,3 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyError, ValueError, OSError, TimeoutError, XenError, XlCfgError) as e:
         err.print(f"xenray {spec.name}: {e}")
         return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -121,7 +121,8 @@ class ToolstackActor(Endpoint):
                 self.records.pop(name, None)
             raise
         self.log.info("domain created", domid=built.domid, name=name)
-        return {"name": name, "domid": built.domid, "host": self.host, "pid": pid}
+        return {"name": name, "domid": built.domid, "host": self.host, "pid": pid,
+                "kernel": cfg.kernel or f"built-in {cfg.type} kernel"}
 
     def on_destroy(self, name: str) -> None:
         rec = self._record(name)

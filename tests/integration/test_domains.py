@@ -135,3 +135,17 @@ def test_create_refuses_the_shipped_example_naming_its_missing_disk(xen):
     with pytest.raises(Exception, match="/dev/vg/guest-volume does not exist"):
         xen.create(EXAMPLES / "xlexample.pvlinux", host="h1")
     assert xen.find("example.pvlinux") is None
+
+
+def test_on_crash_rename_restart_keeps_the_old_domain_and_starts_a_new_one(xen, domains):
+    domains(counter_cfg("phoenix", on_crash="rename-restart"), "h1")
+    counts_past(xen, "phoenix", 0)
+    old_domid = xen.find("phoenix")[1]
+    pid = next(r["pid"] for r in xen.list() if r["name"] == "phoenix")
+    os.kill(pid, signal.SIGKILL)
+    renamed = f"phoenix-{old_domid}"
+    xen.wait_for(lambda: xen.find(renamed) and xen.find("phoenix"), 60,
+                 "the renamed wreck and a new phoenix")
+    assert xen.find("phoenix")[1] != old_domid
+    counts_past(xen, "phoenix", 0)
+    xen.destroy(renamed)
