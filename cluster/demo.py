@@ -82,6 +82,7 @@ def run(out: Console) -> int:
         step("5. SIGKILL counter3: a crash (on_crash = destroy); the others carry on")
         pid = next(r["pid"] for r in xen.list() if r["name"] == "counter3")
         survivors = {n: last_count(xen, n) for n in ("counter1", "counter4")}
+        out.print(f"  kill -9 {pid} (Ray will report the dead worker: that is the point)")
         os.kill(pid, signal.SIGKILL)
         xen.wait_for(lambda: xen.find("counter3") is None, 30, "counter3 to be destroyed")
         for name, count in survivors.items():
