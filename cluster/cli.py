@@ -161,6 +161,15 @@ def cmd_console(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_image(a: argparse.Namespace) -> int:
+    """``xenray image create PATH SIZE``: a sparse raw image for a ``disk=`` entry."""
+    from actors.blkback.vbd import create_image, parse_size
+
+    size = create_image(a.path, parse_size(a.size), overwrite=a.force)
+    out.print(f"created {a.path}: {size} bytes ({size // 512} sectors), sparse")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from cluster.demo import run
 
@@ -207,6 +216,10 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("console", cmd_console, "show a domain's console",
                 (NAME, _arg("--lines", type=int, default=20),
                  _arg("--no-follow", action="store_true"))),
+    CommandSpec("image", cmd_image, "make a sparse raw disk image: image create PATH SIZE",
+                (_arg("action", choices=("create",)), _arg("path"),
+                 _arg("size", help="bytes, or with a suffix: 512K, 64M, 1G"),
+                 _arg("--force", action="store_true", help="replace an existing file"))),
     CommandSpec("demo", cmd_demo, "run the demonstration on an embedded 2-host cluster",
 ),
     CommandSpec("bench", cmd_bench, "benchmarks: hypercall, create",
