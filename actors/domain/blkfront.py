@@ -1,0 +1,450 @@
+"""blkfront: the PV guest's half of a virtual block device (xen-reference.md 7, 8, 10, 19.4).
+
+Pure and unit-testable: memory pages, the grant table, event channels and xenstore are
+injected, so the kernel wires it to the real ones and tests to fakes. It follows Linux
+``drivers/block/xen-blkfront.c``:
+
+* Handshake (8.4): the caller feeds the backend's ``state`` (:meth:`Blkfront.on_backend_state`);
+  :func:`protocols.xenbus.frontend_on_backend_state` decides. On InitWait the frontend
+  allocates a ring page, runs ``SHARED_RING_INIT`` (only the frontend does), grants it, allocates
+  an unbound evtchn and writes ``ring-ref``, ``event-channel``, ``protocol``,
+  ``feature-persistent`` and ``state`` = Initialised in one transaction (``talk_to_blkback``);
+  on Connected it reads the disk properties and features (``blkfront_connect``).
+* The shadow table (``shadow[]``): RING_SIZE entries, the index is the request ``id``. A caller's
+  I/O is split into ring requests of at most 11 page-sized segments (44 KiB); requests wait in a
+  queue for a free shadow entry, so the ring never holds more than RING_SIZE.
+* Data pages: with ``feature-persistent`` both sides agreed on, data pages stay granted and are
+  reused (their gref never changes); without, each page is granted per request (read-only for
+  writes) and revoked on completion.
+* Reconnection (19.4, ``blkif_recover``): when the backend goes away the ring, its port and
+  every grant are dropped; each request without a response is re-queued whole and re-issued on
+  the new ring, with new grants and new ids, once the backend is Connected again. Responses
+  left on the old ring are never read.
+
+Threads: the init program submits and waits; the upcall path calls :meth:`on_event`; xenwatch
+calls :meth:`on_backend_state`. One lock guards the state; xenstore calls and notifications are
+made outside it.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from protocols.blkif import (BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
+                             BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE,
+                             BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, RESPONSE_SIZE, RING_SIZE,
+                             SECTOR_SIZE, XEN_IO_PROTO_ABI_NATIVE, BlkifRequest,
+                             BlkifRequestDiscard, BlkifRequestSegment, BlkifResponse)
+from protocols.errno import Errno, XenError
+from protocols.gnttab import GrantRefAllocator, GrantTable
+from protocols.ring import PAGE_SIZE, FrontRing, RingOverflow
+from protocols.xenbus import FrontendAction, XenbusState, frontend_on_backend_state
+
+MAX_REQUEST_BYTES = BLKIF_MAX_SEGMENTS_PER_REQUEST * PAGE_SIZE  # 44 KiB per ring request
+
+
+class PageAllocator(Protocol):
+    """Free guest pages: ``alloc`` a pfn, ``page(pfn)`` its 4 KiB of memory, ``free`` it."""
+
+    def alloc(self) -> int: ...
+    def page(self, pfn: int) -> memoryview: ...
+    def free(self, pfn: int) -> None: ...
+
+
+class PagePool:
+    """A :class:`PageAllocator` over ``count`` pfns from ``first`` (e.g. the free pages from
+    pfn 16, ``actors.toolstack.builder.PFN_FIRST_FREE``); ``page_of`` is ``Mapping.page``."""
+
+    def __init__(self, page_of: Callable[[int], memoryview], first: int, count: int) -> None:
+        self.page = page_of
+        self._free = list(range(first + count - 1, first - 1, -1))  # pop() gives the lowest
+
+    def alloc(self) -> int:
+        if not self._free:
+            raise XenError(Errno.ENOSPC, "no free guest page")
+        return self._free.pop()
+
+    def free(self, pfn: int) -> None:
+        self._free.append(pfn)
+
+
+class XsLike(Protocol):
+    """The part of :class:`actors.xs_client.XsClient` blkfront uses."""
+
+    def read_str(self, path: str, default: str | None = None, tx_id: int = 0) -> str | None: ...
+    def write(self, path: str, value: bytes | str, tx_id: int = 0) -> None: ...
+    def transact(self, body: Callable[[int], Any]) -> Any: ...
+
+
+class BlkRequest:
+    """One caller I/O (a future): done when all its ring requests have answered."""
+
+    __slots__ = ("op", "sector", "nbytes", "data", "_parts", "_status", "_event")
+
+    def __init__(self, op: int, sector: int, nbytes: int, data: bytes | None) -> None:
+        self.op, self.sector, self.nbytes = op, sector, nbytes
+        self.data = bytearray(nbytes) if op == BLKIF_OP_READ else data
+        self._parts = 0
+        self._status = BLKIF_RSP_OKAY
+        self._event = threading.Event()
+
+    def done(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until done (or ``timeout`` seconds); True if done."""
+        return self._event.wait(timeout)
+
+    def result(self, timeout: float | None = None) -> bytes | None:
+        """The data read (None for other ops). XenError: ETIMEDOUT, EOPNOTSUPP or EIO."""
+        if not self._event.wait(timeout):
+            raise XenError(Errno.ETIMEDOUT, f"op {self.op} at sector {self.sector} pending")
+        if self._status == BLKIF_RSP_EOPNOTSUPP:
+            raise XenError(Errno.EOPNOTSUPP, f"backend does not support op {self.op}")
+        if self._status != BLKIF_RSP_OKAY:
+            raise XenError(Errno.EIO, f"op {self.op} at sector {self.sector}: status "
+                                      f"{self._status}")
+        return bytes(self.data) if self.op == BLKIF_OP_READ else None
+
+    def _part_done(self, status: int) -> None:
+        if status != BLKIF_RSP_OKAY and self._status == BLKIF_RSP_OKAY:
+            self._status = status
+        self._parts -= 1
+        if self._parts == 0:
+            self._event.set()
+
+
+class _Part:
+    """One ring request of a :class:`BlkRequest`: ``count`` bytes (or, for a discard,
+    sectors) from ``sector``, at ``offset`` in the caller's data; ``pages`` while issued."""
+
+    __slots__ = ("req", "sector", "offset", "count", "seq", "pages")
+
+    def __init__(self, req: BlkRequest, sector: int, offset: int, count: int, seq: int) -> None:
+        self.req, self.sector, self.offset, self.count, self.seq = req, sector, offset, count, seq
+        self.pages: list[tuple[int, int, memoryview]] = []  # (gref, pfn, page)
+
+
+class Blkfront:
+    """The frontend of vbd ``vdev`` of domain ``domid`` (``/local/domain/<domid>/device/vbd/
+    <vdev>``). ``max_in_flight`` (<= RING_SIZE) bounds the shadow entries used: the queue depth."""
+
+    def __init__(self, *, domid: int, vdev: int, pages: PageAllocator, gnttab: GrantTable,
+                 grefs: GrantRefAllocator, evtchn_alloc_unbound: Callable[[int], int],
+                 notify: Callable[[int], None], xs: XsLike, backend_id: int = 0,
+                 evtchn_close: Callable[[int], None] | None = None,
+                 max_in_flight: int = RING_SIZE) -> None:
+        if not 0 < max_in_flight <= RING_SIZE:
+            raise ValueError(f"max_in_flight must be 1..{RING_SIZE}")
+        self.domid, self.vdev, self.handle = domid, vdev, vdev & 0xFFFF
+        self.nodename = f"/local/domain/{domid}/device/vbd/{vdev}"
+        self.backend_id = backend_id
+        self.backend = f"/local/domain/{backend_id}/backend/vbd/{domid}/{vdev}"
+        self._pages, self._gnttab, self._grefs, self._xs = pages, gnttab, grefs, xs
+        self._alloc_unbound, self._notify, self._close = evtchn_alloc_unbound, notify, evtchn_close
+        self._lock = threading.Lock()
+        self.state = XenbusState.INITIALISING
+        self.info: dict[str, int] = {}  # sectors, info, sector-size, feature-* (blkfront_connect)
+        self.evtchn: int | None = None
+        self._ring: FrontRing | None = None
+        self._ring_page: tuple[int, int] | None = None  # (gref, pfn)
+        self._retired: list[tuple[int, int]] = []  # (gref, pfn) still mapped by the backend
+        self._connected = False
+        self._persistent = False
+        self._free_pages: list[tuple[int, int, memoryview]] = []  # gref -1: not granted
+        self._shadow: list[_Part | None] = [None] * RING_SIZE
+        self._max_in_flight = max_in_flight
+        self._free_ids = list(range(max_in_flight - 1, -1, -1))
+        self._queue: collections.deque[_Part] = collections.deque()
+        self._seq = itertools.count()
+        self.stats = dict.fromkeys(("issued", "completed", "reissued", "notifies", "spurious",
+                                    "reconnects", "ring_errors"), 0)
+
+    # -- xenbus (reference 8.4, 10, 19.6) --------------------------------------------------
+
+    def probe(self) -> None:
+        """Find the backend through ``<fe>/backend`` and ``backend-id`` (the toolstack's keys)."""
+        self.backend = self._xs.read_str(f"{self.nodename}/backend", self.backend)
+        self.backend_id = int(self._xs.read_str(f"{self.nodename}/backend-id",
+                                                str(self.backend_id)))
+
+    def on_backend_changed(self) -> None:
+        """The watch on ``<be>/state`` fired (maybe spuriously): read it and react."""
+        text = self._xs.read_str(f"{self.backend}/state", "0")
+        try:
+            state = XenbusState.parse(text)
+        except XenError:
+            state = XenbusState.UNKNOWN
+        self.on_backend_state(state)
+
+    def on_backend_state(self, backend: XenbusState) -> None:
+        """``blkback_changed``: do what :func:`frontend_on_backend_state` asks."""
+        step = frontend_on_backend_state(self.state, backend)
+        match step.action:
+            case FrontendAction.SETUP_RING:
+                self._talk_to_blkback()
+                return  # publishes Initialised itself, in the transaction
+            case FrontendAction.CONNECT | FrontendAction.RESIZE:
+                self._connect()
+            case FrontendAction.RECONNECT:
+                with self._lock:
+                    self.stats["reissued"] += self._drop_ring()
+                    self.stats["reconnects"] += 1
+            case FrontendAction.CLOSE:
+                with self._lock:
+                    self._drop_ring()
+                    self._fail_all()
+            case FrontendAction.NONE:
+                return
+        self._switch_state(step.state)
+
+    def _switch_state(self, state: XenbusState, tx_id: int = 0) -> None:
+        self._xs.write(f"{self.nodename}/state", state.encode(), tx_id=tx_id)
+        self.state = state
+
+    def _talk_to_blkback(self) -> None:
+        """``setup_blkring`` then one transaction with the ring details and Initialised."""
+        with self._lock:
+            self.stats["reissued"] += self._drop_ring()  # SETUP_RING over an old ring
+            pfn = self._pages.alloc()
+            page = self._pages.page(pfn)
+            page[:] = bytes(PAGE_SIZE)
+            ring = FrontRing(page, max(RESPONSE_SIZE, BlkifRequest.SIZE))
+            ring.init()  # SHARED_RING_INIT + FRONT_RING_INIT
+            gref = self._grefs.alloc()
+            self._gnttab.grant_access(gref, self.backend_id, pfn)
+            self._reap_retired()  # after the new page is taken: the old one is not reused
+            self.evtchn = self._alloc_unbound(self.backend_id)
+            self._ring, self._ring_page = ring, (gref, pfn)
+            port = self.evtchn
+
+        def body(tx_id: int) -> None:
+            fe = self.nodename
+            self._xs.write(f"{fe}/ring-ref", str(gref), tx_id=tx_id)
+            self._xs.write(f"{fe}/event-channel", str(port), tx_id=tx_id)
+            self._xs.write(f"{fe}/protocol", XEN_IO_PROTO_ABI_NATIVE, tx_id=tx_id)
+            self._xs.write(f"{fe}/feature-persistent", "1", tx_id=tx_id)
+            self._switch_state(XenbusState.INITIALISED, tx_id)
+
+        self._xs.transact(body)
+
+    def _connect(self) -> None:
+        """``blkfront_connect``: read the disk and features, then (re-)issue what waits."""
+        be = self._xs.read_str
+        info = {key: int(be(f"{self.backend}/{key}", default) or default)
+                for key, default in (("sectors", "0"), ("info", "0"), ("sector-size", "512"),
+                                     ("feature-flush-cache", "0"), ("feature-discard", "0"),
+                                     ("feature-persistent", "0"))}
+        with self._lock:
+            self.info = info
+            if not self._connected:
+                self._persistent = info["feature-persistent"] == 1
+                self._connected = True
+            kick = self._issue_queued()
+        self._kick(kick)
+
+    def _drop_ring(self) -> int:
+        """``blkif_free`` keeping the shadow: requests without a response go back to the head
+        of the queue, in issue order, to be re-issued (``blkif_recover``); returns how many.
+        Old grants are revoked at the next ring setup (:meth:`_reap_retired`). Lock held."""
+        self._connected = False
+        inflight = sorted((p for p in self._shadow if p is not None), key=lambda p: p.seq)
+        for part in inflight:
+            self._release_pages(part)
+        self._queue.extendleft(reversed(inflight))
+        self._shadow = [None] * RING_SIZE
+        self._free_ids = list(range(self._max_in_flight - 1, -1, -1))
+        for gref, pfn, _ in self._free_pages:  # persistent grants end with the connection
+            if gref >= 0:
+                self._retired.append((gref, pfn))
+            else:
+                self._pages.free(pfn)
+        self._free_pages.clear()
+        if self._ring is not None:
+            self._ring.release()
+            self._retired.append(self._ring_page)
+            self._ring = self._ring_page = None
+        if self.evtchn is not None and self._close is not None:
+            self._close(self.evtchn)
+        self.evtchn = None
+        return len(inflight)
+
+    def _reap_retired(self) -> None:
+        """End access to old grants; a grant the backend still maps stays out of use."""
+        kept = []
+        for gref, pfn in self._retired:
+            if self._gnttab.end_access(gref):
+                self._grefs.free(gref)
+                self._pages.free(pfn)
+            else:
+                kept.append((gref, pfn))
+        self._retired = kept
+
+    def _fail_all(self) -> None:
+        for part in self._queue:
+            part.req._part_done(BLKIF_RSP_ERROR)
+        self._queue.clear()
+
+    # -- the data path ---------------------------------------------------------------------
+
+    def submit_read(self, sector: int, nbytes: int) -> BlkRequest:
+        return self._submit(BlkRequest(BLKIF_OP_READ, sector, nbytes, None))
+
+    def submit_write(self, sector: int, data: bytes) -> BlkRequest:
+        return self._submit(BlkRequest(BLKIF_OP_WRITE, sector, len(data), bytes(data)))
+
+    def submit_flush(self) -> BlkRequest:
+        return self._submit(BlkRequest(BLKIF_OP_FLUSH_DISKCACHE, 0, 0, None))
+
+    def submit_discard(self, sector: int, nr_sectors: int) -> BlkRequest:
+        return self._submit(BlkRequest(BLKIF_OP_DISCARD, sector, nr_sectors, None))
+
+    def read(self, sector: int, nbytes: int, timeout: float | None = None) -> bytes:
+        return self.submit_read(sector, nbytes).result(timeout)
+
+    def write(self, sector: int, data: bytes, timeout: float | None = None) -> None:
+        self.submit_write(sector, data).result(timeout)
+
+    def flush(self, timeout: float | None = None) -> None:
+        self.submit_flush().result(timeout)
+
+    def discard(self, sector: int, nr_sectors: int, timeout: float | None = None) -> None:
+        self.submit_discard(sector, nr_sectors).result(timeout)
+
+    def _submit(self, req: BlkRequest) -> BlkRequest:
+        if req.sector < 0 or req.nbytes < 0 or (req.op in (BLKIF_OP_READ, BLKIF_OP_WRITE) and (
+                req.nbytes == 0 or req.nbytes % SECTOR_SIZE)):
+            raise XenError(Errno.EINVAL, f"I/O of {req.nbytes} at sector {req.sector}: "
+                                         f"whole 512-byte sectors only")
+        step = MAX_REQUEST_BYTES if req.op in (BLKIF_OP_READ, BLKIF_OP_WRITE) else 0
+        with self._lock:
+            if self.state == XenbusState.CLOSED:
+                raise XenError(Errno.ENODEV, f"vbd {self.vdev} is closed")
+            chunks = [(off, min(step, req.nbytes - off)) for off in range(0, req.nbytes, step)
+                      ] if step else [(0, req.nbytes)]
+            req._parts = len(chunks)
+            for off, count in chunks:
+                self._queue.append(_Part(req, req.sector + off // SECTOR_SIZE, off, count,
+                                         next(self._seq)))
+            kick = self._issue_queued()
+        self._kick(kick)
+        return req
+
+    def _issue_queued(self) -> bool:
+        """Put queued parts on the ring while shadow entries are free; push. Lock held.
+        Returns True if the backend must be notified."""
+        ring = self._ring
+        if ring is None or not self._connected:
+            return False
+        put = 0
+        while self._queue and self._free_ids:
+            part = self._queue.popleft()
+            slot = self._request_slot(part)
+            if slot is None:
+                continue
+            ring.put_request(slot)
+            put += 1
+        self.stats["issued"] += put
+        return put > 0 and ring.push_requests()
+
+    def _request_slot(self, part: _Part) -> bytes | None:
+        """Take a shadow id and build the ring request (``blkif_queue_rw_req``); a request
+        for a feature the backend lacks completes at once with EOPNOTSUPP."""
+        op = part.req.op
+        feature = {BLKIF_OP_FLUSH_DISKCACHE: "feature-flush-cache",
+                   BLKIF_OP_DISCARD: "feature-discard"}.get(op)
+        if feature is not None and not self.info.get(feature):
+            part.req._part_done(BLKIF_RSP_EOPNOTSUPP)
+            return None
+        id_ = self._free_ids.pop()
+        self._shadow[id_] = part
+        if op == BLKIF_OP_DISCARD:
+            return BlkifRequestDiscard(0, self.handle, id_, part.sector, part.count).pack()
+        segs = []
+        data = part.req.data
+        for off in range(0, part.count, PAGE_SIZE):
+            n = min(PAGE_SIZE, part.count - off)
+            gref, pfn, page = self._data_page(readonly=op == BLKIF_OP_WRITE)
+            if op == BLKIF_OP_WRITE:
+                page[:n] = data[part.offset + off:part.offset + off + n]
+            part.pages.append((gref, pfn, page))
+            segs.append(BlkifRequestSegment(gref, 0, n // SECTOR_SIZE - 1))
+        return BlkifRequest(op, len(segs), self.handle, id_, part.sector, tuple(segs)).pack()
+
+    def _data_page(self, readonly: bool) -> tuple[int, int, memoryview]:
+        """A granted data page: a persistent one from the pool, or a fresh grant."""
+        if self._free_pages:
+            gref, pfn, page = self._free_pages.pop()
+        else:
+            pfn = self._pages.alloc()
+            gref, page = -1, self._pages.page(pfn)
+        if gref < 0:
+            gref = self._grefs.alloc()
+            self._gnttab.grant_access(gref, self.backend_id, pfn,
+                                      readonly=readonly and not self._persistent)
+        return gref, pfn, page
+
+    def _release_pages(self, part: _Part) -> None:
+        """Pages back to the pool; non-persistent grants are revoked (deferred if mapped)."""
+        for gref, pfn, page in part.pages:
+            if self._persistent and self._connected:
+                self._free_pages.append((gref, pfn, page))
+            elif self._gnttab.end_access(gref):
+                self._grefs.free(gref)
+                self._free_pages.append((-1, pfn, page))
+            else:
+                self._retired.append((gref, pfn))
+        part.pages = []
+
+    def on_event(self) -> None:
+        """The upcall (``blkif_interrupt``): consume responses until the final check finds
+        none, complete their requests, then issue what was waiting for a shadow entry."""
+        with self._lock:
+            ring = self._ring
+            if ring is None:
+                return
+            try:
+                while True:
+                    for raw in ring.get_responses(RESPONSE_SIZE):
+                        self._complete(BlkifResponse.unpack(raw))
+                    if not ring.final_check_for_responses():
+                        break
+            except RingOverflow:
+                self.stats["ring_errors"] += 1  # a hostile backend: wait for a reconnect
+                return
+            kick = self._issue_queued()
+        self._kick(kick)
+
+    def _complete(self, rsp: BlkifResponse) -> None:
+        part = self._shadow[rsp.id] if rsp.id < RING_SIZE else None
+        if part is None or rsp.operation != part.req.op:
+            self.stats["spurious"] += 1  # Linux: "response has incorrect id"
+            return
+        self._shadow[rsp.id] = None
+        self._free_ids.append(rsp.id)
+        req = part.req
+        if req.op == BLKIF_OP_READ and rsp.status == BLKIF_RSP_OKAY:
+            for i, (_, _, page) in enumerate(part.pages):
+                off = part.offset + i * PAGE_SIZE
+                n = min(PAGE_SIZE, part.offset + part.count - off)
+                req.data[off:off + n] = page[:n]
+        self._release_pages(part)
+        self.stats["completed"] += 1
+        req._part_done(rsp.status)
+
+    def _kick(self, needed: bool) -> None:
+        port = self.evtchn
+        if needed and port is not None:
+            self.stats["notifies"] += 1
+            self._notify(port)
+
+    def statistics(self) -> dict[str, Any]:
+        with self._lock:
+            return {**self.stats, "state": self.state.name,
+                    "in_flight": sum(p is not None for p in self._shadow),
+                    "queued": len(self._queue), "persistent": self._persistent,
+                    "persistent_grants": sum(g >= 0 for g, _, _ in self._free_pages)}
