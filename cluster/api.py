@@ -14,6 +14,7 @@ stops only the hosts it booted. The CLI is a thin layer over these same methods.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import pathlib
 import time
@@ -177,6 +178,13 @@ class Cluster:
         """The last ``lines`` lines the domain wrote on its console."""
         host, _ = self._where(name)
         return self._transport.call(actor_name(host, "xenconsoled"), "tail", name, lines)
+
+    def result(self, name: str) -> dict[str, Any] | None:
+        """The last result an init program published (a ``RESULT {json}`` console line)."""
+        for line in reversed(self.console(name, 200)):
+            if line.startswith("RESULT "):
+                return json.loads(line[len("RESULT "):])
+        return None
 
     def follow_console(self, name: str, poll: float = 0.25) -> Iterator[str]:
         """Console lines as they arrive (``xl console``), until the domain goes away."""

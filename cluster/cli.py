@@ -161,6 +161,19 @@ def cmd_console(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_result(a: argparse.Namespace) -> int:
+    result = attach().result(a.name)
+    if result is None:
+        err.print(f"xenray result: {a.name} has published no result (yet)")
+        return 1
+    if a.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            out.print(f"{key:>12}: {value}")
+    return 0
+
+
 def cmd_image(a: argparse.Namespace) -> int:
     """``xenray image create PATH SIZE``: a sparse raw image for a ``disk=`` entry."""
     from actors.blkback.vbd import create_image, parse_size
@@ -216,6 +229,8 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("console", cmd_console, "show a domain's console",
                 (NAME, _arg("--lines", type=int, default=20),
                  _arg("--no-follow", action="store_true"))),
+    CommandSpec("result", cmd_result, "the result an init program published (blkverify, ...)",
+                (NAME, _arg("--json", action="store_true"))),
     CommandSpec("image", cmd_image, "make a sparse raw disk image: image create PATH SIZE",
                 (_arg("action", choices=("create",)), _arg("path"),
                  _arg("size", help="bytes, or with a suffix: 512K, 64M, 1G"),

@@ -1,7 +1,8 @@
 """Booting and stopping one emulated Xen host on its Ray node.
 
 A host boots as Xen does: the hypervisor first, which builds Dom0; then Dom0's daemons —
-xenstored, the console daemon and the toolstack agent — all holding Dom0's credential.
+xenstored, the console daemon, blkback and the toolstack agent — all holding Dom0's
+credential.
 Only then can DomUs be created. Every actor is pinned to the host's node and named
 ``<host>/<component>`` so that any driver (the CLI, a script) can find it.
 """
@@ -17,7 +18,7 @@ import ray
 from actors import memory
 from cluster.runtime import NAMESPACE, actor_name, pin_to_host
 
-DOM0_COMPONENTS = ("xl", "xenconsoled", "xenstored")  # stopped in this order, hypervisor last
+DOM0_COMPONENTS = ("xl", "blkback", "xenconsoled", "xenstored")  # stop order; hypervisor last
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,7 @@ def xenstored_socket(run_dir: str, host: str) -> str:
 
 def boot_host(spec: HostSpec, *, run_id: str, run_dir: str, log_dir: str) -> None:
     """Start the host's hypervisor, Dom0 and Dom0's daemons; return when all answer."""
+    from actors.blkback.actor import BlkbackActor
     from actors.console.actor import ConsoleActor
     from actors.hypervisor.actor import HypervisorActor
     from actors.toolstack.actor import ToolstackActor
@@ -53,6 +55,7 @@ def boot_host(spec: HostSpec, *, run_id: str, run_dir: str, log_dir: str) -> Non
         host, dom0_secret, xenstored_socket(run_dir, host), log_dir)
     ray.get(xs.deliver.remote("process"))
     daemons = [ConsoleActor.options(**opts("xenconsoled")).remote(host, dom0_secret, log_dir),
+               BlkbackActor.options(**opts("blkback")).remote(host, dom0_secret, log_dir),
                ToolstackActor.options(**opts("xl")).remote(host, dom0_secret, log_dir)]
     ray.get([d.deliver.remote("process") for d in daemons])
 

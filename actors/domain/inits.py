@@ -17,6 +17,11 @@ powers the domain off; one that raises crashes it (the kernel's business, not th
 
 from __future__ import annotations
 
+import json
+import random
+import struct
+import zlib
+
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
 
@@ -38,6 +43,9 @@ class GuestKernel(Protocol):
 
     def clock(self) -> float:
         """Seconds of guest time since boot (it runs on while the domain is paused)."""
+
+    def disk(self, name: str) -> Any:
+        """A virtual disk's frontend; ENODEV if the domain has none of that name."""
 
 
 class GuestOS:
@@ -67,6 +75,16 @@ class GuestOS:
 
     def clock(self) -> float:
         return self._kernel.clock()
+
+    def disk(self, name: str = "xvda") -> Any:
+        """A virtual disk (blkfront): ``read``/``write``/``flush``/``discard`` and the
+        ``submit_*`` forms for queue depth."""
+        return self._kernel.disk(name)
+
+    def result(self, data: dict) -> None:
+        """Publish a machine-readable result: a ``RESULT {json}`` console line, which
+        ``xenray result NAME`` collects."""
+        self.print("RESULT " + json.dumps(data, sort_keys=True))
 
     def options(self) -> dict[str, str]:
         """The ``key=value`` words of argv (other words are left out)."""
@@ -130,7 +148,45 @@ def poweroff(os: GuestOS) -> None:
     """Return at once: the domain powers off."""
 
 
+def verify_block(seed: int, index: int, bs: int) -> bytes:
+    """Block ``index`` of a verify run: its index and seed, pseudo-random fill, and a CRC."""
+    body = struct.pack("<QQ", index, seed) + random.Random(seed * 1_000_003 + index).randbytes(
+        bs - 20)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def blkverify(os: GuestOS) -> None:
+    """Write ``blocks`` checksummed blocks of ``bs`` bytes to ``disk`` (default xvda) with
+    ``iodepth`` requests in flight, flush, read them all back and verify each one.
+    Prints the counts and publishes them as a result."""
+    disk = os.disk(os.options().get("disk", "xvda"))
+    bs = _option(os, "bs", 4096, int)
+    blocks = _option(os, "blocks", 256, int)
+    depth = _option(os, "iodepth", 8, int)
+    seed = _option(os, "seed", 1, int)
+    sectors = bs // 512
+    t0 = os.clock()
+    for first in range(0, blocks, depth):
+        batch = [disk.submit_write(i * sectors, verify_block(seed, i, bs))
+                 for i in range(first, min(first + depth, blocks))]
+        for req in batch:
+            req.result(timeout=60)
+    disk.flush(timeout=60)
+    bad = []
+    for first in range(0, blocks, depth):
+        reads = [(i, disk.submit_read(i * sectors, bs))
+                 for i in range(first, min(first + depth, blocks))]
+        bad += [i for i, req in reads if req.result(timeout=60) != verify_block(seed, i, bs)]
+    elapsed = os.clock() - t0
+    os.print(f"blkverify: {blocks} blocks of {bs} bytes written, {blocks - len(bad)} "
+             f"verified, {len(bad)} bad, in {elapsed:.2f} s")
+    os.result({"init": "blkverify", "blocks": blocks, "bs": bs, "verified": blocks - len(bad),
+               "bad": bad[:16], "seconds": round(elapsed, 3)})
+    idle(os)
+
+
 INITS: dict[str, Init] = {
+    "blkverify": blkverify,
     "counter": counter,
     "idle": idle,
     "crash": crash,

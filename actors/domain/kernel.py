@@ -44,10 +44,11 @@ import traceback
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from actors.domain.blkdev import BlockDevices
 from actors.domain.inits import INITS, GuestOS, parse_init
 from actors.memory import Mapping
 from protocols.console import ConsoleInterface
-from protocols.errno import XenError
+from protocols.errno import Errno, XenError
 from protocols.hypercall import EvtchnOp, Hypercall, SchedOp, ShutdownReason
 from protocols.start_info import StartInfo
 
@@ -97,7 +98,9 @@ class PVKernel:
     def __init__(self, start_info: StartInfo, memory: Mapping, hypercall: Callable[..., Any],
                  xs: XsLike, log: Any) -> None:
         self.start_info = start_info
+        self.memory = memory
         self.console = ConsoleInterface(memory.page(start_info.console_mfn))
+        self.blk: BlockDevices | None = None
         self.hypercall = hypercall
         self.xs = xs
         self.log = log
@@ -113,6 +116,8 @@ class PVKernel:
         self._console_kicked = False
         self._console_lock = threading.Lock()
         self._watch_events: queue.SimpleQueue[tuple[str, str]] = queue.SimpleQueue()
+        self._watch_handlers: dict[str, Callable[[], None]] = {
+            SHUTDOWN_TOKEN: self._control_shutdown}
         self._clock_base = 0.0
         self._boot_time: float | None = None
         self.stats = dict.fromkeys(("upcalls", "xs_events", "console_bytes", "console_waits",
@@ -143,6 +148,8 @@ class PVKernel:
             if self.start_info.console_evtchn in ports:  # xenconsoled drained the ring
                 self._console_kicked = True
                 self._cv.notify_all()
+        if self.blk is not None:
+            self.blk.upcall(ports)
 
     def xs_event(self, data: bytes) -> None:
         """xs_wire WATCH_EVENT messages pushed by xenstored."""
@@ -204,6 +211,13 @@ class PVKernel:
                     raise Halted
                 self._cv.wait(left)
         self._gate()
+
+    def disk(self, name: str) -> Any:
+        """The blkfront of a virtual disk, for the init program (vCPU thread)."""
+        self._gate()
+        if self.blk is None:
+            raise XenError(Errno.ENODEV, f"no virtual disk {name}")
+        return self.blk.disk(name)
 
     def clock(self) -> float:
         self._gate()
@@ -286,7 +300,8 @@ class PVKernel:
             self._boot_time = time.monotonic()
         self._printk("Booting paravirtualized kernel on Xen (xenray)")
         self._printk(f"Command line: {si.cmd_line}")
-        for step in (self._read_identity, self._setup_shutdown_watcher):
+        for step in (self._read_identity, self._setup_shutdown_watcher,
+                     self._setup_block_devices):
             try:
                 step()
             except Exception as e:  # Linux boots on without xenbus, deaf to control/shutdown
@@ -308,6 +323,18 @@ class PVKernel:
                 self.xs.write(f"control/feature-{feature}", "1")
             except XenError as e:
                 self.log.warning("cannot advertise feature", feature=feature, error=str(e))
+
+    def _setup_block_devices(self) -> None:
+        """xen-blkfront's probe: a frontend per ``device/vbd`` entry (none is fine)."""
+        blk = BlockDevices(self.memory, self.start_info.nr_pages, self.hypercall, self.xs)
+        self.blk = blk
+        for devid in blk.probe(self.domid, self._watch):
+            self._printk(f"blkfront: {devid}: probed")
+
+    def _watch(self, path: str, token: str, handler: Callable[[], None]) -> None:
+        """Register a watch whose callback runs on the xenwatch thread, behind the gate."""
+        self._watch_handlers[token] = handler
+        self.xs.watch(path, token, self._queue_watch_event)
 
     def _run_init(self) -> None:
         program = INITS.get(self.init_name)
@@ -338,12 +365,11 @@ class PVKernel:
 
     def _xenwatch_main(self) -> None:
         """Run watch callbacks one at a time, each only while the domain may run."""
-        handlers = {SHUTDOWN_TOKEN: self._control_shutdown}
         try:
             while True:
                 path, token = self._watch_events.get()
                 self._gate(vcpu=False)
-                handler = handlers.get(token)
+                handler = self._watch_handlers.get(token)
                 if handler is None:
                     continue
                 try:

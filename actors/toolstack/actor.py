@@ -14,6 +14,7 @@ import dataclasses
 import os
 import queue
 import threading
+import time
 from typing import Any
 
 import msgpack
@@ -22,7 +23,7 @@ import ray
 from actors import log as xlog
 from actors.domain.actor import DomainActor
 from actors.hypercall_client import Credential, HypercallClient
-from actors.toolstack.builder import build_pv_domain, destroy_domain
+from actors.toolstack.builder import build_pv_domain, destroy_domain, vbd_backend_path
 from actors.transport import Endpoint, RayTransport
 from actors.xs_client import XsClient
 from cluster.runtime import NAMESPACE, actor_name, pin_to_host
@@ -65,13 +66,38 @@ def state_string(flags: int) -> str:
 def check_devices(cfg: DomainConfig) -> None:
     """Refuse, before anything is built, devices this host cannot back (xl does the same)."""
     for disk in cfg.disk:
-        if disk.target and not os.path.exists(disk.target):
-            raise XenError(Errno.ENOENT, f"disk {disk.vdev}: target {disk.target} does not "
-                                         "exist on this host")
-    if cfg.disk or cfg.vif:
-        kinds = " and ".join(k for k, v in (("disk", cfg.disk), ("vif", cfg.vif)) if v)
-        raise XenError(Errno.ENOSYS, f"{cfg.name}: {kinds} devices need blkback/netback, "
-                                     "which xenray does not emulate yet; remove them to boot")
+        where = f"disk {disk.vdev}"
+        if not disk.target or not os.path.exists(disk.target):
+            raise XenError(Errno.ENOENT, f"{where}: target {disk.target} does not exist on "
+                                         "this host")
+        if (reason := disk.unsupported_reason()) is not None:
+            raise XenError(Errno.EOPNOTSUPP, f"{where}: {reason}")
+        if disk.mode == "w" and not os.stat(disk.target).st_mode & 0o222:
+            raise XenError(Errno.EROFS, f"{where}: {disk.target} is read-only but the disk "
+                                        "asks for write access (use access=ro)")
+    if cfg.vif:
+        raise XenError(Errno.ENOSYS, f"{cfg.name}: vif devices need netback, which xenray "
+                                     "does not emulate yet; remove them to boot")
+
+
+HOTPLUG_TIMEOUT_S = 40.0  # LIBXL_HOTPLUG_TIMEOUT
+
+
+def wait_for_backends(xs, domid: int, cfg: DomainConfig) -> None:
+    """libxl waits for each backend to reach InitWait (or report an error) before unpausing."""
+    for disk in cfg.disk:
+        be = vbd_backend_path(domid, disk.devid)
+        deadline = time.monotonic() + HOTPLUG_TIMEOUT_S
+        while (state := xs.read_str(f"{be}/state", default="0")) != "2":
+            error = xs.read_str(f"{be}/hotplug-error", default="") or \
+                xs.read_str(f"{be}/error", default="")
+            if error or state == "6":
+                raise XenError(Errno.EIO, f"disk {disk.vdev}: blkback refused it: "
+                                          f"{error or 'backend closed'}")
+            if time.monotonic() > deadline:
+                raise XenError(Errno.ETIMEDOUT, f"disk {disk.vdev}: blkback did not answer "
+                                                f"within {HOTPLUG_TIMEOUT_S:.0f} s")
+            time.sleep(0.05)
 
 
 @ray.remote(max_restarts=0, max_concurrency=8)
@@ -114,6 +140,7 @@ class ToolstackActor(Endpoint):
                     ctxt=msgpack.packb({"pid": pid, "endpoint": endpoint}))
             with self.lock:
                 self.records[name] = Record(name, built.domid, config, built.secret, pid)
+            wait_for_backends(self.xs, built.domid, cfg)
             self.hv(Hypercall.domctl, Domctl.unpausedomain, domain=built.domid)
         except BaseException:
             self._teardown(built.domid)

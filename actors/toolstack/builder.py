@@ -118,8 +118,37 @@ def _write_xenstore(xs, domid: int, dom_uuid: str, name: str, cfg: DomainConfig,
                      "control/feature-suspend", "control/sysrq", "data"):
             xs.write(f"{dom}/{leaf}", "", tx_id=t)
             xs.set_perms(f"{dom}/{leaf}", guest_owns, tx_id=t)
+        for disk in cfg.disk:
+            _add_vbd(xs, t, domid, disk)
 
     xs.transact(body)
+
+
+def vbd_backend_path(domid: int, devid: int) -> str:
+    return f"/local/domain/0/backend/vbd/{domid}/{devid}"
+
+
+def _add_vbd(xs, t: int, domid: int, disk) -> None:
+    """``libxl__device_generic_add`` for a vbd (reference 8.3, 10): both directories, with
+    each side owning its own and the other side allowed to read it, and libxl's copy."""
+    fe = f"/local/domain/{domid}/device/vbd/{disk.devid}"
+    be = vbd_backend_path(domid, disk.devid)
+    backend = {"frontend": fe, "frontend-id": str(domid), "online": "1", "state": "1",
+               "removable": "0", "bootable": "1", "dev": disk.vdev, "type": "file",
+               "mode": disk.mode, "device-type": disk.device_type, "params": disk.target,
+               "discard-enable": "0" if disk.discard is False else "1"}
+    frontend = {"backend": be, "backend-id": "0", "state": "1",
+                "virtual-device": str(disk.devid), "device-type": disk.device_type,
+                "trusted": "1"}
+    for base, keys, perms in ((be, backend, ["n0", f"r{domid}"]),
+                              (fe, frontend, [f"n{domid}", "r0"])):
+        xs.write(base, "", tx_id=t)
+        xs.set_perms(base, perms, tx_id=t)  # first: the keys inherit these permissions
+        for key, value in keys.items():
+            xs.write(f"{base}/{key}", value, tx_id=t)
+    libxl = f"/libxl/{domid}/device/vbd/{disk.devid}"
+    xs.write(f"{libxl}/frontend", fe, tx_id=t)
+    xs.write(f"{libxl}/backend", be, tx_id=t)
 
 
 def destroy_domain(hv, xs, domid: int) -> None:
@@ -133,7 +162,8 @@ def destroy_domain(hv, xs, domid: int) -> None:
     except XenError as e:
         if e.errno != Errno.ESRCH:
             raise
-    for path in (f"/local/domain/{domid}", f"/libxl/{domid}", vm):
+    for path in (f"/local/domain/0/backend/vbd/{domid}", f"/local/domain/{domid}",
+                 f"/libxl/{domid}", vm):
         if path:
             try:
                 xs.rm(path)
