@@ -164,7 +164,8 @@ class PVKernel:
                 vcpu = "paused"
             return {**self.stats, "state": state.value, "vcpu": vcpu, "paused": self._paused,
                     "shutdown_reason": self._reason.name if self._reason is not None else None,
-                    "domid": self.domid, "init": self.init_name}
+                    "domid": self.domid, "init": self.init_name,
+                    "vbd": self.blk.statistics() if self.blk is not None else {}}
 
     def save(self) -> dict[str, Any]:
         """What a restored kernel needs to carry on: the init, its state, clock, console
