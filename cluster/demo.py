@@ -10,12 +10,16 @@ import os
 import pathlib
 import re
 import signal
+import tempfile
 import time
 
 from rich.console import Console
 
+from actors.blkback.vbd import create_image
+from actors.domain.inits import verify_block
 from cluster.api import Cluster
 from cluster.report import domain_table
+from cluster.xlcfg import parse_config
 
 EXAMPLES = pathlib.Path(__file__).parent / "examples"
 COUNT = re.compile(r"counter (\d+)")
@@ -79,7 +83,25 @@ def run(out: Console) -> int:
         out.print(f"  counter2 was domid {before}, now domid {after}")
         wait_count_above(xen, "counter2", 0)
 
-        step("5. SIGKILL counter3: a crash (on_crash = destroy); the others carry on")
+        step("5. A virtual disk: blkfront, blkback, a raw image")
+        with tempfile.TemporaryDirectory(dir="/dev/shm") as tmp:
+            image = pathlib.Path(tmp) / "disk1.img"
+            create_image(image, 16 << 20)
+            cfg = parse_config(f'name = "disk1"\nmemory = 32\n'
+                               f'disk = [ "{image},raw,xvda,rw" ]\n'
+                               f'extra = "init=blkverify blocks=256 iodepth=8 seed=9"\n')[0]
+            xen.create(cfg, host="h1")
+            result = xen.wait_for(lambda: xen.result("disk1"), 120, "disk1's blkverify")
+            out.print(f"  blkverify in the guest: {result['verified']} of {result['blocks']} "
+                      f"blocks verified in {result['seconds']} s")
+            xen.destroy("disk1")
+            with image.open("rb") as f:
+                on_disk = sum(f.read(4096) == verify_block(9, i, 4096) for i in range(256))
+            if on_disk != 256:
+                raise RuntimeError(f"only {on_disk} of 256 blocks are in the image")
+            out.print(f"  after destroy, read from the host: all {on_disk} blocks are in {image.name}")
+
+        step("6. SIGKILL counter3: a crash; the others carry on")
         pid = next(r["pid"] for r in xen.list() if r["name"] == "counter3")
         survivors = {n: last_count(xen, n) for n in ("counter1", "counter4")}
         out.print(f"  kill -9 {pid} (Ray will report the dead worker: that is the point)")
@@ -89,7 +111,7 @@ def run(out: Console) -> int:
             out.print(f"  {name} keeps counting: {count} -> {wait_count_above(xen, name, count)}")
         show_list(out, xen)
 
-        step("6. Destroy the rest and stop the cluster")
+        step("7. Destroy the rest and stop the cluster")
         for r in xen.list():
             if r["domid"] != 0:
                 xen.destroy(r["name"])
