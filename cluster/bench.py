@@ -104,4 +104,9 @@ def bench_create(out: Console, a: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = {"hypercall": bench_hypercall, "create": bench_create}
+def bench_blk(out: Console, a: argparse.Namespace) -> int:
+    from cluster.bench_blk import bench_blk as run
+    return run(out, a)
+
+
+BENCHMARKS = {"hypercall": bench_hypercall, "create": bench_create, "blk": bench_blk}

@@ -15,22 +15,17 @@ import ray
 
 from actors import log as xlog
 from actors.blkback.xenbus import Blkback
-from actors.hypercall_client import Credential, HypercallClient
-from actors.transport import Endpoint, RayTransport
-from actors.xs_client import XsClient
-from cluster.runtime import actor_name
+from actors.dom0 import dom0_clients
+from actors.transport import Endpoint
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=8)
 class BlkbackActor(Endpoint):
     def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
         self.log = xlog.setup(host=host, component="blkback", log_dir=log_dir)
-        endpoint = actor_name(host, "blkback")
-        transport = RayTransport()
-        hv = HypercallClient(transport, actor_name(host, "hypervisor"),
-                             Credential(0, dom0_secret, endpoint))
-        self.xs = XsClient(transport, host, 0, dom0_secret, endpoint)
-        self.blkback = Blkback(host, hv, self.xs, self.log)
+        dom0 = dom0_clients(host, dom0_secret, "blkback")
+        self.xs = dom0.xs
+        self.blkback = Blkback(host, dom0.hv, self.xs, self.log)
         self.blkback.start()
         self.log.info("blkback up", devices=len(self.blkback.devices))
 

@@ -13,22 +13,17 @@ import ray
 
 from actors import log as xlog
 from actors.console.daemon import ConsoleDaemon
-from actors.hypercall_client import Credential, HypercallClient
-from actors.transport import Endpoint, RayTransport
-from actors.xs_client import XsClient
-from cluster.runtime import actor_name
+from actors.dom0 import dom0_clients
+from actors.transport import Endpoint
 
 
 @ray.remote(max_restarts=0)
 class ConsoleActor(Endpoint):
     def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
         self.log = xlog.setup(host=host, component="xenconsoled", log_dir=log_dir)
-        endpoint = actor_name(host, "xenconsoled")
-        transport = RayTransport()
-        hv = HypercallClient(transport, actor_name(host, "hypervisor"),
-                             Credential(0, dom0_secret, endpoint))
-        self.xs = XsClient(transport, host, 0, dom0_secret, endpoint)
-        self.daemon = ConsoleDaemon(host, hv, self.xs, log_dir, log=self.log)
+        dom0 = dom0_clients(host, dom0_secret, "xenconsoled")
+        self.xs = dom0.xs
+        self.daemon = ConsoleDaemon(host, dom0.hv, self.xs, log_dir, log=self.log)
         self.daemon.start()
         self.log.info("xenconsoled up")
 

@@ -22,10 +22,9 @@ import ray
 
 from actors import log as xlog
 from actors.domain.actor import DomainActor
-from actors.hypercall_client import Credential, HypercallClient
+from actors.dom0 import dom0_clients
 from actors.toolstack.builder import build_pv_domain, destroy_domain, vbd_backend_path
-from actors.transport import Endpoint, RayTransport
-from actors.xs_client import XsClient
+from actors.transport import Endpoint
 from cluster.runtime import NAMESPACE, actor_name, pin_to_host
 from cluster.xlcfg import Action, DomainConfig
 from protocols.errno import Errno, XenError
@@ -105,12 +104,8 @@ class ToolstackActor(Endpoint):
     def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
         self.host, self.log_dir = host, log_dir
         self.log = xlog.setup(host=host, component="xl", log_dir=log_dir)
-        endpoint = actor_name(host, "xl")
-        transport = RayTransport()
-        self.transport = transport
-        self.hv = HypercallClient(transport, actor_name(host, "hypervisor"),
-                                  Credential(0, dom0_secret, endpoint))
-        self.xs = XsClient(transport, host, 0, dom0_secret, endpoint)
+        dom0 = dom0_clients(host, dom0_secret, "xl")
+        self.transport, self.hv, self.xs = dom0.transport, dom0.hv, dom0.xs
         self.records: dict[str, Record] = {}
         self.lock = threading.RLock()
         self.reactions: queue.Queue[str] = queue.Queue()

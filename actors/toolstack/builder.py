@@ -119,7 +119,7 @@ def _write_xenstore(xs, domid: int, dom_uuid: str, name: str, cfg: DomainConfig,
             xs.write(f"{dom}/{leaf}", "", tx_id=t)
             xs.set_perms(f"{dom}/{leaf}", guest_owns, tx_id=t)
         for disk in cfg.disk:
-            _add_vbd(xs, t, domid, disk)
+            add_vbd(xs, t, domid, disk)
 
     xs.transact(body)
 
@@ -128,7 +128,7 @@ def vbd_backend_path(domid: int, devid: int) -> str:
     return f"/local/domain/0/backend/vbd/{domid}/{devid}"
 
 
-def _add_vbd(xs, t: int, domid: int, disk) -> None:
+def add_vbd(xs, t: int, domid: int, disk) -> None:
     """``libxl__device_generic_add`` for a vbd (reference 8.3, 10): both directories, with
     each side owning its own and the other side allowed to read it, and libxl's copy."""
     fe = f"/local/domain/{domid}/device/vbd/{disk.devid}"

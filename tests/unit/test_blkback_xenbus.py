@@ -23,9 +23,11 @@ from actors.domain.blkdev import BlockDevices
 from actors.hypercall_client import Credential, HypercallClient
 from actors.hypervisor.effects import Deliver, ReleaseMemory, SizeMemory
 from actors.hypervisor.state import Hypervisor
+from actors.toolstack.builder import add_vbd
 from actors.xenstored.server import XenstoredServer
 from actors.xs_client import XsClient
-from protocols.blkif import VDISK_READONLY
+from cluster.xlcfg import parse_disk_spec
+from protocols.blkif import VDISK_READONLY, devid_to_vdev
 from protocols.evtchn import EvtchnStat
 from protocols.hypercall import DOMID_ANY, Domctl, EvtchnOp, Hypercall, MemoryOp
 
@@ -182,19 +184,9 @@ class World:
         return guest
 
     def add_vbd(self, t: int, domid: int, devid: int, image: str, mode: str) -> None:
-        """libxl__device_generic_add for a vbd (reference 8.3, 10)."""
-        fe, be = self.fe(domid, devid), self.be(domid, devid)
-        for base, keys, perms in (
-                (be, {"frontend": fe, "frontend-id": str(domid), "online": "1", "state": "1",
-                      "removable": "0", "bootable": "1", "dev": "xvda", "type": "file",
-                      "mode": mode, "device-type": "disk", "params": image}, ["n0", f"r{domid}"]),
-                (fe, {"backend": be, "backend-id": "0", "state": "1",
-                      "virtual-device": str(devid), "device-type": "disk"},
-                 [f"n{domid}", "r0"])):
-            self.xs.write(base, "", tx_id=t)
-            self.xs.set_perms(base, perms, tx_id=t)  # before the keys: they inherit it
-            for key, value in keys.items():
-                self.xs.write(f"{base}/{key}", value, tx_id=t)
+        """The toolstack's own device add (reference 8.3, 10)."""
+        add_vbd(self.xs, t, domid,
+                parse_disk_spec(f"{image},raw,{devid_to_vdev(devid)},{mode}"))
 
     @staticmethod
     def fe(domid: int, devid: int) -> str:
