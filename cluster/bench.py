@@ -15,6 +15,7 @@ import ray
 from rich.console import Console
 from rich.table import Table
 
+from cluster.bench_blk import bench_blk
 from cluster.runtime import NAMESPACE, EmbeddedRay, actor_name, connect, pin_to_host
 
 
@@ -102,11 +103,6 @@ def bench_create(out: Console, a: argparse.Namespace) -> int:
     out.print(f"median {statistics.median(lat):.2f} s per domain; "
               f"{n / total:.2f} domains/s overall")
     return 0
-
-
-def bench_blk(out: Console, a: argparse.Namespace) -> int:
-    from cluster.bench_blk import bench_blk as run
-    return run(out, a)
 
 
 BENCHMARKS = {"hypercall": bench_hypercall, "create": bench_create, "blk": bench_blk}

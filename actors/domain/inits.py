@@ -322,7 +322,27 @@ def blkbench(os: GuestOS) -> None:
     idle(os)
 
 
+def blkhostile(os: GuestOS) -> None:
+    """A misbehaving block driver, for fault injection: it reaches into its own ring page
+    (it is the guest's memory) and publishes ``mode=overflow`` (more requests than the ring
+    holds, 19.2) or ``mode=garbage`` (random bytes in every slot), then kicks the backend."""
+    front = os.disk(os.options().get("disk", "xvda"))
+    front.read(0, 512, timeout=60)  # connected, and one honest request done
+    sring = front._ring.sring  # noqa: SLF001  (what a hostile guest does to its own page)
+    if os.options().get("mode", "overflow") == "garbage":
+        rng = random.Random(_option(os, "seed", 1, int))
+        page = front._pages.page(front._ring_page[1])  # noqa: SLF001
+        page[64:] = rng.randbytes(len(page) - 64)
+        sring.req_prod = sring.req_prod + 32
+    else:
+        sring.req_prod = sring.rsp_prod + 4 * 32
+    front._notify(front.evtchn)  # noqa: SLF001
+    os.print(f"blkhostile: published req_prod={sring.req_prod}")
+    idle(os)
+
+
 INITS: dict[str, Init] = {
+    "blkhostile": blkhostile,
     "blkbench": blkbench,
     "blkverify": blkverify,
     "counter": counter,

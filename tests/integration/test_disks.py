@@ -73,3 +73,34 @@ def test_killing_blkback_mid_stream_loses_no_acknowledged_write(xen, tmp_path):
     with open(image, "rb") as f:
         for i in range(blocks):
             assert f.read(4096) == verify_block(3, i, 4096), f"block {i} lost"
+
+
+@pytest.mark.parametrize("mode", ["overflow", "garbage"])
+def test_hostile_frontend_is_refused_and_blkback_keeps_serving_others(xen, tmp_path, mode):
+    """19.2: a frontend that overflows its ring is disconnected alone; garbage requests get
+    BLKIF_RSP_ERROR; blkback itself survives (same incarnation) and serves another domain."""
+    evil_img, good_img = tmp_path / "evil.img", tmp_path / "good.img"
+    create_image(evil_img, 4 << 20)
+    create_image(good_img, 4 << 20)
+    from cluster.runtime import actor_name
+
+    blkback = actor_name("h1", "blkback")
+    before = xen._transport.call(blkback, "statistics")
+    xen.create(disk_cfg("evil", evil_img, f"blkhostile mode={mode}"), host="h1")
+    try:
+        xen.wait_for(lambda: any("blkhostile: published" in line
+                                 for line in xen.console("evil", 20)), 60, "the attack")
+        after = xen.wait_for(
+            lambda: (s := xen._transport.call(blkback, "statistics"))["hostile"]
+            + s["totals"].get("errors", 0) > before["hostile"] + before["totals"].get(
+                "errors", 0) and s, 30, "blkback to refuse the hostile ring")
+        assert after["recovered"] == before["recovered"]  # the same blkback, never restarted
+        xen.create(disk_cfg("good", good_img, "blkverify blocks=32 iodepth=4"), host="h1")
+        result = xen.wait_for(lambda: xen.result("good"), 120, "the good domain's verify")
+        assert result["verified"] == 32 and result["bad"] == []
+    finally:
+        for name in ("evil", "good"):
+            if xen.find(name) is not None:
+                xen.destroy(name)
+    with open(evil_img, "rb") as f:
+        assert f.read() == bytes(4 << 20)  # nothing the hostile guest sent was written

@@ -2,6 +2,7 @@
 against an in-memory disk with a virtual clock (no Ray, no blkback)."""
 
 import json
+import os
 
 import pytest
 from hypothesis import given
@@ -179,3 +180,33 @@ def test_blkbench_stops_at_runtime():
     kernel, result = run_blkbench("runtime=0.01", "iodepth=2")
     # each submit and reap reads the 10 µs clock: a 10 ms run ends after a few hundred ios
     assert 0 < result["ios"] < 1000 and result["seconds"] >= 0.01
+
+
+# --- xenray bench blk: the parts that need no Ray ----------------------------------------------
+
+def test_bench_blk_raw_ring_baseline_passes_requests_between_two_processes():
+    from cluster.bench_blk import bench_raw_ring
+
+    out = bench_raw_ring(0.2)
+    assert out["ios"] > 100 and out["iops"] > 0
+    assert 0 < out["lat_us_p50"] <= out["lat_us_p99"]
+    prefix = f"xenray-bench-ring-{os.getpid()}-"
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith(prefix)], "ring page left"
+
+
+@pytest.mark.parametrize("guest_iops, verdict", [(60_000, "met"), (40_000, "not met"),
+                                                 (20_000, "not met")])
+def test_bench_blk_reports_the_aim_of_50k_iops_within_4x_of_the_raw_ring(guest_iops, verdict):
+    from rich.console import Console
+
+    from cluster.bench_blk import _report
+
+    row = io_summary([1e-4], 1.0, 4096)
+    rows = {"raw shm ring": {**row, "iops": 100_000.0},
+            "xenray guest randread": {**row, "iops": float(guest_iops)},
+            "xenray guest randwrite": {**row, "iops": 1e6}}
+    out = Console(record=True, width=200)
+    _report(out, rows)
+    text = out.export_text()
+    assert f"of the raw ring: {verdict} " in text
+    assert f"{guest_iops:,} IOPS; raw ring ÷ xenray = {100_000 / guest_iops:.1f}×" in text
