@@ -41,8 +41,8 @@ class DomainActor(Endpoint):
                                xs, self.log)
         self.log.info("domain actor up", memory_path=memory_path)
 
-    def on_vcpu_gate(self, paused: bool) -> None:
-        self.kernel.vcpu_gate(paused)
+    def on_vcpu_gate(self, paused: bool, seq: int = 0) -> None:
+        self.kernel.vcpu_gate(paused, seq)
 
     def on_upcall(self, domid: int, ports: list[int]) -> None:
         self.kernel.upcall(domid, ports)

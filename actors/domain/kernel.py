@@ -111,6 +111,7 @@ class PVKernel:
         self._cv = threading.Condition()
         self._state = KernelState.CREATED
         self._paused = True
+        self._gate_seq = 0
         self._reason: ShutdownReason | None = None
         self._vcpu = "offline"  # offline, running, blocked, gated (waiting at the gate), stopped
         self._console_kicked = False
@@ -126,9 +127,16 @@ class PVKernel:
 
     # -- entry points for the actor ---------------------------------------------------------
 
-    def vcpu_gate(self, paused: bool) -> None:
-        """The hypervisor stops (True) or restarts the vCPUs; the first restart boots."""
+    def vcpu_gate(self, paused: bool, seq: int = 0) -> None:
+        """The hypervisor stops (True) or restarts the vCPUs; the first restart boots.
+
+        ``seq`` orders the one-way gate messages: one older than the last applied is stale
+        (it was overtaken in flight) and ignored. 0 means unordered (tests driving it directly).
+        """
         with self._cv:
+            if seq and seq <= self._gate_seq:
+                return
+            self._gate_seq = max(self._gate_seq, seq)
             self._paused = paused
             boot = not paused and self._state is KernelState.CREATED
             resumed = not paused and self._state is KernelState.SUSPENDED

@@ -81,8 +81,8 @@ class HypervisorActor(Endpoint):
             match e:
                 case Deliver(endpoint, domid, ports):
                     self.transport.send(endpoint, "upcall", domid, list(ports))
-                case GateVcpus(endpoint, paused):
-                    self.transport.send(endpoint, "vcpu_gate", paused)
+                case GateVcpus(endpoint, paused, seq):
+                    self.transport.send(endpoint, "vcpu_gate", paused, seq)
                 case SizeMemory(path, nr_pages):
                     memory.create(path, nr_pages)
                 case ReleaseMemory(path):

@@ -20,10 +20,14 @@ class Deliver:
 
 @dataclasses.dataclass(frozen=True)
 class GateVcpus:
-    """Stop (``paused=True``) or restart a domain's vCPUs: its kernel stops making progress."""
+    """Stop (``paused=True``) or restart a domain's vCPUs: its kernel stops making progress.
+
+    One-way messages to a threaded actor are not ordered, so each carries ``seq``, increasing
+    per hypervisor: the kernel ignores a gate older than the last one it applied."""
 
     endpoint: str
     paused: bool
+    seq: int = 0
 
 
 @dataclasses.dataclass(frozen=True)

@@ -46,6 +46,7 @@ class Hypervisor:
         self.evtchn = ev.EventChannels(hardware_domid=0)
         self.grants = Grants(frames, self.memory_path)
         self.zombies: set[int] = set()
+        self._gate_seq = 0
         self._cpu_time_ns = cpu_time_ns
         self._domu_endpoint: dict[int, str] = {}
         self._port_endpoint: dict[tuple[int, int], str] = {}
@@ -175,7 +176,7 @@ class Hypervisor:
             return []
         effects: list[Effect] = []
         if dom.domid in self._domu_endpoint:
-            effects.append(GateVcpus(self._domu_endpoint[dom.domid], True))
+            effects.append(self._gate_effect(self._domu_endpoint[dom.domid], True))
         return effects + self._route(self.evtchn.send_global_virq(Virq.DOM_EXC))
 
     def _event_channel_op(self, dom, ep, sub, a):
@@ -321,7 +322,11 @@ class Hypervisor:
         ep = self._domu_endpoint.get(target.domid)
         if ep is None:
             return []
-        return [GateVcpus(ep, target.paused or target.is_shutdown)]
+        return [self._gate_effect(ep, target.paused or target.is_shutdown)]
+
+    def _gate_effect(self, endpoint: str, paused: bool) -> GateVcpus:
+        self._gate_seq += 1
+        return GateVcpus(endpoint, paused, self._gate_seq)
 
     def _destroy(self, target: Domain) -> list[Effect]:
         """``domain_kill``: close its event channels (peers go UNBOUND), free memory, DOM_EXC."""

@@ -98,7 +98,7 @@ class Host:
         if isinstance(effect, Deliver):
             self.send(effect.endpoint, "upcall", effect.domid, list(effect.ports))
         elif isinstance(effect, GateVcpus):
-            self.send(effect.endpoint, "vcpu_gate", effect.paused)
+            self.send(effect.endpoint, "vcpu_gate", effect.paused, effect.seq)
         elif isinstance(effect, SizeMemory):
             memory.create(effect.path, effect.nr_pages)
         elif isinstance(effect, ReleaseMemory):
@@ -280,6 +280,18 @@ def test_11_5_boot_advertises_the_control_features_in_guest_owned_nodes(host):
         wait_until(lambda f=feature: guest.control(f"feature-{f}") == b"1", feature)
         assert host.xs.get_perms(f"/local/domain/{guest.domid}/control/feature-{feature}") \
             == [f"n{guest.domid}"]
+
+
+def test_12_2_a_stale_gate_message_overtaken_in_flight_is_ignored(host):
+    guest = host.create(f"init=counter {FAST}")
+    guest.wait_counts(1)
+    host.domctl(Domctl.pausedomain, guest.domid)  # the newest gate: paused
+    guest.wait_vcpu("paused")
+    guest.kernel.vcpu_gate(False, seq=1)  # an old "unpause" arriving late
+    frozen = guest.counts()
+    assert guest.kernel.statistics()["paused"] is True
+    host.domctl(Domctl.unpausedomain, guest.domid)
+    guest.wait_counts(frozen[-1] + 1)
 
 
 def test_12_2_pause_gate_stops_progress_and_unpause_resumes_it(host):
