@@ -26,13 +26,6 @@ def logs_dir() -> pathlib.Path:
     return _sub("logs")
 
 
-def console_log(host: str, name: str) -> pathlib.Path:
-    """The file a host's console daemon appends a domain's console output to."""
-    d = logs_dir() / "console" / host
-    d.mkdir(parents=True, exist_ok=True)
-    return d / f"{name}.log"
-
-
 def _sub(name: str) -> pathlib.Path:
     d = xenray_home() / name
     d.mkdir(parents=True, exist_ok=True)

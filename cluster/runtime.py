@@ -13,7 +13,6 @@ started.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import tempfile
@@ -56,14 +55,6 @@ def apply_ray_env() -> None:
         os.environ.setdefault(key, value)
 
 
-@dataclasses.dataclass
-class HostNode:
-    name: str
-    node_id: str
-    cpus: int
-    memory_mib: int
-
-
 class EmbeddedRay:
     """A local multi-node Ray cluster started (and later stopped) by this process."""
 
@@ -94,10 +85,6 @@ class EmbeddedRay:
             resources={host_resource(name): 1000},
             labels={HOST_LABEL: name},
         )
-
-    def remove_host(self, name: str) -> None:
-        """Graceful removal of one host's node (everything on it dies with it)."""
-        self._ray.remove_node(self.nodes.pop(name))
 
     def shutdown(self) -> None:
         try:

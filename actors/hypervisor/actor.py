@@ -71,9 +71,6 @@ class HypervisorActor(Endpoint):
         with self.lock:
             return self.state.statistics()
 
-    def on_ping(self) -> str:
-        return "ok"
-
     # -- effects ----------------------------------------------------------------------
 
     def _carry_out(self, effects: list[Effect]) -> None:

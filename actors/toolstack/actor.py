@@ -32,7 +32,6 @@ from protocols.hypercall import (Domctl, DomInfoFlag, Hypercall, ShutdownReason,
                                  dominf_shutdown_code)
 
 SHUTDOWN_WORDS = {"poweroff": ShutdownReason.poweroff, "reboot": ShutdownReason.reboot}
-STATE_LETTERS = "rbpscd"  # xl list: running blocked paused shutdown crashed dying
 REASON_LETTERS = "-rscwS"  # xl_info.c: indexed by shutdown code
 
 

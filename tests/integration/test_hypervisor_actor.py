@@ -17,7 +17,6 @@ def test_hypervisor_actor_boots_dom0_and_serves_hypercalls(ray_hosts, tmp_path):
     hv = HypervisorActor.options(name=name, namespace=NAMESPACE, **pin_to_host("h1")).remote(
         "h1", 256, 2, f"t{os.getpid()}", str(tmp_path))
     try:
-        assert ray.get(hv.deliver.remote("ping")) == "ok"
         where = ray.get(hv.deliver.remote("process"))
         assert where["node_id"] == ray_hosts.nodes["h1"].node_id  # pinned to its host's node
         transport = RayTransport()
