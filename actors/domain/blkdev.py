@@ -12,9 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from actors.domain.blkfront import Blkfront, PagePool
+from actors.domain.layout import PFN_FIRST_FREE
 from actors.hypervisor.grants import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES
 from actors.memory import Mapping
-from actors.toolstack.builder import PFN_FIRST_FREE
 from protocols.blkif import vdev_to_devid
 from protocols.errno import Errno, XenError
 from protocols.gnttab import GrantRefAllocator, GrantTable

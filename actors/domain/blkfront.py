@@ -57,7 +57,7 @@ class PageAllocator(Protocol):
 
 class PagePool:
     """A :class:`PageAllocator` over ``count`` pfns from ``first`` (e.g. the free pages from
-    pfn 16, ``actors.toolstack.builder.PFN_FIRST_FREE``); ``page_of`` is ``Mapping.page``."""
+    pfn 16, ``actors.domain.layout.PFN_FIRST_FREE``); ``page_of`` is ``Mapping.page``."""
 
     def __init__(self, page_of: Callable[[int], memoryview], first: int, count: int) -> None:
         self.page = page_of

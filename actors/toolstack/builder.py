@@ -6,8 +6,8 @@ into the guest's memory (a fresh page is zero, which is XENCONSOLE_CONNECTED), l
 permissions (reference 11.5), and return what the caller needs to start the vCPUs. A failure
 at any step destroys the half-built domain, so a bad create leaves nothing behind.
 
-The PV memory map is this emulator's domain builder's choice:
-pfn 0 start_info, 3 the console ring, 4..11 the grant table, 16.. free for the guest.
+The PV memory map (pfn 0 start_info, 3 the console ring, 16.. free for the guest) is in
+:mod:`actors.domain.layout`.
 """
 
 from __future__ import annotations
@@ -16,17 +16,13 @@ import dataclasses
 import time
 import uuid as uuidlib
 
+from actors.domain.layout import PFN_CONSOLE, PFN_FIRST_FREE, PFN_START_INFO
 from actors.memory import Mapping
 from cluster.xlcfg import DomainConfig
 from protocols import start_info as si
 from protocols.errno import Errno, XenError
 from protocols.hypercall import DOMID_ANY, Domctl, EvtchnOp, Hypercall, MemoryOp
 
-PFN_START_INFO = 0
-PFN_CONSOLE = 3
-PFN_GNTTAB = 4
-NR_GNTTAB_FRAMES = 8
-PFN_FIRST_FREE = 16
 XENMAPSPACE_gmfn_foreign = 4
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from actors import memory
 from actors.console.daemon import ConsoleDaemon, file_tail
+from actors.domain.layout import PFN_CONSOLE
 from actors.hypercall_client import Credential, HypercallClient
 from actors.hypervisor.effects import Deliver, ReleaseMemory, SizeMemory
 from actors.hypervisor.state import Hypervisor
@@ -39,7 +40,6 @@ from protocols.xenstore.wire import (
 
 HOST = "h1"
 CONSOLED = "h1/xenconsoled"
-PFN_CONSOLE = 3
 NR_PAGES = 16
 XS_OPS = {XsType.READ: ("read", reply_value), XsType.DIRECTORY: ("directory", reply_list),
           XsType.WATCH: ("watch", None), XsType.UNWATCH: ("unwatch", None)}

@@ -24,7 +24,8 @@ from actors.hypercall_client import Credential, HypercallClient
 from actors.hypervisor.effects import Deliver, GateVcpus, ReleaseMemory, SizeMemory
 from actors.hypervisor.state import Hypervisor
 from actors.memory import Mapping
-from actors.toolstack.builder import PFN_CONSOLE, build_pv_domain
+from actors.domain.layout import PFN_CONSOLE
+from actors.toolstack.builder import build_pv_domain
 from actors.xenstored.server import XenstoredServer
 from actors.xs_client import XsClient
 from cluster.xlcfg import parse_config
