@@ -27,6 +27,7 @@ from actors.toolstack.builder import add_vbd
 from actors.xenstored.server import XenstoredServer
 from actors.xs_client import XsClient
 from cluster.xlcfg import parse_disk_spec
+from protocols import blkif
 from protocols.blkif import VDISK_READONLY, devid_to_vdev
 from protocols.evtchn import EvtchnStat
 from protocols.hypercall import DOMID_ANY, Domctl, EvtchnOp, Hypercall, MemoryOp
@@ -256,6 +257,12 @@ def test_blkback_8_4_handshake_to_connected_with_the_8_3_keys(world):
     assert world.read(f"{be_a}/sector-size") == world.read(f"{be_a}/physical-sector-size") == "512"
     assert guest.disk(XVDA).info["sectors"] == 4096
     assert back.statistics()["connects"] == 2
+    # Every key in each directory is one reference 8.3 assigns to a side allowed to write it.
+    backend_keys = {*blkif.TOOLSTACK_BACKEND_KEYS, *blkif.BACKEND_FEATURE_KEYS,
+                    *blkif.BACKEND_CONNECT_KEYS, *blkif.HOTPLUG_BACKEND_KEYS}
+    frontend_keys = {*blkif.TOOLSTACK_FRONTEND_KEYS, *blkif.FRONTEND_KEYS}
+    assert set(world.xs.directory(be_a)) <= backend_keys
+    assert set(world.xs.directory(fe_a)) <= frontend_keys
 
 
 def test_blkback_8_1_write_read_round_trip_reaches_the_image(world):
