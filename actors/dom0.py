@@ -8,7 +8,10 @@ this is the one place that turns (host, Dom0's secret, component) into its clien
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
+from actors.fastpath import SameHostTransport
 from actors.hypercall_client import Credential, HypercallClient
 from actors.transport import RayTransport
 from actors.xs_client import XsClient
@@ -18,16 +21,19 @@ from cluster.runtime import actor_name
 @dataclasses.dataclass(frozen=True)
 class Dom0Clients:
     endpoint: str
-    transport: RayTransport
+    transport: SameHostTransport
     hv: HypercallClient
     xs: XsClient
 
 
-def dom0_clients(host: str, dom0_secret: str, component: str) -> Dom0Clients:
-    """Transport, hypercall client and xenstore client for Dom0's ``component`` on ``host``."""
+def dom0_clients(host: str, dom0_secret: str, component: str,
+                 deliver: Callable[..., Any], log: Any = None) -> Dom0Clients:
+    """Transport, hypercall client and xenstore client for Dom0's ``component`` on ``host``;
+    upcalls the hypervisor posts on its channel go to ``deliver`` (the actor's own)."""
     endpoint = actor_name(host, component)
-    transport = RayTransport()
-    hv = HypercallClient(transport, actor_name(host, "hypervisor"),
-                         Credential(0, dom0_secret, endpoint))
+    hypervisor = actor_name(host, "hypervisor")
+    cred = Credential(0, dom0_secret, endpoint)
+    transport = SameHostTransport(hypervisor, cred, deliver, RayTransport(), log=log)
+    hv = HypercallClient(transport, hypervisor, cred)
     return Dom0Clients(endpoint, transport, hv,
                        XsClient(transport, host, 0, dom0_secret, endpoint))

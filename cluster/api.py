@@ -139,14 +139,16 @@ class Cluster:
         return rows
 
     def info(self) -> list[dict[str, Any]]:
-        """Per host: memory, free memory, pCPUs, domains, and its xenstored socket."""
+        """Per host: memory, free memory, pCPUs, domains, its xenstored socket, and how many
+        hypercalls it served and over how many same-host channels."""
         out = []
         for host in self.hosts:
             stats = self._transport.call(actor_name(host, "hypervisor"), "statistics")
             out.append({"host": host, "total_memory_mib": stats["host_pages"] // 256,
                         "free_memory_mib": stats["free_pages"] // 256,
                         "nr_cpus": self.specs[host].pcpus, "domains": stats["domains"],
-                        "xenstored_socket": xenstored_socket(self.run_dir, host)})
+                        "xenstored_socket": xenstored_socket(self.run_dir, host),
+                        "hypercalls": stats["hypercalls"], "channels": stats["channels"]})
         return out
 
     def destroy(self, name: str) -> None:

@@ -27,13 +27,39 @@ class _Bare:
         return payload
 
 
+@ray.remote
+class _SameHostCaller:
+    """A Dom0 process on the hypervisor's host: times null hypercalls over its channel."""
+
+    def __init__(self, hypervisor: str, secret: str) -> None:
+        from actors.fastpath import SameHostTransport
+        from actors.hypercall_client import Credential, HypercallClient
+        from actors.transport import RayTransport
+
+        cred = Credential(0, secret, "h1/bench")
+        self.call = HypercallClient(SameHostTransport(hypervisor, cred, lambda *a: None,
+                                                      RayTransport()), hypervisor, cred)
+
+    def time(self, n: int) -> list[float]:
+        from protocols.hypercall import Hypercall, XenVersion
+
+        lat = []
+        for i in range(100 + n):
+            t = time.perf_counter()
+            self.call(Hypercall.xen_version, XenVersion.version)
+            if i >= 100:  # after the warm-up (the first opens the channel)
+                lat.append((time.perf_counter() - t) * 1e6)
+        return lat
+
+
 def _percentile(xs: list[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
 def bench_hypercall(out: Console, a: argparse.Namespace, n: int = 2000) -> int:
-    """Null hypercall (XENVER_version) round trip vs a bare Ray actor round trip."""
+    """Null hypercall (XENVER_version) round trip, over Ray and over the same-host channel,
+    vs a bare Ray actor round trip."""
     from actors.hypercall_client import Credential, HypercallClient
     from actors.hypervisor.actor import HypervisorActor
     from actors.transport import RayTransport
@@ -62,6 +88,8 @@ def bench_hypercall(out: Console, a: argparse.Namespace, n: int = 2000) -> int:
                     fn()
                     lat.append((time.perf_counter() - t) * 1e6)
                 results[label] = lat
+            caller = _SameHostCaller.options(**pin_to_host("h1")).remote(name, secret)
+            results["null hypercall, same-host channel"] = ray.get(caller.time.remote(n))
     finally:
         embedded.shutdown()
     base = statistics.median(results["bare Ray actor call"])

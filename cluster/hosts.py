@@ -61,7 +61,7 @@ def boot_host(spec: HostSpec, *, run_id: str, run_dir: str, log_dir: str) -> Non
 
 
 def stop_host(host: str, *, run_id: str) -> None:
-    """Kill every actor of the host (its DomUs first), then remove leftover memory files."""
+    """Kill every actor of the host (its DomUs first), then remove its leftover /dev/shm files."""
     def kill(component: str) -> None:
         try:
             ray.kill(ray.get_actor(actor_name(host, component), namespace=NAMESPACE))
@@ -77,5 +77,6 @@ def stop_host(host: str, *, run_id: str) -> None:
         kill(f"dom{domid}")
     for component in (*DOM0_COMPONENTS, "hypervisor"):
         kill(component)
-    for path in glob.glob(str(memory.SHM_DIR / f"xenray-{run_id}-{host}-d*")):
-        memory.remove(path)
+    for pattern in ("d*", "ch*"):  # domain memory; same-host channels and their FIFOs
+        for path in glob.glob(str(memory.SHM_DIR / f"xenray-{run_id}-{host}-{pattern}")):
+            memory.remove(path)

@@ -417,7 +417,7 @@ class Blkback:
                 while True:
                     res = ring.process()
                     if res.notify:
-                        self.hv(Hypercall.event_channel_op, EvtchnOp.send, port=port)
+                        self.hv.post(Hypercall.event_channel_op, EvtchnOp.send, port=port)
                     if res.disconnect or not res.more:
                         break
             if res.disconnect:

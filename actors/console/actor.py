@@ -21,7 +21,7 @@ from actors.transport import Endpoint
 class ConsoleActor(Endpoint):
     def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
         self.log = xlog.setup(host=host, component="xenconsoled", log_dir=log_dir)
-        dom0 = dom0_clients(host, dom0_secret, "xenconsoled")
+        dom0 = dom0_clients(host, dom0_secret, "xenconsoled", self.deliver, self.log)
         self.xs = dom0.xs
         self.daemon = ConsoleDaemon(host, dom0.hv, self.xs, log_dir, log=self.log)
         self.daemon.start()

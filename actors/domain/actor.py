@@ -17,6 +17,7 @@ import ray
 
 from actors import log as xlog
 from actors.domain.kernel import PVKernel
+from actors.fastpath import SameHostTransport
 from actors.hypercall_client import Credential, HypercallClient
 from actors.memory import Mapping
 from actors.transport import Endpoint, RayTransport
@@ -32,10 +33,12 @@ class DomainActor(Endpoint):
         self.log = xlog.setup(host=host, component=f"dom{domid}",
                               log_dir=log_dir).bind(domid=domid)
         endpoint = actor_name(host, f"dom{domid}")
-        transport = RayTransport()
+        hypervisor = actor_name(host, "hypervisor")
+        cred = Credential(domid, secret, endpoint)
+        transport = SameHostTransport(hypervisor, cred, self.deliver, RayTransport(),
+                                      log=self.log)
         self.memory = Mapping(memory_path)
-        hypercall = HypercallClient(transport, actor_name(host, "hypervisor"),
-                                    Credential(domid, secret, endpoint))
+        hypercall = HypercallClient(transport, hypervisor, cred)
         xs = XsClient(transport, host, domid, secret, endpoint)
         self.kernel = PVKernel(StartInfo.unpack(self.memory.page(0)), self.memory, hypercall,
                                xs, self.log)

@@ -71,7 +71,7 @@ class BlockDevices:
                               dom=DOMID_SELF, remote_dom=remote_dom)["port"]
 
     def _notify(self, port: int) -> None:
-        self.hypercall(Hypercall.event_channel_op, EvtchnOp.send, port=port)
+        self.hypercall.post(Hypercall.event_channel_op, EvtchnOp.send, port=port)
 
     def _close(self, port: int) -> None:
         self.hypercall(Hypercall.event_channel_op, EvtchnOp.close, port=port)

@@ -80,28 +80,45 @@ class XsLike(Protocol):
     def transact(self, body: Callable[[int], Any]) -> Any: ...
 
 
+_COMPLETION = threading.Lock()  # hands a request's completion to its waiters (a Lock each:
+# cheaper than a threading.Event per request, which is a Condition and two locks)
+
+
 class BlkRequest:
     """One caller I/O (a future): done when all its ring requests have answered."""
 
-    __slots__ = ("op", "sector", "nbytes", "data", "_parts", "_status", "_event")
+    __slots__ = ("op", "sector", "nbytes", "data", "_parts", "_status", "_done", "_waiter")
 
     def __init__(self, op: int, sector: int, nbytes: int, data: bytes | None) -> None:
         self.op, self.sector, self.nbytes = op, sector, nbytes
         self.data = bytearray(nbytes) if op == BLKIF_OP_READ else data
         self._parts = 0
         self._status = BLKIF_RSP_OKAY
-        self._event = threading.Event()
+        self._done = False
+        self._waiter: threading.Lock | None = None  # made only if someone waits before done
 
     def done(self) -> bool:
-        return self._event.is_set()
+        return self._done
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until done (or ``timeout`` seconds); True if done."""
-        return self._event.wait(timeout)
+        if self._done:
+            return True
+        with _COMPLETION:
+            if self._done:
+                return True
+            if self._waiter is None:
+                self._waiter = threading.Lock()
+                self._waiter.acquire()
+            waiter = self._waiter
+        if waiter.acquire(timeout=-1 if timeout is None else timeout):
+            waiter.release()  # and the next waiter, if any
+            return True
+        return self._done
 
     def result(self, timeout: float | None = None) -> bytes | None:
         """The data read (None for other ops). XenError: ETIMEDOUT, EOPNOTSUPP or EIO."""
-        if not self._event.wait(timeout):
+        if not self.wait(timeout):
             raise XenError(Errno.ETIMEDOUT, f"op {self.op} at sector {self.sector} pending")
         if self._status == BLKIF_RSP_EOPNOTSUPP:
             raise XenError(Errno.EOPNOTSUPP, f"backend does not support op {self.op}")
@@ -115,7 +132,11 @@ class BlkRequest:
             self._status = status
         self._parts -= 1
         if self._parts == 0:
-            self._event.set()
+            with _COMPLETION:
+                self._done = True
+                waiter = self._waiter
+            if waiter is not None:
+                waiter.release()
 
 
 class _Part:

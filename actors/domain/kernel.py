@@ -240,6 +240,8 @@ class PVKernel:
 
     def _gate(self, vcpu: bool = True) -> None:
         """A scheduling point: return only while the domain may run; Halted once shut down."""
+        if vcpu and self._vcpu == "running" and self._runnable():
+            return  # the common case, without the lock: a pause is seen at the next entry
         with self._cv:
             while not self._runnable():
                 if self._state is KernelState.SHUTDOWN:

@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import select
 import threading
+from collections.abc import Callable
 
 import ray
 
 from actors import log as xlog
 from actors import memory
+from actors.hypervisor.channels import ChannelServer
 from actors.hypervisor.effects import (ConsoleLine, Deliver, Effect, GateVcpus, ReleaseMemory,
                                        SizeMemory, WatchVcpu)
 from actors.hypervisor.state import Hypervisor
@@ -41,14 +43,15 @@ class HypervisorActor(Endpoint):
     def __init__(self, host: str, memory_mib: int, pcpus: int, run_id: str,
                  log_dir: str | None = None) -> None:
         self.log = xlog.setup(host=host, component="hypervisor", log_dir=log_dir)
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # effects can re-enter (a vCPU already gone at watch)
         self.transport = RayTransport()
         self._maps: dict[str, memory.Mapping] = {}
-        self.state = Hypervisor(host, memory_mib=memory_mib, pcpus=pcpus,
-                                mem_prefix=str(memory.SHM_DIR / f"xenray-{run_id}-{host}"),
+        prefix = str(memory.SHM_DIR / f"xenray-{run_id}-{host}")
+        self.state = Hypervisor(host, memory_mib=memory_mib, pcpus=pcpus, mem_prefix=prefix,
                                 frames=self._frames,
                                 cpu_time_ns=lambda d: process_cpu_ns(self.state.vcpu_pids.get(d)))
-        self._pidfds: dict[int, int] = {}  # pidfd -> domid
+        self.channels = ChannelServer(prefix, self._serve_channel, self.log)
+        self._pidfds: dict[int, Callable[[], None]] = {}  # pidfd -> what its death means
         self._wake_r, self._wake_w = os.pipe()
         threading.Thread(target=self._watch_vcpus, name="vcpu-watch", daemon=True).start()
         self.log.info("hypervisor up", memory_mib=memory_mib, pcpus=pcpus)
@@ -67,9 +70,23 @@ class HypervisorActor(Endpoint):
             self._carry_out(effects)
         return reply
 
+    def on_open_channel(self, domid: int, secret: str, endpoint: str, pid: int) -> dict:
+        """A same-host client asks for a channel (``actors.fastpath``); rc -EPERM if refused."""
+        with self.lock:
+            rc = self.state.authorize_channel(domid, secret, endpoint, pid)
+            if rc < 0:
+                return {"rc": rc}
+            conn = self.channels.open(endpoint, domid, pid)
+        self._watch(pid, lambda: self.channels.drop(conn, "client exited"))
+        return {"rc": 0, "path": conn.channel.path, "pid": os.getpid()}
+
     def on_statistics(self) -> dict:
         with self.lock:
-            return self.state.statistics()
+            return {**self.state.statistics(), "channels": self.channels.statistics()}
+
+    def _serve_channel(self, kind: str, args: list) -> bytes:
+        """A call that came up a channel: only hypercalls (``ChannelServer`` checks kind)."""
+        return self.on_hypercall(*args)
 
     # -- effects ----------------------------------------------------------------------
 
@@ -77,9 +94,9 @@ class HypervisorActor(Endpoint):
         for e in effects:
             match e:
                 case Deliver(endpoint, domid, ports):
-                    self.transport.send(endpoint, "upcall", domid, list(ports))
+                    self._send(endpoint, "upcall", domid, list(ports))
                 case GateVcpus(endpoint, paused, seq):
-                    self.transport.send(endpoint, "vcpu_gate", paused, seq)
+                    self._send(endpoint, "vcpu_gate", paused, seq)
                 case SizeMemory(path, nr_pages):
                     memory.create(path, nr_pages)
                 case ReleaseMemory(path):
@@ -87,7 +104,7 @@ class HypervisorActor(Endpoint):
                         m.close()
                     memory.remove(path)
                 case WatchVcpu(domid, pid):
-                    self._watch(domid, pid)
+                    self._watch(pid, lambda d=domid: self._vcpu_exited(d))
                 case ConsoleLine(domid, text):
                     self.log.info("console_io", domid=domid, text=text.rstrip("\n"))
 
@@ -99,28 +116,37 @@ class HypervisorActor(Endpoint):
             m = self._maps[path] = memory.Mapping(path)
         return m.pages(pfn, count)
 
-    def _watch(self, domid: int, pid: int) -> None:
+    def _send(self, endpoint: str, kind: str, *args) -> None:
+        """One-way, like an interrupt: down the endpoint's channel if it has one, else Ray."""
+        if not self.channels.send(endpoint, kind, *args):
+            self.transport.send(endpoint, kind, *args)
+
+    def _watch(self, pid: int, on_exit: Callable[[], None]) -> None:
         try:
             fd = os.pidfd_open(pid)
         except OSError:
-            self._carry_out(self.state.vcpu_exited(domid))
+            on_exit()
             return
-        self._pidfds[fd] = domid
+        self._pidfds[fd] = on_exit
         os.write(self._wake_w, b"x")
 
+    def _vcpu_exited(self, domid: int) -> None:
+        with self.lock:
+            effects = self.state.vcpu_exited(domid)
+            if effects:
+                self.log.warning("vcpu process died: domain crashed", domid=domid)
+            self._carry_out(effects)
+
     def _watch_vcpus(self) -> None:
-        """Wait on every domain's pidfd; a readable pidfd is a process that died."""
+        """Wait on every watched pidfd (vCPU and channel clients); readable = the process died."""
         while True:
-            fds = [self._wake_r, *list(self._pidfds)]
-            ready, _, _ = select.select(fds, [], [])
-            for fd in ready:
+            poller = select.poll()  # no FD_SETSIZE limit: hundreds of domains
+            for fd in (self._wake_r, *list(self._pidfds)):
+                poller.register(fd, select.POLLIN)
+            for fd, _ in poller.poll():
                 if fd == self._wake_r:
                     os.read(self._wake_r, 4096)
                     continue
-                domid = self._pidfds.pop(fd)
+                on_exit = self._pidfds.pop(fd)
                 os.close(fd)
-                with self.lock:
-                    effects = self.state.vcpu_exited(domid)
-                    if effects:
-                        self.log.warning("vcpu process died: domain crashed", domid=domid)
-                    self._carry_out(effects)
+                on_exit()

@@ -98,6 +98,20 @@ class Hypervisor:
         rc, value = result if isinstance(result, tuple) else (0, result)
         return encode_result(rc, value), effects
 
+    def authorize_channel(self, domid: int, secret: str, endpoint: str, pid: int) -> int:
+        """May this caller have a same-host channel for ``endpoint``? 0, or -EPERM.
+
+        Dom0's processes name their own endpoints; a DomU gets a channel only for the endpoint
+        and process the toolstack handed over, so it can never receive another's upcalls."""
+        dom = self.table.domains.get(domid)
+        if dom is None or dom.dying is not Dying.ALIVE or not isinstance(secret, str) or \
+                not hmac.compare_digest(dom.secret, secret):
+            return -Errno.EPERM
+        if not dom.privileged and (self._domu_endpoint.get(domid) != endpoint
+                                   or self.vcpu_pids.get(domid) != pid):
+            return -Errno.EPERM
+        return 0
+
     def vcpu_exited(self, domid: int) -> list[Effect]:
         """The process running a domain's vCPUs died: unless it was being destroyed, crash."""
         dom = self.table.domains.get(domid)

@@ -103,7 +103,7 @@ class ToolstackActor(Endpoint):
     def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
         self.host, self.log_dir = host, log_dir
         self.log = xlog.setup(host=host, component="xl", log_dir=log_dir)
-        dom0 = dom0_clients(host, dom0_secret, "xl")
+        dom0 = dom0_clients(host, dom0_secret, "xl", self.deliver, self.log)
         self.transport, self.hv, self.xs = dom0.transport, dom0.hv, dom0.xs
         self.records: dict[str, Record] = {}
         self.lock = threading.RLock()

@@ -19,6 +19,7 @@ import ray
 
 from actors import log as xlog
 from actors.hypercall_client import Credential, HypercallClient
+from actors.fastpath import SameHostTransport
 from actors.transport import Endpoint, RayTransport
 from actors.xenstored.server import XenstoredServer
 from actors.xenstored.unix_socket import UnixSocketServer
@@ -39,8 +40,11 @@ class XenstoredActor(Endpoint):
         self._conns: dict[tuple[int, str], int] = {}
         self._replies = threading.local()
         self._lock = threading.Lock()
-        self.hv = HypercallClient(self.transport, actor_name(host, "hypervisor"),
-                                  Credential(0, dom0_secret, actor_name(host, "xenstored")))
+        hypervisor = actor_name(host, "hypervisor")
+        cred = Credential(0, dom0_secret, actor_name(host, "xenstored"))
+        self.hv = HypercallClient(
+            SameHostTransport(hypervisor, cred, self.deliver, self.transport, log=self.log),
+            hypervisor, cred)
         self.dom_exc_port = self.hv(Hypercall.event_channel_op, EvtchnOp.bind_virq,
                                     virq=Virq.DOM_EXC, vcpu=0)["port"]
         self.log.info("xenstored up", socket=socket_path)

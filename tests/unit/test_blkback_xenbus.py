@@ -1,136 +1,45 @@
 """blkback's control path (actors.blkback.xenbus) against real peers, in-process.
 
 Reference 8.3 (keys), 8.4 (handshake), 10 (life-cycle), 19.2 (hostile ring), 19.4/19.6
-(restart and reconnect). The peers are the real ones: the hypervisor state machine (msgpack
-hypercalls, grant maps of /dev/shm memory files, event channels), xenstored's server (xs_wire)
-and, as the guest, the kernel's block driver (``actors.domain.blkdev`` / ``Blkfront``), all
-behind a transport that runs calls at once and queues one-way messages (upcalls, watch
-events) until pumped, as the actors' mailboxes would.
+(restart and reconnect). The peers are the real ones (``tests.inprocess``): the hypervisor
+state machine (msgpack hypercalls, grant maps of /dev/shm memory files, event channels),
+xenstored's server (xs_wire) and, as the guest, the kernel's block driver
+(``actors.domain.blkdev`` / ``Blkfront``). The test pumps the one-way messages (upcalls,
+watch events), as the actors' mailboxes would deliver them.
 """
 
 import os
-import time
 import uuid
-from collections import deque
 
-import msgpack
 import pytest
 
 from actors import memory
 from actors.blkback.vbd import create_image
 from actors.blkback.xenbus import Blkback
 from actors.domain.blkdev import BlockDevices
-from actors.hypercall_client import Credential, HypercallClient
-from actors.hypervisor.effects import Deliver, ReleaseMemory, SizeMemory
-from actors.hypervisor.state import Hypervisor
 from actors.toolstack.builder import add_vbd
-from actors.xenstored.server import XenstoredServer
-from actors.xs_client import XsClient
 from cluster.xlcfg import parse_disk_spec
 from protocols import blkif
 from protocols.blkif import VDISK_READONLY, devid_to_vdev
 from protocols.evtchn import EvtchnStat
-from protocols.hypercall import DOMID_ANY, Domctl, EvtchnOp, Hypercall, MemoryOp
+from protocols.hypercall import EvtchnOp, Hypercall
+from tests.inprocess import HOST, InProcessHost, domain_endpoint
 
-HOST, HV, XENSTORED, BLKBACK = "h1", "h1/hypervisor", "h1/xenstored", "h1/blkback"
+BLKBACK = f"{HOST}/blkback"
 NR_PAGES = 512
 XVDA, XVDB = 51712, 51728
-
-
-class InProcess:
-    """One host in-process: the transport (``call``/``send``/``forget``) and its peers."""
-
-    def __init__(self, prefix: str) -> None:
-        self._maps: dict[str, memory.Mapping] = {}
-        self.hv = Hypervisor(HOST, memory_mib=64, pcpus=2, mem_prefix=prefix, frames=self._frames)
-        self.secret0 = self.hv.boot_dom0(memory_mib=16).secret
-        self.xenstored = XenstoredServer()
-        self._conns: dict[tuple[int, str], int] = {}
-        self._calling: list[tuple[int, list[bytes]]] = []
-        self.queue: deque = deque()
-        self.endpoints: dict[str, object] = {}
-
-    def call(self, dest, kind, *args, timeout=None):
-        if kind == "hypercall":
-            reply, effects = self.hv.hypercall(*args)
-            for e in effects:
-                if isinstance(e, Deliver):
-                    self.send(e.endpoint, "upcall", e.domid, list(e.ports))
-                elif isinstance(e, SizeMemory):
-                    memory.create(e.path, e.nr_pages)
-                elif isinstance(e, ReleaseMemory):
-                    memory.remove(e.path)
-            return reply
-        assert (dest, kind) == (XENSTORED, "xs")
-        domid, _secret, endpoint, data = args
-        conn_id, buf = self._conn(domid, endpoint), []
-        self._calling.append((conn_id, buf))
-        try:
-            self.xenstored.handle(conn_id, data)
-        finally:
-            self._calling.pop()
-        return b"".join(buf)
-
-    def _conn(self, domid: int, endpoint: str) -> int:
-        """As xenstored's actor: replies go back with the call, the rest is ``xs_event``."""
-        key = (domid, endpoint)
-        if key not in self._conns:
-            def send(data: bytes, key=key) -> None:
-                if self._calling and self._calling[-1][0] == self._conns[key]:
-                    self._calling[-1][1].append(data)
-                else:
-                    self.send(endpoint, "xs_event", data)
-
-            self._conns[key] = self.xenstored.open_connection(domid, domid == 0, send)
-        return self._conns[key]
-
-    def send(self, dest, kind, *args):
-        self.queue.append((dest, kind, args))
-
-    def forget(self, dest):
-        pass
-
-    def _frames(self, domid: int, pfn: int, count: int) -> memoryview:
-        path = self.hv.memory_path(domid)
-        if path not in self._maps or pfn + count > self._maps[path].nr_pages:
-            self._maps[path] = memory.Mapping(path)
-        return self._maps[path].pages(pfn, count)
-
-    def pump_until(self, predicate, what: str, timeout: float = 5.0) -> None:
-        """Deliver one-way messages until ``predicate()`` holds (fail at the deadline)."""
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            if self.queue:
-                dest, kind, args = self.queue.popleft()
-                target = self.endpoints.get(dest)
-                if target is not None:
-                    getattr(target, f"on_{kind}")(*args)
-
-    def settle(self) -> None:
-        self.pump_until(lambda: not self.queue, "the mailboxes to empty")
-
-
-class Shell:
-    """What an actor.py does with upcalls and watch events."""
-
-    def __init__(self, on_upcall, xs: XsClient) -> None:
-        self.on_upcall, self.xs = on_upcall, xs
-
-    def on_xs_event(self, data):
-        self.xs.on_event(data)
 
 
 class Guest:
     """A PV domain whose kernel block driver (``BlockDevices``) is the frontend."""
 
     def __init__(self, world: "World", domid: int, secret: str) -> None:
-        self.domid, endpoint = domid, f"h1/dom{domid}"
+        self.domid, endpoint = domid, domain_endpoint(domid)
         self.mapping = memory.Mapping(world.host.hv.memory_path(domid))
-        self.hv = HypercallClient(world.host, HV, Credential(domid, secret, endpoint))
-        self.xs = XsClient(world.host, HOST, domid, secret, endpoint)
+        self.hv, self.xs = world.host.clients(endpoint, domid, secret)
         self.blk = BlockDevices(self.mapping, NR_PAGES, self.hv, self.xs)
-        world.host.endpoints[endpoint] = Shell(lambda d, ports: self.blk.upcall(ports), self.xs)
+        world.host.endpoints[endpoint] = {"upcall": lambda d, ports: self.blk.upcall(ports),
+                                          "xs_event": self.xs.on_event}
 
     def probe(self) -> None:
         self.blk.probe(self.domid, lambda path, token, handler: self.xs.watch(
@@ -143,33 +52,24 @@ class Guest:
 class World:
     def __init__(self, tmp_path) -> None:
         self.tmp = tmp_path
-        self.host = host = InProcess(f"/dev/shm/xenray-test-blkback-{uuid.uuid4().hex[:12]}")
-        self.xl = HypercallClient(host, HV, Credential(0, host.secret0, "h1/xl"))
-        self.xs = XsClient(host, HOST, 0, host.secret0, "h1/xl")
+        self.host = InProcessHost(f"/dev/shm/xenray-test-blkback-{uuid.uuid4().hex[:12]}")
+        self.xl, self.xs = self.host.xl, self.host.xs
         self.guests: list[Guest] = []
         self.backends: list[Blkback] = []
 
     def start_blkback(self) -> Blkback:
         """A (new) blkback on Dom0's ``h1/blkback`` connection, as after an actor restart."""
-        hv = HypercallClient(self.host, HV, Credential(0, self.host.secret0, BLKBACK))
-        xs = XsClient(self.host, HOST, 0, self.host.secret0, BLKBACK)
+        hv, xs = self.host.clients(BLKBACK)
         back = Blkback(HOST, hv, xs)
-        self.host.endpoints[BLKBACK] = Shell(lambda d, ports: back.upcall(ports), xs)
+        self.host.endpoints[BLKBACK] = {"upcall": lambda d, ports: back.upcall(ports),
+                                        "xs_event": xs.on_event}
         back.start()
         self.backends.append(back)
         return back
 
     def create(self, disks: dict[int, tuple[str, str]]) -> Guest:
         """A domain with ``disks`` {devid: (image, mode)}, as the toolstack builds one."""
-        res = self.xl(Hypercall.domctl, Domctl.createdomain, domain=DOMID_ANY, ssidref=0,
-                      handle=bytes(16), flags=0, max_vcpus=1, max_evtchn_port=1023,
-                      max_grant_frames=-1, max_maptrack_frames=-1)
-        domid = res["domain"]
-        self.xl(Hypercall.domctl, Domctl.max_mem, domain=domid, max_memkb=NR_PAGES * 4)
-        self.xl(Hypercall.memory_op, MemoryOp.populate_physmap, extent_start=[],
-                nr_extents=NR_PAGES, extent_order=0, mem_flags=0, domid=domid)
-        self.xl(Hypercall.domctl, Domctl.setvcpucontext, domain=domid, vcpu=0,
-                ctxt=msgpack.packb({"pid": os.getpid(), "endpoint": f"h1/dom{domid}"}))
+        domid, secret = self.host.create_domain(NR_PAGES)
 
         def body(t: int) -> None:
             dom = f"/local/domain/{domid}"
@@ -180,7 +80,7 @@ class World:
 
         self.xs.transact(body)
         self.host.xenstored.introduce_domain(domid)
-        guest = Guest(self, domid, res["secret"])
+        guest = Guest(self, domid, secret)
         self.guests.append(guest)
         return guest
 
@@ -206,20 +106,19 @@ class World:
         return str(path)
 
     def connected(self, guest: Guest, *devids: int) -> None:
-        self.host.pump_until(lambda: all(
+        self.host.until(lambda: all(
             self.read(f"{self.be(guest.domid, d)}/state") == "4"
             and self.read(f"{self.fe(guest.domid, d)}/state") == "4" for d in devids),
             "both ends Connected")
 
     def run(self, *reqs):
-        self.host.pump_until(lambda: all(r.done() for r in reqs), "requests to complete")
+        self.host.until(lambda: all(r.done() for r in reqs), "requests to complete")
         return [r.result(0) for r in reqs]
 
     def close(self) -> None:
         for back in self.backends:
             back.close()
-        for domid in list(self.host.hv.table.domains):
-            memory.remove(self.host.hv.memory_path(domid))
+        self.host.close()
 
 
 @pytest.fixture
@@ -240,8 +139,8 @@ def test_blkback_8_4_handshake_to_connected_with_the_8_3_keys(world):
     guest = world.create({XVDA: (world.image("a.img", "2M"), "w"),
                           XVDB: (world.image("b.img"), "r")})
     be_a, be_b = world.be(guest.domid, XVDA), world.be(guest.domid, XVDB)
-    world.host.pump_until(lambda: world.read(f"{be_a}/state") == "2" and
-                          world.read(f"{be_b}/state") == "2", "InitWait")
+    world.host.until(lambda: world.read(f"{be_a}/state") == "2" and
+                     world.read(f"{be_b}/state") == "2", "InitWait")
     for key, value in (("feature-flush-cache", "1"), ("feature-discard", "1"),
                        ("discard-granularity", "512"), ("feature-persistent", "1"),
                        ("feature-barrier", "0"), ("max-ring-page-order", "0")):
@@ -291,7 +190,7 @@ def test_blkback_8_1_write_to_read_only_vbd_fails_but_reads_work(world):
     world.connected(guest, XVDA)
     disk = guest.disk(XVDA)
     req = disk.submit_write(0, bytes(512))
-    world.host.pump_until(req.done, "the write to fail")
+    world.host.until(req.done, "the write to fail")
     with pytest.raises(Exception, match="status"):
         req.result(0)
     assert world.run(disk.submit_read(0, 512)) == [b"x" * 512]
@@ -308,7 +207,7 @@ def test_blkback_19_2_hostile_ring_disconnects_that_device_only(world):
     req_prod[0] = (req_prod[0] + 1000) & 0xFFFFFFFF  # far past RING_SIZE: overflow
     guest.hv(Hypercall.event_channel_op, EvtchnOp.send, port=bad.evtchn)
     be_bad = world.be(guest.domid, XVDA)
-    world.host.pump_until(lambda: world.read(f"{be_bad}/state") == "6", "hostile device Closed")
+    world.host.until(lambda: world.read(f"{be_bad}/state") == "6", "hostile device Closed")
     assert world.read(f"{world.fe(guest.domid, XVDA)}/state") == "6"
     stats = back.statistics()
     assert stats["hostile"] == 1
@@ -325,8 +224,8 @@ def test_blkback_10_missing_image_writes_hotplug_error_and_closes(world):
     guest = world.create({XVDA: (missing, "w"), XVDB: (world.image("b.img"), "w")})
     be = world.be(guest.domid, XVDA)
     be_ok = world.be(guest.domid, XVDB)
-    world.host.pump_until(lambda: world.read(f"{be}/state") == "6" and
-                          world.read(f"{be_ok}/state") == "2", "Closed, and InitWait")
+    world.host.until(lambda: world.read(f"{be}/state") == "6" and
+                     world.read(f"{be_ok}/state") == "2", "Closed, and InitWait")
     assert missing in world.read(f"{be}/hotplug-error")
     assert world.read(f"{be}/hotplug-status") == "error"
     assert world.read(f"{be}/feature-persistent") == "\0"  # never probed
@@ -337,11 +236,11 @@ def test_blkback_8_3_unsupported_protocol_is_an_error_and_closing(world):
     world.start_blkback()
     guest = world.create({XVDA: (world.image("a.img"), "w")})
     be, fe = world.be(guest.domid, XVDA), world.fe(guest.domid, XVDA)
-    world.host.pump_until(lambda: world.read(f"{be}/state") == "2", "InitWait")
+    world.host.until(lambda: world.read(f"{be}/state") == "2", "InitWait")
     for key, value in (("ring-ref", "8"), ("event-channel", "5"), ("protocol", "x86_32-abi"),
                        ("state", "3")):  # a 32-bit frontend (reference 19.11)
         guest.xs.write(f"{fe}/{key}", value)
-    world.host.pump_until(lambda: world.read(f"{be}/state") == "5", "Closing")
+    world.host.until(lambda: world.read(f"{be}/state") == "5", "Closing")
     assert "x86_32-abi" in world.read(f"{be}/error")
 
 
@@ -357,11 +256,11 @@ def test_blkback_10_unplug_online_0_then_frontend_closed_unregisters(world):
         world.xs.write(f"{be}/state", "5", tx_id=t)
 
     world.xs.transact(unplug)
-    world.host.pump_until(lambda: not back.devices, "the device to be unregistered")
+    world.host.until(lambda: not back.devices, "the device to be unregistered")
     assert world.read(f"{be}/state") == "6"
     assert world.read(f"{world.fe(guest.domid, XVDA)}/state") == "6"
     world.xs.rm(be)  # libxl removes the nodes; nothing re-creates them
-    world.host.settle()
+    world.host.pump()
     assert world.read(f"{be}/state") == "\0"
 
 
@@ -376,10 +275,10 @@ def test_blkback_19_4_restarted_backend_reconnects_and_in_flight_requests_comple
     del world.host.endpoints[BLKBACK]  # the actor dies: its upcalls go nowhere
     data = os.urandom(3 * 4096)
     pending = [disk.submit_write(16, data), disk.submit_read(0, 512)]
-    world.host.settle()
+    world.host.pump()
     assert not any(r.done() for r in pending)
     back = world.start_blkback()  # Ray restarts it: same endpoint, same xenstore connection
-    world.host.pump_until(lambda: all(r.done() for r in pending), "re-issued requests")
+    world.host.until(lambda: all(r.done() for r in pending), "re-issued requests")
     assert pending[0].result(0) is None and pending[1].result(0) == bytes(512)
     assert _image_bytes(img, 16, len(data)) == data
     world.connected(guest, XVDA)

@@ -91,6 +91,24 @@ def test_hypervisor_domctl_from_domu_is_eperm(hv):
     assert guest(Hypercall.sysctl, Sysctl.physinfo)[0] == -Errno.EPERM
 
 
+def test_hypervisor_channel_only_for_the_callers_own_endpoint_and_process(hv):
+    """A same-host channel carries a DomU's upcalls: only its own endpoint and vCPU process
+    may have one (else it could read another domain's events); Dom0 names its own."""
+    domid, secret, _, _ = create(hv)
+    xl = dom0(hv)
+    assert hv.authorize_channel(domid, secret, f"h1/dom{domid}", 4242) == -Errno.EPERM, \
+        "no channel before the toolstack hands over the vCPU"
+    xl(Hypercall.domctl, Domctl.setvcpucontext, domain=domid, vcpu=0,
+       ctxt=msgpack.packb({"pid": 4242, "endpoint": f"h1/dom{domid}"}))
+    assert hv.authorize_channel(domid, secret, f"h1/dom{domid}", 4242) == 0
+    assert hv.authorize_channel(domid, secret, "h1/blkback", 4242) == -Errno.EPERM
+    assert hv.authorize_channel(domid, secret, f"h1/dom{domid}", 999) == -Errno.EPERM
+    assert hv.authorize_channel(domid, "guess", f"h1/dom{domid}", 4242) == -Errno.EPERM
+    assert hv.authorize_channel(0, secret, "h1/blkback", 1) == -Errno.EPERM  # not Dom0's
+    assert hv.authorize_channel(0, hv.table.domains[0].secret, "h1/blkback", 1) == 0
+    assert hv.authorize_channel(77, secret, "h1/dom77", 1) == -Errno.EPERM
+
+
 def test_hypervisor_malformed_hypercall_is_einval_and_state_unchanged(hv):
     before = hv.statistics()["domains"]
     for junk in (b"", b"\xc1", b"\x93\x01", msgpack.packb([36, 1, {"domain": "x"}])):

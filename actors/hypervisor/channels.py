@@ -1,0 +1,221 @@
+"""The hypervisor's end of every same-host channel (``actors.channel``).
+
+It creates a channel when a client process asks (``open_channel``, authenticated by the
+state machine), serves the hypercalls that arrive on any of them from one thread waiting on
+all their doorbells (epoll), and posts upcalls and vCPU gates down them.
+
+The hypervisor never waits for a guest. What does not fit in the client's ring (a stopped or
+hostile client, a big reply) waits in that channel's backlog, in order, and the serving
+thread retries it; a backlog past ``MAX_BACKLOG`` frames, or a client that writes
+something other than frames, loses its channel (it may open a new one), as xenstored drops
+a connection with a broken ring. Nothing it does touches another client's channel.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import os
+import select
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from actors import channel as chan
+from actors.channel import Channel, ChannelBroken
+
+MAX_BACKLOG = 65536  # frames waiting for one client before its channel is dropped
+BACKLOG_RETRY_S = 0.05
+CALLS = frozenset({"hypercall"})  # the only way into the hypervisor from a guest
+
+
+@dataclasses.dataclass(eq=False)
+class Conn:
+    """One open channel: who opened it (endpoint, domid, client pid) and its send state."""
+
+    endpoint: str
+    domid: int
+    pid: int
+    channel: Channel
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    backlog: collections.deque = dataclasses.field(default_factory=collections.deque)
+    dropped: bool = False
+
+
+class ChannelServer:
+    """``serve(kind, args)`` runs a client's call on the serving thread; its value is the reply."""
+
+    def __init__(self, prefix: str, serve: Callable[[str, list], Any], log: Any) -> None:
+        self._prefix = prefix
+        self._serve_call = serve
+        self.log = log
+        self._lock = threading.Lock()
+        self._by_endpoint: dict[str, Conn] = {}
+        self._by_fd: dict[int, Conn] = {}
+        self._doomed: list[Conn] = []
+        self._ids = itertools.count()
+        self._epoll = select.epoll()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._epoll.register(self._wake_r, select.EPOLLIN)
+        self.stats = collections.Counter()
+        threading.Thread(target=self._run, name="channels", daemon=True).start()
+
+    # -- opening and dropping -----------------------------------------------------------
+
+    def open(self, endpoint: str, domid: int, pid: int) -> Conn:
+        """A new channel for ``endpoint`` (already authorised); it replaces any older one."""
+        path = f"{self._prefix}-ch{next(self._ids)}"
+        chan.create(path)
+        conn = Conn(endpoint, domid, pid, Channel(path, hypervisor=True))
+        with self._lock:
+            old = self._by_endpoint.get(endpoint)
+            self._by_endpoint[endpoint] = conn
+            self._by_fd[conn.channel.fileno()] = conn
+            self._epoll.register(conn.channel.fileno(), select.EPOLLIN)
+        if old is not None:
+            self.drop(old, "replaced")
+        self.stats["opened"] += 1
+        return conn
+
+    def drop(self, conn: Conn, reason: str) -> None:
+        """Stop using a channel; the serving thread closes and removes it."""
+        with self._lock:
+            if conn.dropped:
+                return
+            conn.dropped = True
+            if self._by_endpoint.get(conn.endpoint) is conn:
+                del self._by_endpoint[conn.endpoint]
+            self._doomed.append(conn)
+        with conn.lock:
+            conn.channel.mark_closed()  # the client learns now; the serving thread closes it
+        if reason not in ("replaced", "client exited"):
+            self.log.warning("channel dropped", endpoint=conn.endpoint, reason=reason)
+        self.stats["dropped"] += 1
+        self._wake()
+
+    def drop_all(self) -> None:
+        with self._lock:
+            conns = list(self._by_endpoint.values())
+        for conn in conns:
+            self.drop(conn, "hypervisor stopping")
+
+    # -- posting ------------------------------------------------------------------------
+
+    def send(self, endpoint: str, kind: str, *args: Any) -> bool:
+        """Post a one-way message if ``endpoint`` has a channel; False if it has none."""
+        conn = self._by_endpoint.get(endpoint)
+        if conn is None:
+            return False
+        self._post(conn, [0, kind, list(args)])
+        self.stats["posted"] += 1
+        return True
+
+    def _post(self, conn: Conn, message: list) -> None:
+        with conn.lock:
+            if conn.dropped:
+                return
+            frame = conn.channel.frame(message)
+            try:
+                n = 0 if conn.backlog else conn.channel.write(frame)
+            except ChannelBroken as e:
+                overflow = str(e)
+            else:
+                if n == len(frame):
+                    return
+                conn.backlog.append(memoryview(frame)[n:])
+                self.stats["backlogged"] += 1
+                if len(conn.backlog) <= MAX_BACKLOG:
+                    self._wake()
+                    return
+                overflow = f"{len(conn.backlog)} messages the client did not read"
+        self.drop(conn, overflow)
+
+    def _flush(self, conn: Conn) -> bool:
+        """Move backlog into the ring while it fits; True if some is still waiting."""
+        with conn.lock:
+            try:
+                while conn.backlog and not conn.dropped:
+                    head = conn.backlog[0]
+                    n = conn.channel.write(head)
+                    if n < len(head):
+                        conn.backlog[0] = head[n:]
+                        return True
+                    conn.backlog.popleft()
+            except ChannelBroken as e:
+                reason = str(e)
+            else:
+                return False
+        self.drop(conn, reason)
+        return False
+
+    # -- the serving thread -------------------------------------------------------------
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass
+
+    def _run(self) -> None:
+        waiting: set[Conn] = set()
+        while True:
+            events = self._epoll.poll(BACKLOG_RETRY_S if waiting else -1)
+            for fd, _ in events:
+                if fd == self._wake_r:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                    continue
+                conn = self._by_fd.get(fd)
+                if conn is not None and not conn.dropped:
+                    self._serve(conn)
+            with self._lock:
+                doomed, self._doomed = self._doomed, []
+                waiting = {c for c in self._by_endpoint.values() if c.backlog}
+            for conn in doomed:
+                self._close(conn)
+            waiting = {c for c in waiting if self._flush(c)}
+
+    def _serve(self, conn: Conn) -> None:
+        try:
+            messages = conn.channel.receive()
+        except ChannelBroken as e:
+            self.drop(conn, str(e))
+            return
+        for m in messages:
+            if not (isinstance(m, list) and len(m) == 3 and isinstance(m[0], int) and m[0] >= 0
+                    and isinstance(m[1], str) and isinstance(m[2], list)):
+                self.drop(conn, "a message that is not [seq, kind, args]")
+                return
+            seq, kind, args = m  # seq 0: posted, nobody waits for the reply
+            self.stats["calls" if seq else "posted_calls"] += 1
+            if kind not in CALLS:
+                reply = [seq, False, f"{kind!r} cannot be called on a channel"]
+            else:
+                try:
+                    reply = [seq, True, self._serve_call(kind, args)]
+                except Exception as e:  # hostile arguments, or a bug: an error, we go on
+                    self.log.warning("channel call failed", kind=kind, error=repr(e))
+                    reply = [seq, False, repr(e)]
+            if seq:
+                self._post(conn, reply)
+
+    def _close(self, conn: Conn) -> None:
+        with self._lock:
+            self._by_fd.pop(conn.channel.fileno(), None)
+        try:
+            self._epoll.unregister(conn.channel.fileno())
+        except (OSError, ValueError):
+            pass
+        with conn.lock:
+            conn.channel.close()
+        chan.unlink(conn.channel.path)
+
+    def statistics(self) -> dict[str, int]:
+        with self._lock:
+            open_ = len(self._by_endpoint)
+        return {"open": open_, **{k: self.stats[k] for k in (
+            "opened", "dropped", "calls", "posted_calls", "posted", "backlogged")}}
