@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 
 from protocols.errno import Errno, XenError
-from protocols.hypercall import DOMID_ANY
+from protocols.hypercall import DOMID_ANY, DOMID_SELF  # noqa: F401  (re-exported by the package)
 
 XS_PERM_NONE = 0x00
 XS_PERM_READ = 0x01
