@@ -42,12 +42,11 @@ UnmapGrant = Callable[[int, memoryview], None]  # (gref, page) -> None
 class ProcessResult:
     """What one :meth:`BlkbackRing.process` did.
 
-    ``notify``: kick the frontend's event channel. ``more``: requests may remain (the budget
-    ran out before the final check); call again. ``disconnect``: non-empty when the frontend
-    broke the ring protocol; stop servicing this device and tear it down.
+    ``more``: requests may remain (the budget ran out before the final check); call again.
+    ``disconnect``: non-empty when the frontend broke the ring protocol; stop servicing this
+    device and tear it down.
     """
 
-    notify: bool
     more: bool
     handled: int
     disconnect: str = ""
@@ -104,34 +103,34 @@ class BlkbackRing:
 
     # -- the loop ----------------------------------------------------------------------
 
-    def process(self, budget: int | None = None) -> ProcessResult:
+    def process(self, kick: Callable[[], None], budget: int | None = None) -> ProcessResult:
         """Serve published requests until the ring is idle (after the final check) or
-        ``budget`` requests were handled. Never raises for anything the frontend does."""
+        ``budget`` requests were handled. Never raises for anything the frontend does.
+
+        Each response is pushed as soon as it is made, and ``kick()`` (notify the frontend's
+        event channel) runs the moment a push asks for it, as Linux's ``make_response`` does:
+        a frontend that went idle starts on the first answers while the rest are served."""
         if self.disconnected:
-            return ProcessResult(False, False, 0, self.disconnected)
+            return ProcessResult(False, 0, self.disconnected)
         back, handle = self.back, self._handle
-        notify, handled = False, 0
+        handled = 0
         while True:
             try:
                 slots = back.get_requests()
             except RingOverflow as e:
                 self.disconnected = e.detail
-                return ProcessResult(notify, False, handled, self.disconnected)
+                return ProcessResult(False, handled, self.disconnected)
             if slots:
                 for slot in slots:
                     back.put_response(handle(slot))
-                if back.push_responses():
-                    notify = True
+                    if back.push_responses():
+                        self._notifies += 1
+                        kick()
                 handled += len(slots)
                 if budget is not None and handled >= budget:
-                    break
+                    return ProcessResult(True, handled)
             elif not back.final_check_for_requests():
-                if notify:
-                    self._notifies += 1
-                return ProcessResult(notify, False, handled)
-        if notify:
-            self._notifies += 1
-        return ProcessResult(notify, True, handled)
+                return ProcessResult(False, handled)
 
     def _handle(self, slot: bytes) -> bytes:
         """One copied-out request slot in, its 16-byte response out."""

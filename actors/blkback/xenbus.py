@@ -414,12 +414,8 @@ class Blkback:
                 ring = dev.ring
                 if ring is None or dev.closing or dev.local_port != port:
                     continue
-                while True:
-                    res = ring.process()
-                    if res.notify:
-                        self.hv.post(Hypercall.event_channel_op, EvtchnOp.send, port=port)
-                    if res.disconnect or not res.more:
-                        break
+                res = ring.process(kick=lambda: self.hv.post(
+                    Hypercall.event_channel_op, EvtchnOp.send, port=port))
             if res.disconnect:
                 self._hostile(dev, res.disconnect)
 
