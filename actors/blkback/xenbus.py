@@ -43,67 +43,17 @@ import structlog
 
 from actors.blkback.ring import BlkbackRing
 from actors.blkback.vbd import SECTOR_SIZE, Vbd
-from actors.memory import Mapping
+from actors.grant_map import GrantMaps
 from protocols.blkif import VDISK_CDROM, VDISK_READONLY, VDISK_REMOVABLE, XEN_IO_PROTO_ABI_X86_64
 from protocols.errno import Errno, XenError
 from protocols.evtchn import EvtchnStat
-from protocols.gnttab import GNTMAP, GNTST
-from protocols.hypercall import EvtchnOp, GnttabOp, Hypercall
+from protocols.hypercall import EvtchnOp, Hypercall
 from protocols.xenbus import BackendAction, XenbusState, backend_on_frontend_state
 
 BACKEND_ROOT = "/local/domain/0/backend/vbd"
 ROOT_TOKEN = "backend/vbd"
 FRONTEND_TOKEN = "vbd-fe:"  # + "<domid>/<devid>"
 _S = XenbusState
-
-
-class _Grants:
-    """Grant maps of one device: ``map_grant_ref`` then an ``mmap`` of exactly that page."""
-
-    def __init__(self, hv: Any, domid: int) -> None:
-        self.hv, self.domid = hv, domid
-        self._maps: dict[int, list[tuple[int, int, Mapping]]] = {}  # gref -> (handle, bus, map)
-
-    def map(self, gref: int, readonly: bool) -> memoryview:
-        flags = GNTMAP.host_map | (GNTMAP.readonly if readonly else 0)
-        got = self.hv(Hypercall.grant_table_op, GnttabOp.map_grant_ref,
-                      ops=[{"host_addr": 0, "flags": int(flags), "ref": gref, "dom": self.domid}])[0]
-        if got["status"] != GNTST.okay:
-            raise XenError(Errno.EINVAL, f"gref {gref} of domain {self.domid}: "
-                                         f"GNTST {got['status']}")
-        frame = got["dev_bus_addr"] >> 12
-        try:
-            mapping = Mapping(got["path"], frame, 1, readonly=readonly)
-        except BaseException:
-            self._unmap_handle(got["handle"], got["dev_bus_addr"])
-            raise
-        self._maps.setdefault(gref, []).append((got["handle"], got["dev_bus_addr"], mapping))
-        return mapping.page(frame)
-
-    def unmap(self, gref: int, page: memoryview) -> None:
-        stack = self._maps.get(gref)
-        if not stack:
-            return
-        handle, bus, mapping = stack.pop()
-        if not stack:
-            del self._maps[gref]
-        page.release()
-        mapping.close()
-        self._unmap_handle(handle, bus)
-
-    def _unmap_handle(self, handle: int, bus: int) -> None:
-        try:
-            self.hv(Hypercall.grant_table_op, GnttabOp.unmap_grant_ref,
-                    ops=[{"host_addr": 0, "dev_bus_addr": bus, "handle": handle}])
-        except XenError:
-            pass  # the granter is gone: Xen drops its mappings with it
-
-    def unmap_all(self) -> None:
-        for gref, stack in list(self._maps.items()):
-            for handle, bus, mapping in stack:
-                mapping.close()
-                self._unmap_handle(handle, bus)
-        self._maps.clear()
 
 
 @dataclasses.dataclass(eq=False)
@@ -120,7 +70,7 @@ class Device:
     ring: BlkbackRing | None = None
     ring_page: memoryview | None = None
     ring_ref: int = 0
-    grants: _Grants | None = None
+    grants: GrantMaps | None = None
     local_port: int | None = None
     closing: bool = False  # Closing: no new requests are taken
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
@@ -320,7 +270,7 @@ class Blkback:
         if protocol != XEN_IO_PROTO_ABI_X86_64:
             raise XenError(Errno.ENOSYS, f"unknown fe protocol {protocol}")
         persistent = self._read(f"{fe}/feature-persistent") == "1"
-        grants = _Grants(self.hv, dev.domid)
+        grants = GrantMaps(self.hv, dev.domid)
         page = grants.map(int(ring_ref), False)
         try:
             port = self.hv(Hypercall.event_channel_op, EvtchnOp.bind_interdomain,
