@@ -11,7 +11,7 @@ within 4x of the raw ring. So one run measures, on the same machine moments apar
 3. **Ray actor call**: one call per request carrying a 4 KiB payload, sequential and with 32
    in flight: the cost if every request crossed Ray.
 
-Every row's numbers come from :func:`actors.domain.inits.io_summary`, the guest's own maths.
+Every row's numbers come from :func:`actors.domain.blkinits.io_summary`, the guest's own maths.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import uuid
 from rich.console import Console
 from rich.table import Table
 
-from actors.domain.inits import io_summary
+from actors.domain.blkinits import io_summary
 from protocols.blkif import (BLKIF_OP_READ, REQUEST_SIZE, RESPONSE_SIZE, BlkifRequest,
                              BlkifRequestSegment, BlkifResponse)
 from protocols.ring import PAGE_SIZE, BackRing, FrontRing

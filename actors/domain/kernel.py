@@ -5,7 +5,7 @@ console into the shared console page and kicks the console event channel
 (``drivers/tty/hvc/hvc_xen.c``), runs xenstore watch callbacks on one ``xenwatch`` thread
 (``drivers/xen/xenbus/xenbus_xs.c``) and obeys the toolstack's PV control protocol on
 ``~/control/shutdown`` (``drivers/xen/manage.c``, reference 12.3). This kernel does the same,
-cut down to what an init program (:mod:`actors.domain.inits`) needs; the init runs on the
+cut down to what an init program (:mod:`actors.domain.guestos`) needs; the init runs on the
 vCPU thread, started by the first unpause.
 
 Pause is cooperative, since a Python thread cannot be descheduled from outside: every kernel
@@ -45,7 +45,8 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from actors.domain.blkdev import BlockDevices
-from actors.domain.inits import INITS, GuestOS, parse_init
+from actors.domain.guestos import GuestOS, parse_init
+from actors.domain.inits import INITS
 from actors.memory import Mapping
 from protocols.console import ConsoleInterface
 from protocols.errno import Errno, XenError

@@ -87,9 +87,10 @@ class ChannelServer:
             conn.dropped = True
             if self._by_endpoint.get(conn.endpoint) is conn:
                 del self._by_endpoint[conn.endpoint]
-            self._doomed.append(conn)
         with conn.lock:
             conn.channel.mark_closed()  # the client learns now; the serving thread closes it
+        with self._lock:
+            self._doomed.append(conn)  # only after: closing races nothing
         if reason not in ("replaced", "client exited"):
             self.log.warning("channel dropped", endpoint=conn.endpoint, reason=reason)
         self.stats["dropped"] += 1

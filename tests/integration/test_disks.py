@@ -7,7 +7,7 @@ import os
 import pytest
 
 from actors.blkback.vbd import create_image
-from actors.domain.inits import verify_block
+from actors.domain.blkinits import verify_block
 from cluster.xlcfg import parse_config
 
 

@@ -1,4 +1,4 @@
-"""blkbench (actors.domain.inits): its fio-style options, its statistics, and the init's loop
+"""blkbench (actors.domain.blkinits): its fio-style options, its statistics, and the init's loop
 against an in-memory disk with a virtual clock (no Ray, no blkback)."""
 
 import json
@@ -8,7 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.domain.inits import INITS, BlkbenchSpec, GuestOS, io_summary, percentile
+from actors.domain.blkinits import BlkbenchSpec, io_summary, percentile
+from actors.domain.guestos import GuestOS
+from actors.domain.inits import INITS
 
 
 # --- options ---------------------------------------------------------------------------------

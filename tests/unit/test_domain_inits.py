@@ -1,4 +1,4 @@
-"""The init programs and their guest OS API (actors.domain.inits), on a virtual-time kernel.
+"""The init programs and their guest OS API (actors.domain.inits, actors.domain.guestos), on a virtual-time kernel.
 
 The programs only see GuestOS, so they are driven here by a kernel whose clock is virtual:
 ``sleep`` advances it at once and ends the run when it passes ``until``. The same programs
@@ -7,7 +7,8 @@ run on the real PV kernel in test_domain_kernel.py.
 
 import pytest
 
-from actors.domain.inits import DEFAULT_INIT, INITS, GuestOS, options, parse_init
+from actors.domain.guestos import DEFAULT_INIT, GuestOS, options, parse_init
+from actors.domain.inits import INITS
 
 
 class EndOfRun(Exception):
