@@ -13,6 +13,7 @@ stops only the hosts it booted. The CLI is a thin layer over these same methods.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -67,11 +68,19 @@ class Cluster:
         for name, spec in self.specs.items():
             if not self._host_is_up(name):
                 self._progress(f"booting host {name}: hypervisor, Dom0, xenstored, "
-                               "xenconsoled, xl")
+                               "xenconsoled, blkback, netback, xl")
                 boot_host(spec, run_id=self.run_id, run_dir=self.run_dir,
                           log_dir=self.log_dir)
                 self._booted.append(name)
+        self._wire_network()
         return self
+
+    def _wire_network(self) -> None:
+        """Give every host's bridges an uplink to every other host: a full mesh, over Ray
+        (DESIGN.md: cross-host traffic crosses Ray as it would cross a real network)."""
+        for host in self.hosts:
+            self._transport.call(actor_name(host, "netback"), "set_peers",
+                                 [h for h in self.hosts if h != host])
 
     def stop(self) -> None:
         for name in self._booted:
@@ -203,6 +212,65 @@ class Cluster:
                     return
                 else:
                     time.sleep(poll)
+
+    # -- the network -------------------------------------------------------------------
+
+    def set_link(self, a: str, b: str, *, bandwidth: str | float | None = None,
+                 latency: str | float | None = None, loss: str | float | None = None,
+                 both_ways: bool = True) -> dict[str, Any]:
+        """Shape the link between hosts ``a`` and ``b`` (bits/s, s, fraction; or "100M",
+        "5ms", "1%"); None leaves that property unlimited. Returns the spec applied."""
+        from actors.netback.link import parse_link_spec
+
+        spec = dataclasses.asdict(parse_link_spec(bandwidth, latency, loss))
+        for src, dst in ((a, b), (b, a)) if both_ways else ((a, b),):
+            for host in (src, dst):
+                if host not in self.specs:
+                    raise ValueError(f"no host {host!r}; hosts are {', '.join(self.hosts)}")
+            self._transport.call(actor_name(src, "netback"), "set_link", dst, spec)
+        return spec
+
+    def links(self) -> list[dict[str, Any]]:
+        """Every host's uplinks: the spec and what crossed (frames sent, lost)."""
+        rows = []
+        for host in self.hosts:
+            for dst, row in self._transport.call(actor_name(host, "netback"), "links").items():
+                rows.append({"from": host, "to": dst, **row})
+        return rows
+
+    def capture(self, host: str, bridge: str, out: str | os.PathLike, *,
+                seconds: float | None = None, poll: float = 0.2,
+                progress: Callable[[int], None] | None = None) -> int:
+        """Write every frame ``bridge`` on ``host`` sees to a pcap file (Ethernet link type)
+        for ``seconds``, or until interrupted; returns the number of frames written."""
+        import dpkt
+
+        netback = actor_name(host, "netback")
+        cid = self._transport.call(netback, "capture_start", bridge)
+        written = 0
+        deadline = None if seconds is None else time.monotonic() + seconds
+        try:
+            with open(out, "wb") as f:
+                pcap = dpkt.pcap.Writer(f, linktype=dpkt.pcap.DLT_EN10MB)
+                try:
+                    while deadline is None or time.monotonic() < deadline:
+                        written += self._drain_capture(netback, cid, pcap, f)
+                        if progress:
+                            progress(written)
+                        time.sleep(poll)
+                except KeyboardInterrupt:
+                    pass
+                written += self._drain_capture(netback, cid, pcap, f)
+        finally:
+            self._transport.call(netback, "capture_stop", cid)
+        return written
+
+    def _drain_capture(self, netback: str, cid: int, pcap: Any, f: Any) -> int:
+        frames = self._transport.call(netback, "capture_read", cid)
+        for ts, frame in frames:
+            pcap.writepkt(frame, ts=ts)
+        f.flush()
+        return len(frames)
 
     def wait_for(self, condition: Callable[[], Any], timeout: float, what: str) -> Any:
         deadline = time.monotonic() + timeout

@@ -18,7 +18,7 @@ import ray
 from actors import memory
 from cluster.runtime import NAMESPACE, actor_name, pin_to_host
 
-DOM0_COMPONENTS = ("xl", "blkback", "xenconsoled", "xenstored")  # stop order; hypervisor last
+DOM0_COMPONENTS = ("xl", "netback", "blkback", "xenconsoled", "xenstored")  # stop order; hypervisor last
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +39,7 @@ def boot_host(spec: HostSpec, *, run_id: str, run_dir: str, log_dir: str) -> Non
     from actors.blkback.actor import BlkbackActor
     from actors.console.actor import ConsoleActor
     from actors.hypervisor.actor import HypervisorActor
+    from actors.netback.actor import NetbackActor
     from actors.toolstack.actor import ToolstackActor
     from actors.xenstored.actor import XenstoredActor
 
@@ -56,6 +57,7 @@ def boot_host(spec: HostSpec, *, run_id: str, run_dir: str, log_dir: str) -> Non
     ray.get(xs.deliver.remote("process"))
     daemons = [ConsoleActor.options(**opts("xenconsoled")).remote(host, dom0_secret, log_dir),
                BlkbackActor.options(**opts("blkback")).remote(host, dom0_secret, log_dir),
+               NetbackActor.options(**opts("netback")).remote(host, dom0_secret, log_dir),
                ToolstackActor.options(**opts("xl")).remote(host, dom0_secret, log_dir)]
     ray.get([d.deliver.remote("process") for d in daemons])
 

@@ -40,6 +40,9 @@ class GuestKernel(Protocol):
     def disk(self, name: str) -> Any:
         """A virtual disk's frontend; ENODEV if the domain has none of that name."""
 
+    def net(self, nic: int) -> Any:
+        """The network stack on vif ``nic``; ENODEV if the domain has no such NIC."""
+
 
 class GuestOS:
     """The API an init program gets. Only the vCPU thread running the program calls it.
@@ -79,6 +82,11 @@ class GuestOS:
         """A virtual disk (blkfront): ``read``/``write``/``flush``/``discard`` and the
         ``submit_*`` forms for queue depth."""
         return self._kernel.disk(name)
+
+    def net(self, nic: int = 0) -> Any:
+        """The network stack on a NIC (vif ``nic``): ``ping``, ``udp_bind``, ``udp_send``,
+        its ``ip`` and ``mac``."""
+        return self._kernel.net(nic)
 
     def result(self, data: dict) -> None:
         """Publish a machine-readable result: a ``RESULT {json}`` console line, which

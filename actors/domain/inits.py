@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from actors.domain.blkinits import blkbench, blkhostile, blkverify
 from actors.domain.guestos import GuestOS, Init, option
+from actors.domain.netinits import nethostile, ping, udpstream
 
 
 # --- the built-in programs -------------------------------------------------------------------
@@ -51,4 +52,7 @@ INITS: dict[str, Init] = {
     "idle": idle,
     "crash": crash,
     "poweroff": poweroff,
+    "nethostile": nethostile,
+    "ping": ping,
+    "udpstream": udpstream,
 }

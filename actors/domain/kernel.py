@@ -45,6 +45,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from actors.domain.blkdev import BlockDevices
+from actors.domain.netdev import NetDevices
 from actors.domain.guestos import GuestOS, parse_init
 from actors.domain.inits import INITS
 from actors.memory import Mapping
@@ -53,6 +54,7 @@ from protocols.errno import Errno, XenError
 from protocols.hypercall import EvtchnOp, Hypercall, SchedOp, ShutdownReason
 from protocols.start_info import StartInfo
 
+NET_UP_TIMEOUT_S = 30.0  # how long GuestOS.net() waits for a vif's carrier
 CONSOLE_RECHECK_S = 0.25  # re-check a full console ring this often, upcall or not
 PRINTK_LOCK_TIMEOUT_S = 1.0  # kernel messages give up rather than wait on a stuck writer
 FREEZE_TIMEOUT_S = 20.0  # Linux freeze_timeout_msecs: a suspend fails if init will not stop
@@ -102,6 +104,7 @@ class PVKernel:
         self.memory = memory
         self.console = ConsoleInterface(memory.page(start_info.console_mfn))
         self.blk: BlockDevices | None = None
+        self.net_devices: NetDevices | None = None
         self.hypercall = hypercall
         self.xs = xs
         self.log = log
@@ -159,6 +162,8 @@ class PVKernel:
                 self._cv.notify_all()
         if self.blk is not None:
             self.blk.upcall(ports)
+        if self.net_devices is not None:
+            self.net_devices.upcall(ports)
 
     def xs_event(self, data: bytes) -> None:
         """xs_wire WATCH_EVENT messages pushed by xenstored."""
@@ -174,7 +179,8 @@ class PVKernel:
             return {**self.stats, "state": state.value, "vcpu": vcpu, "paused": self._paused,
                     "shutdown_reason": self._reason.name if self._reason is not None else None,
                     "domid": self.domid, "init": self.init_name,
-                    "vbd": self.blk.statistics() if self.blk is not None else {}}
+                    "vbd": self.blk.statistics() if self.blk is not None else {},
+                    "vif": self.net_devices.statistics() if self.net_devices else {}}
 
     def save(self) -> dict[str, Any]:
         """What a restored kernel needs to carry on: the init, its state, clock, console
@@ -228,6 +234,18 @@ class PVKernel:
         if self.blk is None:
             raise XenError(Errno.ENODEV, f"no virtual disk {name}")
         return self.blk.disk(name)
+
+    def net(self, nic: int | str) -> Any:
+        """The network stack on a vif (devid, or "ethN"), for the init program (vCPU thread),
+        once its carrier is up (or after ``NET_UP_TIMEOUT_S``: sends then fail)."""
+        self._gate()
+        if self.net_devices is None:
+            raise XenError(Errno.ENODEV, f"no network interface {nic}")
+        front = self.net_devices.vif(nic)
+        deadline = self._now() + NET_UP_TIMEOUT_S
+        while not front.carrier and self._now() < deadline:  # as init scripts wait for ifup
+            self.sleep(0.02)
+        return self.net_devices.nic(nic)
 
     def clock(self) -> float:
         self._gate()
@@ -313,7 +331,7 @@ class PVKernel:
         self._printk("Booting paravirtualized kernel on Xen (xenray)")
         self._printk(f"Command line: {si.cmd_line}")
         for step in (self._read_identity, self._setup_shutdown_watcher,
-                     self._setup_block_devices):
+                     self._setup_devices):
             try:
                 step()
             except Exception as e:  # Linux boots on without xenbus, deaf to control/shutdown
@@ -336,12 +354,20 @@ class PVKernel:
             except XenError as e:
                 self.log.warning("cannot advertise feature", feature=feature, error=str(e))
 
-    def _setup_block_devices(self) -> None:
-        """xen-blkfront's probe: a frontend per ``device/vbd`` entry (none is fine)."""
+    def _setup_devices(self) -> None:
+        """xen-blkfront's and xen-netfront's probes: a frontend per ``device/vbd`` and
+        ``device/vif`` entry (none is fine), sharing the kernel's grant table and free pages."""
         blk = BlockDevices(self.memory, self.start_info.nr_pages, self.hypercall, self.xs)
         self.blk = blk
         for devid in blk.probe(self.domid, self._watch):
             self._printk(f"blkfront: {devid}: probed")
+        # clock: not the gated GuestOS clock, since replies are timed on the upcall thread
+        net = NetDevices(pages=blk.pages, gnttab=blk.table, grefs=blk.grefs,
+                         hypercall=self.hypercall, xs=self.xs, clock=self._now, sleep=self.sleep)
+        self.net_devices = net
+        for devid in net.probe(self.domid, self._watch):
+            vif = net.vif(devid)
+            self._printk(f"netfront: vif {devid}: mac {vif.mac}, ip {vif.ip or 'none'}")
 
     def _watch(self, path: str, token: str, handler: Callable[[], None]) -> None:
         """Register a watch whose callback runs on the xenwatch thread, behind the gate."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import queue
+import random
 import threading
 import time
 from typing import Any
@@ -23,10 +24,11 @@ import ray
 from actors import log as xlog
 from actors.domain.actor import DomainActor
 from actors.dom0 import dom0_clients
-from actors.toolstack.builder import build_pv_domain, destroy_domain, vbd_backend_path
+from actors.toolstack.builder import (build_pv_domain, destroy_domain, vbd_backend_path,
+                                      vif_backend_path)
 from actors.transport import Endpoint
 from cluster.runtime import NAMESPACE, actor_name, pin_to_host
-from cluster.xlcfg import Action, DomainConfig
+from cluster.xlcfg import Action, DomainConfig, random_mac
 from protocols.errno import Errno, XenError
 from protocols.hypercall import (Domctl, DomInfoFlag, Hypercall, ShutdownReason, Sysctl,
                                  dominf_shutdown_code)
@@ -73,9 +75,18 @@ def check_devices(cfg: DomainConfig) -> None:
         if disk.mode == "w" and not os.stat(disk.target).st_mode & 0o222:
             raise XenError(Errno.EROFS, f"{where}: {disk.target} is read-only but the disk "
                                         "asks for write access (use access=ro)")
-    if cfg.vif:
-        raise XenError(Errno.ENOSYS, f"{cfg.name}: vif devices need netback, which xenray "
-                                     "does not emulate yet; remove them to boot")
+    for vif in cfg.vif:
+        if vif.backend not in (None, "0", "Domain-0"):
+            raise XenError(Errno.EOPNOTSUPP, f"vif {vif.devid}: backend {vif.backend}: driver "
+                                             "domains are not emulated; netback runs in Dom0")
+
+
+def with_macs(cfg: DomainConfig) -> DomainConfig:
+    """Give every vif without a ``mac`` one under Xen's OUI, at create (libxl does), so the
+    domain keeps it across reboots: the record holds the config with the MACs in it."""
+    rng = random.SystemRandom()
+    return dataclasses.replace(cfg, vif=[v if v.mac else v.with_mac(random_mac(rng))
+                                         for v in cfg.vif])
 
 
 HOTPLUG_TIMEOUT_S = 40.0  # LIBXL_HOTPLUG_TIMEOUT
@@ -83,17 +94,18 @@ HOTPLUG_TIMEOUT_S = 40.0  # LIBXL_HOTPLUG_TIMEOUT
 
 def wait_for_backends(xs, domid: int, cfg: DomainConfig) -> None:
     """libxl waits for each backend to reach InitWait (or report an error) before unpausing."""
-    for disk in cfg.disk:
-        be = vbd_backend_path(domid, disk.devid)
+    devices = [(vbd_backend_path(domid, d.devid), f"disk {d.vdev}", "blkback") for d in cfg.disk]
+    devices += [(vif_backend_path(domid, v.devid), f"vif {v.devid}", "netback") for v in cfg.vif]
+    for be, what, backend in devices:
         deadline = time.monotonic() + HOTPLUG_TIMEOUT_S
         while (state := xs.read_str(f"{be}/state", default="0")) != "2":
             error = xs.read_str(f"{be}/hotplug-error", default="") or \
                 xs.read_str(f"{be}/error", default="")
             if error or state == "6":
-                raise XenError(Errno.EIO, f"disk {disk.vdev}: blkback refused it: "
+                raise XenError(Errno.EIO, f"{what}: {backend} refused it: "
                                           f"{error or 'backend closed'}")
             if time.monotonic() > deadline:
-                raise XenError(Errno.ETIMEDOUT, f"disk {disk.vdev}: blkback did not answer "
+                raise XenError(Errno.ETIMEDOUT, f"{what}: {backend} did not answer "
                                                 f"within {HOTPLUG_TIMEOUT_S:.0f} s")
             time.sleep(0.05)
 
@@ -118,6 +130,8 @@ class ToolstackActor(Endpoint):
         cfg = DomainConfig.from_dict(config)
         name = name or cfg.name
         check_devices(cfg)
+        cfg = with_macs(cfg)
+        config = cfg.to_dict()
         with self.lock:
             if name in self.records:
                 raise XenError(Errno.EEXIST, f"domain {name!r} already exists on {self.host}")

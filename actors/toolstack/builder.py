@@ -116,6 +116,8 @@ def _write_xenstore(xs, domid: int, dom_uuid: str, name: str, cfg: DomainConfig,
             xs.set_perms(f"{dom}/{leaf}", guest_owns, tx_id=t)
         for disk in cfg.disk:
             add_vbd(xs, t, domid, disk)
+        for vif in cfg.vif:
+            add_vif(xs, t, domid, vif)
 
     xs.transact(body)
 
@@ -125,24 +127,53 @@ def vbd_backend_path(domid: int, devid: int) -> str:
 
 
 def add_vbd(xs, t: int, domid: int, disk) -> None:
-    """``libxl__device_generic_add`` for a vbd (reference 8.3, 10): both directories, with
-    each side owning its own and the other side allowed to read it, and libxl's copy."""
+    """A vbd's directories (reference 8.3): libxl's keys for blkback and blkfront."""
     fe = f"/local/domain/{domid}/device/vbd/{disk.devid}"
-    be = vbd_backend_path(domid, disk.devid)
     backend = {"frontend": fe, "frontend-id": str(domid), "online": "1", "state": "1",
                "removable": "0", "bootable": "1", "dev": disk.vdev, "type": "file",
                "mode": disk.mode, "device-type": disk.device_type, "params": disk.target,
                "discard-enable": "0" if disk.discard is False else "1"}
-    frontend = {"backend": be, "backend-id": "0", "state": "1",
-                "virtual-device": str(disk.devid), "device-type": disk.device_type,
-                "trusted": "1"}
+    frontend = {"backend": vbd_backend_path(domid, disk.devid), "backend-id": "0",
+                "state": "1", "virtual-device": str(disk.devid),
+                "device-type": disk.device_type, "trusted": "1"}
+    _add_device(xs, t, domid, "vbd", disk.devid, backend, frontend)
+
+
+def vif_backend_path(domid: int, devid: int) -> str:
+    return f"/local/domain/0/backend/vif/{domid}/{devid}"
+
+
+def add_vif(xs, t: int, domid: int, vif) -> None:
+    """A vif's directories (``libxl_nic.c``, reference 9): ``hotplug-status`` starts empty;
+    the hotplug step (netback attaching the vif to its bridge) sets it to "connected"."""
+    fe = f"/local/domain/{domid}/device/vif/{vif.devid}"
+    backend = {"frontend": fe, "frontend-id": str(domid), "online": "1", "state": "1",
+               "script": vif.script, "mac": vif.mac, "bridge": vif.bridge,
+               "handle": str(vif.devid), "type": vif.type or "vif", "mtu": str(vif.mtu),
+               "hotplug-status": ""}
+    if vif.ip:
+        backend["ip"] = vif.ip
+    if vif.rate:
+        backend["rate"] = vif.rate.xenstore
+    frontend = {"backend": vif_backend_path(domid, vif.devid), "backend-id": "0",
+                "state": "1", "handle": str(vif.devid), "mac": vif.mac, "mtu": str(vif.mtu),
+                "trusted": "1" if vif.trusted is not False else "0"}
+    _add_device(xs, t, domid, "vif", vif.devid, backend, frontend)
+
+
+def _add_device(xs, t: int, domid: int, kind: str, devid: int, backend: dict[str, str],
+                frontend: dict[str, str]) -> None:
+    """``libxl__device_generic_add`` (reference 10): both directories, each side owning its
+    own and the other allowed to read it, and libxl's own record of the pair."""
+    fe = f"/local/domain/{domid}/device/{kind}/{devid}"
+    be = f"/local/domain/0/backend/{kind}/{domid}/{devid}"
     for base, keys, perms in ((be, backend, ["n0", f"r{domid}"]),
                               (fe, frontend, [f"n{domid}", "r0"])):
         xs.write(base, "", tx_id=t)
         xs.set_perms(base, perms, tx_id=t)  # first: the keys inherit these permissions
         for key, value in keys.items():
             xs.write(f"{base}/{key}", value, tx_id=t)
-    libxl = f"/libxl/{domid}/device/vbd/{disk.devid}"
+    libxl = f"/libxl/{domid}/device/{kind}/{devid}"
     xs.write(f"{libxl}/frontend", fe, tx_id=t)
     xs.write(f"{libxl}/backend", be, tx_id=t)
 
@@ -158,7 +189,8 @@ def destroy_domain(hv, xs, domid: int) -> None:
     except XenError as e:
         if e.errno != Errno.ESRCH:
             raise
-    for path in (f"/local/domain/0/backend/vbd/{domid}", f"/local/domain/{domid}",
+    for path in (f"/local/domain/0/backend/vbd/{domid}",
+                 f"/local/domain/0/backend/vif/{domid}", f"/local/domain/{domid}",
                  f"/libxl/{domid}", vm):
         if path:
             try:

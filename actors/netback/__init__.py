@@ -1,0 +1,1 @@
+"""netback: Dom0's network backend (Linux ``drivers/net/xen-netback``) and its bridge."""

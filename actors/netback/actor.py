@@ -1,0 +1,98 @@
+"""netback's Ray shell: the only netback file that knows about Ray.
+
+It holds Dom0's credential with its own endpoint (``<host>/netback``), so the ports it binds
+raise their upcalls here, and its own xenstore connection, whose watch events are pushed
+here as ``xs_event``. Restartable (DESIGN.md "Failure semantics"): Ray re-runs ``__init__``
+after a crash, :meth:`Netback.start` recovers every vif from xenstore (the frontends
+reconnect, reference 19.4) and the peers are read back from xenstore.
+
+The inter-host network: ``set_peers`` gives every bridge an uplink per peer host; frames
+for host X wait in the :class:`UplinkSender` until their link delivers them, then go one-way
+to ``<X>/netback`` as ``frames(this host, bridge, [frame, ...])``. The peers are kept in
+xenstore (``uplink.save_peers``), so a restarted netback rejoins the mesh. One Ray call
+carries a batch, and calls may run on the actor's several threads, so frames can arrive
+reordered, as on a real network.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import ray
+
+from actors import log as xlog
+from actors.dom0 import dom0_clients
+from actors.netback.link import LinkSpec
+from actors.netback.uplink import UplinkSender, load_peers, save_peers
+from actors.netback.xenbus import Netback
+from actors.transport import Endpoint
+from cluster.runtime import actor_name
+
+
+@ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=8)
+class NetbackActor(Endpoint):
+    def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
+        self.host = host
+        self.log = xlog.setup(host=host, component="netback", log_dir=log_dir)
+        dom0 = dom0_clients(host, dom0_secret, "netback", self.deliver, self.log)
+        self.transport, self.xs = dom0.transport, dom0.xs
+        self.netback = Netback(host, dom0.hv, self.xs, self.log)
+        self.sender = UplinkSender(self._send, log=self.log)
+        self.peers: dict[str, LinkSpec] = load_peers(self.xs)
+        self._apply_peers()
+        self.netback.start()
+        self.log.info("netback up", vifs=len(self.netback.devices))
+
+    def _send(self, host: str, bridge: str, frames: list[bytes]) -> None:
+        self.transport.send(actor_name(host, "netback"), "frames", self.host, bridge, frames)
+
+    # -- Dom0's events ---------------------------------------------------------------------
+
+    def on_upcall(self, domid: int, ports: list[int]) -> None:
+        self.netback.upcall(ports)
+
+    def on_xs_event(self, data: bytes) -> None:
+        self.xs.on_event(data)
+
+    def on_statistics(self) -> dict[str, Any]:
+        return {**self.netback.statistics(), "uplinks": self.sender.statistics()}
+
+    # -- the cluster's network -------------------------------------------------------------
+
+    def on_set_peers(self, hosts: list[str]) -> None:
+        """The other hosts of the cluster: an uplink to each (a new one unshaped; a known
+        one keeps its link)."""
+        self.peers = {h: self.peers.get(h, LinkSpec()) for h in hosts if h != self.host}
+        self._apply_peers()
+
+    def on_set_link(self, host: str, spec: dict[str, Any]) -> None:
+        """Shape the link from here to ``host`` (``LinkSpec`` fields)."""
+        if host not in self.peers:
+            raise ValueError(f"{self.host} has no uplink to {host!r}")
+        self.peers[host] = LinkSpec(**spec)
+        self._apply_peers()
+
+    def on_links(self) -> dict[str, dict[str, Any]]:
+        """Each uplink's spec and what crossed it (frames sent, lost)."""
+        stats = self.sender.statistics()["links"]
+        return {h: {**dataclasses.asdict(spec), "frames": stats.get(h, {}).get("sent", 0),
+                    "lost": stats.get(h, {}).get("lost", 0)} for h, spec in self.peers.items()}
+
+    def _apply_peers(self) -> None:
+        save_peers(self.xs, self.peers)
+        self.sender.set_links(self.peers)
+        self.netback.set_peers(self.sender.submit, self.peers)
+
+    def on_frames(self, from_host: str, bridge: str, frames: list[bytes]) -> None:
+        self.netback.from_uplink(bridge, from_host, frames)
+
+    def on_capture_start(self, bridge: str) -> int:
+        return self.netback.capture_start(bridge)
+
+    def on_capture_read(self, capture_id: int) -> list[list]:
+        return self.netback.capture_read(capture_id)
+
+    def on_capture_stop(self, capture_id: int) -> None:
+        self.netback.capture_stop(capture_id)
+
