@@ -83,6 +83,11 @@ class Cluster:
                                  [h for h in self.hosts if h != host])
 
     def stop(self) -> None:
+        for name in self._booted:  # first the uplinks, so no frames are in flight to a host
+            try:                   # being stopped
+                self._transport.call(actor_name(name, "netback"), "set_peers", [], timeout=10)
+            except (PeerGone, TimeoutError):
+                pass
         for name in self._booted:
             self._progress(f"stopping host {name}")
             stop_host(name, run_id=self.run_id)

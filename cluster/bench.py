@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cluster.bench_blk import bench_blk
+from cluster.bench_net import bench_net
 from cluster.runtime import NAMESPACE, EmbeddedRay, actor_name, connect, pin_to_host
 
 
@@ -133,4 +134,5 @@ def bench_create(out: Console, a: argparse.Namespace) -> int:
     return 0
 
 
-BENCHMARKS = {"hypercall": bench_hypercall, "create": bench_create, "blk": bench_blk}
+BENCHMARKS = {"hypercall": bench_hypercall, "create": bench_create, "blk": bench_blk,
+              "net": bench_net}

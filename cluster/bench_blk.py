@@ -44,7 +44,7 @@ DOORBELL_TIMEOUT_S = 30.0
 
 # --- the raw ring baseline -------------------------------------------------------------------
 
-def _doorbell(fd: int, peer_sentinel: int | None = None) -> None:
+def doorbell(fd: int, peer_sentinel: int | None = None) -> None:
     """Wait for an eventfd ring; TimeoutError/ChildProcessError instead of hanging."""
     watched = [fd] if peer_sentinel is None else [fd, peer_sentinel]
     ready = select.select(watched, [], [], DOORBELL_TIMEOUT_S)[0]
@@ -68,7 +68,7 @@ def _ring_backend(path: str, kick_fd: int, notify_fd: int) -> None:
         reqs = back.get_requests(REQUEST_SIZE)
         if not reqs:
             if not back.final_check_for_requests():
-                _doorbell(kick_fd)
+                doorbell(kick_fd)
             continue
         for raw in reqs:
             req = BlkifRequest.unpack(raw)
@@ -114,7 +114,7 @@ def _ring_frontend(front: FrontRing, kick_fd: int, notify_fd: int, backend: int,
         if now >= end and len(free) == IODEPTH:
             return lat, now - t0
         if not put and not rsps and not front.final_check_for_responses():
-            _doorbell(notify_fd, backend)
+            doorbell(notify_fd, backend)
 
 
 def bench_raw_ring(seconds: float) -> dict[str, float]:

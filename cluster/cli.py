@@ -183,6 +183,41 @@ def cmd_image(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_link(a: argparse.Namespace) -> int:
+    """``xenray link [A B [--bandwidth 100M] [--latency 5ms] [--loss 1%]]``: shape a link,
+    or show every link."""
+    xen = attach()
+    if a.a is not None:
+        if a.b is None:
+            raise SystemExit("xenray link: name both hosts, e.g. `xenray link h1 h2 --latency 5ms`")
+        spec = xen.set_link(a.a, a.b, bandwidth=a.bandwidth, latency=a.latency, loss=a.loss,
+                            both_ways=not a.one_way)
+        out.print(f"{a.a} {'->' if a.one_way else '<->'} {a.b}: {_link_text(spec)}")
+        return 0
+    for row in xen.links():
+        out.print(f"{row['from']} -> {row['to']}: {_link_text(row)}  "
+                  f"({row.get('frames', 0)} frames, {row.get('lost', 0)} lost)")
+    return 0
+
+
+def _link_text(spec: dict[str, Any]) -> str:
+    bw = spec.get("bandwidth_bps")
+    return (f"bandwidth {'unlimited' if not bw else f'{bw / 1e6:g} Mbit/s'}, latency "
+            f"{spec.get('latency_s', 0) * 1000:g} ms, loss {spec.get('loss', 0) * 100:g}%")
+
+
+def cmd_capture(a: argparse.Namespace) -> int:
+    """``xenray capture HOST BRIDGE --out FILE.pcap [--seconds N]``: tcpdump on a bridge."""
+    xen = attach()
+    with out.status(f"capturing on {a.host}/{a.bridge} into {a.out} "
+                    f"({'Ctrl-C to stop' if a.seconds is None else f'{a.seconds:g} s'})...") as st:
+        n = xen.capture(a.host, a.bridge, a.out, seconds=a.seconds,
+                        progress=lambda n: st.update(f"capturing on {a.host}/{a.bridge} into "
+                                                     f"{a.out}: {n} frames"))
+    out.print(f"{n} frames written to {a.out}")
+    return 0
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from cluster.demo import run
 
@@ -235,13 +270,22 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 (_arg("action", choices=("create",)), _arg("path"),
                  _arg("size", help="bytes, or with a suffix: 512K, 64M, 1G"),
                  _arg("--force", action="store_true", help="replace an existing file"))),
+    CommandSpec("link", cmd_link, "show links between hosts, or shape one: link A B --latency 5ms",
+                (_arg("a", nargs="?"), _arg("b", nargs="?"),
+                 _arg("--bandwidth", help="bits/s: 10M, 1G (default unlimited)"),
+                 _arg("--latency", help="one-way delay: 5ms, 200us"),
+                 _arg("--loss", help="fraction or percent of frames lost: 0.01, 1%%"),
+                 _arg("--one-way", action="store_true", help="shape A -> B only"))),
+    CommandSpec("capture", cmd_capture, "write a bridge's frames to a pcap file",
+                (_arg("host"), _arg("bridge"), _arg("--out", required=True),
+                 _arg("--seconds", type=float, default=None))),
     CommandSpec("demo", cmd_demo, "run the demonstration on an embedded 2-host cluster",
 ),
-    CommandSpec("bench", cmd_bench, "benchmarks: hypercall, create, blk",
-                (_arg("what", choices=("hypercall", "create", "blk")),
+    CommandSpec("bench", cmd_bench, "benchmarks: hypercall, create, blk, net",
+                (_arg("what", choices=("hypercall", "create", "blk", "net")),
                  _arg("--domains", type=int, default=50),
                  _arg("--runtime", type=float, default=5.0,
-                      help="blk: seconds of each guest workload"))),
+                      help="blk, net: seconds of each guest workload"))),
     CommandSpec("completion", cmd_completion, "print a bash completion line"),
     CommandSpec("help", cmd_help, "this list"),
 )

@@ -101,7 +101,22 @@ def run(out: Console) -> int:
                 raise RuntimeError(f"only {on_disk} of 256 blocks are in the image")
             out.print(f"  after destroy, read from the host: all {on_disk} blocks are in {image.name}")
 
-        step("6. SIGKILL counter3: a crash; the others carry on")
+        step("6. A network: ping from h2 to a guest on h1, across the hosts' bridges")
+        for name, ip, extra, host in (("web1", "10.0.0.1", "init=idle", "h1"),
+                                      ("client1", "10.0.0.2",
+                                       "init=ping 10.0.0.1 count=4 interval=0.2", "h2")):
+            xen.create(parse_config(f'name = "{name}"\nmemory = 32\nvif = [ "ip={ip}" ]\n'
+                                    f'extra = "{extra}"\n')[0], host=host)
+        result = xen.wait_for(lambda: xen.result("client1"), 60, "client1's ping")
+        for line in xen.console("client1", 8):
+            if "bytes from" in line or "packet loss" in line or line.startswith("rtt"):
+                out.print(f"  client1: {line}", markup=False, highlight=False)
+        if result["received"] == 0:
+            raise RuntimeError("no ping reply crossed the hosts")
+        for name in ("web1", "client1"):
+            xen.destroy(name)
+
+        step("7. SIGKILL counter3: a crash; the others carry on")
         pid = next(r["pid"] for r in xen.list() if r["name"] == "counter3")
         survivors = {n: last_count(xen, n) for n in ("counter1", "counter4")}
         out.print(f"  kill -9 {pid} (Ray will report the dead worker: that is the point)")
@@ -111,7 +126,7 @@ def run(out: Console) -> int:
             out.print(f"  {name} keeps counting: {count} -> {wait_count_above(xen, name, count)}")
         show_list(out, xen)
 
-        step("7. Destroy the rest and stop the cluster")
+        step("8. Destroy the rest and stop the cluster")
         for r in xen.list():
             if r["domid"] != 0:
                 xen.destroy(r["name"])

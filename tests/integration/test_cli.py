@@ -38,6 +38,20 @@ def test_cli_up_create_list_console_down(tmp_path):
         assert "counter 2" in text
         bad = xenray(home, "pause", "nosuch")
         assert bad.returncode == 1 and "no domain named 'nosuch'" in bad.stderr
+        linked = xenray(home, "link", "h1", "h2", "--latency", "5ms", "--loss", "1%")
+        assert linked.returncode == 0, linked.stderr
+        assert "latency 5 ms" in linked.stdout and "loss 1%" in linked.stdout
+        shown = xenray(home, "link").stdout
+        assert "h1 -> h2" in shown and "h2 -> h1" in shown and "latency 5 ms" in shown
+        bad = xenray(home, "link", "h1", "h9", "--latency", "1ms")
+        assert bad.returncode == 1 and "no host 'h9'" in bad.stderr
+        bad = xenray(home, "link", "h1", "h2", "--latency", "fast")
+        assert bad.returncode == 1 and "latency" in bad.stderr
+        pcap = tmp_path / "idle.pcap"
+        cap = xenray(home, "capture", "h1", "xenbr0", "--out", str(pcap), "--seconds", "1")
+        assert cap.returncode == 0 and "frames written" in cap.stdout, cap.stderr
+        read = subprocess.run(["tshark", "-r", str(pcap)], capture_output=True, text=True)
+        assert read.returncode == 0, read.stderr  # a valid (empty) pcap
     finally:
         down = xenray(home, "down")
     assert down.returncode == 0 and "cluster stopped" in down.stdout

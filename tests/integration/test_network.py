@@ -107,3 +107,16 @@ def test_hostile_netfront_is_disconnected_alone(xen, domains, mode):
     stats = ray.get(ray.get_actor(actor_name("h2", "netback"), namespace=NAMESPACE)
                     .deliver.remote("statistics"))
     assert stats["hostile"] >= 1, stats
+
+
+def test_link_latency_between_hosts_shows_in_the_rtt(xen, domains):
+    xen.set_link("h1", "h2", latency="25ms")
+    try:
+        assert {(r["from"], r["to"], r["latency_s"]) for r in xen.links()} >= {
+            ("h1", "h2", 0.025), ("h2", "h1", 0.025)}
+        domains("pong5", "10.5.0.1", "init=idle", "h1")
+        domains("far5", "10.5.0.2", "init=ping 10.5.0.1 count=3 interval=0.1", "h2")
+        r = result(xen, "far5")
+        assert r["received"] == 3 and r["rtt_ms_min"] >= 50.0, r  # 25 ms each way
+    finally:
+        xen.set_link("h1", "h2")  # back to unlimited
