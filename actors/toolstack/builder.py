@@ -22,6 +22,7 @@ from cluster.xlcfg import DomainConfig
 from protocols import start_info as si
 from protocols.errno import Errno, XenError
 from protocols.hypercall import DOMID_ANY, Domctl, EvtchnOp, Hypercall, MemoryOp
+from protocols.netif import DEFAULT_MTU
 
 XENMAPSPACE_gmfn_foreign = 4
 
@@ -149,8 +150,9 @@ def add_vif(xs, t: int, domid: int, vif) -> None:
     fe = f"/local/domain/{domid}/device/vif/{vif.devid}"
     backend = {"frontend": fe, "frontend-id": str(domid), "online": "1", "state": "1",
                "script": vif.script, "mac": vif.mac, "bridge": vif.bridge,
-               "handle": str(vif.devid), "type": vif.type or "vif", "mtu": str(vif.mtu),
-               "hotplug-status": ""}
+               "handle": str(vif.devid), "type": vif.type or "vif", "hotplug-status": ""}
+    if vif.mtu != DEFAULT_MTU:  # libxl writes the backend's mtu only when it is not 1500
+        backend["mtu"] = str(vif.mtu)
     if vif.ip:
         backend["ip"] = vif.ip
     if vif.rate:
