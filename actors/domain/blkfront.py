@@ -4,8 +4,8 @@ Pure and unit-testable: memory pages, the grant table, event channels and xensto
 injected, so the kernel wires it to the real ones and tests to fakes. It follows Linux
 ``drivers/block/xen-blkfront.c``:
 
-* Handshake (8.4): the caller feeds the backend's ``state`` (:meth:`Blkfront.on_backend_state`);
-  :func:`protocols.xenbus.frontend_on_backend_state` decides. On InitWait the frontend
+* Handshake (8.4): :class:`actors.domain.frontend.XenbusFrontend` runs it (the caller feeds
+  the backend's ``state``); this module fills in the vbd's part. On InitWait the frontend
   allocates a ring page, runs ``SHARED_RING_INIT`` (only the frontend does), grants it, allocates
   an unbound evtchn and writes ``ring-ref``, ``event-channel``, ``protocol``,
   ``feature-persistent`` and ``state`` = Initialised in one transaction (``talk_to_blkback``);
@@ -31,54 +31,21 @@ from __future__ import annotations
 import collections
 import itertools
 import threading
-from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
+from actors.domain.frontend import Page, XenbusFrontend
+from actors.domain.frontend import PagePool  # noqa: F401  (re-exported: callers import it here)
 from protocols.blkif import (BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
                              BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE,
-                             BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, RESPONSE_SIZE, RING_SIZE,
-                             SECTOR_SIZE, XEN_IO_PROTO_ABI_NATIVE, BlkifRequest,
-                             BlkifRequestDiscard, BlkifRequestSegment, BlkifResponse)
+                             BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
+                             RESPONSE_SIZE, RING_SIZE, SECTOR_SIZE, XEN_IO_PROTO_ABI_NATIVE,
+                             BlkifRequest, BlkifRequestDiscard, BlkifRequestSegment,
+                             BlkifResponse)
 from protocols.errno import Errno, XenError
-from protocols.gnttab import GrantRefAllocator, GrantTable
 from protocols.ring import PAGE_SIZE, FrontRing, RingOverflow
-from protocols.xenbus import FrontendAction, XenbusState, frontend_on_backend_state
+from protocols.xenbus import XenbusState
 
 MAX_REQUEST_BYTES = BLKIF_MAX_SEGMENTS_PER_REQUEST * PAGE_SIZE  # 44 KiB per ring request
-
-
-class PageAllocator(Protocol):
-    """Free guest pages: ``alloc`` a pfn, ``page(pfn)`` its 4 KiB of memory, ``free`` it."""
-
-    def alloc(self) -> int: ...
-    def page(self, pfn: int) -> memoryview: ...
-    def free(self, pfn: int) -> None: ...
-
-
-class PagePool:
-    """A :class:`PageAllocator` over ``count`` pfns from ``first`` (e.g. the free pages from
-    pfn 16, ``actors.domain.layout.PFN_FIRST_FREE``); ``page_of`` is ``Mapping.page``."""
-
-    def __init__(self, page_of: Callable[[int], memoryview], first: int, count: int) -> None:
-        self.page = page_of
-        self._free = list(range(first + count - 1, first - 1, -1))  # pop() gives the lowest
-
-    def alloc(self) -> int:
-        if not self._free:
-            raise XenError(Errno.ENOSPC, "no free guest page")
-        return self._free.pop()
-
-    def free(self, pfn: int) -> None:
-        self._free.append(pfn)
-
-
-class XsLike(Protocol):
-    """The part of :class:`actors.xs_client.XsClient` blkfront uses."""
-
-    def read_str(self, path: str, default: str | None = None, tx_id: int = 0) -> str | None: ...
-    def write(self, path: str, value: bytes | str, tx_id: int = 0) -> None: ...
-    def transact(self, body: Callable[[int], Any]) -> Any: ...
-
 
 _COMPLETION = threading.Lock()  # hands a request's completion to its waiters (a Lock each:
 # cheaper than a threading.Event per request, which is a Condition and two locks)
@@ -150,108 +117,47 @@ class _Part:
         self.pages: list[tuple[int, int, memoryview]] = []  # (gref, pfn, page)
 
 
-class Blkfront:
+class Blkfront(XenbusFrontend):
     """The frontend of vbd ``vdev`` of domain ``domid`` (``/local/domain/<domid>/device/vbd/
     <vdev>``). ``max_in_flight`` (<= RING_SIZE) bounds the shadow entries used: the queue depth."""
 
-    def __init__(self, *, domid: int, vdev: int, pages: PageAllocator, gnttab: GrantTable,
-                 grefs: GrantRefAllocator, evtchn_alloc_unbound: Callable[[int], int],
-                 notify: Callable[[int], None], xs: XsLike, backend_id: int = 0,
-                 evtchn_close: Callable[[int], None] | None = None,
-                 max_in_flight: int = RING_SIZE) -> None:
+    devicetype = "vbd"
+    counters = ("issued", "completed", "reissued", "spurious", "ring_errors")
+
+    def __init__(self, *, vdev: int, max_in_flight: int = RING_SIZE, **xenbus: Any) -> None:
+        """``xenbus``: :class:`XenbusFrontend`'s keywords (``domid``, ``pages``, ``xs``...)."""
         if not 0 < max_in_flight <= RING_SIZE:
             raise ValueError(f"max_in_flight must be 1..{RING_SIZE}")
-        self.domid, self.vdev, self.handle = domid, vdev, vdev & 0xFFFF
-        self.nodename = f"/local/domain/{domid}/device/vbd/{vdev}"
-        self.backend_id = backend_id
-        self.backend = f"/local/domain/{backend_id}/backend/vbd/{domid}/{vdev}"
-        self._pages, self._gnttab, self._grefs, self._xs = pages, gnttab, grefs, xs
-        self._alloc_unbound, self._notify, self._close = evtchn_alloc_unbound, notify, evtchn_close
-        self._lock = threading.Lock()
-        self.state = XenbusState.INITIALISING
+        super().__init__(devid=vdev, **xenbus)
+        self.vdev, self.handle = vdev, vdev & 0xFFFF
         self.info: dict[str, int] = {}  # sectors, info, sector-size, feature-* (blkfront_connect)
-        self.evtchn: int | None = None
         self._ring: FrontRing | None = None
         self._ring_page: tuple[int, int] | None = None  # (gref, pfn)
-        self._retired: list[tuple[int, int]] = []  # (gref, pfn) still mapped by the backend
         self._connected = False
         self._persistent = False
-        self._free_pages: list[tuple[int, int, memoryview]] = []  # gref -1: not granted
+        self._free_pages: list[Page] = []  # gref -1: not granted
         self._shadow: list[_Part | None] = [None] * RING_SIZE
         self._max_in_flight = max_in_flight
         self._free_ids = list(range(max_in_flight - 1, -1, -1))
         self._queue: collections.deque[_Part] = collections.deque()
         self._seq = itertools.count()
-        self.stats = dict.fromkeys(("issued", "completed", "reissued", "notifies", "spurious",
-                                    "reconnects", "ring_errors"), 0)
 
-    # -- xenbus (reference 8.4, 10, 19.6) --------------------------------------------------
+    # -- xenbus (reference 8.4, 10, 19.6): the handshake is XenbusFrontend's ----------------
 
-    def probe(self) -> None:
-        """Find the backend through ``<fe>/backend`` and ``backend-id`` (the toolstack's keys)."""
-        self.backend = self._xs.read_str(f"{self.nodename}/backend", self.backend)
-        self.backend_id = int(self._xs.read_str(f"{self.nodename}/backend-id",
-                                                str(self.backend_id)))
-
-    def on_backend_changed(self) -> None:
-        """The watch on ``<be>/state`` fired (maybe spuriously): read it and react."""
-        text = self._xs.read_str(f"{self.backend}/state", "0")
-        try:
-            state = XenbusState.parse(text)
-        except XenError:
-            state = XenbusState.UNKNOWN
-        self.on_backend_state(state)
-
-    def on_backend_state(self, backend: XenbusState) -> None:
-        """``blkback_changed``: do what :func:`frontend_on_backend_state` asks."""
-        step = frontend_on_backend_state(self.state, backend)
-        match step.action:
-            case FrontendAction.SETUP_RING:
-                self._talk_to_blkback()
-                return  # publishes Initialised itself, in the transaction
-            case FrontendAction.CONNECT | FrontendAction.RESIZE:
-                self._connect()
-            case FrontendAction.RECONNECT:
-                with self._lock:
-                    self.stats["reissued"] += self._drop_ring()
-                    self.stats["reconnects"] += 1
-            case FrontendAction.CLOSE:
-                with self._lock:
-                    self._drop_ring()
-                    self._fail_all()
-            case FrontendAction.NONE:
-                return
-        self._switch_state(step.state)
-
-    def _switch_state(self, state: XenbusState, tx_id: int = 0) -> None:
-        self._xs.write(f"{self.nodename}/state", state.encode(), tx_id=tx_id)
-        self.state = state
-
-    def _talk_to_blkback(self) -> None:
-        """``setup_blkring`` then one transaction with the ring details and Initialised."""
+    def _talk_to_backend(self) -> None:
+        """``talk_to_blkback``: ``setup_blkring`` then one transaction with the ring details
+        and Initialised."""
         with self._lock:
             self.stats["reissued"] += self._drop_ring()  # SETUP_RING over an old ring
-            pfn = self._pages.alloc()
-            page = self._pages.page(pfn)
-            page[:] = bytes(PAGE_SIZE)
+            gref, pfn, page = self._grant_page(readonly=False)
             ring = FrontRing(page, max(RESPONSE_SIZE, BlkifRequest.SIZE))
             ring.init()  # SHARED_RING_INIT + FRONT_RING_INIT
-            gref = self._grefs.alloc()
-            self._gnttab.grant_access(gref, self.backend_id, pfn)
             self._reap_retired()  # after the new page is taken: the old one is not reused
-            self.evtchn = self._alloc_unbound(self.backend_id)
+            port = self._alloc_evtchn()
             self._ring, self._ring_page = ring, (gref, pfn)
-            port = self.evtchn
-
-        def body(tx_id: int) -> None:
-            fe = self.nodename
-            self._xs.write(f"{fe}/ring-ref", str(gref), tx_id=tx_id)
-            self._xs.write(f"{fe}/event-channel", str(port), tx_id=tx_id)
-            self._xs.write(f"{fe}/protocol", XEN_IO_PROTO_ABI_NATIVE, tx_id=tx_id)
-            self._xs.write(f"{fe}/feature-persistent", "1", tx_id=tx_id)
-            self._switch_state(XenbusState.INITIALISED, tx_id)
-
-        self._xs.transact(body)
+        self._publish((("ring-ref", gref), ("event-channel", port),
+                       ("protocol", XEN_IO_PROTO_ABI_NATIVE), ("feature-persistent", 1)),
+                      XenbusState.INITIALISED)
 
     def _connect(self) -> None:
         """``blkfront_connect``: read the disk and features, then (re-)issue what waits."""
@@ -289,23 +195,16 @@ class Blkfront:
             self._ring.release()
             self._retired.append(self._ring_page)
             self._ring = self._ring_page = None
-        if self.evtchn is not None and self._close is not None:
-            self._close(self.evtchn)
-        self.evtchn = None
+        self._free_evtchn()
         return len(inflight)
 
-    def _reap_retired(self) -> None:
-        """End access to old grants; a grant the backend still maps stays out of use."""
-        kept = []
-        for gref, pfn in self._retired:
-            if self._gnttab.end_access(gref):
-                self._grefs.free(gref)
-                self._pages.free(pfn)
-            else:
-                kept.append((gref, pfn))
-        self._retired = kept
-
-    def _fail_all(self) -> None:
+    def _disconnect_backend(self, reconnect: bool) -> None:
+        """The backend went away: keep what was in flight for the next ring (``reconnect``),
+        or fail it all (Closing). Lock held."""
+        requeued = self._drop_ring()
+        if reconnect:
+            self.stats["reissued"] += requeued
+            return
         for part in self._queue:
             part.req._part_done(BLKIF_RSP_ERROR)
         self._queue.clear()
@@ -414,8 +313,7 @@ class Blkfront:
         for gref, pfn, page in part.pages:
             if self._persistent and self._connected:
                 self._free_pages.append((gref, pfn, page))
-            elif self._gnttab.end_access(gref):
-                self._grefs.free(gref)
+            elif self._end_access(gref):
                 self._free_pages.append((-1, pfn, page))
             else:
                 self._retired.append((gref, pfn))
@@ -457,15 +355,7 @@ class Blkfront:
         self.stats["completed"] += 1
         req._part_done(rsp.status)
 
-    def _kick(self, needed: bool) -> None:
-        port = self.evtchn
-        if needed and port is not None:
-            self.stats["notifies"] += 1
-            self._notify(port)
-
-    def statistics(self) -> dict[str, Any]:
-        with self._lock:
-            return {**self.stats, "state": self.state.name,
-                    "in_flight": sum(p is not None for p in self._shadow),
-                    "queued": len(self._queue), "persistent": self._persistent,
-                    "persistent_grants": sum(g >= 0 for g, _, _ in self._free_pages)}
+    def _device_statistics(self) -> dict[str, Any]:
+        return {"in_flight": sum(p is not None for p in self._shadow),
+                "queued": len(self._queue), "persistent": self._persistent,
+                "persistent_grants": sum(g >= 0 for g, _, _ in self._free_pages)}

@@ -15,72 +15,32 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from actors.domain.blkfront import PageAllocator
+from actors.domain.frontend import FrontendDevices, PageAllocator
 from actors.domain.netfront import Netfront
 from actors.domain.netstack import NetStack
 from protocols.errno import Errno, XenError
 from protocols.gnttab import GrantRefAllocator, GrantTable
-from protocols.hypercall import DOMID_SELF, EvtchnOp, Hypercall
-
-WatchFn = Callable[[str, str, Callable[[], None]], None]  # (path, token, handler)
 
 
-class EventChannels:
-    """The three ``EVTCHNOP_*`` a frontend makes, through the kernel's hypercall client
-    (a :class:`actors.hypercall_client.HypercallClient`: callable, with ``post``)."""
-
-    def __init__(self, hypercall: Any) -> None:
-        self.hypercall = hypercall
-
-    def alloc_unbound(self, remote_dom: int) -> int:
-        return self.hypercall(Hypercall.event_channel_op, EvtchnOp.alloc_unbound,
-                              dom=DOMID_SELF, remote_dom=remote_dom)["port"]
-
-    def notify(self, port: int) -> None:
-        """``notify_remote_via_evtchn``: one-way, nobody reads the result."""
-        self.hypercall.post(Hypercall.event_channel_op, EvtchnOp.send, port=port)
-
-    def close(self, port: int) -> None:
-        self.hypercall(Hypercall.event_channel_op, EvtchnOp.close, port=port)
-
-
-class NetDevices:
+class NetDevices(FrontendDevices):
     """Every vif of the domain. ``clock``/``sleep`` are the guest's (the stacks' ping)."""
+
+    devicetype = "vif"
 
     def __init__(self, *, pages: PageAllocator, gnttab: GrantTable, grefs: GrantRefAllocator,
                  hypercall: Any, xs: Any, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
-        self.pages, self.table, self.grefs, self.xs = pages, gnttab, grefs, xs
-        self.evtchn = EventChannels(hypercall)
+        super().__init__(pages=pages, gnttab=gnttab, grefs=grefs, hypercall=hypercall, xs=xs)
         self._clock, self._sleep = clock, sleep
         self.fronts: dict[int, Netfront] = {}
         self.stacks: dict[int, NetStack] = {}
 
-    def probe(self, domid: int, watch: WatchFn) -> list[int]:
-        """Create a frontend and a stack for every vif the toolstack gave this domain, and
-        watch each backend's state (the watch fires at once and starts the handshake);
-        returns the devids."""
-        try:
-            devids = sorted(int(d) for d in self.xs.directory("device/vif"))
-        except XenError as e:
-            if e.errno == Errno.ENOENT:
-                return []
-            raise
-        ev = self.evtchn
-        for devid in devids:
-            front = Netfront(domid=domid, devid=devid, pages=self.pages, gnttab=self.table,
-                             grefs=self.grefs, evtchn_alloc_unbound=ev.alloc_unbound,
-                             notify=ev.notify, xs=self.xs, evtchn_close=ev.close)
-            front.probe()
-            self.fronts[devid] = front
-            self.stacks[devid] = NetStack(front, clock=self._clock, sleep=self._sleep)
-            watch(f"{front.backend}/state", f"vif-{devid}", front.on_backend_changed)
-        return devids
-
-    def upcall(self, ports: list[int]) -> None:
-        for front in self.fronts.values():
-            if front.evtchn is not None and front.evtchn in ports:
-                front.on_event()
+    def _new_front(self, domid: int, devid: int, **resources: Any) -> Netfront:
+        """The frontend, probed (its MAC and IP known), and its stack."""
+        front = Netfront(domid=domid, devid=devid, **resources)
+        front.probe()
+        self.stacks[devid] = NetStack(front, clock=self._clock, sleep=self._sleep)
+        return front
 
     def _devid(self, name: str | int) -> int:
         """``ethN`` is the N-th vif by devid (Linux names them in probe order)."""

@@ -31,59 +31,47 @@ notifications and the callbacks run outside it.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
-from actors.domain.blkfront import PageAllocator, XsLike
+from actors.domain.frontend import Page, XenbusFrontend
 from protocols.errno import Errno, XenError
-from protocols.gnttab import GrantRefAllocator, GrantTable
 from protocols.netif import (DEFAULT_MTU, NETIF_RSP_NULL, NETIF_RSP_OKAY, RX_RING_SIZE,
                              RX_SLOT_SIZE, TX_RING_SIZE, TX_SLOT_SIZE, XEN_NETIF_EXTRA_FLAG_MORE,
                              XEN_NETIF_MAX_TX_SIZE, XEN_NETIF_NR_SLOTS_MIN, NetifRxRequest,
                              NetifRxResponse, NetifTxResponse, NetRxFlag, tx_slots,
                              tx_slots_needed)
 from protocols.ring import PAGE_SIZE, FrontRing, RingOverflow
-from protocols.xenbus import FrontendAction, XenbusState, frontend_on_backend_state
+from protocols.xenbus import XenbusState
 
 ETH_HLEN = 14  # the smallest frame anyone accepts: two MACs and the ethertype
 RX_MAX_SLOTS = XEN_NETIF_NR_SLOTS_MIN  # fragments of one received packet (xennet_get_responses)
 _RX_MASK = RX_RING_SIZE - 1
 _MORE_DATA, _EXTRA_INFO = int(NetRxFlag.more_data), int(NetRxFlag.extra_info)
 
-Page = tuple[int, int, memoryview]  # (gref, pfn, page)
 
-
-class Netfront:
+class Netfront(XenbusFrontend):
     """The frontend of vif ``devid`` of domain ``domid`` (``/local/domain/<domid>/device/vif/
     <devid>``). ``tx_pages`` (<= TX_RING_SIZE) is the tx pool: frames in flight at once."""
 
-    def __init__(self, *, domid: int, devid: int, pages: PageAllocator, gnttab: GrantTable,
-                 grefs: GrantRefAllocator, evtchn_alloc_unbound: Callable[[int], int],
-                 notify: Callable[[int], None], xs: XsLike, backend_id: int = 0,
-                 evtchn_close: Callable[[int], None] | None = None,
-                 tx_pages: int = TX_RING_SIZE) -> None:
+    devicetype = "vif"
+    counters = ("tx_packets", "tx_bytes", "tx_errors", "tx_busy", "tx_dropped", "rx_packets",
+                "rx_bytes", "rx_errors", "rx_dropped", "bad_responses", "ring_errors")
+
+    def __init__(self, *, tx_pages: int = TX_RING_SIZE, **xenbus: Any) -> None:
+        """``xenbus``: :class:`XenbusFrontend`'s keywords (``domid``, ``devid``, ``pages``...)."""
         if not 0 < tx_pages <= TX_RING_SIZE:
             raise ValueError(f"tx_pages must be 1..{TX_RING_SIZE}")
-        self.domid, self.devid = domid, devid
-        self.nodename = f"/local/domain/{domid}/device/vif/{devid}"
-        self.backend_id = backend_id
-        self.backend = f"/local/domain/{backend_id}/backend/vif/{domid}/{devid}"
+        super().__init__(**xenbus)
         self.mac: str | None = None
         self.ip: str | None = None
         self.mtu = DEFAULT_MTU
         self.on_receive: Callable[[bytes], None] | None = None  # a whole frame, upcall thread
         self.on_reconnect: Callable[[], None] | None = None  # the backend became Connected
-        self._pages, self._gnttab, self._grefs, self._xs = pages, gnttab, grefs, xs
-        self._alloc_unbound, self._notify, self._close = evtchn_alloc_unbound, notify, evtchn_close
         self._nr_tx = tx_pages
-        self._lock = threading.Lock()
-        self.state = XenbusState.INITIALISING
-        self.evtchn: int | None = None
         self._tx: FrontRing | None = None
         self._rx: FrontRing | None = None
         self._owned: list[tuple[int, int]] = []  # (gref, pfn) of this connection's grants
-        self._retired: list[tuple[int, int]] = []  # old grants the backend may still map
         self._tx_pool: list[Page] = []  # by tx id
         self._rx_pool: list[Page] = []  # by rx slot
         self._tx_free: list[int] = []
@@ -91,21 +79,16 @@ class Netfront:
         self._broken = False
         self._backend_connected = False
         self._reset_rx_packet()
-        self.stats = dict.fromkeys(("tx_packets", "tx_bytes", "tx_errors", "tx_busy",
-                                    "tx_dropped", "rx_packets", "rx_bytes", "rx_errors",
-                                    "rx_dropped", "bad_responses", "ring_errors", "notifies",
-                                    "reconnects"), 0)
 
-    # -- xenbus (reference 9, 10, 19.6) ----------------------------------------------------
+    # -- xenbus (reference 9, 10, 19.6): the handshake is XenbusFrontend's ----------------
 
     def probe(self) -> None:
-        """Read the toolstack's keys: ``backend``, ``backend-id``, ``mac``, ``mtu``; then
-        the IP address the toolstack gave the vif (``<be>/ip``)."""
-        fe, read = self.nodename, self._xs.read_str
-        self.backend = read(f"{fe}/backend", self.backend)
-        self.backend_id = int(read(f"{fe}/backend-id", str(self.backend_id)))
-        self.mac = (read(f"{fe}/mac", "") or "").lower() or None
-        self.mtu = int(read(f"{fe}/mtu", "") or DEFAULT_MTU)
+        """Find the backend, then read the toolstack's ``mac`` and ``mtu`` and the IP
+        address it gave the vif (``<be>/ip``)."""
+        super().probe()
+        read = self._xs.read_str
+        self.mac = (read(f"{self.nodename}/mac", "") or "").lower() or None
+        self.mtu = int(read(f"{self.nodename}/mtu", "") or DEFAULT_MTU)
         self._read_ip()
 
     def _read_ip(self) -> None:
@@ -113,54 +96,27 @@ class Netfront:
         words = (self._xs.read_str(f"{self.backend}/ip", "") or "").split()
         self.ip = words[0] if words else None
 
-    def on_backend_changed(self) -> None:
-        """The watch on ``<be>/state`` fired (maybe spuriously): read it and react."""
-        text = self._xs.read_str(f"{self.backend}/state", "0")
-        try:
-            state = XenbusState.parse(text)
-        except XenError:
-            state = XenbusState.UNKNOWN
-        self.on_backend_state(state)
-
     def on_backend_state(self, backend: XenbusState) -> None:
-        """``netback_changed``, through :func:`frontend_on_backend_state`."""
-        step = frontend_on_backend_state(self.state, backend)
+        """``netback_changed``: the carrier drops with any backend state but Connected."""
         if backend != XenbusState.CONNECTED:
             self._backend_connected = False
-        match step.action:
-            case FrontendAction.SETUP_RING:
-                self._talk_to_netback()  # publishes Connected itself, in the transaction
-            case FrontendAction.CONNECT | FrontendAction.RESIZE:
-                self._backend_up()
-            case FrontendAction.RECONNECT:
-                with self._lock:
-                    self._drop_rings()
-                    self.stats["reconnects"] += 1
-                self._switch_state(step.state)
-            case FrontendAction.CLOSE:
-                with self._lock:
-                    self._drop_rings()
-                self._switch_state(step.state)
+        super().on_backend_state(backend)
 
-    def _switch_state(self, state: XenbusState, tx_id: int = 0) -> None:
-        self._xs.write(f"{self.nodename}/state", state.encode(), tx_id=tx_id)
-        self.state = state
-
-    def _talk_to_netback(self) -> None:
-        """``setup_netfront`` + ``xennet_alloc_rx_buffers``, then one transaction with the
-        ring details and Connected (``talk_to_netback``, ``xennet_connect``)."""
+    def _talk_to_backend(self) -> None:
+        """``talk_to_netback``: ``setup_netfront`` + ``xennet_alloc_rx_buffers``, then one
+        transaction with the ring details and Connected (``xennet_connect``)."""
         self._read_ip()
         with self._lock:
-            self._drop_rings()  # SETUP_RING over an old ring
+            self._disconnect_backend()  # SETUP_RING over an old ring
             self._reap_retired()
             try:
-                tx_gref, _, tx_page = self._grant_page(readonly=False)
-                rx_gref, _, rx_page = self._grant_page(readonly=False)
-                self._tx_pool = [self._grant_page(readonly=True) for _ in range(self._nr_tx)]
-                self._rx_pool = [self._grant_page(readonly=False) for _ in range(RX_RING_SIZE)]
-                self.evtchn = port = self._alloc_unbound(self.backend_id)
+                tx_gref, _, tx_page = self._own_page(readonly=False)
+                rx_gref, _, rx_page = self._own_page(readonly=False)
+                self._tx_pool = [self._own_page(readonly=True) for _ in range(self._nr_tx)]
+                self._rx_pool = [self._own_page(readonly=False) for _ in range(RX_RING_SIZE)]
+                port = self._alloc_evtchn()
             except BaseException:
-                self._drop_rings()  # out of pages or grefs: give back what was taken
+                self._disconnect_backend()  # out of pages or grefs: give back what was taken
                 raise
             self._tx, self._rx = FrontRing(tx_page, TX_SLOT_SIZE), FrontRing(rx_page, RX_SLOT_SIZE)
             self._tx.init()  # SHARED_RING_INIT + FRONT_RING_INIT: only the frontend does
@@ -168,16 +124,9 @@ class Netfront:
             self._tx_free = list(range(self._nr_tx - 1, -1, -1))
             self._broken = False
             self._refill_rx()
-
-        def body(tx_id: int) -> None:
-            fe = self.nodename
-            for key, value in (("tx-ring-ref", tx_gref), ("rx-ring-ref", rx_gref),
-                               ("event-channel", port), ("request-rx-copy", 1),
-                               ("feature-rx-notify", 1)):
-                self._xs.write(f"{fe}/{key}", str(value), tx_id=tx_id)
-            self._switch_state(XenbusState.CONNECTED, tx_id)
-
-        self._xs.transact(body)
+        self._publish((("tx-ring-ref", tx_gref), ("rx-ring-ref", rx_gref),
+                       ("event-channel", port), ("request-rx-copy", 1),
+                       ("feature-rx-notify", 1)), XenbusState.CONNECTED)
         self._kick(True)  # a send on a port not yet bound is dropped (19.1): harmless
 
     @property
@@ -186,9 +135,9 @@ class Netfront:
         ``netif_carrier_ok``)."""
         return self._backend_connected and self.state == XenbusState.CONNECTED
 
-    def _backend_up(self) -> None:
+    def _connect(self) -> None:
         """The backend reached Connected: kick it for what was posted before it mapped the
-        rings, and tell the peers (``netdev_notify_peers``)."""
+        rings, and tell the peers (``netdev_notify_peers``). Netfront is Connected already."""
         if self._backend_connected:
             return  # a spurious firing
         self._backend_connected = True
@@ -196,23 +145,16 @@ class Netfront:
         if self.on_reconnect is not None:
             self.on_reconnect()
 
-    def _grant_page(self, readonly: bool) -> Page:
+    def _own_page(self, readonly: bool) -> Page:
         """A fresh zeroed page granted to the backend for this connection. Lock held."""
-        pfn = self._pages.alloc()
-        try:
-            gref = self._grefs.alloc()
-        except BaseException:
-            self._pages.free(pfn)
-            raise
-        self._gnttab.grant_access(gref, self.backend_id, pfn, readonly=readonly)
-        self._owned.append((gref, pfn))
-        page = self._pages.page(pfn)
-        page[:] = bytes(PAGE_SIZE)
-        return gref, pfn, page
+        page = self._grant_page(readonly)
+        self._owned.append(page[:2])
+        return page
 
-    def _drop_rings(self) -> None:
-        """``xennet_disconnect_backend``: forget both rings, the port and every buffer;
-        the grants are ended at the next setup (:meth:`_reap_retired`). Lock held."""
+    def _disconnect_backend(self, reconnect: bool = False) -> None:
+        """``xennet_disconnect_backend``: forget both rings, the port and every buffer (frames
+        in flight are lost, reconnecting or not); the grants are ended at the next setup
+        (:meth:`_reap_retired`). Lock held."""
         for ring in (self._tx, self._rx):
             if ring is not None:
                 ring.release()
@@ -223,20 +165,7 @@ class Netfront:
         self._retired += self._owned
         self._owned = []
         self._reset_rx_packet()
-        if self.evtchn is not None and self._close is not None:
-            self._close(self.evtchn)
-        self.evtchn = None
-
-    def _reap_retired(self) -> None:
-        """End access to old grants; a grant the backend still maps stays out of use."""
-        kept = []
-        for gref, pfn in self._retired:
-            if self._gnttab.end_access(gref):
-                self._grefs.free(gref)
-                self._pages.free(pfn)
-            else:
-                kept.append((gref, pfn))
-        self._retired = kept
+        self._free_evtchn()
 
     # -- the data path ---------------------------------------------------------------------
 
@@ -367,16 +296,9 @@ class Netfront:
             rx.put_request(NetifRxRequest(slot, pool[slot][0]).pack())
         return n > 0 and rx.push_requests()
 
-    def _kick(self, needed: bool) -> None:
-        port = self.evtchn
-        if needed and port is not None:
-            self.stats["notifies"] += 1
-            self._notify(port)
-
-    def statistics(self) -> dict[str, Any]:
-        with self._lock:
-            rx = self._rx
-            return {**self.stats, "state": self.state.name, "mac": self.mac, "ip": self.ip,
-                    "broken": self._broken, "tx_in_flight": sum(self._tx_inflight),
-                    "rx_posted": 0 if rx is None else RX_RING_SIZE - rx.free_requests(),
-                    "grants": len(self._owned), "retired_grants": len(self._retired)}
+    def _device_statistics(self) -> dict[str, Any]:
+        rx = self._rx
+        return {"mac": self.mac, "ip": self.ip, "broken": self._broken,
+                "tx_in_flight": sum(self._tx_inflight),
+                "rx_posted": 0 if rx is None else RX_RING_SIZE - rx.free_requests(),
+                "grants": len(self._owned), "retired_grants": len(self._retired)}

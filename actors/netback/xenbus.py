@@ -1,13 +1,11 @@
-"""netback's control path: finding vifs in xenstore, the xenbus handshake, the host's bridges.
+"""netback's control path: the vif's own part of the xenbus handshake, the host's bridges.
 
-Linux ``drivers/net/xen-netback/xenbus.c`` (``netback_probe``, ``frontend_changed``,
-``connect``, ``read_xenbus_vif_flags``, ``backend_switch_state``, ``hotplug_status_changed``)
-plus what the hotplug script does (``tools/hotplug/Linux/vif-bridge``: put the vif on its
-bridge, write ``hotplug-status``). Reference sections 9, 10, 19.2, 19.4-19.6. The shape is
-blkback's (actors/blkback/xenbus.py): discovery by a watch on ``backend/vif``, every reaction
-through :func:`protocols.xenbus.backend_on_frontend_state`, restart recovery from xenstore,
-node writes in one transaction that checks ``<be>/state`` still exists, ``error`` and
-Closing for a frontend netback refuses (``xenbus_dev_fatal``).
+Linux ``drivers/net/xen-netback/xenbus.c`` (``netback_probe``, ``connect``,
+``read_xenbus_vif_flags``, ``backend_switch_state``, ``hotplug_status_changed``) plus what
+the hotplug script does (``tools/hotplug/Linux/vif-bridge``: put the vif on its bridge, write
+``hotplug-status``), on the xenbus backend core (actors/xenbus_backend.py: discovery by a
+watch on ``backend/vif``, restart recovery, transactional node writes, ``xenbus_dev_fatal``).
+Reference sections 9, 10, 19.2, 19.4-19.6.
 
 Decisions:
 
@@ -34,229 +32,69 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import threading
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-import structlog
-
-from actors.grant_map import GrantMaps
 from actors.netback.uplink import HostBridges
 from actors.netback.vif import NetbackVif
+from actors.xenbus_backend import XenbusBackend, XenbusDevice
 from protocols.errno import Errno, XenError
-from protocols.evtchn import EvtchnStat
 from protocols.hypercall import EvtchnOp, Hypercall
-from protocols.xenbus import BackendAction, XenbusState, backend_on_frontend_state
 
-BACKEND_ROOT = "/local/domain/0/backend/vif"
-ROOT_TOKEN = "backend/vif"
-FRONTEND_TOKEN = "vif-fe:"  # + "<domid>/<devid>"
 DEFAULT_BRIDGE = "xenbr0"
 FEATURES = {"feature-sg": "0", "feature-rx-copy": "1", "feature-rx-flip": "0"}
-_S = XenbusState
 
 
 @dataclasses.dataclass(eq=False)
-class Device:
+class Device(XenbusDevice):
     """One vif (Linux ``struct backend_info`` + ``struct xenvif``)."""
 
-    domid: int
-    devid: int
-    nodename: str
-    frontend: str
     bridge: str
-    state: XenbusState = _S.INITIALISING
     vif: NetbackVif | None = None
-    grants: GrantMaps | None = None
-    rings: tuple[tuple[int, memoryview], ...] = ()  # (gref, page) of the tx and rx ring
-    local_port: int | None = None
     kick: Callable[[], None] | None = None
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    past: Counter = dataclasses.field(default_factory=Counter)  # stats of closed rings
 
     @property
     def port(self) -> str:
         """The bridge port's name, as Linux names the vif's net device."""
         return f"vif{self.domid}.{self.devid}"
 
-    @property
-    def token(self) -> str:
-        return f"{FRONTEND_TOKEN}{self.domid}/{self.devid}"
 
-
-class Netback(HostBridges):
+class Netback(XenbusBackend, HostBridges):
     """netback for one host. Call :meth:`start` once; feed :meth:`upcall` with Dom0's ports.
     The host's bridges, uplinks and captures are :class:`HostBridges`' (one lock for both)."""
 
+    devicetype = "vif"
+    devices_key = "vifs"
+
     def __init__(self, host: str, hv: Any, xs: Any, log: Any = None) -> None:
-        super().__init__()
-        self.host, self.hv, self.xs = host, hv, xs
-        self.log = log if log is not None else structlog.get_logger().bind(
-            host=host, component="netback")
-        self.devices: dict[tuple[int, int], Device] = {}
-        self._by_port: dict[int, Device] = {}
-        self.stats: Counter[str] = Counter()
+        HostBridges.__init__(self)
+        XenbusBackend.__init__(self, host, hv, xs, log)  # its lock is the bridges' too
 
-    # -- discovery (xenbus_probe_backend) ----------------------------------------------
+    def _new_device(self, domid: int, devid: int, nodename: str, frontend: str) -> Device:
+        bridge = self._read(f"{nodename}/bridge") or DEFAULT_BRIDGE
+        return Device(domid, devid, nodename, frontend, bridge)
 
-    def start(self) -> None:
-        """Watch ``backend/vif`` and adopt what is there already (also after a restart)."""
-        try:
-            self.xs.watch(BACKEND_ROOT, ROOT_TOKEN, self._on_backend_watch)
-        except XenError as e:
-            if e.errno != Errno.EEXIST:  # our connection's watch survived a restart
-                raise
-        self.scan()
-
-    def _on_backend_watch(self, path: str, token: str) -> None:
-        parts = path[len(BACKEND_ROOT):].strip("/").split("/")
-        if len(parts) < 2 or not (parts[0].isdigit() and parts[1].isdigit()):
-            self.scan()
-            return
-        key = (int(parts[0]), int(parts[1]))
-        with self.lock:
-            dev = self.devices.get(key)
-            if dev is not None and parts[2:] == ["hotplug-status"]:
-                self.frontend_changed(dev)  # hotplug_status_changed
-            else:
-                self._check(*key)  # xenbus_dev_changed: that device only
-
-    def scan(self) -> None:
-        """Every device directory: drop the ones gone, pick up the new ones."""
-        with self.lock:
-            self.stats["scans"] += 1
-            found = set()
-            for domid in filter(str.isdigit, self._ls(BACKEND_ROOT)):
-                found.update((int(domid), int(devid)) for devid in
-                             filter(str.isdigit, self._ls(f"{BACKEND_ROOT}/{domid}")))
-            for key in [k for k in self.devices if k not in found]:
-                self._forget(self.devices[key], "backend directory removed")
-            for key in sorted(found - self.devices.keys()):
-                self._check(*key)
-
-    def _ls(self, path: str) -> list[str]:
-        try:
-            return self.xs.directory(path)
-        except XenError as e:
-            if e.errno == Errno.ENOENT:
-                return []
-            raise
-
-    def _read(self, path: str) -> str | None:
-        try:
-            return bytes(self.xs.read(path)).decode()
-        except XenError as e:
-            if e.errno == Errno.ENOENT:
-                return None
-            raise
-
-    def _check(self, domid: int, devid: int) -> None:
-        with self.lock:
-            dev = self.devices.get((domid, devid))
-            nodename = f"{BACKEND_ROOT}/{domid}/{devid}"
-            state = self._read(f"{nodename}/state")
-            if dev is not None:
-                if state is None:
-                    self._forget(dev, "backend directory removed")
-                return
-            frontend = self._read(f"{nodename}/frontend")
-            if state is None or frontend is None:
-                return  # not (fully) written yet: a later fire brings the rest
-            bridge = self._read(f"{nodename}/bridge") or DEFAULT_BRIDGE
-            dev = Device(domid, devid, nodename, frontend, bridge)
-            self.devices[(domid, devid)] = dev
-            self._adopt(dev, self._parse_state(state))
-
-    def _adopt(self, dev: Device, old: XenbusState) -> None:
-        """``netback_probe``: publish features, InitWait, run the hotplug step; then watch
-        the frontend. A vif an earlier instance had connected is sent to Closed first."""
-        if old in (_S.UNKNOWN, _S.INITIALISING):
-            state = _S.INIT_WAIT
-        elif old in (_S.CONNECTED, _S.CLOSING):  # a ring we no longer have
-            self._close_stale_port(dev)
-            online = self._read(f"{dev.nodename}/online") == "1"
-            state = _S.CLOSED if online else _S.CLOSING  # an unplug in progress goes on
-            self.stats["recovered"] += 1
-        else:
-            state = old  # InitWait/Initialised: no ring mapped yet; Closed: stays
-        self._publish(dev, FEATURES, state)
-        self._hotplug(dev)
-        self.log.info("vif found", domid=dev.domid, devid=dev.devid, bridge=dev.bridge,
-                      state=state.name, was=old.name)
-        try:
-            self.xs.watch(f"{dev.frontend}/state", dev.token, self._on_frontend_watch)
-        except XenError as e:
-            if e.errno != Errno.EEXIST:
-                raise
-        self.frontend_changed(dev)  # in case the watch existed already (no first fire)
+    def _probe(self, dev: Device) -> dict[str, str]:
+        """``netback_probe``: the features."""
+        return FEATURES
 
     def _hotplug(self, dev: Device) -> None:
         """``vif-bridge online``: the vif joins its bridge; tell the toolstack it did."""
         bridge = self.bridge(dev.bridge)
         bridge.remove_port(dev.port)  # a port left by a device of the same name
         bridge.add_port(dev.port, functools.partial(self._to_guest, dev))
-        self._publish(dev, {"hotplug-status": "connected"})
+        self._switch_state(dev, None, {"hotplug-status": "connected"})
 
-    def _close_stale_port(self, dev: Device) -> None:
-        """The dead instance's port to this frontend stays bound: find it and close it."""
-        port = self._read(f"{dev.frontend}/event-channel")
-        if port is None or not port.isdigit():
-            return
-        try:
-            st = self.hv(Hypercall.event_channel_op, EvtchnOp.status, dom=dev.domid,
-                         port=int(port))
-            if st["status"] == EvtchnStat.interdomain and st["interdomain_dom"] == 0:
-                self.hv(Hypercall.event_channel_op, EvtchnOp.close,
-                        port=st["interdomain_port"])
-        except XenError:
-            pass
+    def _hotplug_ready(self, dev: Device) -> bool:
+        return self._read(f"{dev.nodename}/hotplug-status") == "connected"
 
-    @staticmethod
-    def _parse_state(text: str | None) -> XenbusState:
-        try:
-            return XenbusState.parse(text) if text is not None else _S.UNKNOWN
-        except XenError:
-            return _S.UNKNOWN
+    def _backend_node_changed(self, dev: Device, node: str) -> bool:
+        if node != "hotplug-status":
+            return False
+        self.frontend_changed(dev)  # hotplug_status_changed
+        return True
 
-    # -- the handshake (frontend_changed) ----------------------------------------------
-
-    def _on_frontend_watch(self, path: str, token: str) -> None:
-        domid, _, devid = token.removeprefix(FRONTEND_TOKEN).partition("/")
-        with self.lock:
-            dev = self.devices.get((int(domid), int(devid)))
-            if dev is not None:
-                self.frontend_changed(dev)
-
-    def frontend_changed(self, dev: Device) -> None:
-        """Read the frontend's ``state``, ``online`` and ``hotplug-status``; do what the
-        state machine says."""
-        with self.lock:
-            if self.devices.get((dev.domid, dev.devid)) is not dev:
-                return
-            frontend = self._parse_state(self._read(f"{dev.frontend}/state"))
-            online = self._read(f"{dev.nodename}/online") == "1"
-            ready = self._read(f"{dev.nodename}/hotplug-status") == "connected"
-            step = backend_on_frontend_state(dev.state, frontend, online, ready)
-            match step.action:
-                case BackendAction.CONNECT:
-                    self._disconnect(dev)
-                    try:
-                        self._connect(dev)
-                    except XenError as e:
-                        self._fatal(dev, str(e))
-                        return
-                case BackendAction.PREPARE_RECONNECT | BackendAction.DISCONNECT | \
-                        BackendAction.CLOSE:
-                    self._disconnect(dev)
-                case BackendAction.UNREGISTER:
-                    self._publish(dev, {}, step.state)
-                    self._forget(dev, "unplugged")
-                    return
-            if step.state != dev.state:
-                self._publish(dev, {}, step.state)
-
-    def _connect(self, dev: Device) -> None:
+    def _connect(self, dev: Device) -> dict[str, str]:
         """``connect``: check ``request-rx-copy``, map both rings, bind the port."""
         fe = dev.frontend
         if self._read(f"{fe}/request-rx-copy") != "1":  # read_xenbus_vif_flags
@@ -268,82 +106,37 @@ class Netback(HostBridges):
             raise XenError(Errno.EINVAL, f"reading {fe}/tx-ring-ref, rx-ring-ref and "
                                          f"event-channel")
         tx_ref, rx_ref, evtchn = map(int, refs)
-        grants = GrantMaps(self.hv, dev.domid)
-        try:
-            rings = ((tx_ref, grants.map(tx_ref, False)), (rx_ref, grants.map(rx_ref, False)))
-            port = self.hv(Hypercall.event_channel_op, EvtchnOp.bind_interdomain,
-                           remote_dom=dev.domid, remote_port=evtchn)["local_port"]
-        except XenError:
-            grants.unmap_all()
-            raise
+        grants, rings, port = self._map_rings(dev, [tx_ref, rx_ref], evtchn)
         vif = NetbackVif(rings[0][1], rings[1][1], grants.map,
                          functools.partial(self.bridges[dev.bridge].receive, dev.port))
         with dev.lock:
-            dev.vif, dev.grants, dev.rings, dev.local_port = vif, grants, rings, port
+            dev.vif = vif
             dev.kick = functools.partial(self.hv.post, Hypercall.event_channel_op,
                                          EvtchnOp.send, port=port)
-        self._by_port[port] = dev
-        self.stats["connects"] += 1
+            self._connected(dev, grants, rings, port)
         self.log.info("vif connected", domid=dev.domid, devid=dev.devid, tx_ring_ref=tx_ref,
                       rx_ring_ref=rx_ref, evtchn=evtchn, local_port=port)
+        return {}
 
-    def _fatal(self, dev: Device, message: str) -> None:
-        """``xenbus_dev_fatal``: say why in ``error`` and go Closing."""
-        self.stats["errors"] += 1
-        self.log.warning("vif connect failed", domid=dev.domid, devid=dev.devid, error=message)
+    def _frontend_closing(self, dev: Device) -> None:
         self._disconnect(dev)
-        self._publish(dev, {"error": message}, _S.CLOSING)
 
-    def _disconnect(self, dev: Device) -> None:
-        """``xenvif_disconnect_data``: close the port, drop the rings and grants (idempotent)."""
-        with dev.lock:
-            vif, grants, rings, port = dev.vif, dev.grants, dev.rings, dev.local_port
-            dev.vif, dev.grants, dev.rings, dev.local_port, dev.kick = None, None, (), None, None
-            if vif is not None:
-                dev.past.update(vif.statistics())
-                vif.close()
-        if port is not None:
-            self._by_port.pop(port, None)
-            try:
-                self.hv(Hypercall.event_channel_op, EvtchnOp.close, port=port)
-            except XenError:
-                pass
-        if grants is not None:
-            for gref, page in rings:
-                grants.unmap(gref, page)
-            grants.unmap_all()
-            self.stats["disconnects"] += 1
+    def _ring_statistics(self, dev: Device) -> Mapping[str, int]:
+        vif = dev.vif
+        return vif.statistics() if vif is not None else {}
 
-    def _forget(self, dev: Device, reason: str) -> None:
-        """The device is gone (``vif-bridge offline``): off its bridge, stop watching."""
-        self._disconnect(dev)
-        self.devices.pop((dev.domid, dev.devid), None)
+    def _release_ring(self, dev: Device) -> None:
+        """``xenvif_disconnect_data``: the vif stops serving."""
+        if dev.vif is not None:
+            dev.vif.close()
+        dev.vif = dev.kick = None
+
+    def _remove(self, dev: Device) -> None:
+        """``vif-bridge offline``: off its bridge."""
         self.bridges[dev.bridge].remove_port(dev.port)
-        try:
-            self.xs.unwatch(f"{dev.frontend}/state", dev.token)
-        except XenError:
-            pass
-        self.log.info("vif removed", domid=dev.domid, devid=dev.devid, reason=reason)
 
-    def _publish(self, dev: Device, nodes: dict[str, str], state: XenbusState | None = None
-                 ) -> None:
-        """Write ``nodes`` (and ``state``) in one transaction, unless the directory is gone."""
-        def body(tx_id: int) -> bool:
-            try:
-                self.xs.read(f"{dev.nodename}/state", tx_id=tx_id)
-            except XenError as e:
-                if e.errno == Errno.ENOENT:
-                    return False
-                raise
-            for key, value in nodes.items():
-                self.xs.write(f"{dev.nodename}/{key}", value, tx_id=tx_id)
-            if state is not None:
-                self.xs.write(f"{dev.nodename}/state", state.encode(), tx_id=tx_id)
-            return True
-
-        if state is not None:
-            dev.state = state
-        self.xs.transact(body)
+    def _describe(self, dev: Device) -> dict[str, Any]:
+        return {"bridge": dev.bridge, "port": dev.port}
 
     # -- the data path -----------------------------------------------------------------
 
@@ -359,7 +152,7 @@ class Netback(HostBridges):
             if vif is not None and dev.local_port == port:
                 reason = vif.process_tx(kick)
                 if reason:
-                    self._hostile(dev, vif, reason)
+                    self._vif_fatal(dev, vif, reason)
 
     def _to_guest(self, dev: Device, frame: bytes) -> None:
         """The bridge sends ``frame`` out of the vif's port: into the guest's rx ring."""
@@ -370,38 +163,16 @@ class Netback(HostBridges):
                 return
         vif.transmit(frame, kick)
         if vif.disconnected:  # the frontend broke its rx ring
-            self._hostile(dev, vif, vif.disconnected)
+            self._vif_fatal(dev, vif, vif.disconnected)
 
-    def _hostile(self, dev: Device, vif: NetbackVif, reason: str) -> None:
-        """``xenvif_fatal_tx_err``: that vif alone is disconnected; its backend goes Closing."""
+    def _vif_fatal(self, dev: Device, vif: NetbackVif, reason: str) -> None:
+        """``xenvif_fatal_tx_err``: unless ``vif`` was disconnected meanwhile."""
         with self.lock:
-            if self.devices.get((dev.domid, dev.devid)) is not dev or dev.vif is not vif:
-                return  # disconnected meanwhile
-            self.stats["hostile"] += 1
-            self.log.warning("frontend broke its ring: disconnected", domid=dev.domid,
-                             devid=dev.devid, reason=reason)
-            self._disconnect(dev)
-            self._publish(dev, {}, _S.CLOSING)
+            if dev.vif is vif:
+                self._hostile(dev, reason)
 
     # -- queries -----------------------------------------------------------------------
 
     def statistics(self) -> dict[str, Any]:
         with self.lock:
-            vifs, totals = [], Counter()
-            for dev in self.devices.values():
-                counts = Counter(dev.past)
-                if dev.vif is not None:
-                    counts.update(dev.vif.statistics())
-                totals.update(counts)
-                vifs.append({"domid": dev.domid, "devid": dev.devid, "state": dev.state.name,
-                             "bridge": dev.bridge, "port": dev.port,
-                             "local_port": dev.local_port, **counts})
-            return {**{k: self.stats[k] for k in ("scans", "connects", "disconnects", "errors",
-                                                  "hostile", "recovered")},
-                    "totals": dict(totals), "vifs": vifs, **self.bridge_statistics()}
-
-    def close(self) -> None:
-        """Stop serving every vif (the backend is going away); xenstore is left as is."""
-        with self.lock:
-            for dev in list(self.devices.values()):
-                self._disconnect(dev)
+            return {**super().statistics(), **self.bridge_statistics()}
