@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import enum
 import heapq
+import threading
 import struct
 from dataclasses import dataclass
 from typing import ClassVar, Self
@@ -292,28 +293,32 @@ class GrantTable:
 
 
 class GrantRefAllocator:
-    """The guest's free list of grefs: lowest free first, never the reserved 0..7."""
+    """The guest's free list of grefs: lowest free first, never the reserved 0..7. Shared by
+    every frontend of the guest, hence the lock (Linux's ``gnttab_list_lock``)."""
 
-    __slots__ = ("nr_entries", "_next", "_freed", "_used")
+    __slots__ = ("nr_entries", "_next", "_freed", "_used", "_lock")
 
     def __init__(self, nr_entries: int) -> None:
         self.nr_entries = nr_entries
         self._next = GNTTAB_NR_RESERVED_ENTRIES
         self._freed: list[int] = []
         self._used: set[int] = set()
+        self._lock = threading.Lock()
 
     def alloc(self) -> int:
-        if self._freed:
-            ref = heapq.heappop(self._freed)
-        elif self._next < self.nr_entries:
-            ref, self._next = self._next, self._next + 1
-        else:
-            raise XenError(Errno.ENOSPC, f"all {self.nr_entries} grant refs are in use")
-        self._used.add(ref)
-        return ref
+        with self._lock:
+            if self._freed:
+                ref = heapq.heappop(self._freed)
+            elif self._next < self.nr_entries:
+                ref, self._next = self._next, self._next + 1
+            else:
+                raise XenError(Errno.ENOSPC, f"all {self.nr_entries} grant refs are in use")
+            self._used.add(ref)
+            return ref
 
     def free(self, ref: int) -> None:
-        if ref not in self._used:
-            raise XenError(Errno.EINVAL, f"gref {ref} was not allocated")
-        self._used.remove(ref)
-        heapq.heappush(self._freed, ref)
+        with self._lock:
+            if ref not in self._used:
+                raise XenError(Errno.EINVAL, f"gref {ref} was not allocated")
+            self._used.remove(ref)
+            heapq.heappush(self._freed, ref)

@@ -47,9 +47,10 @@ class PagePool:
         self._free = list(range(first + count - 1, first - 1, -1))  # pop() gives the lowest
 
     def alloc(self) -> int:
-        if not self._free:
-            raise XenError(Errno.ENOSPC, "no free guest page")
-        return self._free.pop()
+        try:
+            return self._free.pop()  # one atomic step: blkfront and netfront share the pool
+        except IndexError:
+            raise XenError(Errno.ENOSPC, "no free guest page") from None
 
     def free(self, pfn: int) -> None:
         self._free.append(pfn)
