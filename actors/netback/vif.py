@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections.abc import Callable
 
 from protocols.errno import Errno, XenError
@@ -44,6 +45,44 @@ _MCAST = frozenset((NetifExtraType.MCAST_ADD, NetifExtraType.MCAST_DEL))
 _RX_FLAGS = int(NetRxFlag.data_validated)
 
 
+class TxCredit:
+    """The vif's transmit credit (Linux ``tx_credit_exceeded`` / ``tx_add_credit``), from
+    the backend's ``rate`` node ("bytes,usec", libxl from xl.cfg's ``rate=``): the guest may
+    send ``credit_bytes`` every ``credit_usec``. A packet over the credit waits, on the ring,
+    for the next refill; one larger than a whole credit goes when the credit is full."""
+
+    def __init__(self, credit_bytes: int, credit_usec: int,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if credit_bytes <= 0 or credit_usec <= 0:
+            raise ValueError(f"rate {credit_bytes},{credit_usec}: both must be positive")
+        self.credit_bytes, self.period = credit_bytes, credit_usec / 1e6
+        self._clock = clock
+        self.remaining = credit_bytes
+        self.next_credit = clock() + self.period
+
+    @classmethod
+    def parse(cls, node: str | None, clock: Callable[[], float] = time.monotonic
+              ) -> TxCredit | None:
+        """From the ``rate`` node; None when absent, empty or unreadable (no limit)."""
+        try:
+            nbytes, usec = (int(x) for x in (node or "").split(","))
+            return cls(nbytes, usec, clock)
+        except ValueError:
+            return None
+
+    def take(self, size: int) -> float:
+        """Charge ``size`` bytes and return 0.0, or return the seconds until the refill that
+        will let them go (nothing charged)."""
+        now = self._clock()
+        if now >= self.next_credit:
+            self.remaining = self.credit_bytes
+            self.next_credit = now + self.period
+        if size <= self.remaining or self.remaining == self.credit_bytes:
+            self.remaining = max(0, self.remaining - size)
+            return 0.0
+        return self.next_credit - now
+
+
 class NetbackVif:
     """The back end of one vif's tx and rx rings (each a one-page ring the caller mapped).
 
@@ -54,7 +93,8 @@ class NetbackVif:
     """
 
     def __init__(self, tx_page: memoryview, rx_page: memoryview, map_grant: MapGrant,
-                 deliver: Callable[[bytes], None]) -> None:
+                 deliver: Callable[[bytes], None], *, credit: TxCredit | None = None,
+                 reschedule: Callable[[float], None] | None = None) -> None:
         self._tx = BackRing(tx_page, TX_SLOT_SIZE)
         self._tx.init()
         self._rx = BackRing(rx_page, RX_SLOT_SIZE)
@@ -64,12 +104,15 @@ class NetbackVif:
         self._tx_grants: dict[int, memoryview] = {}  # mapped read-only
         self._rx_grants: dict[int, memoryview] = {}  # mapped writable
         self._rxq: collections.deque[bytes] = collections.deque()
+        self._credit = credit
+        self._reschedule = reschedule  # (seconds): run process_tx again then (credit timer)
+        self._held: list[bytes] = []  # slots copied out, waiting for transmit credit
         self._lock = threading.Lock()
         self.disconnected = ""  # why the vif stopped: the frontend broke the protocol
         self.last_error = ""
         self._tx_packets = self._tx_bytes = self._tx_errors = 0
         self._rx_packets = self._rx_bytes = self._rx_dropped = self._rx_errors = 0
-        self._mapped = self._kicks = 0
+        self._mapped = self._kicks = self._credit_waits = 0
 
     # -- tx: guest -> bridge -------------------------------------------------------------
 
@@ -91,8 +134,9 @@ class NetbackVif:
     def _tx_batch(self, kick: Kick) -> tuple[list[bytes], bool]:
         """One pass over the published slots: (good frames, whether the ring went idle)."""
         tx = self._tx
+        slots, self._held = self._held, []
         try:
-            slots = tx.get_requests()
+            slots += tx.get_requests()
         except RingOverflow as e:
             return [], self._fatal(e.detail)
         if not slots:
@@ -104,6 +148,13 @@ class NetbackVif:
                 pkt = tx_packet_chain(slots, i, fatal_slots=FATAL_SKB_SLOTS)
             except XenError as e:
                 return frames, self._fatal(e.detail)
+            if self._credit is not None and pkt.status == NETIF_RSP_OKAY and (
+                    wait := self._credit.take(pkt.size)) > 0:
+                self._held = slots[i:]  # unanswered: the guest's tx ring fills (backpressure)
+                self._credit_waits += 1
+                if self._reschedule is not None:
+                    self._reschedule(wait)
+                return frames, True
             i += pkt.nr_slots
             status, frame = self._tx_packet(pkt)
             for rsp in pkt.responses(status):
@@ -219,13 +270,15 @@ class NetbackVif:
         """Counters (tx = guest to bridge, rx = bridge to guest): tx_packets, tx_bytes,
         tx_errors (bad packets answered ERROR), rx_packets, rx_bytes, rx_dropped (queue full,
         oversize, disconnected), rx_errors (bad rx gref), grants_mapped (successful
-        map_grant calls), kicks, rx_queued (frames waiting now)."""
+        map_grant calls), kicks, rx_queued (frames waiting now), credit_waits (times the
+        ``rate`` held tx back), tx_held (slots waiting for credit now)."""
         with self._lock:
             return {"tx_packets": self._tx_packets, "tx_bytes": self._tx_bytes,
                     "tx_errors": self._tx_errors, "rx_packets": self._rx_packets,
                     "rx_bytes": self._rx_bytes, "rx_dropped": self._rx_dropped,
                     "rx_errors": self._rx_errors, "grants_mapped": self._mapped,
-                    "kicks": self._kicks, "rx_queued": len(self._rxq)}
+                    "kicks": self._kicks, "rx_queued": len(self._rxq),
+                    "credit_waits": self._credit_waits, "tx_held": len(self._held)}
 
     def close(self) -> None:
         """Disconnect: drop the queue and the grant cache, release the ring views. The pages

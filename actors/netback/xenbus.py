@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from actors.netback.uplink import HostBridges
-from actors.netback.vif import NetbackVif
+from actors.netback.vif import NetbackVif, TxCredit
 from actors.xenbus_backend import XenbusBackend, XenbusDevice
 from protocols.errno import Errno, XenError
 from protocols.hypercall import EvtchnOp, Hypercall
@@ -52,6 +53,7 @@ class Device(XenbusDevice):
     bridge: str
     vif: NetbackVif | None = None
     kick: Callable[[], None] | None = None
+    credit_timer: threading.Timer | None = None  # pending while a rate holds tx back
 
     @property
     def port(self) -> str:
@@ -108,7 +110,9 @@ class Netback(XenbusBackend, HostBridges):
         tx_ref, rx_ref, evtchn = map(int, refs)
         grants, rings, port = self._map_rings(dev, [tx_ref, rx_ref], evtchn)
         vif = NetbackVif(rings[0][1], rings[1][1], grants.map,
-                         functools.partial(self.bridges[dev.bridge].receive, dev.port))
+                         functools.partial(self.bridges[dev.bridge].receive, dev.port),
+                         credit=TxCredit.parse(self._read(f"{dev.nodename}/rate")),
+                         reschedule=functools.partial(self._credit_timer, dev))
         with dev.lock:
             dev.vif = vif
             dev.kick = functools.partial(self.hv.post, Hypercall.event_channel_op,
@@ -147,12 +151,31 @@ class Netback(XenbusBackend, HostBridges):
             dev = self._by_port.get(port)
             if dev is None:
                 continue
-            with dev.lock:
-                vif, kick = dev.vif, dev.kick
-            if vif is not None and dev.local_port == port:
-                reason = vif.process_tx(kick)
-                if reason:
-                    self._vif_fatal(dev, vif, reason)
+            if dev.local_port == port:
+                self._serve(dev)
+
+    def _serve(self, dev: Device) -> None:
+        with dev.lock:
+            vif, kick = dev.vif, dev.kick
+        if vif is not None:
+            reason = vif.process_tx(kick)
+            if reason:
+                self._vif_fatal(dev, vif, reason)
+
+    def _credit_timer(self, dev: Device, seconds: float) -> None:
+        """``credit_timeout``: serve the vif again when its transmit credit refills (one
+        timer at a time per vif)."""
+        with dev.lock:
+            if dev.credit_timer is not None:
+                return
+            dev.credit_timer = threading.Timer(seconds, self._credit_due, (dev,))
+            dev.credit_timer.daemon = True
+            dev.credit_timer.start()
+
+    def _credit_due(self, dev: Device) -> None:
+        with dev.lock:
+            dev.credit_timer = None
+        self._serve(dev)
 
     def _to_guest(self, dev: Device, frame: bytes) -> None:
         """The bridge sends ``frame`` out of the vif's port: into the guest's rx ring."""

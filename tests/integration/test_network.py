@@ -120,3 +120,24 @@ def test_link_latency_between_hosts_shows_in_the_rtt(xen, domains):
         assert r["received"] == 3 and r["rtt_ms_min"] >= 50.0, r  # 25 ms each way
     finally:
         xen.set_link("h1", "h2")  # back to unlimited
+
+
+def test_vif_rate_limits_what_a_guest_can_send(xen):
+    """xl.cfg's vif ``rate=`` (libxl writes "bytes,usec"; netback's transmit credit): a
+    sender flat out gets about the rate through, held back on its ring, not dropped."""
+    def cfg(name, vif, extra):
+        return parse_config(f'name = "{name}"\nmemory = 64\nvif = [ "{vif}" ]\n'
+                            f'extra = "init=udpstream {extra}"\n')[0]
+
+    xen.create(cfg("slowrecv", "ip=10.6.0.1", "role=recv seconds=30"), host="h1")
+    xen.create(cfg("slowsend", "ip=10.6.0.2,rate=100KB/s",
+                   "role=send dst=10.6.0.1 size=1024 seconds=3"), host="h1")
+    try:
+        got = result(xen, "slowrecv", timeout=90)
+        sent = result(xen, "slowsend")
+    finally:
+        xen.destroy("slowrecv")
+        xen.destroy("slowsend")
+    # 100 KB/s of 1066-byte frames is 96 frames/s: 0.78 Mbit/s of payload
+    assert 0.3 < got["mbit_s"] < 1.0, got
+    assert got["lost"] == 0 and got["packets"] == sent["packets"], (got, sent)
