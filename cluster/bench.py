@@ -17,6 +17,7 @@ from rich.table import Table
 
 from cluster.bench_blk import bench_blk
 from cluster.bench_net import bench_net
+from cluster.hosts import stop_host
 from cluster.runtime import NAMESPACE, EmbeddedRay, actor_name, connect, pin_to_host
 
 
@@ -66,12 +67,13 @@ def bench_hypercall(out: Console, a: argparse.Namespace, n: int = 2000) -> int:
     from actors.transport import RayTransport
     from protocols.hypercall import Hypercall, XenVersion
 
+    run_id = f"bench{os.getpid()}"
     embedded = EmbeddedRay({"h1": {"cpus": 2}})
     try:
         connect(embedded.address)
         name = actor_name("h1", "hypervisor")
         hv = HypervisorActor.options(name=name, namespace=NAMESPACE, **pin_to_host("h1")).remote(
-            "h1", 1024, 2, f"bench{os.getpid()}", None)
+            "h1", 1024, 2, run_id, None)
         bare = _Bare.options(**pin_to_host("h1")).remote()
         secret = ray.get(hv.deliver.remote("boot_dom0", 64))
         call = HypercallClient(RayTransport(), name, Credential(0, secret, "bench"))
@@ -92,6 +94,7 @@ def bench_hypercall(out: Console, a: argparse.Namespace, n: int = 2000) -> int:
             caller = _SameHostCaller.options(**pin_to_host("h1")).remote(name, secret)
             results["null hypercall, same-host channel"] = ray.get(caller.time.remote(n))
     finally:
+        stop_host("h1", run_id=run_id)  # the hypervisor's /dev/shm files go with it
         embedded.shutdown()
     base = statistics.median(results["bare Ray actor call"])
     table = Table(title=f"hypercall round trip ({n} calls each)", header_style="bold")

@@ -17,11 +17,8 @@ Every row's numbers come from :func:`actors.domain.blkinits.io_summary`, the gue
 from __future__ import annotations
 
 import argparse
-import mmap
-import multiprocessing
 import os
 import random
-import select
 import time
 import uuid
 
@@ -31,7 +28,8 @@ from rich.table import Table
 from actors.domain.blkinits import io_summary
 from protocols.blkif import (BLKIF_OP_READ, REQUEST_SIZE, RESPONSE_SIZE, BlkifRequest,
                              BlkifRequestSegment, BlkifResponse)
-from protocols.ring import PAGE_SIZE, BackRing, FrontRing
+from cluster.raw_ring import RawRing, doorbell, forked_ring, mapped
+from protocols.ring import BackRing, FrontRing
 
 BS = 4096
 IODEPTH = 32
@@ -39,45 +37,29 @@ AIM_IOPS = 50_000
 AIM_RATIO = 4.0
 IMAGE_SIZE = 64 << 20
 STOP_ID = (1 << 64) - 1  # the raw ring's last request: the backend answers it and exits
-DOORBELL_TIMEOUT_S = 30.0
 
 
 # --- the raw ring baseline -------------------------------------------------------------------
 
-def doorbell(fd: int, peer_sentinel: int | None = None) -> None:
-    """Wait for an eventfd ring; TimeoutError/ChildProcessError instead of hanging."""
-    watched = [fd] if peer_sentinel is None else [fd, peer_sentinel]
-    ready = select.select(watched, [], [], DOORBELL_TIMEOUT_S)[0]
-    if fd in ready:
-        os.eventfd_read(fd)
-    elif ready:
-        raise ChildProcessError("the raw ring's backend exited")
-    else:
-        raise TimeoutError(f"no doorbell in {DOORBELL_TIMEOUT_S} s on the raw ring")
-
-
 def _ring_backend(path: str, kick_fd: int, notify_fd: int) -> None:
     """blkback's loop without the disk: copy each request out, answer OKAY, ring if asked."""
-    fd = os.open(path, os.O_RDWR)
-    mm = mmap.mmap(fd, PAGE_SIZE)
-    os.close(fd)
-    back = BackRing(mm, REQUEST_SIZE)
-    back.init()
-    running = True
-    while running:
-        reqs = back.get_requests(REQUEST_SIZE)
-        if not reqs:
-            if not back.final_check_for_requests():
-                doorbell(kick_fd)
-            continue
-        for raw in reqs:
-            req = BlkifRequest.unpack(raw)
-            back.put_response(BlkifResponse(req.id, req.operation, 0).pack())
-            running = req.id != STOP_ID
-        if back.push_responses():
-            os.eventfd_write(notify_fd, 1)
-    back.release()
-    mm.close()
+    with mapped(path, 1) as page:
+        back = BackRing(page, REQUEST_SIZE)
+        back.init()
+        running = True
+        while running:
+            reqs = back.get_requests(REQUEST_SIZE)
+            if not reqs:
+                if not back.final_check_for_requests():
+                    doorbell(kick_fd)
+                continue
+            for raw in reqs:
+                req = BlkifRequest.unpack(raw)
+                back.put_response(BlkifResponse(req.id, req.operation, 0).pack())
+                running = req.id != STOP_ID
+            if back.push_responses():
+                os.eventfd_write(notify_fd, 1)
+        back.release()
 
 
 def _request(id_: int, sector: int) -> bytes:
@@ -86,8 +68,8 @@ def _request(id_: int, sector: int) -> bytes:
                         (BlkifRequestSegment(8 + id_ % IODEPTH, 0, 7),)).pack()
 
 
-def _ring_frontend(front: FrontRing, kick_fd: int, notify_fd: int, backend: int,
-                   seconds: float) -> tuple[list[float], float]:
+def _ring_frontend(front: FrontRing, ring: RawRing, seconds: float
+                   ) -> tuple[list[float], float]:
     """Keep IODEPTH requests in flight for ``seconds``; (latencies, elapsed)."""
     rng = random.Random(1)
     started = [0.0] * IODEPTH
@@ -104,7 +86,7 @@ def _ring_frontend(front: FrontRing, kick_fd: int, notify_fd: int, backend: int,
                 front.put_request(_request(id_, rng.randrange(IMAGE_SIZE // BS) * 8))
                 started[id_] = clock()
             if front.push_requests():
-                os.eventfd_write(kick_fd, 1)
+                os.eventfd_write(ring.kick, 1)
         rsps = front.get_responses(RESPONSE_SIZE)
         now = clock()
         for raw in rsps:
@@ -114,40 +96,23 @@ def _ring_frontend(front: FrontRing, kick_fd: int, notify_fd: int, backend: int,
         if now >= end and len(free) == IODEPTH:
             return lat, now - t0
         if not put and not rsps and not front.final_check_for_responses():
-            doorbell(notify_fd, backend)
+            ring.wait()
 
 
 def bench_raw_ring(seconds: float) -> dict[str, float]:
     """The raw ring between this process and a forked backend (run it before Ray starts)."""
-    path = f"/dev/shm/xenray-bench-ring-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    kick, notify = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    proc = None
-    try:
-        os.ftruncate(fd, PAGE_SIZE)
-        mm = mmap.mmap(fd, PAGE_SIZE)
-        front = FrontRing(mm, REQUEST_SIZE)
+    with forked_ring(1, _ring_backend, "blk") as ring:
+        front = FrontRing(ring.view, REQUEST_SIZE)
         front.init()
-        proc = multiprocessing.get_context("fork").Process(target=_ring_backend,
-                                                           args=(path, kick, notify))
-        proc.start()
-        _ring_frontend(front, kick, notify, proc.sentinel, min(0.5, seconds))  # warm up
-        lat, elapsed = _ring_frontend(front, kick, notify, proc.sentinel, seconds)
-        front.put_request(_request(STOP_ID, 0))
-        if front.push_requests():
-            os.eventfd_write(kick, 1)
-        proc.join(DOORBELL_TIMEOUT_S)
-        front.release()
-        mm.close()
-        return io_summary(lat, elapsed, BS)
-    finally:
-        if proc is not None and proc.is_alive():
-            proc.kill()
-            proc.join()
-        os.close(fd)
-        os.unlink(path)
-        os.close(kick)
-        os.close(notify)
+        try:
+            _ring_frontend(front, ring, min(0.5, seconds))  # warm up
+            lat, elapsed = _ring_frontend(front, ring, seconds)
+            front.put_request(_request(STOP_ID, 0))
+            if front.push_requests():
+                os.eventfd_write(ring.kick, 1)
+        finally:
+            front.release()
+    return io_summary(lat, elapsed, BS)
 
 
 # --- the Ray baseline ------------------------------------------------------------------------

@@ -15,16 +15,13 @@ The guests' rows are the receiver's own numbers (``udpstream role=recv``): what 
 from __future__ import annotations
 
 import argparse
-import mmap
-import multiprocessing
 import os
 import time
-import uuid
 
 from rich.console import Console
 from rich.table import Table
 
-from cluster.bench_blk import doorbell
+from cluster.raw_ring import doorbell, forked_ring, mapped
 from protocols.netif import TX_SLOT_SIZE, NetifTxRequest, NetifTxResponse
 from protocols.ring import PAGE_SIZE, BackRing, FrontRing
 
@@ -37,50 +34,33 @@ NR_PAGES = 256
 
 def _ring_backend(path: str, kick_fd: int, notify_fd: int) -> None:
     """netback's tx loop without a bridge: copy each frame out of its page, answer OKAY."""
-    fd = os.open(path, os.O_RDWR)
-    mm = mmap.mmap(fd, (1 + NR_PAGES) * PAGE_SIZE)
-    os.close(fd)
-    view = memoryview(mm)
-    back = BackRing(view[:PAGE_SIZE], TX_SLOT_SIZE)
-    back.init()
-    while True:
-        reqs = back.get_requests(TX_SLOT_SIZE)
-        if not reqs:
-            if not back.final_check_for_requests():
-                doorbell(kick_fd)
-            continue
+    with mapped(path, 1 + NR_PAGES) as view:
+        back = BackRing(view[:PAGE_SIZE], TX_SLOT_SIZE)
+        back.init()
         stop = False
-        for raw in reqs:
-            req = NetifTxRequest.unpack(raw)
-            base = (1 + req.id) * PAGE_SIZE
-            bytes(view[base:base + req.size])  # the copy netback makes
-            back.put_response(NetifTxResponse(req.id, 0).pack())
-            stop = stop or req.size == 0
-        if back.push_responses():
-            os.eventfd_write(notify_fd, 1)
-        if stop:
-            break
-    back.release()
-    view.release()
-    mm.close()
+        while not stop:
+            reqs = back.get_requests(TX_SLOT_SIZE)
+            if not reqs:
+                if not back.final_check_for_requests():
+                    doorbell(kick_fd)
+                continue
+            for raw in reqs:
+                req = NetifTxRequest.unpack(raw)
+                base = (1 + req.id) * PAGE_SIZE
+                bytes(view[base:base + req.size])  # the copy netback makes
+                back.put_response(NetifTxResponse(req.id, 0).pack())
+                stop = stop or req.size == 0  # the last request
+            if back.push_responses():
+                os.eventfd_write(notify_fd, 1)
+        back.release()
 
 
 def bench_raw_ring(seconds: float) -> dict[str, float]:
     """Frames of ``FRAME`` bytes through the ring for ``seconds``: packets/s and Mbit/s."""
-    path = f"/dev/shm/xenray-bench-net-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with open(path, "wb") as f:
-        f.truncate((1 + NR_PAGES) * PAGE_SIZE)
-    kick, notify = os.eventfd(0), os.eventfd(0)
-    ctx = multiprocessing.get_context("fork")
-    proc = ctx.Process(target=_ring_backend, args=(path, kick, notify), daemon=True)
-    proc.start()
-    fd = os.open(path, os.O_RDWR)
-    mm = mmap.mmap(fd, (1 + NR_PAGES) * PAGE_SIZE)
-    os.close(fd)
-    view = memoryview(mm)
-    front = FrontRing(view[:PAGE_SIZE], TX_SLOT_SIZE)
-    front.init()
-    try:
+    with forked_ring(1 + NR_PAGES, _ring_backend, "net") as ring:
+        view = ring.view
+        front = FrontRing(view[:PAGE_SIZE], TX_SLOT_SIZE)
+        front.init()
         frame = os.urandom(FRAME)
         free = list(range(NR_PAGES))
 
@@ -89,34 +69,29 @@ def bench_raw_ring(seconds: float) -> dict[str, float]:
             got = front.get_responses()
             free.extend(NetifTxResponse.unpack(r).id for r in got)
             if not got and not front.final_check_for_responses():
-                doorbell(notify, proc.sentinel)
+                ring.wait()
 
-        sent = 0
-        t0 = now = time.perf_counter()
-        while now - t0 < seconds:
-            while free:
-                id_ = free.pop()
-                view[(1 + id_) * PAGE_SIZE:(1 + id_) * PAGE_SIZE + FRAME] = frame
-                front.put_request(NetifTxRequest(id_ + 8, 0, 0, id_, FRAME).pack())
-                sent += 1
+        try:
+            sent = 0
+            t0 = now = time.perf_counter()
+            while now - t0 < seconds:
+                while free:
+                    id_ = free.pop()
+                    view[(1 + id_) * PAGE_SIZE:(1 + id_) * PAGE_SIZE + FRAME] = frame
+                    front.put_request(NetifTxRequest(id_ + 8, 0, 0, id_, FRAME).pack())
+                    sent += 1
+                if front.push_requests():
+                    os.eventfd_write(ring.kick, 1)
+                reap()
+                now = time.perf_counter()
+            elapsed = now - t0
+            while not free:  # the stop request needs a slot
+                reap()
+            front.put_request(NetifTxRequest(8, 0, 0, free.pop(), 0).pack())
             if front.push_requests():
-                os.eventfd_write(kick, 1)
-            reap()
-            now = time.perf_counter()
-        elapsed = now - t0
-        while not free:  # the stop request needs a slot
-            reap()
-        front.put_request(NetifTxRequest(8, 0, 0, free.pop(), 0).pack())
-        if front.push_requests():
-            os.eventfd_write(kick, 1)
-        proc.join(10)
-    finally:
-        front.release()
-        view.release()
-        mm.close()
-        os.unlink(path)
-        os.close(kick)
-        os.close(notify)
+                os.eventfd_write(ring.kick, 1)
+        finally:
+            front.release()
     return _row(sent, elapsed, 0)
 
 

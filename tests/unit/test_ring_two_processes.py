@@ -6,19 +6,18 @@ A lost wakeup shows up as a wait that times out, which fails the test instead of
 """
 
 import array
-import mmap
+import functools
 import multiprocessing
 import os
-import select
 import traceback
-import uuid
 from collections import deque
 
 import pytest
 
 from protocols.blkif import (BLKIF_OP_READ, BLKIF_OP_WRITE, REQUEST_SIZE, RESPONSE_SIZE,
                              BlkifRequest, BlkifRequestSegment, BlkifResponse)
-from protocols.ring import PAGE_SIZE, BackRing, FrontRing
+from cluster.raw_ring import RawRing, doorbell, forked_ring, mapped
+from protocols.ring import BackRing, FrontRing
 
 N = 200_000
 NO_PROGRESS_S = 60.0  # a wait this long without a doorbell means a lost wakeup
@@ -42,49 +41,35 @@ def _checksum(req: BlkifRequest) -> int:
     return h % 32749
 
 
-def _wait(fd: int, what: str, peer_sentinel: int | None = None) -> None:
-    """Block on a doorbell; fail if none comes in time or the peer process has exited."""
-    watched = [fd] if peer_sentinel is None else [fd, peer_sentinel]
-    ready = select.select(watched, [], [], NO_PROGRESS_S)[0]
-    if fd in ready:
-        os.eventfd_read(fd)
-    elif ready:
-        raise ChildProcessError(f"the backend exited while the frontend waited for {what}")
-    else:
-        raise TimeoutError(f"no doorbell in {NO_PROGRESS_S} s while waiting for {what}")
-
-
-def _backend(path: str, kick_fd: int, notify_fd: int, conn, n: int) -> None:
+def _backend(path: str, kick_fd: int, notify_fd: int, *, conn, n: int) -> None:
     """blkback's loop: copy requests out, answer each, push, ring only when told to."""
     try:
-        fd = os.open(path, os.O_RDWR)
-        mm = mmap.mmap(fd, PAGE_SIZE)
-        os.close(fd)
-        back = BackRing(mm, REQUEST_SIZE)
-        back.init()
-        ids, rung, done = array.array("Q"), 0, 0
-        while done < n:
-            reqs = back.get_requests(REQUEST_SIZE)
-            if not reqs:
-                if not back.final_check_for_requests():
-                    _wait(kick_fd, f"requests after {done}")
-                continue
-            for raw in reqs:
-                req = BlkifRequest.unpack(raw)
-                ids.append(req.id)
-                back.put_response(BlkifResponse(req.id, req.operation, _checksum(req)).pack())
-            done += len(reqs)
-            if back.push_responses():
-                os.eventfd_write(notify_fd, 1)
-                rung += 1
-        conn.send({"ids": ids.tobytes(), "rung": rung, "stats": back.statistics()})
-        back.release()
-        mm.close()
+        with mapped(path, 1) as page:
+            back = BackRing(page, REQUEST_SIZE)
+            back.init()
+            ids, rung, done = array.array("Q"), 0, 0
+            while done < n:
+                reqs = back.get_requests(REQUEST_SIZE)
+                if not reqs:
+                    if not back.final_check_for_requests():
+                        doorbell(kick_fd, None, f"requests after {done}", NO_PROGRESS_S)
+                    continue
+                for raw in reqs:
+                    req = BlkifRequest.unpack(raw)
+                    ids.append(req.id)
+                    back.put_response(BlkifResponse(req.id, req.operation,
+                                                    _checksum(req)).pack())
+                done += len(reqs)
+                if back.push_responses():
+                    os.eventfd_write(notify_fd, 1)
+                    rung += 1
+            conn.send({"ids": ids.tobytes(), "rung": rung, "stats": back.statistics()})
+            back.release()
     except Exception:  # reported by the parent
         conn.send({"error": traceback.format_exc()})
 
 
-def _frontend(front: FrontRing, kick_fd: int, notify_fd: int, backend: int, n: int) -> int:
+def _frontend(front: FrontRing, ring: RawRing, n: int) -> int:
     """blkfront's loop: fill the ring, push, check each response; returns doorbells rung."""
     inflight: deque[tuple[int, int, int]] = deque()
     sent = received = rung = 0
@@ -97,7 +82,7 @@ def _frontend(front: FrontRing, kick_fd: int, notify_fd: int, backend: int, n: i
             sent += 1
             put += 1
         if put and front.push_requests():
-            os.eventfd_write(kick_fd, 1)
+            os.eventfd_write(ring.kick, 1)
             rung += 1
         rsps = front.get_responses(RESPONSE_SIZE)
         for raw in rsps:
@@ -106,56 +91,38 @@ def _frontend(front: FrontRing, kick_fd: int, notify_fd: int, backend: int, n: i
             assert (rsp.id, rsp.operation, rsp.status) == expected, f"response {received}"
             received += 1
         if not put and not rsps and not front.final_check_for_responses():
-            _wait(notify_fd, f"responses after {received}", backend)
+            ring.wait(f"responses after {received}", NO_PROGRESS_S)
     assert not inflight
     return rung
 
 
 def test_ring_7_3_two_processes_exchange_blkif_requests_with_few_doorbells():
-    path = f"/dev/shm/xenray-test-ring-{os.getpid()}-{uuid.uuid4().hex}"
-    to_back = os.eventfd(0, os.EFD_NONBLOCK)
-    to_front = os.eventfd(0, os.EFD_NONBLOCK)
-    ctx = multiprocessing.get_context("fork")
-    parent_conn, child_conn = ctx.Pipe(duplex=False)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    proc = None
+    parent_conn, child_conn = multiprocessing.get_context("fork").Pipe(duplex=False)
+    backend = functools.partial(_backend, conn=child_conn, n=N)
     try:
-        os.ftruncate(fd, PAGE_SIZE)
-        mm = mmap.mmap(fd, PAGE_SIZE)
-        front = FrontRing(mm, REQUEST_SIZE)
-        front.init()  # only the frontend runs SHARED_RING_INIT
-        proc = ctx.Process(target=_backend, args=(path, to_back, to_front, child_conn, N))
-        proc.start()
-        try:
-            front_rung = _frontend(front, to_back, to_front, proc.sentinel, N)
-        except ChildProcessError as e:
-            report = parent_conn.recv() if parent_conn.poll(0) else {"error": "no report"}
-            pytest.fail(f"{e}:\n{report.get('error')}")
-        assert parent_conn.poll(NO_PROGRESS_S), "the backend sent no result"
-        result = parent_conn.recv()
-        assert "error" not in result, result.get("error")
-        ids = array.array("Q")
-        ids.frombytes(result["ids"])
-        assert ids == array.array("Q", range(N)), "backend saw requests lost or out of order"
-        back_rung = result["rung"]
-        assert front.statistics().notifies == front_rung
-        assert result["stats"].notifies == back_rung
-        counts = f"front rang {front_rung}, back rang {back_rung} for {N} requests"
-        assert 0 < front_rung < N / 4, counts
-        assert 0 < back_rung < N / 4, counts
-        front.release()
-        mm.close()
+        with forked_ring(1, backend, "test-ring") as ring:
+            front = FrontRing(ring.view, REQUEST_SIZE)
+            front.init()  # only the frontend runs SHARED_RING_INIT
+            try:
+                front_rung = _frontend(front, ring, N)
+            except ChildProcessError as e:
+                report = parent_conn.recv() if parent_conn.poll(0) else {"error": "no report"}
+                pytest.fail(f"{e}:\n{report.get('error')}")
+            finally:
+                front.release()
+            assert parent_conn.poll(NO_PROGRESS_S), "the backend sent no result"
+            result = parent_conn.recv()
+            assert "error" not in result, result.get("error")
+            ids = array.array("Q")
+            ids.frombytes(result["ids"])
+            assert ids == array.array("Q", range(N)), "backend saw requests lost or out of order"
+            back_rung = result["rung"]
+            assert front.statistics().notifies == front_rung
+            assert result["stats"].notifies == back_rung
+            counts = f"front rang {front_rung}, back rang {back_rung} for {N} requests"
+            assert 0 < front_rung < N / 4, counts
+            assert 0 < back_rung < N / 4, counts
+        assert ring.backend.exitcode == 0
     finally:
-        if proc is not None:
-            proc.join(5)  # it has sent its result, or the test is failing anyway
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        os.close(fd)
-        os.unlink(path)
-        for f in (to_back, to_front):
-            os.close(f)
         parent_conn.close()
         child_conn.close()
-    assert proc.exitcode == 0
-
