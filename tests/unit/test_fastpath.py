@@ -133,9 +133,10 @@ def test_fastpath_reply_is_read_while_the_handler_waits_on_the_caller(host):
     """The handler blocks on a lock the calling thread holds while it waits for its reply:
     the caller must read its own reply (the dispatcher cannot)."""
     lock = threading.Lock()
-    handled = threading.Event()
+    entered, handled = threading.Event(), threading.Event()
 
     def deliver(kind, *args):
+        entered.set()
         with lock:
             handled.set()
 
@@ -143,7 +144,7 @@ def test_fastpath_reply_is_read_while_the_handler_waits_on_the_caller(host):
     t.call(HV, "hypercall", 0, "secret", "h1/blkback", b"open")
     with lock:
         host.server.send("h1/blkback", "upcall", 0, [1])
-        time.sleep(0.05)  # let the dispatcher take the upcall and block on the lock
+        assert entered.wait(5), "the dispatcher took the upcall"  # and blocks on the lock
         assert t.call(HV, "hypercall", 0, "secret", "h1/blkback", b"x", timeout=5)[0] == "echo"
     assert handled.wait(5)
 

@@ -5,7 +5,6 @@ published results. The same programs run in real guests in tests/integration/tes
 
 import json
 import threading
-import time
 
 import pytest
 
@@ -20,12 +19,13 @@ class Idle(Exception):
 
 
 class Kernel:
-    """A GuestKernel in real time whose NIC 0 is ``stack``; going idle (sleeping an hour)
-    ends the run."""
+    """A GuestKernel with virtual time (``sleep`` advances it at once) whose NIC 0 is
+    ``stack``; going idle (sleeping an hour) ends the run. The stacks' own timeouts are real."""
 
     def __init__(self, stack) -> None:
         self.stack = stack
         self.lines: list[str] = []
+        self.now = 0.0
 
     def console_write(self, data: bytes) -> None:
         self.lines += data.decode().splitlines()
@@ -33,10 +33,10 @@ class Kernel:
     def sleep(self, seconds: float) -> None:
         if seconds >= 3600:
             raise Idle
-        time.sleep(seconds)
+        self.now += seconds
 
     def clock(self) -> float:
-        return time.monotonic()
+        return self.now
 
     def net(self, nic):
         assert nic == 0
