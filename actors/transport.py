@@ -1,9 +1,11 @@
 """The transport seam: every message between actors goes through here.
 
 DESIGN.md: hypercalls, upcalls, xenstore traffic and migration records all cross one small
-interface, so a faster same-host implementation (shared memory plus an eventfd doorbell)
-can replace Ray calls later without touching the components. Components name their peers
-by actor name (``h1/hypervisor``, ``h1/dom3``) and never hold Ray handles themselves.
+interface, :class:`Transport`. :class:`RayTransport` (here) carries everything over Ray
+calls; :class:`actors.fastpath.SameHostTransport` carries a process's hypercalls and upcalls
+through a shared-memory channel to its own host's hypervisor and hands the rest to Ray. The
+components do not know which they have. They name their peers by actor name
+(``h1/hypervisor``, ``h1/dom3``) and never hold Ray handles themselves.
 
 Each actor exposes one entry point, ``deliver(kind, *args)``, which :class:`Endpoint`
 dispatches to a method ``on_<kind>``.

@@ -15,7 +15,7 @@ import ray
 
 from actors import log as xlog
 from actors.blkback.xenbus import Blkback
-from actors.dom0 import dom0_clients
+from actors.clients import host_clients
 from actors.transport import Endpoint
 
 
@@ -23,7 +23,7 @@ from actors.transport import Endpoint
 class BlkbackActor(Endpoint):
     def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
         self.log = xlog.setup(host=host, component="blkback", log_dir=log_dir)
-        dom0 = dom0_clients(host, dom0_secret, "blkback", self.deliver, self.log)
+        dom0 = host_clients(host, 0, dom0_secret, "blkback", self.deliver, self.log)
         self.xs = dom0.xs
         self.blkback = Blkback(host, dom0.hv, self.xs, self.log)
         self.blkback.start()

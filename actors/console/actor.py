@@ -13,7 +13,7 @@ import ray
 
 from actors import log as xlog
 from actors.console.daemon import ConsoleDaemon
-from actors.dom0 import dom0_clients
+from actors.clients import host_clients
 from actors.transport import Endpoint
 
 
@@ -21,7 +21,7 @@ from actors.transport import Endpoint
 class ConsoleActor(Endpoint):
     def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
         self.log = xlog.setup(host=host, component="xenconsoled", log_dir=log_dir)
-        dom0 = dom0_clients(host, dom0_secret, "xenconsoled", self.deliver, self.log)
+        dom0 = host_clients(host, 0, dom0_secret, "xenconsoled", self.deliver, self.log)
         self.xs = dom0.xs
         self.daemon = ConsoleDaemon(host, dom0.hv, self.xs, log_dir, log=self.log)
         self.daemon.start()

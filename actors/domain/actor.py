@@ -16,13 +16,10 @@ from typing import Any
 import ray
 
 from actors import log as xlog
+from actors.clients import host_clients
 from actors.domain.kernel import PVKernel
-from actors.fastpath import SameHostTransport
-from actors.hypercall_client import Credential, HypercallClient
 from actors.memory import Mapping
-from actors.transport import Endpoint, RayTransport
-from actors.xs_client import XsClient
-from cluster.runtime import actor_name
+from actors.transport import Endpoint
 from protocols.start_info import StartInfo
 
 
@@ -32,16 +29,10 @@ class DomainActor(Endpoint):
                  log_dir: str | None = None) -> None:
         self.log = xlog.setup(host=host, component=f"dom{domid}",
                               log_dir=log_dir).bind(domid=domid)
-        endpoint = actor_name(host, f"dom{domid}")
-        hypervisor = actor_name(host, "hypervisor")
-        cred = Credential(domid, secret, endpoint)
-        transport = SameHostTransport(hypervisor, cred, self.deliver, RayTransport(),
-                                      log=self.log)
+        clients = host_clients(host, domid, secret, f"dom{domid}", self.deliver, self.log)
         self.memory = Mapping(memory_path)
-        hypercall = HypercallClient(transport, hypervisor, cred)
-        xs = XsClient(transport, host, domid, secret, endpoint)
-        self.kernel = PVKernel(StartInfo.unpack(self.memory.page(0)), self.memory, hypercall,
-                               xs, self.log)
+        self.kernel = PVKernel(StartInfo.unpack(self.memory.page(0)), self.memory, clients.hv,
+                               clients.xs, self.log)
         self.log.info("domain actor up", memory_path=memory_path)
 
     def on_vcpu_gate(self, paused: bool, seq: int = 0) -> None:

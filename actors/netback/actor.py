@@ -22,7 +22,7 @@ from typing import Any
 import ray
 
 from actors import log as xlog
-from actors.dom0 import dom0_clients
+from actors.clients import host_clients
 from actors.netback.link import LinkSpec
 from actors.netback.uplink import UplinkSender, load_peers, save_peers
 from actors.netback.xenbus import Netback
@@ -35,7 +35,7 @@ class NetbackActor(Endpoint):
     def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
         self.host = host
         self.log = xlog.setup(host=host, component="netback", log_dir=log_dir)
-        dom0 = dom0_clients(host, dom0_secret, "netback", self.deliver, self.log)
+        dom0 = host_clients(host, 0, dom0_secret, "netback", self.deliver, self.log)
         self.transport, self.xs = dom0.transport, dom0.xs
         self.netback = Netback(host, dom0.hv, self.xs, self.log)
         self.sender = UplinkSender(self._send, log=self.log)

@@ -23,7 +23,7 @@ import ray
 
 from actors import log as xlog
 from actors.domain.actor import DomainActor
-from actors.dom0 import dom0_clients
+from actors.clients import host_clients
 from actors.toolstack.builder import (build_pv_domain, destroy_domain, vbd_backend_path,
                                       vif_backend_path)
 from actors.transport import Endpoint
@@ -115,7 +115,7 @@ class ToolstackActor(Endpoint):
     def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
         self.host, self.log_dir = host, log_dir
         self.log = xlog.setup(host=host, component="xl", log_dir=log_dir)
-        dom0 = dom0_clients(host, dom0_secret, "xl", self.deliver, self.log)
+        dom0 = host_clients(host, 0, dom0_secret, "xl", self.deliver, self.log)
         self.transport, self.hv, self.xs = dom0.transport, dom0.hv, dom0.xs
         self.records: dict[str, Record] = {}
         self.lock = threading.RLock()

@@ -18,12 +18,10 @@ import threading
 import ray
 
 from actors import log as xlog
-from actors.hypercall_client import Credential, HypercallClient
-from actors.fastpath import SameHostTransport
-from actors.transport import Endpoint, RayTransport
+from actors.clients import host_clients
+from actors.transport import Endpoint
 from actors.xenstored.server import XenstoredServer
 from actors.xenstored.unix_socket import UnixSocketServer
-from cluster.runtime import actor_name
 from protocols.errno import XenError
 from protocols.hypercall import DomInfoFlag, EvtchnOp, Hypercall, Sysctl, Virq
 
@@ -33,18 +31,14 @@ class XenstoredActor(Endpoint):
     def __init__(self, host: str, dom0_secret: str, socket_path: str,
                  log_dir: str | None) -> None:
         self.log = xlog.setup(host=host, component="xenstored", log_dir=log_dir)
-        self.transport = RayTransport()
+        clients = host_clients(host, 0, dom0_secret, "xenstored", self.deliver, self.log)
+        self.transport, self.hv = clients.transport, clients.hv
         self.server = XenstoredServer(log=self.log)
         self.unix = UnixSocketServer(self.server, socket_path).start()
         self._creds: dict[int, tuple[str, str | None]] = {0: (dom0_secret, None)}
         self._conns: dict[tuple[int, str], int] = {}
         self._replies = threading.local()
         self._lock = threading.Lock()
-        hypervisor = actor_name(host, "hypervisor")
-        cred = Credential(0, dom0_secret, actor_name(host, "xenstored"))
-        self.hv = HypercallClient(
-            SameHostTransport(hypervisor, cred, self.deliver, self.transport, log=self.log),
-            hypervisor, cred)
         self.dom_exc_port = self.hv(Hypercall.event_channel_op, EvtchnOp.bind_virq,
                                     virq=Virq.DOM_EXC, vcpu=0)["port"]
         self.log.info("xenstored up", socket=socket_path)
