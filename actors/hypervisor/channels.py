@@ -54,6 +54,7 @@ class ChannelServer:
         self._by_endpoint: dict[str, Conn] = {}
         self._by_fd: dict[int, Conn] = {}
         self._doomed: list[Conn] = []
+        self._backlogged: set[Conn] = set()  # channels with frames waiting for room
         self._ids = itertools.count()
         self._epoll = select.epoll()
         self._wake_r, self._wake_w = os.pipe()
@@ -127,14 +128,16 @@ class ChannelServer:
                     return
                 conn.backlog.append(memoryview(frame)[n:])
                 self.stats["backlogged"] += 1
-                if len(conn.backlog) <= MAX_BACKLOG:
+                if len(conn.backlog) == 1:  # the serving thread starts retrying it
+                    self._backlogged.add(conn)
                     self._wake()
+                if len(conn.backlog) <= MAX_BACKLOG:
                     return
                 overflow = f"{len(conn.backlog)} messages the client did not read"
         self.drop(conn, overflow)
 
-    def _flush(self, conn: Conn) -> bool:
-        """Move backlog into the ring while it fits; True if some is still waiting."""
+    def _flush(self, conn: Conn) -> None:
+        """Move backlog into the ring while it fits."""
         with conn.lock:
             try:
                 while conn.backlog and not conn.dropped:
@@ -142,14 +145,14 @@ class ChannelServer:
                     n = conn.channel.write(head)
                     if n < len(head):
                         conn.backlog[0] = head[n:]
-                        return True
+                        return
                     conn.backlog.popleft()
             except ChannelBroken as e:
                 reason = str(e)
             else:
-                return False
+                self._backlogged.discard(conn)  # under conn.lock: no append can slip in
+                return
         self.drop(conn, reason)
-        return False
 
     # -- the serving thread -------------------------------------------------------------
 
@@ -160,9 +163,8 @@ class ChannelServer:
             pass
 
     def _run(self) -> None:
-        waiting: set[Conn] = set()
         while True:
-            events = self._epoll.poll(BACKLOG_RETRY_S if waiting else -1)
+            events = self._epoll.poll(BACKLOG_RETRY_S if self._backlogged else -1)
             for fd, _ in events:
                 if fd == self._wake_r:
                     try:
@@ -175,10 +177,11 @@ class ChannelServer:
                     self._serve(conn)
             with self._lock:
                 doomed, self._doomed = self._doomed, []
-                waiting = {c for c in self._by_endpoint.values() if c.backlog}
             for conn in doomed:
+                self._backlogged.discard(conn)
                 self._close(conn)
-            waiting = {c for c in waiting if self._flush(c)}
+            for conn in list(self._backlogged):
+                self._flush(conn)
 
     def _serve(self, conn: Conn) -> None:
         try:
