@@ -50,7 +50,7 @@ class HypervisorActor(Endpoint):
         self.state = Hypervisor(host, memory_mib=memory_mib, pcpus=pcpus, mem_prefix=prefix,
                                 frames=self._frames,
                                 cpu_time_ns=lambda d: process_cpu_ns(self.state.vcpu_pids.get(d)))
-        self.channels = ChannelServer(prefix, self._serve_channel, self.log)
+        self.channels = ChannelServer(prefix, {"hypercall": self.on_hypercall}, self.log)
         self._pidfds: dict[int, Callable[[], None]] = {}  # pidfd -> what its death means
         self._wake_r, self._wake_w = os.pipe()
         threading.Thread(target=self._watch_vcpus, name="vcpu-watch", daemon=True).start()
@@ -83,10 +83,6 @@ class HypervisorActor(Endpoint):
     def on_statistics(self) -> dict:
         with self.lock:
             return {**self.state.statistics(), "channels": self.channels.statistics()}
-
-    def _serve_channel(self, kind: str, args: list) -> bytes:
-        """A call that came up a channel: only hypercalls (``ChannelServer`` checks kind)."""
-        return self.on_hypercall(*args)
 
     # -- effects ----------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ import itertools
 import os
 import select
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from actors import channel as chan
@@ -27,7 +27,6 @@ from actors.channel import Channel, ChannelBroken
 
 MAX_BACKLOG = 65536  # frames waiting for one client before its channel is dropped
 BACKLOG_RETRY_S = 0.05
-CALLS = frozenset({"hypercall"})  # the only way into the hypervisor from a guest
 
 
 @dataclasses.dataclass(eq=False)
@@ -44,11 +43,13 @@ class Conn:
 
 
 class ChannelServer:
-    """``serve(kind, args)`` runs a client's call on the serving thread; its value is the reply."""
+    """``calls[kind](*args)`` runs a client's call on the serving thread; its value is the
+    reply. A kind not in ``calls`` is refused (the hypervisor offers only ``hypercall``: the
+    one way into it from a guest)."""
 
-    def __init__(self, prefix: str, serve: Callable[[str, list], Any], log: Any) -> None:
+    def __init__(self, prefix: str, calls: Mapping[str, Callable[..., Any]], log: Any) -> None:
         self._prefix = prefix
-        self._serve_call = serve
+        self._calls = dict(calls)
         self.log = log
         self._lock = threading.Lock()
         self._by_endpoint: dict[str, Conn] = {}
@@ -196,11 +197,12 @@ class ChannelServer:
                 return
             seq, kind, args = m  # seq 0: posted, nobody waits for the reply
             self.stats["calls" if seq else "posted_calls"] += 1
-            if kind not in CALLS:
+            handler = self._calls.get(kind)
+            if handler is None:
                 reply = [seq, False, f"{kind!r} cannot be called on a channel"]
             else:
                 try:
-                    reply = [seq, True, self._serve_call(kind, args)]
+                    reply = [seq, True, handler(*args)]
                 except Exception as e:  # hostile arguments, or a bug: an error, we go on
                     self.log.warning("channel call failed", kind=kind, error=repr(e))
                     reply = [seq, False, repr(e)]

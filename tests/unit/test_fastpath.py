@@ -35,14 +35,15 @@ class Host:
         self.served: list = []
         self.serve = serve or (lambda kind, args: ["echo", args])
         self.server = ChannelServer(f"/dev/shm/xenray-test-{uuid.uuid4().hex[:10]}",
-                                    self._serve, xlog.setup(host="t", component="hv"))
+                                    {"hypercall": self._hypercall},
+                                    xlog.setup(host="t", component="hv"))
         self.refuse = False
         self.carried: list = []
         self.conns = []
 
-    def _serve(self, kind, args):
-        self.served.append(args)
-        return self.serve(kind, args)
+    def _hypercall(self, *args):
+        self.served.append(list(args))
+        return self.serve("hypercall", list(args))
 
     # the fallback (Ray) transport
     def call(self, dest, kind, *args, timeout=None):
