@@ -63,7 +63,6 @@ class SameHostTransport:
         self._reading = False  # a thread is waiting on the doorbell or receiving
         self._replies: dict[int, tuple[bool, Any] | None] = {}  # seq -> (ok, value) once here
         self._events: collections.deque[tuple[str, list]] = collections.deque()
-        self.stats = {"calls": 0, "posts": 0, "events": 0}
 
     # -- Transport ------------------------------------------------------------------------
 
@@ -78,10 +77,12 @@ class SameHostTransport:
         try:
             self._write(channel, memoryview(channel.frame([seq, kind, list(args)])), dest,
                         kind, deadline)
-            self.stats["calls"] += 1
             self._await(channel, lambda: self._replies[seq] is not None, dest, kind, deadline)
             with self._cv:
                 ok, value = self._replies[seq]
+        except ChannelBroken as e:
+            self._discard(channel)
+            raise PeerGone(dest) from e
         finally:
             with self._cv:
                 self._replies.pop(seq, None)
@@ -99,7 +100,6 @@ class SameHostTransport:
             self._write(channel, frame, dest, kind, None)
         except (ChannelBroken, PeerGone):
             self._discard(channel)  # one-way: like an interrupt to a dead peer, it is lost
-        self.stats["posts"] += 1
 
     def _write(self, channel: Channel, frame: memoryview, dest: str, kind: str,
                deadline: float | None) -> None:
@@ -216,7 +216,6 @@ class SameHostTransport:
             if event is None:
                 self._read_once(channel, LIVENESS_S)
                 continue
-            self.stats["events"] += 1
             try:
                 self._deliver(event[0], *event[1])
             except Exception:
