@@ -13,7 +13,8 @@ import mmap
 import os
 import pathlib
 
-PAGE_SIZE = 4096
+from protocols.page import PAGE_SIZE
+
 SHM_DIR = pathlib.Path("/dev/shm")
 
 

@@ -23,12 +23,11 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import ray
-
-from actors.transport import PeerGone, RayTransport
+from actors.transport import PeerGone
+from actors.transport.naming import actor_name, ray_environment
 from cluster import home
 from cluster.hosts import HostSpec, boot_host, stop_host, xenstored_socket
-from cluster.runtime import EmbeddedRay, actor_name, connect, discover_hosts
+from cluster.runtime import EmbeddedRay, connect, disconnect, discover_hosts
 from cluster.xlcfg import DomainConfig, load_config, parse_config
 
 
@@ -51,6 +50,9 @@ class Cluster:
         self._progress = progress or (lambda msg: None)
         self._embedded: EmbeddedRay | None = None
         self._booted: list[str] = []
+        ray_environment()  # before anything imports ray
+        from actors.transport.raycall import RayTransport
+
         self._transport = RayTransport()
         self._rr = itertools.count()
 
@@ -95,8 +97,8 @@ class Cluster:
         if self._embedded is not None:
             self._embedded.shutdown()
             self._embedded = None
-        elif ray.is_initialized():
-            ray.shutdown()
+        else:
+            disconnect()
 
     def __enter__(self) -> Cluster:
         return self.start()
@@ -154,7 +156,7 @@ class Cluster:
 
     def info(self) -> list[dict[str, Any]]:
         """Per host: memory, free memory, pCPUs, domains, its xenstored socket, and how many
-        hypercalls it served and over how many same-host channels."""
+        hypercalls it served and over how many same-host pipes."""
         out = []
         for host in self.hosts:
             stats = self._transport.call(actor_name(host, "hypervisor"), "statistics")
@@ -162,7 +164,7 @@ class Cluster:
                         "free_memory_mib": stats["free_pages"] // 256,
                         "nr_cpus": self.specs[host].pcpus, "domains": stats["domains"],
                         "xenstored_socket": xenstored_socket(self.run_dir, host),
-                        "hypercalls": stats["hypercalls"], "channels": stats["channels"]})
+                        "hypercalls": stats["hypercalls"], "pipes": stats["pipes"]})
         return out
 
     def destroy(self, name: str) -> None:
@@ -225,7 +227,7 @@ class Cluster:
                  both_ways: bool = True) -> dict[str, Any]:
         """Shape the link between hosts ``a`` and ``b`` (bits/s, s, fraction; or "100M",
         "5ms", "1%"); None leaves that property unlimited. Returns the spec applied."""
-        from actors.netback.link import parse_link_spec
+        from actors.hostnet.link import parse_link_spec
 
         spec = dataclasses.asdict(parse_link_spec(bandwidth, latency, loss))
         for src, dst in ((a, b), (b, a)) if both_ways else ((a, b),):

@@ -176,7 +176,8 @@ def cmd_result(a: argparse.Namespace) -> int:
 
 def cmd_image(a: argparse.Namespace) -> int:
     """``xenray image create PATH SIZE``: a sparse raw image for a ``disk=`` entry."""
-    from actors.blkback.vbd import create_image, parse_size
+    from actors.blkback.vbd import create_image
+    from protocols.blkif import parse_size
 
     size = create_image(a.path, parse_size(a.size), overwrite=a.force)
     out.print(f"created {a.path}: {size} bytes ({size // 512} sectors), sparse")

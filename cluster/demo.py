@@ -16,7 +16,7 @@ import time
 from rich.console import Console
 
 from actors.blkback.vbd import create_image
-from actors.domain.blkinits import verify_block
+from actors.guest.blk import verify_block
 from cluster.api import Cluster
 from cluster.report import domain_table
 from cluster.xlcfg import parse_config

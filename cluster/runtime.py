@@ -1,14 +1,13 @@
 """The Ray cluster under the emulated hosts: start an embedded one, or attach to one.
 
-Each emulated Xen host is one Ray node carrying the label ``xen-host=<name>`` and the
-custom resource ``xen-host-<name>``; every actor of that host is pinned to it with that
-resource (``num_cpus=0``), because soft node affinity does not guarantee placement
-(ray-notes.md). The embedded mode starts a local multi-node cluster on this machine with
-``ray.cluster_utils.Cluster``: a head node that runs no domains, then one node per host.
+Hosts are Ray nodes labelled and named as :mod:`actors.transport.naming` says. The embedded
+mode starts a local multi-node cluster on this machine with ``ray.cluster_utils.Cluster``: a
+head node that runs no domains, then one node per host.
 
 Hygiene (ray-notes.md): a private ``RAY_TMPDIR`` per run, the shared environment of
-``cluster.RAY_ENV`` in every process, never ``ray stop``; we tear down only the nodes we
-started.
+:func:`actors.transport.naming.ray_environment` set before Ray is imported (so ``ray`` is
+imported here only inside the functions that start or join a cluster), never ``ray stop``;
+we tear down only the nodes we started.
 """
 
 from __future__ import annotations
@@ -18,12 +17,7 @@ import shutil
 import tempfile
 from typing import Any
 
-import ray
-
-from cluster import RAY_ENV
-
-NAMESPACE = "xenray"
-HOST_LABEL = "xen-host"
+from actors.transport.naming import HOST_LABEL, NAMESPACE, host_resource, ray_environment
 
 
 # Detect a dead host in ~2 s instead of ~14 s (ray-notes.md, test settings).
@@ -35,31 +29,11 @@ FAST_HEALTH_CHECKS = {
 }
 
 
-def host_resource(host: str) -> str:
-    return f"xen-host-{host}"
-
-
-def pin_to_host(host: str) -> dict[str, Any]:
-    """Actor options that place an actor on ``host``'s node and nowhere else."""
-    return {"num_cpus": 0, "resources": {host_resource(host): 0.001}}
-
-
-def actor_name(host: str, component: str) -> str:
-    """The Ray name of a host's actor, e.g. ``h1/hypervisor`` or ``h1/dom3``."""
-    return f"{host}/{component}"
-
-
-def apply_ray_env() -> None:
-    """Make sure child processes (raylets, workers) inherit the shared settings."""
-    for key, value in RAY_ENV.items():
-        os.environ.setdefault(key, value)
-
-
 class EmbeddedRay:
     """A local multi-node Ray cluster started (and later stopped) by this process."""
 
     def __init__(self, hosts: dict[str, dict[str, int]], *, fast_health_checks: bool = True):
-        apply_ray_env()
+        ray_environment()
         self._tmpdir = tempfile.mkdtemp(prefix="xr-", dir="/tmp")
         os.environ["RAY_TMPDIR"] = self._tmpdir
         ray_dir = os.path.join(self._tmpdir, "ray")  # where Ray records the current cluster
@@ -87,6 +61,8 @@ class EmbeddedRay:
         )
 
     def shutdown(self) -> None:
+        import ray
+
         try:
             if ray.is_initialized():
                 ray.shutdown()
@@ -97,14 +73,26 @@ class EmbeddedRay:
 
 def connect(address: str) -> None:
     """Join a running cluster as a driver (idempotent)."""
-    apply_ray_env()
+    ray_environment()
+    import ray
+
     if not ray.is_initialized():
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
                  logging_level="WARNING")
 
 
+def disconnect() -> None:
+    """Leave the cluster this driver joined (the cluster goes on)."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def discover_hosts() -> list[str]:
     """Host names of the live nodes carrying the ``xen-host`` label, in name order."""
+    import ray
+
     names = []
     for node in ray.nodes():
         if node.get("Alive") and HOST_LABEL in (node.get("Labels") or {}):

@@ -48,10 +48,29 @@ from collections.abc import Iterable, Sequence
 from typing import ClassVar
 
 from protocols.errno import Errno, XenError
-from protocols.ring import PAGE_SIZE, ring_size
+from protocols.page import PAGE_SIZE
+from protocols.ring import ring_size
 
-SECTOR_SIZE = 512
+SECTOR_SIZE = 512  # sector fields are in 512-byte units whatever ``sector-size`` says (19.11)
 SECTORS_PER_PAGE = PAGE_SIZE // SECTOR_SIZE  # first_sect/last_sect range over 0..7
+
+_SIZE = re.compile(r"\s*([0-9]+)\s*([kmgt]?)(i?b)?\s*", re.IGNORECASE)
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes in ``"4096"``, ``"512K"``, ``"64M"``, ``"1G"``, ``"2T"`` (binary units; a
+    trailing ``B``/``iB`` is accepted). The size must be a positive multiple of 512."""
+    if isinstance(text, int):
+        size = text
+    else:
+        m = _SIZE.fullmatch(text)
+        if m is None:
+            raise ValueError(f"bad size {text!r}: want a number with an optional K, M, G or T")
+        size = int(m[1]) * _UNITS[m[2].lower()]
+    if size <= 0 or size % SECTOR_SIZE:
+        raise ValueError(f"bad size {text!r}: must be a positive multiple of {SECTOR_SIZE} bytes")
+    return size
 
 
 class BlkifOp(enum.IntEnum):

@@ -27,9 +27,8 @@ from dataclasses import dataclass
 from typing import ClassVar, Self
 
 from protocols.errno import Errno, XenError
+from protocols.page import PAGE_SHIFT, PAGE_SIZE
 
-PAGE_SHIFT = 12
-PAGE_SIZE = 1 << PAGE_SHIFT
 ENTRY_SIZE = 8  # sizeof(grant_entry_v1_t)
 ENTRIES_PER_FRAME = PAGE_SIZE // ENTRY_SIZE  # 512
 GNTTAB_NR_RESERVED_ENTRIES = 8

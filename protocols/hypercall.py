@@ -193,6 +193,17 @@ class MemoryOp(enum.IntEnum):
     acquire_resource = 28
 
 
+class XenMapSpace(enum.IntEnum):
+    """``XENMAPSPACE_*``: what ``add_to_physmap(_batch)`` maps (``memory.h``, reference 13)."""
+
+    shared_info = 0
+    grant_table = 1
+    gmfn = 2
+    gmfn_range = 3
+    gmfn_foreign = 4
+    dev_mmio = 5
+
+
 class VcpuOp(enum.IntEnum):
     """``VCPUOP_*``, ``xen/include/public/vcpu.h``."""
 

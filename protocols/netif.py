@@ -34,7 +34,8 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 from protocols.errno import Errno, XenError
-from protocols.ring import PAGE_SIZE, ring_size
+from protocols.page import PAGE_SIZE
+from protocols.ring import ring_size
 
 
 class NetTxFlag(enum.IntFlag):

@@ -4,8 +4,11 @@ Unit tests (tests/unit) need no Ray. Integration tests share one Ray cluster per
 session through the fixtures in tests/integration/conftest.py.
 """
 
-import cluster  # noqa: F401  (sets the Ray environment before anything imports ray)
-from hypothesis import HealthCheck, settings
+from actors.transport.naming import ray_environment
+
+ray_environment()  # this test process starts Ray nodes: set the shared environment first
+
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 # The machines here are shared and noisy: no hypothesis deadline, bounded examples.
 settings.register_profile(

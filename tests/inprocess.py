@@ -4,7 +4,7 @@ Why: blkback, xenconsoled and the PV kernel are pure given their clients (Hyperc
 XsClient) and a transport, so their tests run them against the real hypervisor state machine
 (msgpack hypercalls, /dev/shm memory files, event channels) and the real xenstored server
 (xs_wire) without Ray. One host for all those tests keeps the transport's semantics, which
-the components rely on, the same everywhere. As the real transports (``actors.transport``):
+the components rely on, the same everywhere. As the real transports (``actors.transport.raycall``):
 
 * ``call`` runs at once in the caller's thread. Hypercalls go through one lock, as the
   hypervisor actor serialises them, and its effects are carried out as its actor does.
@@ -12,7 +12,7 @@ the components rely on, the same everywhere. As the real transports (``actors.tr
   endpoint)): what xenstored sends that connection during the call is the reply, anything
   else (watch events) is pushed one-way as ``xs_event``, as actors/xenstored/actor.py does.
 * ``send`` of a ``hypercall`` to the hypervisor (``HypercallClient.post``, an event-channel
-  kick) runs it at once and drops the reply. The same-host channel (actors/fastpath.py) runs
+  kick) runs it at once and drops the reply. The same-host pipe (actors/transport/samehost.py) runs
   a posted hypercall after the caller's earlier hypercalls and before its later ones; with
   calls that finish before they return, that is now. Its upcalls still go one-way.
 * Any other ``send`` (upcalls, vCPU gates, watch events) goes to one FIFO mailbox and is
@@ -39,11 +39,11 @@ from typing import Any
 import msgpack
 
 from actors import memory
-from actors.hypercall_client import Credential, HypercallClient
+from actors.transport.hypercall_client import Credential, HypercallClient
 from actors.hypervisor.effects import Deliver, GateVcpus, ReleaseMemory, SizeMemory
 from actors.hypervisor.state import Hypervisor
 from actors.xenstored.server import XenstoredServer
-from actors.xs_client import XsClient
+from actors.transport.xs_client import XsClient
 from protocols.hypercall import DOMID_ANY, Domctl, Hypercall, MemoryOp
 
 HOST = "h1"

@@ -15,8 +15,8 @@ import ray
 
 from actors import log as xlog
 from actors.blkback.xenbus import Blkback
-from actors.clients import host_clients
-from actors.transport import Endpoint
+from actors.transport.clients import host_clients
+from actors.transport.raycall import Endpoint
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=8)

@@ -24,9 +24,9 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from actors.blkback.vbd import SECTOR_SIZE, Vbd
+from actors.blkback.vbd import Vbd
 from protocols.blkif import (BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ,
-                             BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, REQUEST_SIZE,
+                             BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, REQUEST_SIZE, SECTOR_SIZE,
                              BlkifRequest, BlkifResponse, peek_request, unpack_request,
                              validate_request)
 from protocols.errno import Errno, XenError

@@ -14,18 +14,15 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import re
 import stat
 from collections.abc import Sequence
 
-SECTOR_SIZE = 512
+from protocols.blkif import SECTOR_SIZE, parse_size
 
 FALLOC_FL_KEEP_SIZE = 0x01  # linux/falloc.h
 FALLOC_FL_PUNCH_HOLE = 0x02
 
 _ZEROS = bytes(1 << 20)
-_SIZE = re.compile(r"\s*([0-9]+)\s*([kmgt]?)(i?b)?\s*", re.IGNORECASE)
-_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def _load_fallocate():
@@ -37,21 +34,6 @@ def _load_fallocate():
 
 
 _fallocate = _load_fallocate()
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes in ``"4096"``, ``"512K"``, ``"64M"``, ``"1G"``, ``"2T"`` (binary units; a
-    trailing ``B``/``iB`` is accepted). The size must be a positive multiple of 512."""
-    if isinstance(text, int):
-        size = text
-    else:
-        m = _SIZE.fullmatch(text)
-        if m is None:
-            raise ValueError(f"bad size {text!r}: want a number with an optional K, M, G or T")
-        size = int(m[1]) * _UNITS[m[2].lower()]
-    if size <= 0 or size % SECTOR_SIZE:
-        raise ValueError(f"bad size {text!r}: must be a positive multiple of {SECTOR_SIZE} bytes")
-    return size
 
 
 def create_image(path: str | os.PathLike, size: int | str, *, overwrite: bool = False) -> int:

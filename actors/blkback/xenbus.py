@@ -1,7 +1,7 @@
 """blkback's control path: the vbd's own part of the xenbus handshake.
 
 Linux ``drivers/block/xen-blkback/xenbus.c`` (``xen_blkbk_probe``, ``connect_ring``,
-``connect``, ``xen_blkif_disconnect``) on the xenbus backend core (actors/xenbus_backend.py:
+``connect``, ``xen_blkif_disconnect``) on the xenbus backend core (actors/xenbus/backend.py:
 discovery by a watch on ``backend/vbd``, restart recovery, transactional node writes,
 ``xenbus_dev_fatal``). Reference sections 8.3, 8.4, 10, 19.4, 19.6.
 
@@ -23,9 +23,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from actors.blkback.ring import BlkbackRing
-from actors.blkback.vbd import SECTOR_SIZE, Vbd
-from actors.xenbus_backend import XenbusBackend, XenbusDevice
-from protocols.blkif import VDISK_CDROM, VDISK_READONLY, VDISK_REMOVABLE, XEN_IO_PROTO_ABI_X86_64
+from actors.blkback.vbd import Vbd
+from actors.xenbus.backend import XenbusBackend, XenbusDevice
+from protocols.blkif import (SECTOR_SIZE, VDISK_CDROM, VDISK_READONLY, VDISK_REMOVABLE,
+                             XEN_IO_PROTO_ABI_X86_64)
 from protocols.errno import Errno, XenError
 from protocols.hypercall import EvtchnOp, Hypercall
 from protocols.xenbus import XenbusState

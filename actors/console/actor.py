@@ -13,8 +13,8 @@ import ray
 
 from actors import log as xlog
 from actors.console.daemon import ConsoleDaemon
-from actors.clients import host_clients
-from actors.transport import Endpoint
+from actors.transport.clients import host_clients
+from actors.transport.raycall import Endpoint
 
 
 @ray.remote(max_restarts=0)

@@ -10,7 +10,7 @@ ring space goes on (``buffer_append`` then ``xenevtchn_notify``). A domain that 
 unmapped and unbound (``cleanup_domain``).
 
 No Ray here: the hypervisor and xenstored are reached through the clients handed in
-(:class:`~actors.hypercall_client.HypercallClient`, :class:`~actors.xs_client.XsClient`), so
+(:class:`~actors.transport.hypercall_client.HypercallClient`, :class:`~actors.transport.xs_client.XsClient`), so
 the whole daemon runs in-process in tests.
 
 Decisions:
@@ -46,13 +46,12 @@ from actors.memory import Mapping
 from protocols.console import XENCONSOLE_CONNECTED, ConsoleInterface
 from protocols.errno import Errno, XenError
 from protocols.evtchn import EvtchnStat
-from protocols.hypercall import DomInfoFlag, EvtchnOp, Hypercall, MemoryOp, Sysctl
+from protocols.hypercall import DomInfoFlag, EvtchnOp, Hypercall, MemoryOp, Sysctl, XenMapSpace
 from protocols.xenstore.paths import INTRODUCE_DOMAIN, RELEASE_DOMAIN
 
 DOMLIST_TOKEN = "domlist"  # io.c watches both special paths with this token
 TAIL_LINES = 200
 MAX_LINE = 4096  # a longer run of bytes without a newline counts as a line (tail only)
-XENMAPSPACE_gmfn_foreign = 4
 MAX_DOMAINS = 1 << 15
 
 
@@ -214,7 +213,7 @@ class ConsoleDaemon:
     def _connect(self, domid: int, name: str, ring_ref: int, port: int) -> Console:
         """``domain_create_ring``: map the console page, bind the port, open the log."""
         res = self.hv(Hypercall.memory_op, MemoryOp.add_to_physmap_batch, domid=0,
-                      space=XENMAPSPACE_gmfn_foreign, size=1, foreign_domid=domid,
+                      space=XenMapSpace.gmfn_foreign, size=1, foreign_domid=domid,
                       idxs=[ring_ref], gpfns=[0])
         if res["errs"][0]:
             raise XenError(Errno(-res["errs"][0]), f"console page {ring_ref} of domain {domid}")

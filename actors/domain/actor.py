@@ -16,10 +16,10 @@ from typing import Any
 import ray
 
 from actors import log as xlog
-from actors.clients import host_clients
+from actors.transport.clients import host_clients
 from actors.domain.kernel import PVKernel
 from actors.memory import Mapping
-from actors.transport import Endpoint
+from actors.transport.raycall import Endpoint
 from protocols.start_info import StartInfo
 
 

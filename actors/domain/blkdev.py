@@ -12,9 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 from actors.domain.blkfront import Blkfront
-from actors.domain.frontend import FrontendDevices, PagePool
-from actors.domain.layout import PFN_FIRST_FREE
-from actors.hypervisor.grants import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES
+from actors.xenbus.frontend import FrontendDevices, PagePool
+from protocols.pv_layout import PFN_FIRST_FREE
+from protocols.pv_layout import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES
 from actors.memory import Mapping
 from protocols.blkif import vdev_to_devid
 from protocols.errno import Errno, XenError

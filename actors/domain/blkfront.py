@@ -4,7 +4,7 @@ Pure and unit-testable: memory pages, the grant table, event channels and xensto
 injected, so the kernel wires it to the real ones and tests to fakes. It follows Linux
 ``drivers/block/xen-blkfront.c``:
 
-* Handshake (8.4): :class:`actors.domain.frontend.XenbusFrontend` runs it (the caller feeds
+* Handshake (8.4): :class:`actors.xenbus.frontend.XenbusFrontend` runs it (the caller feeds
   the backend's ``state``); this module fills in the vbd's part. On InitWait the frontend
   allocates a ring page, runs ``SHARED_RING_INIT`` (only the frontend does), grants it, allocates
   an unbound evtchn and writes ``ring-ref``, ``event-channel``, ``protocol``,
@@ -33,8 +33,8 @@ import itertools
 import threading
 from typing import Any
 
-from actors.domain.frontend import Page, XenbusFrontend
-from actors.domain.frontend import PagePool  # noqa: F401  (re-exported: callers import it here)
+from actors.xenbus.frontend import Page, XenbusFrontend
+from actors.xenbus.frontend import PagePool  # noqa: F401  (re-exported: callers import it here)
 from protocols.blkif import (BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
                              BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE,
                              BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY,
@@ -42,7 +42,8 @@ from protocols.blkif import (BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
                              BlkifRequest, BlkifRequestDiscard, BlkifRequestSegment,
                              BlkifResponse)
 from protocols.errno import Errno, XenError
-from protocols.ring import PAGE_SIZE, FrontRing, RingOverflow
+from protocols.page import PAGE_SIZE
+from protocols.ring import FrontRing, RingOverflow
 from protocols.xenbus import XenbusState
 
 MAX_REQUEST_BYTES = BLKIF_MAX_SEGMENTS_PER_REQUEST * PAGE_SIZE  # 44 KiB per ring request

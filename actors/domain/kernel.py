@@ -5,7 +5,7 @@ console into the shared console page and kicks the console event channel
 (``drivers/tty/hvc/hvc_xen.c``), runs xenstore watch callbacks on one ``xenwatch`` thread
 (``drivers/xen/xenbus/xenbus_xs.c``) and obeys the toolstack's PV control protocol on
 ``~/control/shutdown`` (``drivers/xen/manage.c``, reference 12.3). This kernel does the same,
-cut down to what an init program (:mod:`actors.domain.guestos`) needs; the init runs on the
+cut down to what an init program (:mod:`actors.guest.api`) needs; the init runs on the
 vCPU thread, started by the first unpause.
 
 Pause is cooperative, since a Python thread cannot be descheduled from outside: every kernel
@@ -46,8 +46,8 @@ from typing import Any, Protocol
 
 from actors.domain.blkdev import BlockDevices
 from actors.domain.netdev import NetDevices
-from actors.domain.guestos import GuestOS, parse_init
-from actors.domain.inits import INITS
+from actors.guest.api import GuestOS, parse_init
+from actors.guest.inits import INITS
 from actors.memory import Mapping
 from protocols.console import ConsoleInterface
 from protocols.errno import Errno, XenError
@@ -79,7 +79,7 @@ class KernelState(enum.Enum):
 
 
 class XsLike(Protocol):
-    """The part of :class:`actors.xs_client.XsClient` the kernel uses."""
+    """The part of :class:`actors.transport.xs_client.XsClient` the kernel uses."""
 
     def read(self, path: str, tx_id: int = 0) -> bytes: ...
     def write(self, path: str, value: bytes | str, tx_id: int = 0) -> None: ...
@@ -95,7 +95,7 @@ class PVKernel:
     any thread; each returns at once), :meth:`statistics` and :meth:`save`; :meth:`restore`
     only before the first unpause. The init program reaches :meth:`console_write`,
     :meth:`sleep` and :meth:`clock` through its :class:`GuestOS`, on the vCPU thread only.
-    ``hypercall`` is a :class:`actors.hypercall_client.HypercallClient` (or alike).
+    ``hypercall`` is a :class:`actors.transport.hypercall_client.HypercallClient` (or alike).
     """
 
     def __init__(self, start_info: StartInfo, memory: Mapping, hypercall: Callable[..., Any],

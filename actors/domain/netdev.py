@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from actors.domain.frontend import FrontendDevices, PageAllocator
+from actors.xenbus.frontend import FrontendDevices, PageAllocator
 from actors.domain.netfront import Netfront
 from actors.domain.netstack import NetStack
 from protocols.errno import Errno, XenError

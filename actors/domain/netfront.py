@@ -34,14 +34,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from actors.domain.frontend import Page, XenbusFrontend
+from actors.xenbus.frontend import Page, XenbusFrontend
 from protocols.errno import Errno, XenError
 from protocols.netif import (DEFAULT_MTU, NETIF_RSP_NULL, NETIF_RSP_OKAY, RX_RING_SIZE,
                              RX_SLOT_SIZE, TX_RING_SIZE, TX_SLOT_SIZE, XEN_NETIF_EXTRA_FLAG_MORE,
                              XEN_NETIF_MAX_TX_SIZE, XEN_NETIF_NR_SLOTS_MIN, NetifRxRequest,
                              NetifRxResponse, NetifTxResponse, NetRxFlag, tx_slots,
                              tx_slots_needed)
-from protocols.ring import PAGE_SIZE, FrontRing, RingOverflow
+from protocols.page import PAGE_SIZE
+from protocols.ring import FrontRing, RingOverflow
 from protocols.xenbus import XenbusState
 
 ETH_HLEN = 14  # the smallest frame anyone accepts: two MACs and the ethertype

@@ -17,11 +17,11 @@ import ray
 
 from actors import log as xlog
 from actors import memory
-from actors.hypervisor.channels import ChannelServer
+from actors.hypervisor.hvpipes import HvPipeServer
 from actors.hypervisor.effects import (ConsoleLine, Deliver, Effect, GateVcpus, ReleaseMemory,
                                        SizeMemory, WatchVcpu)
 from actors.hypervisor.state import Hypervisor
-from actors.transport import Endpoint, RayTransport
+from actors.transport.raycall import Endpoint, RayTransport
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -50,7 +50,7 @@ class HypervisorActor(Endpoint):
         self.state = Hypervisor(host, memory_mib=memory_mib, pcpus=pcpus, mem_prefix=prefix,
                                 frames=self._frames,
                                 cpu_time_ns=lambda d: process_cpu_ns(self.state.vcpu_pids.get(d)))
-        self.channels = ChannelServer(prefix, {"hypercall": self.on_hypercall}, self.log)
+        self.pipes = HvPipeServer(prefix, {"hypercall": self.on_hypercall}, self.log)
         self._pidfds: dict[int, Callable[[], None]] = {}  # pidfd -> what its death means
         self._wake_r, self._wake_w = os.pipe()
         threading.Thread(target=self._watch_vcpus, name="vcpu-watch", daemon=True).start()
@@ -70,19 +70,19 @@ class HypervisorActor(Endpoint):
             self._carry_out(effects)
         return reply
 
-    def on_open_channel(self, domid: int, secret: str, endpoint: str, pid: int) -> dict:
-        """A same-host client asks for a channel (``actors.fastpath``); rc -EPERM if refused."""
+    def on_open_hvpipe(self, domid: int, secret: str, endpoint: str, pid: int) -> dict:
+        """A same-host client asks for a pipe (``actors.transport.samehost``); rc -EPERM if refused."""
         with self.lock:
-            rc = self.state.authorize_channel(domid, secret, endpoint, pid)
+            rc = self.state.authorize_hvpipe(domid, secret, endpoint, pid)
             if rc < 0:
                 return {"rc": rc}
-            conn = self.channels.open(endpoint, domid, pid)
-        self._watch(pid, lambda: self.channels.drop(conn, "client exited"))
-        return {"rc": 0, "path": conn.channel.path, "pid": os.getpid()}
+            conn = self.pipes.open(endpoint, domid, pid)
+        self._watch(pid, lambda: self.pipes.drop(conn, "client exited"))
+        return {"rc": 0, "path": conn.pipe.path, "pid": os.getpid()}
 
     def on_statistics(self) -> dict:
         with self.lock:
-            return {**self.state.statistics(), "channels": self.channels.statistics()}
+            return {**self.state.statistics(), "pipes": self.pipes.statistics()}
 
     # -- effects ----------------------------------------------------------------------
 
@@ -113,8 +113,8 @@ class HypervisorActor(Endpoint):
         return m.pages(pfn, count)
 
     def _send(self, endpoint: str, kind: str, *args) -> None:
-        """One-way, like an interrupt: down the endpoint's channel if it has one, else Ray."""
-        if not self.channels.send(endpoint, kind, *args):
+        """One-way, like an interrupt: down the endpoint's pipe if it has one, else Ray."""
+        if not self.pipes.send(endpoint, kind, *args):
             self.transport.send(endpoint, kind, *args)
 
     def _watch(self, pid: int, on_exit: Callable[[], None]) -> None:
@@ -134,7 +134,7 @@ class HypervisorActor(Endpoint):
             self._carry_out(effects)
 
     def _watch_vcpus(self) -> None:
-        """Wait on every watched pidfd (vCPU and channel clients); readable = the process died."""
+        """Wait on every watched pidfd (vCPU and pipe clients); readable = the process died."""
         while True:
             poller = select.poll()  # no FD_SETSIZE limit: hundreds of domains
             for fd in (self._wake_r, *list(self._pidfds)):

@@ -18,7 +18,6 @@ from protocols.errno import Errno, XenError
 from protocols.hypercall import DOMID_ANY, DOMID_FIRST_RESERVED, DomInfoFlag, dominf_flags
 
 MAX_PAUSE_COUNT = 255
-PAGE_SIZE = 4096
 
 
 class Dying(enum.IntEnum):

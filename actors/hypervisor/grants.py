@@ -1,7 +1,7 @@
 """The hypervisor's grant tables: ``grant_table_op`` over each domain's own memory.
 
 Each domain's v1 grant table lives in its memory at pfns 4..11 (``GNTTAB_FIRST_PFN``,
-``NR_GNTTAB_FRAMES``; ``setup_table`` reports them, as Xen reports its grant frames), so the
+``NR_GNTTAB_FRAMES`` of :mod:`protocols.pv_layout`; ``setup_table`` reports them, as Xen reports its grant frames), so the
 granter writes entries with plain stores and the hypervisor reads them and sets
 ``GTF_reading``/``GTF_writing`` in place (``protocols.gnttab_ops`` has Xen's rules). A
 successful map answers with the granter's memory file and the frame, which is all the mapper
@@ -19,9 +19,7 @@ from protocols.errno import Errno, XenError
 from protocols.gnttab import (GNTST, GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef,
                               GnttabUnmapGrantRef, GrantTable)
 from protocols.hypercall import DOMID_SELF, GnttabOp
-
-GNTTAB_FIRST_PFN = 4
-NR_GNTTAB_FRAMES = 8
+from protocols.pv_layout import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES
 
 Frames = Callable[[int, int, int], memoryview]  # (domid, first pfn, count) -> its pages
 

@@ -22,18 +22,19 @@ from typing import Any
 
 import msgpack
 
-from actors.hypervisor.domains import PAGE_SIZE, Domain, DomainTable, Dying
+from actors.hypervisor.domains import Domain, DomainTable, Dying
 from actors.hypervisor.effects import (ConsoleLine, Deliver, Effect, GateVcpus, ReleaseMemory,
                                        SizeMemory, WatchVcpu)
 from actors.hypervisor.grants import Frames, Grants
 from protocols import evtchn as ev
 from protocols.errno import Errno, XenError
+from protocols.page import PAGE_SIZE
 from protocols.hypercall import (DOMID_SELF, ConsoleIO, CreateDomainFlag, Domctl, EvtchnOp,
-                                 Hypercall, MemoryOp, Runstate, SchedOp, ShutdownReason, Sysctl, VcpuOp,
-                                 Virq, XenVersion, decode_call, encode_result)
+                                 Hypercall, MemoryOp, Runstate, SchedOp, ShutdownReason, Sysctl,
+                                 VcpuOp, Virq, XenMapSpace, XenVersion, decode_call,
+                                 encode_result)
 
 XEN_VERSION = (4, 22)
-XENMAPSPACE_gmfn_foreign = 4
 
 
 class Hypervisor:
@@ -98,10 +99,10 @@ class Hypervisor:
         rc, value = result if isinstance(result, tuple) else (0, result)
         return encode_result(rc, value), effects
 
-    def authorize_channel(self, domid: int, secret: str, endpoint: str, pid: int) -> int:
-        """May this caller have a same-host channel for ``endpoint``? 0, or -EPERM.
+    def authorize_hvpipe(self, domid: int, secret: str, endpoint: str, pid: int) -> int:
+        """May this caller have a same-host pipe for ``endpoint``? 0, or -EPERM.
 
-        Dom0's processes name their own endpoints; a DomU gets a channel only for the endpoint
+        Dom0's processes name their own endpoints; a DomU gets a pipe only for the endpoint
         and process the toolstack handed over, so it can never receive another's upcalls."""
         dom = self.table.domains.get(domid)
         if dom is None or dom.dying is not Dying.ALIVE or not isinstance(secret, str) or \
@@ -257,7 +258,7 @@ class Hypervisor:
             return (pages >> a["extent_order"], None), []
         if sub == MemoryOp.add_to_physmap_batch:
             _privileged(dom)
-            if a["space"] != XENMAPSPACE_gmfn_foreign:
+            if a["space"] != XenMapSpace.gmfn_foreign:
                 raise XenError(Errno.EINVAL, "only XENMAPSPACE_gmfn_foreign is emulated")
             foreign = self.table.get(a["foreign_domid"])
             errs = [0 if i < foreign.tot_pages else -Errno.EINVAL for i in a["idxs"]]

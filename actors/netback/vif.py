@@ -32,7 +32,8 @@ from protocols.errno import Errno, XenError
 from protocols.netif import (FATAL_SKB_SLOTS, NETIF_RSP_ERROR, NETIF_RSP_OKAY, RX_SLOT_SIZE,
                              TX_SLOT_SIZE, NetifExtraType, NetifRxRequest, NetifRxResponse,
                              NetRxFlag, TxPacket, tx_packet_chain)
-from protocols.ring import PAGE_SIZE, BackRing, RingOverflow
+from protocols.page import PAGE_SIZE
+from protocols.ring import BackRing, RingOverflow
 
 ETH_HLEN = 14  # a frame shorter than its Ethernet header is a runt
 RX_QUEUE_MAX = 256  # frames waiting for rx requests (the contracts' qdisc bound)

@@ -3,7 +3,7 @@
 Linux ``drivers/net/xen-netback/xenbus.c`` (``netback_probe``, ``connect``,
 ``read_xenbus_vif_flags``, ``backend_switch_state``, ``hotplug_status_changed``) plus what
 the hotplug script does (``tools/hotplug/Linux/vif-bridge``: put the vif on its bridge, write
-``hotplug-status``), on the xenbus backend core (actors/xenbus_backend.py: discovery by a
+``hotplug-status``), on the xenbus backend core (actors/xenbus/backend.py: discovery by a
 watch on ``backend/vif``, restart recovery, transactional node writes, ``xenbus_dev_fatal``).
 Reference sections 9, 10, 19.2, 19.4-19.6.
 
@@ -36,9 +36,9 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from actors.netback.uplink import HostBridges
+from actors.hostnet.uplink import HostBridges
 from actors.netback.vif import NetbackVif, TxCredit
-from actors.xenbus_backend import XenbusBackend, XenbusDevice
+from actors.xenbus.backend import XenbusBackend, XenbusDevice
 from protocols.errno import Errno, XenError
 from protocols.hypercall import EvtchnOp, Hypercall
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import queue
-import random
 import threading
 import time
 from typing import Any
@@ -22,14 +21,15 @@ import msgpack
 import ray
 
 from actors import log as xlog
-from actors.domain.actor import DomainActor
-from actors.clients import host_clients
+from actors.transport.clients import host_clients
 from actors.toolstack.builder import (build_pv_domain, destroy_domain, vbd_backend_path,
                                       vif_backend_path)
-from actors.transport import Endpoint
-from cluster.runtime import NAMESPACE, actor_name, pin_to_host
-from cluster.xlcfg import Action, DomainConfig, random_mac
+from actors.transport.raycall import Endpoint
+from actors.transport import launch
+from actors.transport.naming import actor_name
+from protocols.libxl_types import Action, DomainConfig
 from protocols.errno import Errno, XenError
+from protocols.netif import xen_mac
 from protocols.hypercall import (Domctl, DomInfoFlag, Hypercall, ShutdownReason, Sysctl,
                                  dominf_shutdown_code)
 
@@ -84,8 +84,7 @@ def check_devices(cfg: DomainConfig) -> None:
 def with_macs(cfg: DomainConfig) -> DomainConfig:
     """Give every vif without a ``mac`` one under Xen's OUI, at create (libxl does), so the
     domain keeps it across reboots: the record holds the config with the MACs in it."""
-    rng = random.SystemRandom()
-    return dataclasses.replace(cfg, vif=[v if v.mac else v.with_mac(random_mac(rng))
+    return dataclasses.replace(cfg, vif=[v if v.mac else v.with_mac(xen_mac(os.urandom(3)))
                                          for v in cfg.vif])
 
 
@@ -140,10 +139,9 @@ class ToolstackActor(Endpoint):
         try:
             self.transport.call(actor_name(self.host, "xenstored"), "introduce", built.domid,
                                 built.secret, endpoint)
-            actor = DomainActor.options(name=endpoint, namespace=NAMESPACE,
-                                        lifetime="detached", **pin_to_host(self.host)).remote(
-                self.host, built.domid, built.secret, built.memory_path, self.log_dir)
-            pid = ray.get(actor.deliver.remote("process"))["pid"]
+            actor = launch.start("domain", self.host, f"dom{built.domid}", self.host,
+                                 built.domid, built.secret, built.memory_path, self.log_dir)
+            pid = launch.ask(actor, "process")["pid"]
             self.hv(Hypercall.domctl, Domctl.setvcpucontext, domain=built.domid, vcpu=0,
                     ctxt=msgpack.packb({"pid": pid, "endpoint": endpoint}))
             with self.lock:
@@ -267,9 +265,5 @@ class ToolstackActor(Endpoint):
         """Destroy in the hypervisor first (so the vCPU exit is not a crash), then the actor."""
         destroy_domain(self.hv, self.xs, domid)
         self.transport.call(actor_name(self.host, "xenstored"), "release", domid)
-        name = actor_name(self.host, f"dom{domid}")
-        try:
-            ray.kill(ray.get_actor(name, namespace=NAMESPACE))
-        except ValueError:
-            pass
-        self.transport.forget(name)
+        launch.kill(self.host, f"dom{domid}")
+        self.transport.forget(actor_name(self.host, f"dom{domid}"))

@@ -7,7 +7,7 @@ permissions (reference 11.5), and return what the caller needs to start the vCPU
 at any step destroys the half-built domain, so a bad create leaves nothing behind.
 
 The PV memory map (pfn 0 start_info, 3 the console ring, 16.. free for the guest) is in
-:mod:`actors.domain.layout`.
+:mod:`protocols.pv_layout`.
 """
 
 from __future__ import annotations
@@ -16,15 +16,14 @@ import dataclasses
 import time
 import uuid as uuidlib
 
-from actors.domain.layout import PFN_CONSOLE, PFN_FIRST_FREE, PFN_START_INFO
+from protocols.pv_layout import PFN_CONSOLE, PFN_FIRST_FREE, PFN_START_INFO
 from actors.memory import Mapping
-from cluster.xlcfg import DomainConfig
 from protocols import start_info as si
 from protocols.errno import Errno, XenError
-from protocols.hypercall import DOMID_ANY, Domctl, EvtchnOp, Hypercall, MemoryOp
+from protocols.libxl_types import DomainConfig
+from protocols.hypercall import DOMID_ANY, Domctl, EvtchnOp, Hypercall, MemoryOp, XenMapSpace
 from protocols.netif import DEFAULT_MTU
 
-XENMAPSPACE_gmfn_foreign = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,7 +66,7 @@ def _populate(hv, domid: int, cfg: DomainConfig) -> str:
         raise XenError(Errno.ENOMEM, f"host has memory for {done // 256} of the "
                                      f"{cfg.memory} MiB domain {cfg.name!r} asks for")
     return hv(Hypercall.memory_op, MemoryOp.add_to_physmap_batch, domid=0,
-              space=XENMAPSPACE_gmfn_foreign, size=1, foreign_domid=domid,
+              space=XenMapSpace.gmfn_foreign, size=1, foreign_domid=domid,
               idxs=[PFN_START_INFO], gpfns=[0])["path"]
 
 

@@ -18,8 +18,8 @@ import threading
 import ray
 
 from actors import log as xlog
-from actors.clients import host_clients
-from actors.transport import Endpoint
+from actors.transport.clients import host_clients
+from actors.transport.raycall import Endpoint
 from actors.xenstored.server import XenstoredServer
 from actors.xenstored.unix_socket import UnixSocketServer
 from protocols.errno import XenError

@@ -4,7 +4,7 @@
 
 The store (:mod:`protocols.xenstore.store`) is pure; this module is what C xenstored's main
 loop adds around it. Each connection, a Unix-socket client (a Dom0 tool: domid 0,
-privileged) or a domain's channel (its domid, unprivileged, relative paths under
+privileged) or a domain's connection (its domid, unprivileged, relative paths under
 ``/local/domain/<domid>``), has its own stream decoder. Every complete message is parsed,
 run against the store and answered with the request's req_id and tx_id, an error as
 ``ERROR "<errno name>"``; the watch events it caused then go to the connections owning the

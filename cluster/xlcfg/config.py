@@ -1,4 +1,5 @@
-"""The typed domain config: xl's ``parse_config_data`` for the keys xenray acts on.
+"""xl.cfg into a :class:`protocols.libxl_types.DomainConfig`: xl's ``parse_config_data`` for the
+keys xenray acts on.
 
 ``tools/xl/xl_parse.c`` reads each key of a parsed file into libxl's domain config; this
 module does the same for the keys of reference section 18 that xenray implements, with xl's
@@ -18,7 +19,7 @@ and libxl's defaults and rules:
   scheduler's u16 fields; ``max_event_channels`` defaults to 1023 (0 also means the default,
   as in libxl); ``max_grant_frames`` / ``max_maptrack_frames`` default to Xen's 64 / 1024.
 * ``kernel`` is optional: xenray guests are named by ``init=`` on the command line
-  (:attr:`DomainConfig.init_program`), where xl would insist on a kernel or bootloader.
+  (:func:`actors.guest.api.init_program`), where xl would insist on a kernel or bootloader.
 
 xl silently ignores keys it does not know. xenray warns instead, naming the key and line, so
 a typo (``memroy``) is not lost; keys xl knows but xenray does not implement (``vfb``,
@@ -27,56 +28,24 @@ a typo (``memroy``) is not lost; keys xl knows but xenray does not implement (``
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import pathlib
 import re
 import uuid as uuidlib
 from typing import Any
 
-from cluster.xlcfg.disk import DiskSpec, parse_disk_spec
+from actors.guest.api import init_program
+from cluster.xlcfg.disk import parse_disk_spec
 from cluster.xlcfg.syntax import Atom, ConfigFile, ListValue, XlCfgError, c_strtol, parse
-from cluster.xlcfg.vif import VifSpec, parse_vif_spec
+from cluster.xlcfg.vif import parse_vif_spec
+from protocols.libxl_types import (DEFAULT_MAX_EVENT_CHANNELS, DEFAULT_MEMORY_MIB, DOMAIN_TYPES,
+                                   ON_SHUTDOWN_DEFAULTS, Action, DiskSpec, DomainConfig, VifSpec)
 
-DOMAIN_TYPES = ("pv", "pvh", "hvm")
-DEFAULT_MEMORY_MIB = 32  # libxl: max_memkb 32 * 1024 when neither memory nor maxmem is set
-DEFAULT_MAX_GRANT_FRAMES = 64
-DEFAULT_MAX_MAPTRACK_FRAMES = 1024
-DEFAULT_MAX_EVENT_CHANNELS = 1023
 _LONG_MAX = (1 << 63) - 1
 _U16_MAX = 65535
 _U32_MAX = (1 << 32) - 1
 _INT_MAX = (1 << 31) - 1
 _UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
 _CPU_ITEM = re.compile(r"(\^)?(?:nodes?:)?(?:(all)|(\d+)(?:-(\d+))?)")
-
-
-class Action(enum.IntEnum):
-    """``libxl_action_on_shutdown`` (reference 12.3); :attr:`xl_name` is the xl.cfg word."""
-
-    DESTROY = 1
-    RESTART = 2
-    RENAME_RESTART = 3
-    PRESERVE = 4
-    COREDUMP_DESTROY = 5
-    COREDUMP_RESTART = 6
-    SOFT_RESET = 7
-
-    @property
-    def xl_name(self) -> str:
-        return self.name.lower().replace("_", "-")
-
-    @classmethod
-    def from_xl_name(cls, name: str) -> Action:
-        for action in cls:
-            if action.xl_name == name:
-                return action
-        raise ValueError(name)
-
-
-ON_SHUTDOWN_DEFAULTS = {"on_poweroff": Action.DESTROY, "on_reboot": Action.RESTART,
-                        "on_watchdog": Action.DESTROY, "on_crash": Action.DESTROY,
-                        "on_soft_reset": Action.SOFT_RESET}
 
 SUPPORTED_KEYS = frozenset("""
     name type builder memory maxmem vcpus maxvcpus cpus cpus_soft cpu_weight cap pool
@@ -103,78 +72,6 @@ KNOWN_UNSUPPORTED_KEYS = frozenset("""
     spice_clipboard_sharing spiceusbredirection spice_image_compression
     spice_streaming_video nographic gfx_passthru vkb_device vendor_device gic_version tee
     xend_suspend_evtchn_compat msr_relaxed vpmu llc_colors trap_unmapped_accesses""".split())
-
-
-@dataclasses.dataclass(frozen=True)
-class DomainConfig:
-    """A domain's configuration, as read from its xl.cfg file (immutable).
-
-    Sizes are MiB. ``text`` and ``filename`` keep the file as given, for ``xl config``-style
-    display and so a restarted or migrated domain carries the exact config it started with.
-    """
-
-    name: str
-    type: str = "pv"
-    memory: int = DEFAULT_MEMORY_MIB
-    maxmem: int = DEFAULT_MEMORY_MIB
-    vcpus: int = 1
-    maxvcpus: int = 1
-    kernel: str | None = None
-    ramdisk: str | None = None
-    cmdline: str | None = None
-    disk: tuple[DiskSpec, ...] = ()
-    vif: tuple[VifSpec, ...] = ()
-    on_poweroff: Action = Action.DESTROY
-    on_reboot: Action = Action.RESTART
-    on_watchdog: Action = Action.DESTROY
-    on_crash: Action = Action.DESTROY
-    on_soft_reset: Action = Action.SOFT_RESET
-    uuid: str | None = None
-    cpu_weight: int = 256
-    cap: int = 0
-    pool: str | None = None
-    cpus: str | tuple[str, ...] | None = None
-    cpus_soft: str | tuple[str, ...] | None = None
-    max_event_channels: int = DEFAULT_MAX_EVENT_CHANNELS
-    max_grant_frames: int = DEFAULT_MAX_GRANT_FRAMES
-    max_maptrack_frames: int = DEFAULT_MAX_MAPTRACK_FRAMES
-    nomigrate: bool = False
-    text: str = dataclasses.field(default="", repr=False)
-    filename: str = "<string>"
-
-    @property
-    def init_program(self) -> tuple[str, tuple[str, ...]] | None:
-        """``(name, argv)`` from ``init=NAME args...`` on the command line, else None.
-
-        As Linux does, the words after ``init=NAME`` are the init program's arguments; the
-        words before it are kernel parameters.
-        """
-        return _init_program(self.cmdline)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data (str, int, bool, None, list, dict) that :meth:`from_dict` restores."""
-        out: dict[str, Any] = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, Action):
-                value = value.xl_name
-            elif field.name in ("disk", "vif"):
-                value = [item.to_dict() for item in value]
-            elif isinstance(value, tuple):
-                value = list(value)
-            out[field.name] = value
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DomainConfig:
-        d = dict(data)
-        for key in ON_SHUTDOWN_DEFAULTS:
-            d[key] = Action.from_xl_name(d[key])
-        d["disk"] = tuple(DiskSpec.from_dict(x) for x in d["disk"])
-        d["vif"] = tuple(VifSpec.from_dict(x) for x in d["vif"])
-        for key in ("cpus", "cpus_soft"):
-            d[key] = tuple(d[key]) if isinstance(d[key], list) else d[key]
-        return cls(**d)
 
 
 def parse_config(text: str, *, filename: str = "<string>") -> tuple[DomainConfig, list[str]]:
@@ -384,15 +281,7 @@ class _Reader:
                                             key=key)) for n in notes)
 
     def check_init(self, config: DomainConfig) -> None:
-        init = config.init_program
+        init = init_program(config.cmdline)
         if init is not None and not init[0]:
             key = "cmdline" if self.cfg.get("cmdline") else "extra"
             raise self.error(key, "`init=' names no program")
-
-
-def _init_program(cmdline: str | None) -> tuple[str, tuple[str, ...]] | None:
-    words = (cmdline or "").split()
-    for i, word in enumerate(words):
-        if word.startswith("init="):
-            return word[len("init="):], tuple(words[i + 1:])
-    return None

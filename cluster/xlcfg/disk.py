@@ -20,67 +20,18 @@ its devid (the encoding of reference 8.3) so a typo fails at parse time, as libx
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Any, Callable
 
 from cluster.xlcfg.syntax import XlCfgError
 from protocols.blkif import vdev_to_devid
 from protocols.errno import XenError
+from protocols.libxl_types import DiskSpec
 
 FORMATS = ("raw", "qcow", "qcow2", "vhd", "empty", "qed")
 BACKENDTYPES = ("phy", "tap", "qdisk", "standalone")
 SPECIFICATIONS = ("xen", "virtio")
-XENRAY_FORMATS = ("raw", "empty")  # what xenray's blkback can serve; the rest fail at create
 
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class DiskSpec:
-    """One parsed disk spec: libxl's ``libxl_device_disk`` as ``xlu_disk_parse`` fills it.
-
-    ``target`` is None when the spec has none (an empty cdrom drive); ``backend`` None means
-    dom0; tri-state flags (``discard``, ``trusted``) are None when the spec leaves them to
-    the default.
-    """
-
-    vdev: str
-    devid: int
-    target: str | None = None
-    format: str = "raw"
-    readwrite: bool = True
-    is_cdrom: bool = False
-    removable: bool = False
-    backend: str | None = None
-    backendtype: str | None = None
-    script: str | None = None
-    specification: str | None = None
-    direct_io_safe: bool = False
-    discard: bool | None = None
-    trusted: bool | None = None
-
-    @property
-    def mode(self) -> str:
-        """The backend's xenstore ``mode`` node: "w" or "r" (reference 8.3)."""
-        return "w" if self.readwrite else "r"
-
-    @property
-    def device_type(self) -> str:
-        """The ``device-type`` xenstore node: "cdrom" or "disk"."""
-        return "cdrom" if self.is_cdrom else "disk"
-
-    def unsupported_reason(self) -> str | None:
-        """Why xenray cannot attach this disk (checked by ``create``), or None."""
-        if self.format not in XENRAY_FORMATS:
-            return (f"disk {self.vdev}: format `{self.format}' is not supported by xenray "
-                    f"(only raw images and devices)")
-        return None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DiskSpec:
-        return cls(**data)
 
 
 def parse_disk_spec(spec: str, *, warnings: list[str] | None = None) -> DiskSpec:

@@ -14,24 +14,20 @@ warning, rather than refuse a file xl would boot. A value xl would misread (a ba
 to the hotplug script.
 
 Defaults are libxl's (``libxl_nic.c``): bridge ``xenbr0``, script ``vif-bridge``, MTU 1500,
-devid = index in the list, and a random MAC under Xen's OUI 00:16:3e (:func:`random_mac`),
-chosen at create time so a restarted domain keeps the MAC recorded in its config.
+devid = index in the list, and a random MAC under Xen's OUI 00:16:3e
+(:func:`protocols.netif.xen_mac`), chosen by the toolstack at create time so a restarted
+domain keeps the MAC recorded in its config.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import ipaddress
-import random
 import re
 from typing import Any, Callable
 
 from cluster.xlcfg.syntax import XlCfgError
+from protocols.libxl_types import RateLimit, VifSpec
 
-XEN_OUI = "00:16:3e"
-DEFAULT_BRIDGE = "xenbr0"
-DEFAULT_SCRIPT = "vif-bridge"
-DEFAULT_MTU = 1500
 DEFAULT_RATE_INTERVAL_USECS = 50_000  # libxlu_vif.c: "Default to 50ms"
 NIC_TYPES = ("vif", "ioemu")
 
@@ -44,65 +40,6 @@ _RATE = re.compile(r"[0-9]+[GMK]?[Bb]/s")
 _INTERVAL = re.compile(r"[0-9]+[mu]?s?")
 _VLAN_TERM = re.compile(r"(\d+)(?:(p|u)?|-(\d+)(u)?|\+(\d+)x(\d+)(u)?)")
 _IGNORED = ("accel", "forwarddev")  # and every colo_* key: accepted by xl, unused here
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class RateLimit:
-    """A credit-based rate: ``bytes_per_interval`` refilled every ``interval_usecs``."""
-
-    bytes_per_interval: int
-    interval_usecs: int
-
-    @property
-    def xenstore(self) -> str:
-        """The backend's ``rate`` node, as ``libxl_nic.c`` writes it: "bytes,usec"."""
-        return f"{self.bytes_per_interval},{self.interval_usecs}"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class VifSpec:
-    """One parsed vif: libxl's ``libxl_device_nic`` as xl fills it.
-
-    ``mac`` None means "generate one at create"; ``vifname`` None means ``vif<domid>.<devid>``
-    (:meth:`ifname`); ``backend`` None means dom0; ``trusted`` None leaves it to the default.
-    """
-
-    devid: int
-    mac: str | None = None
-    bridge: str = DEFAULT_BRIDGE
-    ip: str | None = None
-    gatewaydev: str | None = None
-    type: str | None = None
-    model: str | None = None
-    vifname: str | None = None
-    script: str = DEFAULT_SCRIPT
-    backend: str | None = None
-    rate: RateLimit | None = None
-    mtu: int = DEFAULT_MTU
-    vlan: str | None = None
-    trusted: bool | None = None
-
-    def ifname(self, domid: int) -> str:
-        """The backend interface name: ``vifname`` or ``vif<domid>.<devid>``."""
-        return self.vifname or f"vif{domid}.{self.devid}"
-
-    def with_mac(self, mac: str) -> VifSpec:
-        """This vif with the MAC chosen at create time (see :func:`random_mac`)."""
-        return dataclasses.replace(self, mac=mac)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> VifSpec:
-        rate = data.get("rate")
-        return cls(**{**data, "rate": RateLimit(**rate) if rate is not None else None})
-
-
-def random_mac(rng: random.Random) -> str:
-    """libxl's generated MAC: 00:16:3e, then three random bytes, the first with bit 7 clear."""
-    b = rng.randbytes(3)
-    return f"{XEN_OUI}:{b[0] & 0x7F:02x}:{b[1]:02x}:{b[2]:02x}"
 
 
 def parse_vif_spec(spec: str, index: int, *, warnings: list[str] | None = None) -> VifSpec:

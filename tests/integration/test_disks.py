@@ -7,7 +7,7 @@ import os
 import pytest
 
 from actors.blkback.vbd import create_image
-from actors.domain.blkinits import verify_block
+from actors.guest.blk import verify_block
 from cluster.xlcfg import parse_config
 
 
@@ -47,7 +47,7 @@ def test_killing_blkback_mid_stream_loses_no_acknowledged_write(xen, tmp_path):
     issued completes and every block is on disk afterwards."""
     import ray
 
-    from cluster.runtime import NAMESPACE, actor_name
+    from actors.transport.naming import NAMESPACE, actor_name
 
     image = tmp_path / "stream.img"
     create_image(image, 64 << 20)
@@ -82,7 +82,7 @@ def test_hostile_frontend_is_refused_and_blkback_keeps_serving_others(xen, tmp_p
     evil_img, good_img = tmp_path / "evil.img", tmp_path / "good.img"
     create_image(evil_img, 4 << 20)
     create_image(good_img, 4 << 20)
-    from cluster.runtime import actor_name
+    from actors.transport.naming import actor_name
 
     blkback = actor_name("h1", "blkback")
     before = xen._transport.call(blkback, "statistics")

@@ -9,7 +9,7 @@ import threading
 import pytest
 import ray
 
-from cluster.runtime import NAMESPACE, actor_name
+from actors.transport.naming import NAMESPACE, actor_name
 from cluster.xlcfg import parse_config
 
 REPLY = re.compile(r"icmp_seq=(\d+) ttl")

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from actors import memory
 from actors.blkback.ring import BlkbackRing
 from actors.blkback.vbd import Vbd, create_image
-from actors.hypervisor.grants import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES
+from protocols.pv_layout import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES
 from actors.hypervisor.state import Hypervisor
 from protocols.blkif import (BLKIF_DISCARD_SECURE, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE,
                              BLKIF_OP_READ, BLKIF_OP_RESERVED_1,

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from actors.blkback.vbd import Vbd, create_image, parse_size
+from actors.blkback.vbd import Vbd, create_image
+from protocols.blkif import parse_size
 
 
 @pytest.mark.parametrize("text,size", [("4096", 4096), ("512K", 512 << 10), ("64M", 64 << 20),

@@ -20,7 +20,8 @@ from protocols.blkif import (BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_O
                              RING_SIZE, BlkifRequest, BlkifResponse, unpack_request)
 from protocols.errno import Errno, XenError
 from protocols.gnttab import GNTST, GTF, GrantRefAllocator, GrantTable
-from protocols.ring import PAGE_SIZE, BackRing
+from protocols.page import PAGE_SIZE
+from protocols.ring import BackRing
 from protocols.xenbus import XenbusState
 from protocols.xenstore.perms import Conn
 from protocols.xenstore.store import Store

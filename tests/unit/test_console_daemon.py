@@ -13,7 +13,7 @@ import pytest
 
 from actors import memory
 from actors.console.daemon import ConsoleDaemon, file_tail
-from actors.domain.layout import PFN_CONSOLE
+from protocols.pv_layout import PFN_CONSOLE
 from protocols.console import OUT_CONS, OUT_PROD, OUT_SIZE, ConsoleInterface
 from protocols.evtchn import EvtchnStat
 from protocols.hypercall import Domctl, EvtchnOp, Hypercall

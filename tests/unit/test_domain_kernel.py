@@ -12,9 +12,9 @@ import threading
 import pytest
 import structlog
 
-from actors.domain.inits import INITS
+from actors.guest.inits import INITS
 from actors.domain.kernel import PVKernel
-from actors.domain.layout import PFN_CONSOLE
+from protocols.pv_layout import PFN_CONSOLE
 from actors.memory import Mapping
 from actors.toolstack.builder import build_pv_domain
 from cluster.xlcfg import parse_config

@@ -91,22 +91,22 @@ def test_hypervisor_domctl_from_domu_is_eperm(hv):
     assert guest(Hypercall.sysctl, Sysctl.physinfo)[0] == -Errno.EPERM
 
 
-def test_hypervisor_channel_only_for_the_callers_own_endpoint_and_process(hv):
-    """A same-host channel carries a DomU's upcalls: only its own endpoint and vCPU process
+def test_hypervisor_pipe_only_for_the_callers_own_endpoint_and_process(hv):
+    """A same-host pipe carries a DomU's upcalls: only its own endpoint and vCPU process
     may have one (else it could read another domain's events); Dom0 names its own."""
     domid, secret, _, _ = create(hv)
     xl = dom0(hv)
-    assert hv.authorize_channel(domid, secret, f"h1/dom{domid}", 4242) == -Errno.EPERM, \
-        "no channel before the toolstack hands over the vCPU"
+    assert hv.authorize_hvpipe(domid, secret, f"h1/dom{domid}", 4242) == -Errno.EPERM, \
+        "no pipe before the toolstack hands over the vCPU"
     xl(Hypercall.domctl, Domctl.setvcpucontext, domain=domid, vcpu=0,
        ctxt=msgpack.packb({"pid": 4242, "endpoint": f"h1/dom{domid}"}))
-    assert hv.authorize_channel(domid, secret, f"h1/dom{domid}", 4242) == 0
-    assert hv.authorize_channel(domid, secret, "h1/blkback", 4242) == -Errno.EPERM
-    assert hv.authorize_channel(domid, secret, f"h1/dom{domid}", 999) == -Errno.EPERM
-    assert hv.authorize_channel(domid, "guess", f"h1/dom{domid}", 4242) == -Errno.EPERM
-    assert hv.authorize_channel(0, secret, "h1/blkback", 1) == -Errno.EPERM  # not Dom0's
-    assert hv.authorize_channel(0, hv.table.domains[0].secret, "h1/blkback", 1) == 0
-    assert hv.authorize_channel(77, secret, "h1/dom77", 1) == -Errno.EPERM
+    assert hv.authorize_hvpipe(domid, secret, f"h1/dom{domid}", 4242) == 0
+    assert hv.authorize_hvpipe(domid, secret, "h1/blkback", 4242) == -Errno.EPERM
+    assert hv.authorize_hvpipe(domid, secret, f"h1/dom{domid}", 999) == -Errno.EPERM
+    assert hv.authorize_hvpipe(domid, "guess", f"h1/dom{domid}", 4242) == -Errno.EPERM
+    assert hv.authorize_hvpipe(0, secret, "h1/blkback", 1) == -Errno.EPERM  # not Dom0's
+    assert hv.authorize_hvpipe(0, hv.table.domains[0].secret, "h1/blkback", 1) == 0
+    assert hv.authorize_hvpipe(77, secret, "h1/dom77", 1) == -Errno.EPERM
 
 
 def test_hypervisor_malformed_hypercall_is_einval_and_state_unchanged(hv):
@@ -191,7 +191,7 @@ def test_hypervisor_pause_gates_the_domain_vcpus(hv):
 
 
 def _grant(hv, domid, ref, grantee, frame, readonly=False):
-    from actors.hypervisor.grants import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES
+    from protocols.pv_layout import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES
     from protocols.gnttab import GrantTable
 
     mem = hv.grants._frames(domid, GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES)

@@ -13,12 +13,12 @@ import pytest
 
 from actors import memory
 from actors.domain.blkfront import PagePool
-from actors.domain.layout import PFN_FIRST_FREE
+from protocols.pv_layout import PFN_FIRST_FREE
 from actors.domain.netfront import Netfront
-from actors.hypervisor.grants import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES
+from protocols.pv_layout import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES
 from actors.netback.xenbus import FEATURES, Netback
 from actors.toolstack.builder import add_vif
-from cluster.xlcfg.vif import VifSpec
+from protocols.libxl_types import VifSpec
 from protocols import netif
 from protocols.evtchn import EvtchnStat
 from protocols.gnttab import GrantRefAllocator, GrantTable

@@ -23,7 +23,8 @@ from protocols.hypercall import EvtchnOp, Hypercall
 from protocols.netif import (NETIF_RSP_ERROR, NETIF_RSP_OKAY, RX_RING_SIZE, RX_SLOT_SIZE,
                              TX_RING_SIZE, TX_SLOT_SIZE, NetifRxRequest, NetifRxResponse,
                              NetifTxRequest, NetifTxResponse, NetRxFlag, NetTxFlag)
-from protocols.ring import PAGE_SIZE, BackRing
+from protocols.page import PAGE_SIZE
+from protocols.ring import BackRing
 from protocols.xenbus import XenbusState
 from tests.inprocess import HOST, InProcessHost, domain_endpoint
 

@@ -16,7 +16,7 @@ import pytest
 
 from protocols.blkif import (BLKIF_OP_READ, BLKIF_OP_WRITE, REQUEST_SIZE, RESPONSE_SIZE,
                              BlkifRequest, BlkifRequestSegment, BlkifResponse)
-from cluster.raw_ring import RawRing, doorbell, forked_ring, mapped
+from cluster.bench.raw_ring import RawRing, doorbell, forked_ring, mapped
 from protocols.ring import BackRing, FrontRing
 
 N = 200_000

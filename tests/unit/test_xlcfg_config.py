@@ -6,6 +6,7 @@ import msgpack
 import pytest
 from hypothesis import given, strategies as st
 
+from actors.guest.api import init_program
 from cluster.xlcfg import Action, DomainConfig, XlCfgError, load_config, parse_config
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[2] / "cluster" / "examples" / "xlexample.pvlinux"
@@ -204,13 +205,13 @@ def test_xlcfg_18_devices_in_order_with_vif_devid_by_index():
     ("root=/dev/xvda1 ro", None),
 ])
 def test_xlcfg_init_program_words_after_init_are_its_argv(extra, program):
-    assert _cfg(f'name="d"\nextra="{extra}"').init_program == program
+    assert init_program(_cfg(f'name="d"\nextra="{extra}"').cmdline) == program
 
 
 def test_xlcfg_init_program_from_root_plus_extra_and_from_cmdline():
     cfg = _cfg('name="d"\nroot="/dev/xvda1"\nextra="quiet init=pinger 10.0.0.1"')
-    assert cfg.init_program == ("pinger", ("10.0.0.1",))
-    assert _cfg('name="d"\ncmdline="init=x a"').init_program == ("x", ("a",))
+    assert init_program(cfg.cmdline) == ("pinger", ("10.0.0.1",))
+    assert init_program(_cfg('name="d"\ncmdline="init=x a"').cmdline) == ("x", ("a",))
 
 
 def test_xlcfg_init_program_without_a_name_is_an_error():

@@ -6,7 +6,8 @@ The accepted forms are the cases of Xen's own ``tools/xl/check-xl-disk-parse``.
 import pytest
 from hypothesis import given, strategies as st
 
-from cluster.xlcfg.disk import DiskSpec, parse_disk_spec
+from cluster.xlcfg.disk import parse_disk_spec
+from protocols.libxl_types import DiskSpec
 from cluster.xlcfg.syntax import XlCfgError
 
 GUEST_VOLUME = dict(target="/dev/vg/guest-volume", vdev="hda", format="raw", readwrite=True,

@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, strategies as st
 
 from cluster.xlcfg.syntax import XlCfgError
-from cluster.xlcfg.vif import RateLimit, VifSpec, parse_rate, parse_vif_spec, random_mac
+from cluster.xlcfg.vif import parse_rate, parse_vif_spec
+from protocols.libxl_types import RateLimit, VifSpec
 
 
 def test_xlcfg_18_vif_empty_spec_is_all_defaults():
@@ -119,16 +120,6 @@ def test_xlcfg_18_vif_bad_rates_as_check_xl_vif_parse(rate):
 
 def test_xlcfg_18_vif_rate_xenstore_form_is_bytes_comma_usec():
     assert parse_vif_spec("rate=10Mb/s", 0).rate.xenstore == "62500,50000"
-
-
-def test_xlcfg_18_vif_random_mac_uses_xen_oui_and_clears_bit_7_of_byte_3():
-    rng = random.Random(1)
-    macs = {random_mac(rng) for _ in range(200)}
-    assert len(macs) == 200
-    for mac in macs:
-        octets = [int(o, 16) for o in mac.split(":")]
-        assert mac.startswith("00:16:3e:") and octets[3] < 0x80 and len(octets) == 6
-    assert random_mac(random.Random(5)) == random_mac(random.Random(5))
 
 
 def test_xlcfg_18_vif_with_mac_and_round_trip_as_plain_data():

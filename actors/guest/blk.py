@@ -1,0 +1,208 @@
+"""Block-device init programs: ``blkverify`` (checksummed write, read back, verify),
+``blkbench`` (fio-like load, IOPS and latency percentiles) and ``blkhostile`` (a misbehaving
+block driver for fault injection). Each publishes its result (``GuestOS.result``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import struct
+import zlib
+from collections import deque
+from collections.abc import Iterator, Sequence
+from typing import TypeVar
+
+from actors.guest.api import GuestOS, option
+from protocols.blkif import SECTOR_SIZE, parse_size
+
+_T = TypeVar("_T", int, float)
+
+
+def verify_block(seed: int, index: int, bs: int) -> bytes:
+    """Block ``index`` of a verify run: its index and seed, pseudo-random fill, and a CRC."""
+    body = struct.pack("<QQ", index, seed) + random.Random(seed * 1_000_003 + index).randbytes(
+        bs - 20)
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def blkverify(os: GuestOS) -> None:
+    """Write ``blocks`` checksummed blocks of ``bs`` bytes to ``disk`` (default xvda) with
+    ``iodepth`` requests in flight, flush, read them all back and verify each one.
+    Prints the counts and publishes them as a result."""
+    disk = os.disk(os.options().get("disk", "xvda"))
+    bs = option(os, "bs", 4096, int)
+    blocks = option(os, "blocks", 256, int)
+    depth = option(os, "iodepth", 8, int)
+    seed = option(os, "seed", 1, int)
+    sectors = bs // 512
+    t0 = os.clock()
+    for first in range(0, blocks, depth):
+        batch = [disk.submit_write(i * sectors, verify_block(seed, i, bs))
+                 for i in range(first, min(first + depth, blocks))]
+        for req in batch:
+            req.result(timeout=60)
+    disk.flush(timeout=60)
+    bad = []
+    for first in range(0, blocks, depth):
+        reads = [(i, disk.submit_read(i * sectors, bs))
+                 for i in range(first, min(first + depth, blocks))]
+        bad += [i for i, req in reads if req.result(timeout=60) != verify_block(seed, i, bs)]
+    elapsed = os.clock() - t0
+    os.print(f"blkverify: {blocks} blocks of {bs} bytes written, {blocks - len(bad)} "
+             f"verified, {len(bad)} bad, in {elapsed:.2f} s")
+    os.result({"init": "blkverify", "blocks": blocks, "bs": bs, "verified": blocks - len(bad),
+               "bad": bad[:16], "seconds": round(elapsed, 3)})
+    os.idle()
+
+
+# --- blkbench: a small fio -----------------------------------------------------------------
+
+BLKBENCH_RW = ("read", "write", "randread", "randwrite")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class BlkbenchSpec:
+    """A blkbench job, as fio's options name it. The run stops after ``runtime`` seconds or
+    ``count`` requests, whichever comes first (None: no such limit)."""
+
+    rw: str = "randread"
+    bs: int = 4096
+    iodepth: int = 8
+    size: int = 16 << 20
+    runtime: float | None = 5.0
+    count: int | None = None
+    disk: str = "xvda"
+
+    @classmethod
+    def parse(cls, opts: dict[str, str]) -> BlkbenchSpec:
+        """From the ``key=value`` words; sizes take K/M/G suffixes. ValueError names the bad
+        option. ``count`` alone runs without a time limit; neither runs for 5 s."""
+        def number(key: str, kind: type[_T], default: _T | None) -> _T | None:
+            raw = opts.get(key)
+            if raw is None:
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise ValueError(f"{key}={raw!r} is not a valid {kind.__name__}") from None
+            if value <= 0:
+                raise ValueError(f"{key}={raw!r} must be positive")
+            return value
+
+        def size(key: str, default: int) -> int:
+            try:
+                return parse_size(opts[key]) if key in opts else default
+            except ValueError as e:
+                raise ValueError(f"{key}={opts[key]!r}: {e}") from None
+
+        d = cls()
+        rw = opts.get("rw", d.rw)
+        if rw not in BLKBENCH_RW:
+            raise ValueError(f"rw={rw!r}: want one of {', '.join(BLKBENCH_RW)}")
+        count = number("count", int, None)
+        spec = cls(rw=rw, bs=size("bs", d.bs), iodepth=number("iodepth", int, d.iodepth),
+                   size=size("size", d.size), count=count,
+                   runtime=number("runtime", float, d.runtime if count is None else None),
+                   disk=opts.get("disk", d.disk))
+        if spec.size < spec.bs:
+            raise ValueError(f"size={spec.size} is smaller than bs={spec.bs}")
+        return spec
+
+    @property
+    def reads(self) -> bool:
+        return self.rw.endswith("read")
+
+    def sectors(self, disk_sectors: int, seed: int = 1) -> Iterator[int]:
+        """Start sectors of successive requests: whole ``bs`` blocks of the region (``size``,
+        or the disk if smaller), in order and wrapping (read/write) or uniformly at random."""
+        blocks = min(self.size, disk_sectors * SECTOR_SIZE) // self.bs
+        if blocks == 0:
+            raise ValueError(f"the disk ({disk_sectors} sectors) is smaller than bs={self.bs}")
+        step = self.bs // SECTOR_SIZE
+        if self.rw.startswith("rand"):
+            rng = random.Random(seed)
+            while True:
+                yield rng.randrange(blocks) * step
+        while True:
+            for block in range(blocks):
+                yield block * step
+
+
+def percentile(sorted_xs: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (``0 < q <= 1``) of an ascending, non-empty sequence."""
+    return sorted_xs[max(0, math.ceil(q * len(sorted_xs)) - 1)]
+
+
+def io_summary(latencies: Sequence[float], seconds: float, bs: int) -> dict[str, float]:
+    """fio's headline numbers from per-request latencies (s) over ``seconds`` of run:
+    ios, iops, mib_s and lat_us_p50/p90/p99 (0 when nothing completed)."""
+    lat = sorted(latencies)
+    n = len(lat)
+    iops = n / seconds if seconds > 0 else 0.0
+    out = {"ios": n, "seconds": round(seconds, 6), "iops": round(iops, 1),
+           "mib_s": round(iops * bs / (1 << 20), 2)}
+    for q in (50, 90, 99):
+        out[f"lat_us_p{q}"] = round(percentile(lat, q / 100) * 1e6, 1) if n else 0.0
+    return out
+
+
+def blkbench(os: GuestOS) -> None:
+    """fio-like load on a disk (options: :class:`BlkbenchSpec`): keeps ``iodepth`` requests
+    in flight, timing each with the guest clock; prints and publishes IOPS, MiB/s and
+    latency percentiles, then idles."""
+    spec = BlkbenchSpec.parse(os.options())
+    disk = os.disk(spec.disk)
+    disk.read(0, SECTOR_SIZE, timeout=60)  # waits for the backend to connect
+    sectors = spec.sectors(disk.info.get("sectors", 0), seed=option(os, "seed", 1, int))
+    data = random.Random(0).randbytes(spec.bs)
+    submit = ((lambda: disk.submit_read(next(sectors), spec.bs)) if spec.reads
+              else (lambda: disk.submit_write(next(sectors), data)))
+    count = spec.count or math.inf
+    in_flight: deque = deque()
+    latencies: list[float] = []
+    t0 = now = os.clock()
+    end = t0 + spec.runtime if spec.runtime is not None else math.inf
+    issued = 0
+    while True:
+        while len(in_flight) < spec.iodepth and issued < count and now < end:
+            in_flight.append((os.clock(), submit()))
+            issued += 1
+        if not in_flight:
+            break
+        in_flight[0][1].result(timeout=60)  # the oldest; then reap whatever else is done
+        now = os.clock()
+        for _ in range(len(in_flight)):
+            started, req = in_flight.popleft()
+            if req.done():
+                req.result(timeout=0)  # raises if the request failed
+                latencies.append(now - started)
+            else:
+                in_flight.append((started, req))
+    stats = io_summary(latencies, now - t0, spec.bs)
+    os.print(f"blkbench: {spec.rw} bs={spec.bs} iodepth={spec.iodepth}: {stats['ios']} ios in "
+             f"{stats['seconds']:.2f} s, {stats['iops']:.0f} IOPS, {stats['mib_s']:.2f} MiB/s, "
+             f"lat p50 {stats['lat_us_p50']:.0f} us, p90 {stats['lat_us_p90']:.0f} us, "
+             f"p99 {stats['lat_us_p99']:.0f} us")
+    os.result({"init": "blkbench", "rw": spec.rw, "bs": spec.bs, "iodepth": spec.iodepth,
+               **stats})
+    os.idle()
+
+
+def blkhostile(os: GuestOS) -> None:
+    """A misbehaving block driver, for fault injection: it reaches into its own ring page
+    (it is the guest's memory) and publishes ``mode=overflow`` (more requests than the ring
+    holds, 19.2) or ``mode=garbage`` (random bytes in every slot), then kicks the backend."""
+    front = os.disk(os.options().get("disk", "xvda"))
+    front.read(0, 512, timeout=60)  # connected, and one honest request done
+    sring = front._ring.sring  # noqa: SLF001  (what a hostile guest does to its own page)
+    if os.options().get("mode", "overflow") == "garbage":
+        rng = random.Random(option(os, "seed", 1, int))
+        page = front._pages.page(front._ring_page[1])  # noqa: SLF001
+        page[64:] = rng.randbytes(len(page) - 64)
+        sring.req_prod = sring.req_prod + 32
+    else:
+        sring.req_prod = sring.rsp_prod + 4 * 32
+    front._notify(front.evtchn)  # noqa: SLF001
+    os.print(f"blkhostile: published req_prod={sring.req_prod}")
+    os.idle()

@@ -1,0 +1,35 @@
+"""The transport seam: every message between actors goes through here.
+
+DESIGN.md: hypercalls, upcalls, xenstore traffic and migration records all cross one small
+interface, :class:`Transport`. The components do not know which one they hold; they name
+their peers by actor name (``h1/hypervisor``, ``h1/dom3``, :mod:`.naming`) and never hold Ray
+handles. The family:
+
+* :mod:`.raycall`: :class:`~.raycall.RayTransport`, plain Ray actor calls, and the
+  :class:`~.raycall.Endpoint` every actor's shell mixes in;
+* :mod:`.hvpipe` and :mod:`.samehost`: the same-host fast path, a shared-memory pipe to the
+  host's hypervisor carrying a process's hypercalls up and its upcalls down;
+* :mod:`.hypercall_client`, :mod:`.xs_client` and :mod:`.clients`: what a process holds to
+  make hypercalls and talk to xenstored;
+* :mod:`.naming` and :mod:`.launch`: actor names, placement on hosts, the Ray environment,
+  and starting an actor of a given kind.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+
+class PeerGone(Exception):
+    """The destination actor does not exist (any more), or died during the call."""
+
+
+class Transport(Protocol):
+    def call(self, dest: str, kind: str, *args: Any, timeout: float | None = None) -> Any:
+        """Request/response: returns what the destination's handler returned."""
+
+    def send(self, dest: str, kind: str, *args: Any) -> None:
+        """One-way: like an interrupt, nobody waits and a dead destination is ignored."""
+
+    def forget(self, dest: str) -> None:
+        """Drop any cached route to ``dest`` (it was destroyed or restarted)."""

@@ -1,0 +1,42 @@
+"""What every process of an emulated host holds: its clients, under its own endpoint.
+
+A real Dom0 runs xenstored, xenconsoled, blkback, netback and xl as separate processes that
+each open ``/dev/xen/privcmd`` and ``/dev/xen/evtchn`` and talk to xenstore, and a DomU's
+kernel does the same through its hypercall page and xenbus; here each is an actor, and this
+is the one place that turns (host, domid, secret, component) into its transport (the
+same-host pipe to its hypervisor, Ray for the rest), hypercall client and xenstore
+client.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+from actors.transport.samehost import SameHostTransport
+from actors.transport.hypercall_client import Credential, HypercallClient
+from actors.transport.raycall import RayTransport
+from actors.transport.xs_client import XsClient
+from actors.transport.naming import actor_name
+
+
+@dataclasses.dataclass(frozen=True)
+class HostClients:
+    endpoint: str
+    transport: SameHostTransport
+    hv: HypercallClient
+    xs: XsClient
+
+
+def host_clients(host: str, domid: int, secret: str, component: str,
+                 deliver: Callable[..., Any], log: Any = None) -> HostClients:
+    """The clients of ``component`` ("blkback", "dom3") of domain ``domid`` on ``host``;
+    upcalls and vCPU gates the hypervisor posts on its pipe go to ``deliver`` (the
+    actor's own)."""
+    endpoint = actor_name(host, component)
+    hypervisor = actor_name(host, "hypervisor")
+    cred = Credential(domid, secret, endpoint)
+    transport = SameHostTransport(hypervisor, cred, deliver, RayTransport(), log=log)
+    return HostClients(endpoint, transport, HypercallClient(transport, hypervisor, cred),
+                       XsClient(transport, host, domid, secret, endpoint))

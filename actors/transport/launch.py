@@ -1,0 +1,68 @@
+"""Starting and stopping actors by kind: the one place that knows every actor's Ray class.
+
+The toolstack starts a domain's actor, and ``cluster.hosts`` starts a host's hypervisor and
+Dom0 daemons, without importing the actor classes themselves (an actor package never reaches
+into another): they name the *kind* and this module imports its shell on first use. Every
+actor is detached, named ``<host>/<component>`` in :data:`~.naming.NAMESPACE` and pinned to its
+host (:mod:`.naming`), so any process finds it by name and it outlives whoever started it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import ray
+
+from actors.transport.naming import NAMESPACE, actor_name, pin_to_host
+
+ACTOR_CLASSES = {
+    "hypervisor": "actors.hypervisor.actor:HypervisorActor",
+    "xenstored": "actors.xenstored.actor:XenstoredActor",
+    "xenconsoled": "actors.console.actor:ConsoleActor",
+    "blkback": "actors.blkback.actor:BlkbackActor",
+    "netback": "actors.netback.actor:NetbackActor",
+    "xl": "actors.toolstack.actor:ToolstackActor",
+    "domain": "actors.domain.actor:DomainActor",
+}
+
+
+def _actor_class(kind: str) -> Any:
+    module, _, name = ACTOR_CLASSES[kind].partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def start(kind: str, host: str, component: str, *args: Any) -> Any:
+    """Start actor ``<host>/<component>`` of ``kind`` with constructor ``args``; its handle.
+
+    ``ValueError`` if an actor of that name is alive (Ray names are unique while alive)."""
+    cls = _actor_class(kind)
+    return cls.options(name=actor_name(host, component), namespace=NAMESPACE,
+                       lifetime="detached", **pin_to_host(host)).remote(*args)
+
+
+def ask(handle: Any, kind: str, *args: Any, timeout: float | None = None) -> Any:
+    """``deliver(kind, *args)`` on a handle :func:`start` returned, waiting for the answer."""
+    return ray.get(handle.deliver.remote(kind, *args), timeout=timeout)
+
+
+def ask_all(calls: list[tuple[Any, str, tuple]], timeout: float | None = None) -> list[Any]:
+    """Several :func:`ask` at once (``(handle, kind, args)`` each), answers in order."""
+    return ray.get([h.deliver.remote(kind, *args) for h, kind, args in calls], timeout=timeout)
+
+
+def find(host: str, component: str) -> Any | None:
+    """The handle of actor ``<host>/<component>``, or None if there is none."""
+    try:
+        return ray.get_actor(actor_name(host, component), namespace=NAMESPACE)
+    except ValueError:
+        return None
+
+
+def kill(host: str, component: str) -> bool:
+    """SIGKILL actor ``<host>/<component>`` (no restart); False if there is none."""
+    handle = find(host, component)
+    if handle is None:
+        return False
+    ray.kill(handle, no_restart=True)
+    return True

@@ -1,0 +1,14 @@
+"""The PV guest's memory map: where the domain builder and the hypervisor put what the kernel
+boots from.
+
+This is xenray's domain-builder ABI (Xen's ``xc_dom`` chooses its own): the toolstack writes
+the start-info and console pages before the first unpause and the PV kernel finds them here.
+The grant table's frames are the hypervisor's (``setup_table`` reports them, as Xen reports
+its grant frames); they lie between the console page and the first page the guest allocates.
+"""
+
+PFN_START_INFO = 0  # struct start_info (protocols.start_info)
+PFN_CONSOLE = 3  # xencons_interface (protocols.console)
+GNTTAB_FIRST_PFN = 4  # the v1 grant table (protocols.gnttab), NR_GNTTAB_FRAMES frames
+NR_GNTTAB_FRAMES = 8
+PFN_FIRST_FREE = 16  # pages from here on are the guest's to allocate

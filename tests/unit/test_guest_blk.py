@@ -1,0 +1,214 @@
+"""blkbench (actors.guest.blk): its fio-style options, its statistics, and the init's loop
+against an in-memory disk with a virtual clock (no Ray, no blkback)."""
+
+import json
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from actors.guest.blk import BlkbenchSpec, io_summary, percentile
+from actors.guest.api import GuestOS
+from actors.guest.inits import INITS
+
+
+# --- options ---------------------------------------------------------------------------------
+
+def test_blkbench_defaults_are_4k_randread_depth_8_16m_for_5_s():
+    assert BlkbenchSpec.parse({}) == BlkbenchSpec(rw="randread", bs=4096, iodepth=8,
+                                                  size=16 << 20, runtime=5.0, count=None)
+
+
+def test_blkbench_parses_every_option_with_size_suffixes():
+    spec = BlkbenchSpec.parse({"rw": "write", "bs": "64K", "iodepth": "32", "size": "1M",
+                               "runtime": "2.5", "count": "100", "disk": "xvdb"})
+    assert spec == BlkbenchSpec(rw="write", bs=65536, iodepth=32, size=1 << 20, runtime=2.5,
+                                count=100, disk="xvdb")
+    assert not spec.reads and BlkbenchSpec.parse({"rw": "read"}).reads
+
+
+def test_blkbench_count_alone_has_no_time_limit():
+    assert BlkbenchSpec.parse({"count": "10"}).runtime is None
+
+
+@pytest.mark.parametrize("opts, word", [
+    ({"rw": "randrw"}, "rw="), ({"bs": "1000"}, "multiple of 512"), ({"bs": "0"}, "bs"),
+    ({"iodepth": "0"}, "iodepth="), ({"iodepth": "x"}, "iodepth="),
+    ({"runtime": "-1"}, "runtime="), ({"count": "1.5"}, "count="),
+    ({"size": "4K", "bs": "8K"}, "smaller than bs"),
+])
+def test_blkbench_refuses_bad_options_naming_them(opts, word):
+    with pytest.raises(ValueError, match=word):
+        BlkbenchSpec.parse(opts)
+
+
+def test_blkbench_sequential_sectors_wrap_within_the_region():
+    spec = BlkbenchSpec.parse({"rw": "read", "bs": "8K", "size": "32K"})
+    it = spec.sectors(disk_sectors=1 << 20)
+    assert [next(it) for _ in range(6)] == [0, 16, 32, 48, 0, 16]
+
+
+@given(st.sampled_from(["randread", "randwrite"]), st.integers(1, 64), st.integers(1, 4096),
+       st.integers(0, 2**32))
+def test_blkbench_random_sectors_are_aligned_and_inside_the_disk(rw, bs_sectors, disk, seed):
+    spec = BlkbenchSpec(rw=rw, bs=bs_sectors * 512, size=1 << 30)
+    if disk < bs_sectors:
+        with pytest.raises(ValueError, match="smaller than bs"):
+            next(spec.sectors(disk, seed))
+        return
+    it = spec.sectors(disk, seed)
+    for _ in range(50):
+        s = next(it)
+        assert s % bs_sectors == 0 and 0 <= s and s + bs_sectors <= disk
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+def test_percentile_is_nearest_rank():
+    xs = list(range(1, 101))
+    assert [percentile(xs, q) for q in (0.01, 0.5, 0.9, 0.99, 1.0)] == [1, 50, 90, 99, 100]
+    assert percentile([7.0], 0.99) == 7.0
+
+
+@given(st.lists(st.floats(0, 1), min_size=1, max_size=200))
+def test_percentiles_are_ordered_and_within_the_samples(xs):
+    s = sorted(xs)
+    p50, p90, p99 = (percentile(s, q) for q in (0.5, 0.9, 0.99))
+    assert s[0] <= p50 <= p90 <= p99 <= s[-1]
+
+
+def test_io_summary_iops_and_mib_s():
+    out = io_summary([100e-6] * 2000, seconds=0.5, bs=4096)
+    assert out["ios"] == 2000 and out["iops"] == 4000.0
+    assert out["mib_s"] == round(4000 * 4096 / 2**20, 2)
+    assert out["lat_us_p50"] == out["lat_us_p99"] == 100.0
+
+
+def test_io_summary_of_nothing_is_zeros():
+    assert io_summary([], 0.0, 4096) == {"ios": 0, "seconds": 0.0, "iops": 0.0, "mib_s": 0.0,
+                                         "lat_us_p50": 0.0, "lat_us_p90": 0.0,
+                                         "lat_us_p99": 0.0}
+
+
+# --- the init, on a fake disk ----------------------------------------------------------------
+
+class Idle(Exception):
+    pass
+
+
+class Done:
+    """A request that completed at once."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def done(self):
+        return True
+
+    def result(self, timeout=None):
+        return self.data
+
+
+class FakeDisk:
+    """An in-memory disk whose requests complete at once; logs (op, sector, nbytes)."""
+
+    def __init__(self, sectors):
+        self.info = {"sectors": sectors}
+        self.image = bytearray(sectors * 512)
+        self.log = []
+
+    def read(self, sector, nbytes, timeout=None):
+        return self.submit_read(sector, nbytes).result(timeout)
+
+    def submit_read(self, sector, nbytes):
+        self.log.append(("read", sector, nbytes))
+        return Done(bytes(self.image[sector * 512:sector * 512 + nbytes]))
+
+    def submit_write(self, sector, data):
+        self.log.append(("write", sector, len(data)))
+        self.image[sector * 512:sector * 512 + len(data)] = data
+        return Done(None)
+
+
+class Kernel:
+    """Each clock read advances 10 µs; the first sleep (blkbench's idle) ends the run."""
+
+    def __init__(self, disk):
+        self.now, self.disk_, self.out = 0.0, disk, []
+
+    def console_write(self, data):
+        self.out.append(data.decode())
+
+    def sleep(self, seconds):
+        raise Idle
+
+    def clock(self):
+        self.now += 10e-6
+        return self.now
+
+    def disk(self, name):
+        assert name == "xvda"
+        return self.disk_
+
+
+def run_blkbench(*argv, sectors=2048):
+    kernel = Kernel(FakeDisk(sectors))
+    with pytest.raises(Idle):
+        INITS["blkbench"](GuestOS(kernel, argv=argv, domid=3, name="b", state={}))
+    line = next(x for x in kernel.out if x.startswith("RESULT "))
+    return kernel, json.loads(line[len("RESULT "):])
+
+
+def test_blkbench_runs_count_requests_and_publishes_fio_numbers():
+    kernel, result = run_blkbench("rw=randwrite", "bs=4096", "iodepth=4", "count=100")
+    writes = [e for e in kernel.disk_.log if e[0] == "write"]
+    assert len(writes) == 100 and all(n == 4096 and s % 8 == 0 for _, s, n in writes)
+    assert result["init"] == "blkbench" and result["rw"] == "randwrite"
+    assert (result["bs"], result["iodepth"], result["ios"]) == (4096, 4, 100)
+    assert result["iops"] == pytest.approx(100 / result["seconds"], rel=0.01)
+    assert 0 < result["lat_us_p50"] <= result["lat_us_p90"] <= result["lat_us_p99"]
+    assert any(x.startswith("blkbench: randwrite bs=4096 iodepth=4: 100 ios") for x in kernel.out)
+
+
+def test_blkbench_stays_inside_a_disk_smaller_than_size():
+    kernel, result = run_blkbench("rw=read", "bs=1024", "count=40", sectors=16)
+    reads = [s for op, s, _ in kernel.disk_.log[1:]]  # after the connect probe
+    assert reads == [0, 2, 4, 6, 8, 10, 12, 14] * 5
+    assert result["ios"] == 40
+
+
+def test_blkbench_stops_at_runtime():
+    kernel, result = run_blkbench("runtime=0.01", "iodepth=2")
+    # each submit and reap reads the 10 µs clock: a 10 ms run ends after a few hundred ios
+    assert 0 < result["ios"] < 1000 and result["seconds"] >= 0.01
+
+
+# --- xenray bench blk: the parts that need no Ray ----------------------------------------------
+
+def test_bench_blk_raw_ring_baseline_passes_requests_between_two_processes():
+    from cluster.bench.blk import bench_raw_ring
+
+    out = bench_raw_ring(0.2)
+    assert out["ios"] > 100 and out["iops"] > 0
+    assert 0 < out["lat_us_p50"] <= out["lat_us_p99"]
+    prefix = f"xenray-bench-ring-{os.getpid()}-"
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith(prefix)], "ring page left"
+
+
+@pytest.mark.parametrize("guest_iops, verdict", [(60_000, "met"), (40_000, "not met"),
+                                                 (20_000, "not met")])
+def test_bench_blk_reports_the_aim_of_50k_iops_within_4x_of_the_raw_ring(guest_iops, verdict):
+    from rich.console import Console
+
+    from cluster.bench.blk import _report
+
+    row = io_summary([1e-4], 1.0, 4096)
+    rows = {"raw shm ring": {**row, "iops": 100_000.0},
+            "xenray guest randread": {**row, "iops": float(guest_iops)},
+            "xenray guest randwrite": {**row, "iops": 1e6}}
+    out = Console(record=True, width=200)
+    _report(out, rows)
+    text = out.export_text()
+    assert f"of the raw ring: {verdict} " in text
+    assert f"{guest_iops:,} IOPS; raw ring ÷ xenray = {100_000 / guest_iops:.1f}×" in text
