@@ -226,9 +226,9 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    from cluster.bench import BENCHMARKS
+    from cluster import bench
 
-    return BENCHMARKS[a.what](out, a)
+    return bench.run(a.what, out, a)
 
 
 def cmd_help(a: argparse.Namespace) -> int:
@@ -286,7 +286,8 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 (_arg("what", choices=("hypercall", "create", "blk", "net")),
                  _arg("--domains", type=int, default=50),
                  _arg("--runtime", type=float, default=5.0,
-                      help="blk, net: seconds of each guest workload"))),
+                      help="blk, net: seconds of each guest workload"),
+                 _arg("--json", action="store_true", help="the result as JSON"))),
     CommandSpec("completion", cmd_completion, "print a bash completion line"),
     CommandSpec("help", cmd_help, "this list"),
 )

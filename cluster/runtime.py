@@ -19,7 +19,6 @@ from typing import Any
 
 from actors.transport.naming import HOST_LABEL, NAMESPACE, host_resource, ray_environment
 
-
 # Detect a dead host in ~2 s instead of ~14 s (ray-notes.md, test settings).
 FAST_HEALTH_CHECKS = {
     "health_check_initial_delay_ms": 0,

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import enum
 import heapq
-import threading
 import struct
+import threading
 from dataclasses import dataclass
 from typing import ClassVar, Self
 

@@ -28,6 +28,7 @@ import threading
 
 from protocols.errno import Errno, XenError
 from protocols.page import PAGE_SIZE
+
 HEADER_SIZE = 64  # req_prod, req_event, rsp_prod, rsp_event, pvt, __pad[44]
 _U32 = 0xFFFFFFFF
 

@@ -39,11 +39,11 @@ from typing import Any
 import msgpack
 
 from actors import memory
-from actors.transport.hypercall_client import Credential, HypercallClient
 from actors.hypervisor.effects import Deliver, GateVcpus, ReleaseMemory, SizeMemory
 from actors.hypervisor.state import Hypervisor
-from actors.xenstored.server import XenstoredServer
+from actors.transport.hypercall_client import Credential, HypercallClient
 from actors.transport.xs_client import XsClient
+from actors.xenstored.server import XenstoredServer
 from protocols.hypercall import DOMID_ANY, Domctl, Hypercall, MemoryOp
 
 HOST = "h1"

@@ -9,7 +9,6 @@ import dpkt
 
 from actors.domain.netstack import NetStack
 
-
 MACS = ["00:16:3e:00:00:0a", "00:16:3e:00:00:0b", "00:16:3e:00:00:0c", "00:16:3e:00:00:0d"]
 IPS = ["10.0.0.10", "10.0.0.11", "10.0.0.12", "10.0.0.13"]
 

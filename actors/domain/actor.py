@@ -16,9 +16,9 @@ from typing import Any
 import ray
 
 from actors import log as xlog
-from actors.transport.clients import host_clients
 from actors.domain.kernel import PVKernel
 from actors.memory import Mapping
+from actors.transport.clients import host_clients
 from actors.transport.raycall import Endpoint
 from protocols.start_info import StartInfo
 

@@ -12,13 +12,12 @@ from collections.abc import Callable
 from typing import Any
 
 from actors.domain.blkfront import Blkfront
-from actors.xenbus.frontend import FrontendDevices, PagePool
-from protocols.pv_layout import PFN_FIRST_FREE
-from protocols.pv_layout import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES
 from actors.memory import Mapping
+from actors.xenbus.frontend import FrontendDevices, PagePool
 from protocols.blkif import vdev_to_devid
 from protocols.errno import Errno, XenError
 from protocols.gnttab import GrantRefAllocator, GrantTable
+from protocols.pv_layout import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES, PFN_FIRST_FREE
 
 
 class BlockDevices(FrontendDevices):

@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from actors.xenbus.frontend import FrontendDevices, PageAllocator
 from actors.domain.netfront import Netfront
 from actors.domain.netstack import NetStack
+from actors.xenbus.frontend import FrontendDevices, PageAllocator
 from protocols.errno import Errno, XenError
 from protocols.gnttab import GrantRefAllocator, GrantTable
 

@@ -22,8 +22,8 @@ import ipaddress
 import itertools
 import threading
 import time
-from socket import inet_ntoa
 from collections.abc import Callable
+from socket import inet_ntoa
 from typing import Protocol
 
 import dpkt

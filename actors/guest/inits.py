@@ -8,10 +8,9 @@ the block and network ones in ``blkinits`` and ``netinits``.
 
 from __future__ import annotations
 
-from actors.guest.blk import blkbench, blkhostile, blkverify
 from actors.guest.api import GuestOS, Init, option
+from actors.guest.blk import blkbench, blkhostile, blkverify
 from actors.guest.net import nethostile, ping, udpstream
-
 
 # --- the built-in programs -------------------------------------------------------------------
 

@@ -22,12 +22,12 @@ from typing import Any
 import ray
 
 from actors import log as xlog
-from actors.transport.clients import host_clients
 from actors.hostnet.link import LinkSpec
 from actors.hostnet.uplink import UplinkSender, load_peers, save_peers
 from actors.netback.xenbus import Netback
-from actors.transport.raycall import Endpoint
+from actors.transport.clients import host_clients
 from actors.transport.naming import actor_name
+from actors.transport.raycall import Endpoint
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=8)

@@ -21,17 +21,27 @@ import msgpack
 import ray
 
 from actors import log as xlog
-from actors.transport.clients import host_clients
-from actors.toolstack.builder import (build_pv_domain, destroy_domain, vbd_backend_path,
-                                      vif_backend_path)
-from actors.transport.raycall import Endpoint
+from actors.toolstack.builder import (
+    build_pv_domain,
+    destroy_domain,
+    vbd_backend_path,
+    vif_backend_path,
+)
 from actors.transport import launch
+from actors.transport.clients import host_clients
 from actors.transport.naming import actor_name
-from protocols.libxl_types import Action, DomainConfig
+from actors.transport.raycall import Endpoint
 from protocols.errno import Errno, XenError
+from protocols.hypercall import (
+    Domctl,
+    DomInfoFlag,
+    Hypercall,
+    ShutdownReason,
+    Sysctl,
+    dominf_shutdown_code,
+)
+from protocols.libxl_types import Action, DomainConfig
 from protocols.netif import xen_mac
-from protocols.hypercall import (Domctl, DomInfoFlag, Hypercall, ShutdownReason, Sysctl,
-                                 dominf_shutdown_code)
 
 SHUTDOWN_WORDS = {"poweroff": ShutdownReason.poweroff, "reboot": ShutdownReason.reboot}
 REASON_LETTERS = "-rscwS"  # xl_info.c: indexed by shutdown code

@@ -16,14 +16,13 @@ import dataclasses
 import time
 import uuid as uuidlib
 
-from protocols.pv_layout import PFN_CONSOLE, PFN_FIRST_FREE, PFN_START_INFO
 from actors.memory import Mapping
 from protocols import start_info as si
 from protocols.errno import Errno, XenError
-from protocols.libxl_types import DomainConfig
 from protocols.hypercall import DOMID_ANY, Domctl, EvtchnOp, Hypercall, MemoryOp, XenMapSpace
+from protocols.libxl_types import DomainConfig
 from protocols.netif import DEFAULT_MTU
-
+from protocols.pv_layout import PFN_CONSOLE, PFN_FIRST_FREE, PFN_START_INFO
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,11 +14,11 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from actors.transport.samehost import SameHostTransport
 from actors.transport.hypercall_client import Credential, HypercallClient
-from actors.transport.raycall import RayTransport
-from actors.transport.xs_client import XsClient
 from actors.transport.naming import actor_name
+from actors.transport.raycall import RayTransport
+from actors.transport.samehost import SameHostTransport
+from actors.transport.xs_client import XsClient
 
 
 @dataclasses.dataclass(frozen=True)

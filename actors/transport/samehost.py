@@ -34,9 +34,9 @@ from typing import Any, Callable
 
 import structlog
 
+from actors.transport import PeerGone, Transport
 from actors.transport.hvpipe import HvPipe, HvPipeBroken
 from actors.transport.hypercall_client import Credential
-from actors.transport import PeerGone, Transport
 
 LIVENESS_S = 1.0  # how often a waiting caller checks the hypervisor is still there
 FULL_RETRY_S = 0.001  # the up ring is full only while the hypervisor is stalled

@@ -23,12 +23,18 @@ import time
 import uuid
 
 from rich.console import Console
-from rich.table import Table
 
 from actors.guest.blk import io_summary
-from protocols.blkif import (BLKIF_OP_READ, REQUEST_SIZE, RESPONSE_SIZE, BlkifRequest,
-                             BlkifRequestSegment, BlkifResponse)
+from cluster.bench.common import BenchResult
 from cluster.bench.raw_ring import RawRing, doorbell, forked_ring, mapped
+from protocols.blkif import (
+    BLKIF_OP_READ,
+    REQUEST_SIZE,
+    RESPONSE_SIZE,
+    BlkifRequest,
+    BlkifRequestSegment,
+    BlkifResponse,
+)
 from protocols.ring import BackRing, FrontRing
 
 BS = 4096
@@ -121,10 +127,10 @@ def bench_ray_calls(host: str, seconds: float, depth: int) -> dict[str, float]:
     """One no-op actor call per 4 KiB request, ``depth`` in flight, for ``seconds``."""
     import ray
 
-    from cluster.bench import _Bare
     from actors.transport.naming import pin_to_host
+    from cluster.bench.common import Bare
 
-    bare = _Bare.options(**pin_to_host(host)).remote()
+    bare = Bare.options(**pin_to_host(host)).remote()
     payload = bytes(BS)
     ray.get([bare.noop.remote(payload) for _ in range(50)])  # warm up
     started: dict = {}
@@ -166,7 +172,7 @@ def bench_guest(xen, host: str, image: str, rw: str, runtime: float) -> dict[str
 
 # --- the command -----------------------------------------------------------------------------
 
-def bench_blk(out: Console, a: argparse.Namespace) -> int:
+def bench_blk(out: Console, a: argparse.Namespace) -> BenchResult:
     from actors.blkback.vbd import create_image
     from cluster.api import Cluster
 
@@ -186,28 +192,23 @@ def bench_blk(out: Console, a: argparse.Namespace) -> int:
                 rows[f"xenray guest {rw}"] = bench_guest(xen, "h1", image, rw, runtime)
     finally:
         os.unlink(image)
-    _report(out, rows)
-    return 0
+    return _result(rows)
 
 
-def _report(out: Console, rows: dict[str, dict[str, float]]) -> None:
+def _result(rows: dict[str, dict[str, float]]) -> BenchResult:
     ring = next(iter(rows.values()))["iops"]
-    table = Table(title=f"4 KiB random I/O, {IODEPTH} in flight unless said",
-                  header_style="bold")
-    for col in ("path", "IOPS", "p50 µs", "p99 µs", "raw ring ÷ path"):
-        table.add_column(col, justify="left" if col == "path" else "right", no_wrap=True)
-    for label, r in rows.items():
-        ratio = f"{ring / r['iops']:.1f}×" if r["iops"] else "∞"
-        table.add_row(label, f"{r['iops']:,.0f}", f"{r['lat_us_p50']:,.0f}",
-                      f"{r['lat_us_p99']:,.0f}", ratio)
-    out.print(table)
-    guest = [r["iops"] for label, r in rows.items() if label.startswith("xenray")]
-    worst = min(guest)
+    table = [{"path": label, **r, "ring_ratio": ring / r["iops"] if r["iops"] else None}
+             for label, r in rows.items()]
+    worst = min(r["iops"] for label, r in rows.items() if label.startswith("xenray"))
     met = worst >= AIM_IOPS and ring / max(worst, 1e-9) <= AIM_RATIO
-    out.print(f"aim (issue 4): ≥ {AIM_IOPS:,} IOPS and within {AIM_RATIO:g}× of the raw ring: "
-              f"{'[green]met[/]' if met else '[red]not met[/]'} (xenray's slower workload: "
-              f"{worst:,.0f} IOPS; raw ring ÷ xenray = {ring / max(worst, 1e-9):.1f}×)")
+    notes = [f"aim (issue 4): >= {AIM_IOPS:,} IOPS and within {AIM_RATIO:g}x of the raw ring: "
+             f"{'met' if met else 'not met'} (xenray's slower workload: {worst:,.0f} IOPS; "
+             f"raw ring / xenray = {ring / max(worst, 1e-9):.1f}x)"]
     if not met:
-        out.print("  each round of requests crosses the hypervisor twice (the kick up, the "
-                  "upcall down: four process wake-ups through /dev/shm pipes), and each "
-                  "request costs tens of µs of Python in blkfront and blkback.")
+        notes.append("  each round of requests crosses the hypervisor twice (the kick up, the "
+                     "upcall down: four process wake-ups through /dev/shm pipes), and each "
+                     "request costs tens of µs of Python in blkfront and blkback.")
+    return BenchResult("blk", f"4 KiB random I/O, {IODEPTH} in flight unless said",
+                       [("path", "path", ""), ("iops", "IOPS", ",.0f"),
+                        ("lat_us_p50", "p50 µs", ",.0f"), ("lat_us_p99", "p99 µs", ",.0f"),
+                        ("ring_ratio", "raw ring ÷ path", ".1f")], table, notes)

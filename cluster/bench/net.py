@@ -19,8 +19,8 @@ import os
 import time
 
 from rich.console import Console
-from rich.table import Table
 
+from cluster.bench.common import BenchResult
 from cluster.bench.raw_ring import doorbell, forked_ring, mapped
 from protocols.netif import TX_SLOT_SIZE, NetifTxRequest, NetifTxResponse
 from protocols.page import PAGE_SIZE
@@ -130,7 +130,7 @@ def bench_guests(xen, send_host: str, recv_host: str, tag: str,
     return row
 
 
-def bench_net(out: Console, a: argparse.Namespace) -> int:
+def bench_net(out: Console, a: argparse.Namespace) -> BenchResult:
     from cluster.api import Cluster
 
     seconds = getattr(a, "runtime", 5.0)
@@ -143,13 +143,9 @@ def bench_net(out: Console, a: argparse.Namespace) -> int:
         status.update(f"xenray: udpstream from h2 to h1 for {seconds:g} s...")
         rows["xenray, 2 hosts"] = bench_guests(xen, "h2", "h1", "cross", seconds)
     ring = rows["raw netif ring"]["pps"]
-    table = Table(title=f"UDP, {PAYLOAD}-byte datagrams ({FRAME}-byte frames)",
-                  header_style="bold")
-    for col in ("path", "pkt/s", "Mbit/s", "sent pkt/s", "lost", "ring ÷ path"):
-        table.add_column(col, justify="left" if col == "path" else "right", no_wrap=True)
-    for label, r in rows.items():
-        table.add_row(label, f"{r['pps']:,.0f}", f"{r['mbit_s']:,.1f}",
-                      f"{r['offered_pps']:,.0f}" if "offered_pps" in r else "-",
-                      f"{r['lost']:,.0f}", f"{ring / r['pps']:.1f}×" if r["pps"] else "∞")
-    out.print(table)
-    return 0
+    table = [{"path": label, **r, "ring_ratio": ring / r["pps"] if r["pps"] else None}
+             for label, r in rows.items()]
+    return BenchResult("net", f"UDP, {PAYLOAD}-byte datagrams ({FRAME}-byte frames)",
+                       [("path", "path", ""), ("pps", "pkt/s", ",.0f"),
+                        ("mbit_s", "Mbit/s", ",.1f"), ("offered_pps", "sent pkt/s", ",.0f"),
+                        ("lost", "lost", ",.0f"), ("ring_ratio", "ring ÷ path", ".1f")], table)

@@ -4,10 +4,10 @@ import os
 
 import ray
 
-from actors.transport.hypercall_client import Credential, HypercallClient
 from actors.hypervisor.actor import HypervisorActor
-from actors.transport.raycall import RayTransport
+from actors.transport.hypercall_client import Credential, HypercallClient
 from actors.transport.naming import NAMESPACE, actor_name, pin_to_host
+from actors.transport.raycall import RayTransport
 from protocols.errno import Errno, XenError
 from protocols.hypercall import DOMID_ANY, Domctl, Hypercall, MemoryOp, Sysctl, XenVersion
 

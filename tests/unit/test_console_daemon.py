@@ -13,10 +13,10 @@ import pytest
 
 from actors import memory
 from actors.console.daemon import ConsoleDaemon, file_tail
-from protocols.pv_layout import PFN_CONSOLE
 from protocols.console import OUT_CONS, OUT_PROD, OUT_SIZE, ConsoleInterface
 from protocols.evtchn import EvtchnStat
 from protocols.hypercall import Domctl, EvtchnOp, Hypercall
+from protocols.pv_layout import PFN_CONSOLE
 from tests.inprocess import HOST, InProcessHost, domain_endpoint
 
 CONSOLED = f"{HOST}/xenconsoled"

@@ -2,13 +2,23 @@
 
 import msgpack
 import pytest
-from hypothesis import settings, strategies as st
+from hypothesis import settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from protocols.errno import Errno, XenError
 from protocols.evtchn import (
-    DOMID_SELF, ECS, NR_VIRQS, EventChannels, EvtchnStat, EvtchnStatus, Upcall, Virq, VirqType,
-    get_virq_type)
+    DOMID_SELF,
+    ECS,
+    NR_VIRQS,
+    EventChannels,
+    EvtchnStat,
+    EvtchnStatus,
+    Upcall,
+    Virq,
+    VirqType,
+    get_virq_type,
+)
 
 
 def _host(*domus: int, **kw) -> EventChannels:

@@ -8,10 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.guest.blk import BlkbenchSpec, io_summary, percentile
 from actors.guest.api import GuestOS
+from actors.guest.blk import BlkbenchSpec, io_summary, percentile
 from actors.guest.inits import INITS
-
 
 # --- options ---------------------------------------------------------------------------------
 
@@ -201,14 +200,16 @@ def test_bench_blk_raw_ring_baseline_passes_requests_between_two_processes():
 def test_bench_blk_reports_the_aim_of_50k_iops_within_4x_of_the_raw_ring(guest_iops, verdict):
     from rich.console import Console
 
-    from cluster.bench.blk import _report
+    from cluster.bench.blk import _result
 
     row = io_summary([1e-4], 1.0, 4096)
     rows = {"raw shm ring": {**row, "iops": 100_000.0},
             "xenray guest randread": {**row, "iops": float(guest_iops)},
             "xenray guest randwrite": {**row, "iops": 1e6}}
     out = Console(record=True, width=200)
-    _report(out, rows)
+    result = _result(rows)
+    result.print(out)
     text = out.export_text()
     assert f"of the raw ring: {verdict} " in text
-    assert f"{guest_iops:,} IOPS; raw ring ÷ xenray = {100_000 / guest_iops:.1f}×" in text
+    assert f"{guest_iops:,} IOPS; raw ring / xenray = {100_000 / guest_iops:.1f}x" in text
+    assert result.rows[1]["ring_ratio"] == 100_000 / guest_iops

@@ -6,9 +6,23 @@ import pytest
 from actors.hypervisor.effects import Deliver, GateVcpus, ReleaseMemory, SizeMemory, WatchVcpu
 from actors.hypervisor.state import Hypervisor
 from protocols.errno import Errno
-from protocols.hypercall import (DOMID_ANY, DOMID_SELF, DomInfoFlag, Domctl, EvtchnOp,
-                                 Hypercall, MemoryOp, SchedOp, ShutdownReason, Sysctl, Virq,
-                                 XenVersion, decode_result, dominf_shutdown_code, encode_call)
+from protocols.hypercall import (
+    DOMID_ANY,
+    DOMID_SELF,
+    Domctl,
+    DomInfoFlag,
+    EvtchnOp,
+    Hypercall,
+    MemoryOp,
+    SchedOp,
+    ShutdownReason,
+    Sysctl,
+    Virq,
+    XenVersion,
+    decode_result,
+    dominf_shutdown_code,
+    encode_call,
+)
 
 HANDLE = bytes(range(16))
 
@@ -191,8 +205,8 @@ def test_hypervisor_pause_gates_the_domain_vcpus(hv):
 
 
 def _grant(hv, domid, ref, grantee, frame, readonly=False):
-    from protocols.pv_layout import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES
     from protocols.gnttab import GrantTable
+    from protocols.pv_layout import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES
 
     mem = hv.grants._frames(domid, GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES)
     GrantTable(mem).grant_access(ref, grantee, frame, readonly=readonly)

@@ -13,16 +13,15 @@ import pytest
 
 from actors import memory
 from actors.domain.blkfront import PagePool
-from protocols.pv_layout import PFN_FIRST_FREE
 from actors.domain.netfront import Netfront
-from protocols.pv_layout import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES
 from actors.netback.xenbus import FEATURES, Netback
 from actors.toolstack.builder import add_vif
-from protocols.libxl_types import VifSpec
 from protocols import netif
 from protocols.evtchn import EvtchnStat
 from protocols.gnttab import GrantRefAllocator, GrantTable
 from protocols.hypercall import DOMID_SELF, EvtchnOp, Hypercall
+from protocols.libxl_types import VifSpec
+from protocols.pv_layout import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES, PFN_FIRST_FREE
 from tests.inprocess import HOST, InProcessHost, domain_endpoint
 
 NETBACK = f"{HOST}/netback"

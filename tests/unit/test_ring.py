@@ -5,12 +5,12 @@ import mmap
 import struct
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import protocols.ring as ring
 from protocols.errno import Errno, XenError
-from protocols.ring import (BackRing, FrontRing, RingOverflow, SharedRing, must_notify,
-                            ring_size)
+from protocols.ring import BackRing, FrontRing, RingOverflow, SharedRing, must_notify, ring_size
 
 U32 = 2**32
 REQ, RSP = 112, 16  # blkif slot and response sizes

@@ -12,11 +12,11 @@ import uuid
 import pytest
 
 from actors import log as xlog
-from actors.transport.hvpipe import RING_BYTES, HvPipe
-from actors.transport.samehost import SameHostTransport
-from actors.transport.hypercall_client import Credential
 from actors.hypervisor.hvpipes import HvPipeServer
 from actors.transport import PeerGone
+from actors.transport.hvpipe import RING_BYTES, HvPipe
+from actors.transport.hypercall_client import Credential
+from actors.transport.samehost import SameHostTransport
 
 HV = "h1/hypervisor"
 

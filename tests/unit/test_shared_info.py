@@ -4,11 +4,17 @@ import mmap
 import struct
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from protocols.errno import Errno, XenError
 from protocols.shared_info import (
-    EVTCHN_2L_NR_CHANNELS, SHARED_INFO_SIZE, XEN_LEGACY_MAX_VCPUS, SetPending, SharedInfo)
+    EVTCHN_2L_NR_CHANNELS,
+    SHARED_INFO_SIZE,
+    XEN_LEGACY_MAX_VCPUS,
+    SetPending,
+    SharedInfo,
+)
 
 
 def _page() -> tuple[bytearray, SharedInfo]:

@@ -4,7 +4,8 @@ import pathlib
 
 import msgpack
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from actors.guest.api import init_program
 from cluster.xlcfg import Action, DomainConfig, XlCfgError, load_config, parse_config

@@ -4,11 +4,12 @@ The accepted forms are the cases of Xen's own ``tools/xl/check-xl-disk-parse``.
 """
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cluster.xlcfg.disk import parse_disk_spec
-from protocols.libxl_types import DiskSpec
 from cluster.xlcfg.syntax import XlCfgError
+from protocols.libxl_types import DiskSpec
 
 GUEST_VOLUME = dict(target="/dev/vg/guest-volume", vdev="hda", format="raw", readwrite=True,
                     is_cdrom=False, removable=False)

@@ -3,10 +3,10 @@
 The rate cases are those of Xen's own ``tools/xl/check-xl-vif-parse``.
 """
 
-import random
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cluster.xlcfg.syntax import XlCfgError
 from cluster.xlcfg.vif import parse_rate, parse_vif_spec

@@ -1,0 +1,54 @@
+"""What every benchmark shares: the bare Ray actor baseline, and the result a person reads
+(a table) or a program reads (``--json``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import ray
+from rich.console import Console
+from rich.table import Table
+
+
+@ray.remote
+class Bare:
+    """The baseline: a Ray actor whose method does nothing."""
+
+    def noop(self, payload: bytes) -> bytes:
+        return payload
+
+
+@dataclasses.dataclass
+class BenchResult:
+    """One benchmark's answer: ``rows`` of plain numbers and text under ``columns`` (key,
+    heading, format), a title, and notes (the aim, what explains a gap)."""
+
+    name: str
+    title: str
+    columns: list[tuple[str, str, str]]
+    rows: list[dict[str, Any]]
+    notes: list[str] = dataclasses.field(default_factory=list)
+
+    def print(self, out: Console, as_json: bool = False) -> None:
+        if as_json:
+            print(json.dumps({"benchmark": self.name, "title": self.title, "rows": self.rows,
+                              "notes": self.notes}))
+            return
+        table = Table(title=self.title, header_style="bold")
+        for i, (_, heading, _) in enumerate(self.columns):
+            table.add_column(heading, justify="left" if i == 0 else "right", no_wrap=True)
+        for row in self.rows:
+            table.add_row(*(_cell(row.get(key), fmt) for key, _, fmt in self.columns))
+        out.print(table)
+        for note in self.notes:
+            out.print(note, markup=False, highlight=False)
+
+
+def _cell(value: Any, fmt: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str) or not fmt:
+        return str(value)
+    return format(value, fmt)
