@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import ClassVar, Self
 
 from protocols.errno import Errno, XenError
-from protocols.page import PAGE_SHIFT, PAGE_SIZE
+from protocols.page import PAGE_SIZE
 
 ENTRY_SIZE = 8  # sizeof(grant_entry_v1_t)
 ENTRIES_PER_FRAME = PAGE_SIZE // ENTRY_SIZE  # 512

@@ -17,7 +17,9 @@ Decisions where the reference is silent (checked against ``grant_table.c``):
 * A granted frame beyond the granter's memory (``ActiveGrants.nr_pages``) gives
   ``GNTST_bad_page`` (``get_paged_frame``), so a mapper never mmaps past the file.
 * xenray has no page tables: an unmap releases the handle's host mapping whatever ``host_addr``
-  says. ``dev_bus_addr`` is Xen's: non-zero releases the device mapping and must match.
+  says. ``dev_bus_addr`` is Xen's (``unmap_common``): non-zero releases a ``GNTMAP_device_map``
+  mapping, and must then match the frame (else ``GNTST_bad_dev_addr``); a handle without a
+  device mapping ignores it.
 * Unmapping a handle whose granter is gone gives ``GNTST_bad_domain`` (Xen crashes the
   mapper); the hypervisor keeps granters in use as zombies, so it should not happen.
 * A copy pins and releases its grants per element (Xen keeps them across consecutive
@@ -31,10 +33,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from protocols.hypercall import DOMID_SELF
 from protocols.gnttab import (
-    GNTCOPY_dest_gref, GNTCOPY_source_gref, GNTMAP, GNTST, GTF, MAX_MAPTRACK_FRAMES_DEFAULT,
-    PAGE_SHIFT, PAGE_SIZE, GnttabCopy, GnttabMapGrantRef, GnttabUnmapGrantRef, GrantTable)
+    GNTMAP,
+    GNTST,
+    GTF,
+    MAX_MAPTRACK_FRAMES_DEFAULT,
+    GNTCOPY_dest_gref,
+    GNTCOPY_source_gref,
+    GnttabCopy,
+    GnttabMapGrantRef,
+    GnttabUnmapGrantRef,
+    GrantTable,
+)
+from protocols.hypercall import DOMID_SELF
+from protocols.page import PAGE_SHIFT, PAGE_SIZE
 
 MAPTRACK_PER_PAGE = PAGE_SIZE // 16  # sizeof(struct grant_mapping) == 16
 
@@ -239,8 +251,8 @@ def unmap_grant_ref(granters: Lookup, maptrack: Maptrack, *, handle: int,
     if g is None:
         return UnmapResult(GNTST.bad_domain)
     frame = g.active._act[mt.ref].frame
-    if dev_bus_addr and dev_bus_addr != frame << PAGE_SHIFT:
-        return UnmapResult(GNTST.general_error)
+    if dev_bus_addr and mt.flags & _DEV and dev_bus_addr != frame << PAGE_SHIFT:
+        return UnmapResult(GNTST.bad_dev_addr)  # checked only for a device mapping
     done = mt.flags & _HOST
     if dev_bus_addr:
         done |= mt.flags & _DEV

@@ -284,8 +284,8 @@ class Domctl(enum.IntEnum):
     gettscinfo = 59
     settscinfo = 60
     getpageframeinfo3 = 61
-    getvcpuextstate = 62
-    setvcpuextstate = 63
+    setvcpuextstate = 62
+    getvcpuextstate = 63
     set_virq_handler = 66
     soft_reset = 79
     get_cpu_policy = 82

@@ -103,11 +103,12 @@ def _write_xenstore(xs, domid: int, dom_uuid: str, name: str, cfg: DomainConfig,
         }
         for vcpu in range(cfg.maxvcpus):
             nodes[f"{dom}/cpu/{vcpu}/availability"] = "online" if vcpu < cfg.vcpus else "offline"
+        for path in (dom, f"{dom}/cpu", f"{dom}/memory", f"{dom}/control", f"{dom}/device",
+                     f"{dom}/console", vm):  # libxl__xs_mknod first: the keys inherit these
+            xs.write(path, "", tx_id=t)
+            xs.set_perms(path, dom0_owns, tx_id=t)
         for path, value in nodes.items():
             xs.write(path, value, tx_id=t)
-        for path in (dom, f"{dom}/cpu", f"{dom}/memory", f"{dom}/control", f"{dom}/device",
-                     f"{dom}/console", vm):
-            xs.set_perms(path, dom0_owns, tx_id=t)
         xs.set_perms(f"/libxl/{domid}", ["n0"], tx_id=t)
         for leaf in ("control/shutdown", "control/feature-poweroff", "control/feature-reboot",
                      "control/feature-suspend", "control/sysrq", "data"):

@@ -138,9 +138,8 @@ class XenbusFrontend:
     def on_backend_changed(self) -> None:
         """The watch on ``<be>/state`` fired (maybe spuriously): read it
         (``xenbus_read_driver_state``, UNKNOWN if gone or garbled) and react."""
-        text = self._xs.read_str(f"{self.backend}/state", "0")
-        try:
-            state = XenbusState.parse(text)
+        try:  # any error is UNKNOWN: a DomU may not even learn that the node is gone (EACCES)
+            state = XenbusState.parse(self._xs.read_str(f"{self.backend}/state", "0"))
         except XenError:
             state = XenbusState.UNKNOWN
         self.on_backend_state(state)

@@ -168,7 +168,7 @@ class XenstoredServer:
     def open_connection(self, domid: int, privileged: bool, send: Send, *,
                         socket: bool = False) -> int:
         """A new connection; ``send`` carries its replies and watch events. ``socket``:
-        a Unix-socket client (no relative paths, outside the domain's quotas)."""
+        a Unix-socket client (Dom0's relative paths, outside the domain's quotas)."""
         if not 0 <= domid <= 0xFFFF:
             raise ValueError(f"domid {domid}")
         with self._lock:

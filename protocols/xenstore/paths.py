@@ -8,8 +8,9 @@ hostile or buggy peer's path is refused with EINVAL, whatever string it sends. T
 * no ``//`` anywhere and no trailing ``/`` (except ``/`` itself);
 * a leading ``@`` names a special node (``@introduceDomain``, ``@releaseDomain``), accepted only
   by WATCH, UNWATCH, GET_PERMS and SET_PERMS;
-* a relative path is relative to ``/local/domain/<domid>`` and, per the reference, accepted
-  only over a domain's ring (C xenstored would also take one from a socket, meaning dom0);
+* a relative path is relative to the caller's home, ``/local/domain/<domid>``: a domain's
+  own, or for a Unix-socket connection the store domain's, normally ``/local/domain/0``
+  (``get_implicit_path`` in ``tools/xenstored/domain.c``);
 * at most ``XENSTORE_ABS_PATH_MAX`` (3072) characters in all; an unprivileged caller is also
   held to the path-length quota (``XENSTORE_REL_PATH_MAX``, 2048) for the part after any
   ``/local/domain/<id>/`` prefix, as C's ``domain_max_chk(conn, ACC_PATHLEN, ...)`` does.
@@ -37,12 +38,13 @@ def domain_path(domid: int) -> str:
     return f"/local/domain/{domid}"
 
 
-def canonicalize(path: str, domid: int, *, relative_ok: bool, allow_special: bool = False,
+def canonicalize(path: str, domid: int, *, allow_special: bool = False,
                  path_max: int | None = None) -> str:
     """The absolute path ``path`` names for a caller ``domid``, or EINVAL.
 
-    ``relative_ok`` is true for a domain's ring connection; ``path_max`` is the caller's
-    path-length quota (None for privileged callers).
+    ``domid`` is the caller's domain, the store domain for a Unix-socket connection (C sets a
+    socket connection's id to ``store_domid``); ``path_max`` is the caller's path-length
+    quota (None for privileged callers).
     """
     if not isinstance(path, str) or not _VALID.fullmatch(path):
         raise XenError(Errno.EINVAL, f"invalid characters in path {path!r:.80}")
@@ -52,10 +54,8 @@ def canonicalize(path: str, domid: int, *, relative_ok: bool, allow_special: boo
         name = path
     elif path[0] == "/":
         name = path
-    elif relative_ok:
-        name = f"{domain_path(domid)}/{path}"
     else:
-        raise XenError(Errno.EINVAL, f"relative path {path:.80} on a socket connection")
+        name = f"{domain_path(domid)}/{path}"
     if (name.endswith("/") and name != "/") or "//" in name:
         raise XenError(Errno.EINVAL, f"malformed path {name:.80}")
     if len(name) > XENSTORE_ABS_PATH_MAX:
@@ -106,3 +106,29 @@ def is_child(name: str, watched: str, depth: int | None) -> bool:
     else:
         return False
     return depth is None or levels <= depth
+
+
+# -- where the toolstack puts things (reference 11.5; docs/misc/xenstore-paths.pandoc) -------
+
+def backend_path(kind: str, domid: int, devid: int | None = None,
+                 backend_domid: int = 0) -> str:
+    """A device's backend directory, ``<backend home>/backend/<kind>/<domid>[/<devid>]``
+    (``libxl__device_backend_path``); without ``devid``, all of that domain's of that kind."""
+    base = f"{domain_path(backend_domid)}/backend/{kind}/{domid}"
+    return base if devid is None else f"{base}/{devid}"
+
+
+def frontend_path(kind: str, domid: int, devid: int | None = None) -> str:
+    """A device's frontend directory, ``~/device/<kind>[/<devid>]`` (``libxl__device_frontend_path``)."""
+    base = f"{domain_path(domid)}/device/{kind}"
+    return base if devid is None else f"{base}/{devid}"
+
+
+def vm_path(uuid: str) -> str:
+    """``/vm/<uuid>``: the domain's toolstack-side record, not visible to the guest."""
+    return f"/vm/{uuid}"
+
+
+def libxl_path(domid: int) -> str:
+    """``/libxl/<domid>``: libxl's private record of a domain (Dom0 only)."""
+    return f"/libxl/{domid}"

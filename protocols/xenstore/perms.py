@@ -70,9 +70,10 @@ def format_perms(perms: Iterable[Perm]) -> list[str]:
 class Conn:
     """The identity of one xenstored connection, as the caller of the store knows it.
 
-    A domain's ring connection has ``socket=False`` and may use relative paths; a Unix-socket
-    client (``xenstore-utils``, ``pyxs`` in dom0) has ``socket=True`` and ``domid`` 0. Dom0
-    and socket clients are ``privileged``: full access everywhere and no quotas.
+    A domain's ring connection has ``socket=False``; a Unix-socket client (``xenstore-utils``,
+    ``pyxs`` in dom0) has ``socket=True`` and ``domid`` 0. Relative paths are relative to the
+    connection's domain, so to ``/local/domain/0`` on a socket. Dom0 and socket clients are
+    ``privileged``: full access everywhere and no quotas.
     """
 
     conn_id: int

@@ -9,17 +9,19 @@ sends *after* the reply (xenstored sends WATCH's ``OK`` before the registration 
 
 Decisions (the reference has the rest):
 
-* **Initial tree**, as ``setup_structure``: ``/``, ``/tool``, ``/tool/xenstored`` and the
-  special nodes ``@introduceDomain`` and ``@releaseDomain``. The root is ``[n0, r<DOMID_ANY>]``
-  (reference 11.3; upstream core.c gives it ``[n0]``), the rest ``[n0]``. libxl, not
-  xenstored, creates ``/local``, ``/vm`` and ``/libxl``.
+* **Initial tree**, as ``setup_structure`` (``tools/xenstored/core.c``): ``/``, ``/tool``,
+  ``/tool/xenstored`` and ``@introduceDomain`` are ``[n0]``, so a DomU may not read ``/`` or
+  learn whether ``/foo`` exists (EACCES); ``@releaseDomain`` is ``[n0, r<DOMID_ANY>]``, so every
+  domain may watch it (Xen 4.22, commit 258263a4fb). libxl, not xenstored, creates ``/local``,
+  ``/vm`` and ``/libxl``.
 * **Transactions** (:mod:`protocols.xenstore.transaction`) touch what C's do: every node read
   (missing ones too), the ancestors consulted to create a node or to hide an error, an RM's
-  parent and subtree; a child list is part of its node. Any touched node changed after the
-  start fails the commit with EAGAIN; events of a transaction fire only at its commit.
-* **Special watches** reach a connection only if it may read the special node itself
-  (privileged, or granted by SET_PERMS), with no fallback to the parent's permissions as for
-  ordinary nodes: that parent is the world-readable root.
+  parent and subtree; a child list is part of its node. Each is copied at its first access and
+  read from that copy afterwards; a touched node changed since that access fails the commit
+  with EAGAIN; events of a transaction fire only at its commit.
+* **Special watches** reach a connection that may read the special node (privileged, any
+  domain for ``@releaseDomain``, or granted by SET_PERMS) or, as C's ``watch_permitted``
+  falls back to the parent, ``/``.
 * Permission entries naming a dead domain stay valid (C marks them ``XS_PERM_IGNORE`` by
   asking the hypervisor which domains exist, which a pure store cannot do).
 """
@@ -33,31 +35,44 @@ from typing import Any
 
 from protocols.errno import Errno, XenError
 from protocols.xenstore.domain import DomainInfo, DomainTable
-from protocols.xenstore.paths import (INTRODUCE_DOMAIN, RELEASE_DOMAIN, ancestors, basename,
-                                      canonicalize, child, domain_path, parent)
-from protocols.xenstore.perms import (DOMID_ANY, DOMID_SELF, XS_PERM_NONE, XS_PERM_OWNER,
-                                      XS_PERM_READ, XS_PERM_WRITE, Conn, Perm, format_perms,
-                                      parse_perms, perm_for_conn)
+from protocols.xenstore.node import Node
+from protocols.xenstore.paths import (
+    INTRODUCE_DOMAIN,
+    RELEASE_DOMAIN,
+    ancestors,
+    basename,
+    canonicalize,
+    child,
+    domain_path,
+    parent,
+)
+from protocols.xenstore.perms import (
+    DOMID_ANY,
+    DOMID_SELF,
+    XS_PERM_NONE,
+    XS_PERM_OWNER,
+    XS_PERM_READ,
+    XS_PERM_WRITE,
+    Conn,
+    Perm,
+    format_perms,
+    parse_perms,
+    perm_for_conn,
+)
 from protocols.xenstore.quota import Quota, node_size
 from protocols.xenstore.transaction import Transaction, TransactionTable
-from protocols.xenstore.watches import (MATCH_DEPTH, MATCH_EXACT, MATCH_NODEPTH, MATCH_SUBTREE,
-                                        Watch, WatchEvent, WatchTable)
+from protocols.xenstore.watches import (
+    MATCH_DEPTH,
+    MATCH_EXACT,
+    MATCH_NODEPTH,
+    MATCH_SUBTREE,
+    Watch,
+    WatchEvent,
+    WatchTable,
+)
 
 DOM0_ONLY = (Perm(0, XS_PERM_NONE),)
-ROOT_PERMS = (Perm(0, XS_PERM_NONE), Perm(DOMID_ANY, XS_PERM_READ))
-
-
-@dataclasses.dataclass(slots=True)
-class Node:
-    """A node: value, permission list, child names in creation order, last-change generation."""
-
-    value: bytes
-    perms: tuple[Perm, ...]
-    children: dict[str, None]
-    gen: int = 0
-
-    def copy(self) -> Node:
-        return Node(self.value, self.perms, dict(self.children), self.gen)
+RELEASE_DOMAIN_PERMS = (Perm(0, XS_PERM_NONE), Perm(DOMID_ANY, XS_PERM_READ))
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -83,7 +98,6 @@ class Store:
         self._gen = 0
         self._nodes: dict[str, Node] = {}
         self._owned: dict[int, set[str]] = {}  # owner domid -> paths
-        self._deleted: dict[str, int] = {}  # tombstones while transactions are open
         self._watches = WatchTable()
         self._transactions = TransactionTable()
         self._domains = DomainTable()
@@ -91,11 +105,11 @@ class Store:
         self._pending: set[WatchEvent] = set()
         self._ops: Counter[str] = Counter()
         self._eagain = 0
-        for path, perms, kids in (("/", ROOT_PERMS, ["tool"]),
+        for path, perms, kids in (("/", DOM0_ONLY, ["tool"]),
                                   ("/tool", DOM0_ONLY, ["xenstored"]),
                                   ("/tool/xenstored", DOM0_ONLY, []),
-                                  (INTRODUCE_DOMAIN, DOM0_ONLY, []),
-                                  (RELEASE_DOMAIN, DOM0_ONLY, [])):
+                                  (RELEASE_DOMAIN, RELEASE_DOMAIN_PERMS, []),
+                                  (INTRODUCE_DOMAIN, DOM0_ONLY, [])):
             self._commit_node(path, Node(b"", perms, dict.fromkeys(kids)), None)
 
     # --- nodes ----------------------------------------------------------------------------
@@ -236,7 +250,7 @@ class Store:
         """A new transaction id for this connection (EBUSY inside a transaction)."""
         if self._begin("transaction_start", conn, tx_id) is not None:
             raise XenError(Errno.EBUSY, "transactions do not nest")
-        return self._transactions.start(conn, self._gen, self.quota).tx_id
+        return self._transactions.start(conn, self.quota).tx_id
 
     def transaction_end(self, conn: Conn, tx_id: int, commit: bool) -> None:
         """Discard or commit (EAGAIN on a conflict). The id is gone afterwards, either way."""
@@ -342,7 +356,7 @@ class Store:
         store._domains = DomainTable.restore(state["domains"])
         for *fields, path, token, depth, prefix in state["watches"]:
             store._watches.add(Watch(Conn(*fields), path, token, depth, prefix))
-        store._transactions = TransactionTable.restore(state["transactions"], store._gen)
+        store._transactions = TransactionTable.restore(state["transactions"])
         store._ops.update(state["ops"])
         store._eagain = state["eagain"]
         return store
@@ -359,8 +373,9 @@ class Store:
         return self._transactions.lookup(conn, tx_id)
 
     def _name(self, conn: Conn, path: str, allow_special: bool = False) -> str:
-        return canonicalize(path, conn.domid, relative_ok=not conn.socket,
-                            allow_special=allow_special,
+        """``canonicalize``: a socket connection's domid is the store domain's, whose home is
+        its relative paths' base (``get_implicit_path``)."""
+        return canonicalize(path, conn.domid, allow_special=allow_special,
                             path_max=None if conn.privileged else self.quota.path_max)
 
     def _perm(self, conn: Conn, perms: tuple[Perm, ...]) -> int:
@@ -368,12 +383,10 @@ class Store:
         return perm_for_conn(conn, perms, target)
 
     def _read(self, tx: Transaction | None, name: str) -> Node | None:
-        """The node as the caller sees it; a transaction records the access."""
+        """The node as the caller sees it: in a transaction, its copy from the first access."""
         if tx is None:
             return self._nodes.get(name)
-        node = tx.view(self._nodes, name)
-        tx.record(name, node, self.quota)
-        return node
+        return tx.access(self._nodes, name, self.quota)
 
     def _lookup(self, conn: Conn, tx: Transaction | None, name: str, want: int) -> Node:
         """``get_node``: the node if ``conn`` has ``want`` on it. Otherwise EACCES, or ENOENT
@@ -436,8 +449,8 @@ class Store:
             if tx is None:
                 self._delete_node(path)
             else:
-                tx.own_delta -= tx.view(self._nodes, path).perms[0].domid == tx.conn.domid
-                tx.overlay[path] = None
+                tx.own_delta -= self._read(tx, path).perms[0].domid == tx.conn.domid
+                tx.change(path, None)
         node = self._modify(tx, up)
         node.children.pop(basename(name), None)  # absent only in a doomed transaction's view
         self._put(tx, up, node, node.perms[0].domid)
@@ -462,19 +475,17 @@ class Store:
         """An existing node, ready to change: the transaction's private copy, if in one."""
         if tx is None:
             return self._nodes[name]
-        node = tx.overlay.get(name)
-        if node is None:
-            if name not in self._nodes:  # a doomed transaction's inconsistent view
-                tx.fail = Errno.EAGAIN
-                raise XenError(Errno.EAGAIN, f"{name} changed since the transaction started")
-            node = tx.overlay[name] = self._nodes[name].copy()
+        node = self._read(tx, name)
+        if node is None:  # a doomed transaction's inconsistent view
+            tx.fail = Errno.EAGAIN
+            raise XenError(Errno.EAGAIN, f"{name} changed since the transaction read it")
         return node
 
     def _put(self, tx: Transaction | None, name: str, node: Node, old_owner: int | None) -> None:
         if tx is None:
             self._commit_node(name, node, old_owner)
         else:
-            tx.overlay[name] = node
+            tx.change(name, node)
             tx.own_delta += (node.perms[0].domid == tx.conn.domid) - (old_owner == tx.conn.domid)
 
     def _commit_node(self, name: str, node: Node, old_owner: int | None) -> None:
@@ -487,17 +498,12 @@ class Store:
             if old_owner is not None:
                 self._disown(old_owner, name)
             self._owned.setdefault(owner, set()).add(name)
-        self._deleted.pop(name, None)
 
     def _delete_node(self, name: str) -> None:
-        """Delete a node globally; while transactions are open, remember when (a node a
-        transaction created and deleted again counts as deleted at its commit)."""
-        old = self._nodes.pop(name, None)
-        if old is not None:
-            self._disown(old.perms[0].domid, name)
+        """Delete a node globally (a new generation, as C's ``access_node`` stamps)."""
+        old = self._nodes.pop(name)
+        self._disown(old.perms[0].domid, name)
         self._gen += 1
-        if len(self._transactions):
-            self._deleted[name] = self._gen
 
     def _disown(self, owner: int, name: str) -> None:
         owned = self._owned[owner]
@@ -506,29 +512,30 @@ class Store:
             del self._owned[owner]
 
     def _commit(self, tx: Transaction) -> None:
-        """``finalize_transaction``: check, apply the overlay, then fire queued watches."""
+        """``finalize_transaction``: check, write the changed copies back, then fire the
+        queued watches."""
         if tx.fail is not None:
             self._eagain += tx.fail == Errno.EAGAIN
             raise XenError(tx.fail, "the transaction failed earlier")
-        changed = tx.conflict(self._nodes, self._deleted)
+        changed = tx.conflict(self._nodes)
         if changed is not None:
             self._eagain += 1
-            raise XenError(Errno.EAGAIN, f"{changed} changed since the transaction started")
+            raise XenError(Errno.EAGAIN, f"{changed} changed since the transaction read it")
         if not tx.conn.privileged and tx.own_delta > 0:
             self.quota.check_count("nodes", len(self._owned.get(tx.conn.domid, ())) + tx.own_delta)
-        for name, node in tx.overlay.items():
+        for name, accessed in tx.accessed.items():
+            if not accessed.modified:
+                continue
             old = self._nodes.get(name)
-            if node is not None:
-                self._commit_node(name, node, old.perms[0].domid if old else None)
-            else:
+            if accessed.node is not None:
+                self._commit_node(name, accessed.node, old.perms[0].domid if old else None)
+            elif old is not None:  # not one created and deleted again in the transaction
                 self._delete_node(name)
         for name, match in tx.fire.items():
-            self._notify(name, match, self._nodes.get(name), tx.accessed.get(name))
+            self._notify(name, match, self._nodes.get(name), tx.accessed[name].perms)
 
     def _end(self, tx: Transaction) -> None:
         self._transactions.end(tx)
-        if not len(self._transactions):
-            self._deleted.clear()
 
     # --- internals: watch events ----------------------------------------------------------
 
@@ -566,15 +573,15 @@ class Store:
 
     def _may_see(self, conn: Conn, name: str, node: Node | None,
                  old_perms: tuple[Perm, ...] | None) -> bool:
-        """``watch_permitted``: read access to the node (before or after a SET_PERMS) or,
-        for an ordinary node, to its parent."""
+        """``watch_permitted``: read access to the node (before or after a SET_PERMS) or to
+        its parent; a special node's parent is ``/`` (``get_parent``)."""
         if old_perms is not None and self._perm(conn, old_perms) & XS_PERM_READ:
             return True
         if node is None:
             return False
         if self._perm(conn, node.perms) & XS_PERM_READ:
             return True
-        above = None if name[0] == "@" else self._nodes.get(parent(name))
+        above = self._nodes.get("/" if name[0] == "@" else parent(name))
         return above is not None and bool(self._perm(conn, above.perms) & XS_PERM_READ)
 
     def _queue(self, event: WatchEvent) -> None:

@@ -1,28 +1,40 @@
-"""Xenstore transactions: ids, the copy-on-write overlay and the conflict rule (reference
-11.4 "Transactions"; ``tools/xenstored/transaction.c``).
+"""Xenstore transactions: ids, the transaction-private node copies and the conflict rule
+(reference 11.4 "Transactions"; ``tools/xenstored/transaction.c``).
 
-TRANSACTION_START conceptually snapshots the whole database. Copying it would cost O(nodes)
-per transaction, so a transaction keeps only an overlay of the nodes it changed and a record
-of every node it touched, with the generation counter at its start. Each global change stamps
-the node with a new generation (a deletion leaves a tombstone while transactions are open);
-the commit fails with EAGAIN if any touched node carries a generation newer than the start.
-A transaction that commits has therefore read exactly its snapshot. C xenstored compares
-with the generation seen at the *first access* instead, so it commits a few transactions that
-this rule retries; EAGAIN is always safe, since clients repeat the whole transaction.
+TRANSACTION_START conceptually snapshots the whole database. C xenstored takes the snapshot
+lazily, node by node (``access_node``), and so does this module: the first access to a node
+inside a transaction keeps a private copy of it (value, permissions, children), or the fact
+that it is absent, together with its generation. Every later request of the transaction sees
+that copy, or the transaction's own change to it, whatever other connections do meanwhile.
+Each global change stamps the node with a new generation, and the commit fails with EAGAIN
+iff some accessed node's generation (or existence) is no longer the one recorded. A node that
+was absent at its first access and is absent again at the commit does not conflict, so no
+deletion needs remembering.
+
+A committed transaction therefore equals its requests run at the commit point; C commits
+some transactions that a snapshot taken at TRANSACTION_START would have to retry (a node
+changed after the start but before the transaction first looked at it).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 from protocols.errno import Errno, XenError
+from protocols.xenstore.node import Node
 from protocols.xenstore.perms import Conn, Perm
 from protocols.xenstore.quota import Quota
 from protocols.xenstore.watches import MATCH_SUBTREE
 
-if TYPE_CHECKING:
-    from protocols.xenstore.store import Node
+
+@dataclasses.dataclass(slots=True)
+class AccessedNode:
+    """``struct accessed_node``: a node as a transaction first saw it, and its copy since."""
+
+    node: Node | None  # the private copy (C's ``trans_name`` entry); None: absent or deleted
+    generation: int | None  # the global node's generation at the first access; None: absent
+    perms: tuple[Perm, ...] | None  # its permissions then, for ``fire_watches`` at the commit
+    modified: bool = False  # the commit writes ``node`` back (or deletes the node)
 
 
 @dataclasses.dataclass(slots=True)
@@ -31,40 +43,47 @@ class Transaction:
 
     conn: Conn
     tx_id: int
-    start_gen: int
-    overlay: dict[str, Node | None] = dataclasses.field(default_factory=dict)  # None: deleted
-    accessed: dict[str, tuple[Perm, ...] | None] = dataclasses.field(default_factory=dict)
+    accessed: dict[str, AccessedNode] = dataclasses.field(default_factory=dict)
     fire: dict[str, int] = dataclasses.field(default_factory=dict)  # node -> watch match mode
     own_delta: int = 0  # change in the number of nodes the connection's domain owns
     fail: Errno | None = None  # the commit's answer, decided early
 
-    def view(self, nodes: dict[str, Node], name: str) -> Node | None:
-        """The node as this transaction sees it."""
-        return self.overlay[name] if name in self.overlay else nodes.get(name)
+    def access(self, nodes: dict[str, Node], name: str, quota: Quota) -> Node | None:
+        """``read_node`` in a transaction (``transaction_prepend``, ``access_node``): the
+        first access copies the node, or notes it absent, with its generation; every later
+        one returns that copy, as changed by the transaction itself. Over the
+        nodes-per-transaction quota: ENOSPC, and the commit will say ENOMEM."""
+        accessed = self.accessed.get(name)
+        if accessed is None:
+            if not self.conn.privileged:
+                try:
+                    quota.check_max("transaction_nodes", len(self.accessed) + 1)
+                except XenError:
+                    self.fail = Errno.ENOMEM
+                    raise
+            node = nodes.get(name)
+            accessed = self.accessed[name] = (
+                AccessedNode(None, None, None) if node is None
+                else AccessedNode(node.copy(), node.gen, node.perms))
+        return accessed.node
 
-    def record(self, name: str, node: Node | None, quota: Quota) -> None:
-        """``access_node``: remember a touched node and its permissions at that moment.
-        Over the nodes-per-transaction quota: ENOSPC, and the commit will say ENOMEM."""
-        if name in self.accessed:
-            return
-        if not self.conn.privileged:
-            try:
-                quota.check_max("transaction_nodes", len(self.accessed) + 1)
-            except XenError:
-                self.fail = Errno.ENOMEM
-                raise
-        self.accessed[name] = node.perms if node is not None else None
+    def change(self, name: str, node: Node | None) -> None:
+        """``access_node`` for a write (``node``) or a delete (None) of a node the transaction
+        has read: the change goes to the private copy, and to the database at the commit."""
+        accessed = self.accessed[name]
+        accessed.node, accessed.modified = node, True
 
     def queue_event(self, name: str, match: int) -> None:
         """``queue_watches``: fire at commit; a subtree match replaces an exact one."""
         if self.fire.get(name) != MATCH_SUBTREE:
             self.fire[name] = match
 
-    def conflict(self, nodes: dict[str, Node], deleted: dict[str, int]) -> str | None:
-        """The first touched node changed since the start, or None."""
-        for name in self.accessed:
+    def conflict(self, nodes: dict[str, Node]) -> str | None:
+        """``finalize_transaction``'s check: the first accessed node whose generation (None
+        if absent) differs from the one its first access recorded, or None."""
+        for name, accessed in self.accessed.items():
             node = nodes.get(name)
-            if (node.gen if node is not None else deleted.get(name, 0)) > self.start_gen:
+            if (node.gen if node is not None else None) != accessed.generation:
                 return name
         return None
 
@@ -88,7 +107,7 @@ class TransactionTable:
             raise XenError(Errno.ENOENT, f"no transaction {tx_id} on this connection")
         return tx
 
-    def start(self, conn: Conn, generation: int, quota: Quota) -> Transaction:
+    def start(self, conn: Conn, quota: Quota) -> Transaction:
         """A new transaction with the connection's next free id (never 0; u32 wrap)."""
         if not conn.privileged:
             mine = sum(1 for t in self._open.values()
@@ -98,7 +117,7 @@ class TransactionTable:
         while tx_id == 0 or (conn.conn_id, tx_id) in self._open:
             tx_id = (tx_id + 1) & 0xFFFFFFFF
         self._next[conn.conn_id] = (tx_id + 1) & 0xFFFFFFFF
-        tx = self._open[conn.conn_id, tx_id] = Transaction(conn, tx_id, generation)
+        tx = self._open[conn.conn_id, tx_id] = Transaction(conn, tx_id)
         return tx
 
     def end(self, tx: Transaction) -> None:
@@ -117,11 +136,11 @@ class TransactionTable:
                 "next": [[c, n] for c, n in self._next.items()]}
 
     @classmethod
-    def restore(cls, state: dict, generation: int) -> TransactionTable:
+    def restore(cls, state: dict) -> TransactionTable:
         """Open transactions come back empty and doomed: their commit answers EAGAIN."""
         table = cls()
         for *fields, tx_id in state["open"]:
-            table._open[fields[0], tx_id] = Transaction(Conn(*fields), tx_id, generation,
+            table._open[fields[0], tx_id] = Transaction(Conn(*fields), tx_id,
                                                         fail=Errno.EAGAIN)
         table._next = {c: n for c, n in state["next"]}
         return table

@@ -110,6 +110,55 @@ def test_xenstore_utils_11_1_write_read_list_exists_rm(xenstored):
     assert xenstored.server.store.read(TOOLSTACK, 0, "/a/c") == b"world"
 
 
+def test_xenstored_core_c_canonicalize_xenstore_write_of_a_relative_path_on_the_socket(
+        xenstored):
+    """core.c ``canonicalize``: a socket connection's relative paths are under
+    ``get_implicit_path``, ``/local/domain/<store domid>`` = ``/local/domain/0`` here."""
+    ok(xenstored, "xenstore-write", "foo/bar", "1")
+    assert ok(xenstored, "xenstore-read", "/local/domain/0/foo/bar") == "1\n"
+    assert ok(xenstored, "xenstore-read", "foo/bar") == "1\n"
+
+
+def test_xenstored_watch_c_xenstore_watch_of_a_relative_path_prints_relative_paths(xenstored):
+    """watch.c: a relative watch (on a socket too) yields event paths relative to the home."""
+    env = dict(os.environ, XENSTORED_PATH=str(xenstored.path))
+    watcher = subprocess.Popen(["xenstore-watch", "w"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL)
+    try:
+        lines = Lines(watcher.stdout.fileno())
+        assert lines.next() == "w"
+        ok(xenstored, "xenstore-write", "/local/domain/0/w/x", "1")
+        assert lines.next() == "w/x"
+    finally:
+        watcher.kill()
+        watcher.wait(timeout=TIMEOUT)
+        watcher.stdout.close()
+
+
+def test_xenstored_transaction_c_access_node_pyxs_rereads_the_value_of_its_first_read(
+        xenstored):
+    """test-xenstore.c "ta err": the second read inside the transaction returns the value of
+    the first, though another connection changed it; the commit then fails (EAGAIN)."""
+    path = str(xenstored.path)
+    with Client(unix_socket_path=path) as c, Client(unix_socket_path=path) as d:
+        c.write(b"/ta/a", b"a")
+        c.transaction()
+        assert c.read(b"/ta/a") == b"a"
+        d.write(b"/ta/a", b"b")
+        assert c.read(b"/ta/a") == b"a"
+        assert c.commit() is False
+        assert d.read(b"/ta/a") == b"b"
+
+
+def test_xenstored_core_c_setup_structure_perms_as_pyxs_sees_them(xenstored):
+    """core.c ``setup_structure``: ``/`` is ``[n0]`` (no DomU may read it); ``@releaseDomain``
+    adds ``r<DOMID_ANY>`` (32757), ``@introduceDomain`` does not."""
+    with Client(unix_socket_path=str(xenstored.path)) as client:
+        assert client.get_perms(b"/") == [b"n0"]
+        assert client.get_perms(b"@releaseDomain") == [b"n0", b"r32757"]
+        assert client.get_perms(b"@introduceDomain") == [b"n0"]
+
+
 def test_xenstore_utils_11_3_chmod_shows_in_ls_p_and_get_perms(xenstored):
     ok(xenstored, "xenstore-write", "/a/b", "hello")
     ok(xenstored, "xenstore-chmod", "/a/b", "n0", "r5")

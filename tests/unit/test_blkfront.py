@@ -184,6 +184,8 @@ class World:
         self.store = Store()
         self.store.introduce_domain(DOM0, 0, DOMID)
         self.be_xs = Xs(self.store, DOM0)
+        self.store.mkdir(DOM0, 0, BE)
+        self.store.set_perms(DOM0, 0, BE, ["n0", f"r{DOMID}"])  # libxl's, before the keys
         for path, value in ((f"{FE}/backend", BE), (f"{FE}/backend-id", "0"),
                             (f"{FE}/state", "1"), (f"{BE}/frontend", FE), (f"{BE}/state", "1")):
             self.be_xs.write(path, value)

@@ -3,18 +3,43 @@
 import struct
 
 import pytest
-from hypothesis import settings, strategies as st
+from hypothesis import settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from protocols.errno import Errno, XenError
 from protocols.evtchn import DOMID_SELF
 from protocols.gnttab import (
-    ENTRIES_PER_FRAME, GNTCOPY_dest_gref, GNTCOPY_source_gref, GNTMAP, GNTST,
-    GNTTAB_NR_RESERVED_ENTRIES, GTF, GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef,
-    GnttabUnmapGrantRef, GrantEntryV1, GrantRefAllocator, GrantTable)
+    ENTRIES_PER_FRAME,
+    GNTMAP,
+    GNTST,
+    GNTTAB_NR_RESERVED_ENTRIES,
+    GTF,
+    GNTCOPY_dest_gref,
+    GNTCOPY_source_gref,
+    GnttabCopy,
+    GnttabCopyPtr,
+    GnttabMapGrantRef,
+    GnttabUnmapGrantRef,
+    GrantEntryV1,
+    GrantRefAllocator,
+    GrantTable,
+)
 from protocols.gnttab_ops import (
-    MAPTRACK_PER_PAGE, ActiveGrants, CopyPlan, DomainGrants, Maptrack, copy_batch, grant_copy,
-    granter_in_use, map_batch, map_grant_ref, release_mappings, unmap_batch, unmap_grant_ref)
+    MAPTRACK_PER_PAGE,
+    ActiveGrants,
+    CopyPlan,
+    DomainGrants,
+    Maptrack,
+    copy_batch,
+    grant_copy,
+    granter_in_use,
+    map_batch,
+    map_grant_ref,
+    release_mappings,
+    unmap_batch,
+    unmap_grant_ref,
+)
 
 GRANTER, BACKEND, OTHER = 5, 1, 2
 NR_PAGES = 16
@@ -296,13 +321,32 @@ def test_gnttab_6_2_unmap_checks_dev_bus_addr_and_releases_device_map_only_with_
     h = _Host()
     h.table.grant_access(8, BACKEND, 3)
     m = h.map(8, GNTMAP.device_map | GNTMAP.host_map)
-    assert h.unmap(m.handle, dev_bus_addr=4 << 12).status == GNTST.general_error
+    assert h.unmap(m.handle, dev_bus_addr=4 << 12).status == GNTST.bad_dev_addr
     assert h.active.get(8).counters == (1, 0, 1, 0)
     assert h.unmap(m.handle).status == GNTST.okay  # host part only
     assert h.active.get(8).counters == (0, 0, 1, 0)
     assert h.maptrack[BACKEND].entry(m.handle).flags == GNTMAP.device_map
     assert h.unmap(m.handle, dev_bus_addr=m.dev_bus_addr).status == GNTST.okay
     assert h.maptrack[BACKEND].entry(m.handle) is None and _status_bits(h.table, 8) == 0
+
+
+def test_grant_table_c_unmap_common_checks_dev_bus_addr_only_for_a_device_map():
+    """grant_table.c ``unmap_common``: ``op->dev_bus_addr && (flags & GNTMAP_device_map) &&
+    op->dev_bus_addr != mfn_to_maddr(act->mfn)`` gives ``GNTST_bad_dev_addr`` (-6) and changes
+    nothing; a host-only mapping ignores ``dev_bus_addr`` and is unmapped."""
+    h = _Host()
+    h.table.grant_access(8, BACKEND, 3)
+    dev = h.map(8, GNTMAP.device_map)
+    r = h.unmap(dev.handle, dev_bus_addr=dev.dev_bus_addr + 4096)
+    assert (r.status, int(r.status)) == (GNTST.bad_dev_addr, -6)
+    assert h.active.get(8).counters == (0, 0, 1, 0)
+    host = h.map(8, GNTMAP.host_map)
+    r = h.unmap(host.handle, dev_bus_addr=0xdead000)
+    assert (r.status, r.dirty) == (GNTST.okay, True)
+    assert h.maptrack[BACKEND].entry(host.handle) is None
+    assert h.active.get(8).counters == (0, 0, 1, 0)
+    assert h.unmap(dev.handle, dev_bus_addr=dev.dev_bus_addr).status == GNTST.okay
+    assert _status_bits(h.table, 8) == 0
 
 
 # -- 6.2: batches -----------------------------------------------------------------------------

@@ -112,6 +112,29 @@ def test_hypercall_numbers_match_the_reference(member, value):
     assert member == value
 
 
+# xen/include/public/domctl.h, "#define XEN_DOMCTL_<name> <number>", for every Domctl member.
+DOMCTL_H = {
+    "createdomain": 1, "destroydomain": 2, "pausedomain": 3, "unpausedomain": 4,
+    "getdomaininfo": 5, "setvcpuaffinity": 9, "shadow_op": 10, "max_mem": 11,
+    "setvcpucontext": 12, "getvcpucontext": 13, "getvcpuinfo": 14, "max_vcpus": 15,
+    "scheduler_op": 16, "setdomainhandle": 17, "settimeoffset": 24, "getvcpuaffinity": 25,
+    "resumedomain": 27, "subscribe": 29, "gethvmcontext": 33, "sethvmcontext": 34,
+    "set_target": 46, "gettscinfo": 59, "settscinfo": 60, "getpageframeinfo3": 61,
+    "setvcpuextstate": 62, "getvcpuextstate": 63, "set_virq_handler": 66, "soft_reset": 79,
+    "get_cpu_policy": 82, "set_cpu_policy": 83, "get_domain_state": 90,
+}  # fmt: skip
+
+
+def test_domctl_h_setvcpuextstate_is_62_and_getvcpuextstate_is_63():
+    """domctl.h: ``XEN_DOMCTL_setvcpuextstate 62``, ``XEN_DOMCTL_getvcpuextstate 63`` (set
+    first, unlike the reference's section 14 table)."""
+    assert (Domctl.setvcpuextstate, Domctl.getvcpuextstate) == (62, 63)
+
+
+def test_domctl_h_every_domctl_member_has_its_domctl_h_number():
+    assert {m.name: m.value for m in Domctl} == DOMCTL_H
+
+
 def test_hypercall_2_number_11_is_unused():
     assert 11 not in Hypercall._value2member_map_
 

@@ -4,8 +4,18 @@ hiding, SET_TARGET, special watches) and the 11.5 layout libxl builds with them.
 import pytest
 
 from protocols.errno import Errno, XenError
-from protocols.xenstore import (DOMID_ANY, XS_PERM_NONE, XS_PERM_OWNER, XS_PERM_READ,
-                                XS_PERM_WRITE, Conn, Perm, Store, parse_perms, perm_for_conn)
+from protocols.xenstore import (
+    DOMID_ANY,
+    XS_PERM_NONE,
+    XS_PERM_OWNER,
+    XS_PERM_READ,
+    XS_PERM_WRITE,
+    Conn,
+    Perm,
+    Store,
+    parse_perms,
+    perm_for_conn,
+)
 
 TOOLS = Conn(2, 0, privileged=True, socket=True)
 GUEST = Conn(5, 5)
@@ -33,8 +43,9 @@ def libxl_store() -> Store:
     for node in ("control/shutdown", "data"):
         s.mkdir(TOOLS, 0, f"{home}/{node}")
         s.set_perms(TOOLS, 0, f"{home}/{node}", ["n5"])
-    s.write(TOOLS, 0, "/vm/uuid-5/name", b"guest")
+    s.mkdir(TOOLS, 0, "/vm/uuid-5")
     s.set_perms(TOOLS, 0, "/vm/uuid-5", ["n0", "r5"])
+    s.write(TOOLS, 0, "/vm/uuid-5/name", b"guest")  # inherits n0,r5 as in libxl_create.c
     s.mkdir(TOOLS, 0, "/libxl/5")
     s.set_perms(TOOLS, 0, "/libxl", ["n0"])
     s.set_perms(TOOLS, 0, "/libxl/5", ["n0"])
@@ -102,12 +113,41 @@ def test_xenstore_11_3_set_target_matches_the_target_domid():
 
 # --- ownership ---------------------------------------------------------------------------------
 
-def test_xenstore_11_3_root_is_n0_r_domid_any():
-    s = Store()
-    assert s.get_perms(TOOLS, 0, "/") == ["n0", f"r{DOMID_ANY}"]
-    assert s.directory(GUEST, 0, "/") == ["tool"]
+def test_xenstored_core_c_setup_structure_root_is_n0_so_a_domu_sees_nothing_at_the_top():
+    """core.c ``setup_structure``: ``manual_node("/", "tool")`` gives ``/`` only
+    ``[n<priv_domid>]``; a missing top-level node is hidden by ``errno_from_parents``."""
+    s = libxl_store()
+    assert s.get_perms(TOOLS, 0, "/") == ["n0"]
+    assert s.get_perms(TOOLS, 0, "/tool/xenstored") == ["n0"]
+    for op in (s.read, s.directory, s.get_perms):
+        assert errno_of(op, GUEST, 0, "/") == Errno.EACCES
+        assert errno_of(op, GUEST, 0, "/foo") == Errno.EACCES
+    assert errno_of(s.read, GUEST, 0, "/local/domain/5/missing") == Errno.ENOENT  # its home
     assert errno_of(s.write, GUEST, 0, "/x", b"") == Errno.EACCES
     assert errno_of(s.read, GUEST, 0, "/tool") == Errno.EACCES
+    assert errno_of(s.read, TOOLS, 0, "/foo") == Errno.ENOENT
+
+
+def test_xenstored_core_c_setup_structure_release_domain_is_readable_by_domid_any():
+    """core.c ``setup_structure`` (Xen 4.22, 258263a4fb): ``@releaseDomain`` is
+    ``[n<priv_domid>, r<DOMID_ANY>]``, ``@introduceDomain`` stays ``[n<priv_domid>]``;
+    watch.c ``watch_permitted`` then lets any domain's @releaseDomain watch fire, and
+    ``perm_for_conn`` matches DOMID_ANY (0x7FF5, xen.h) for every domain."""
+    s = libxl_store()
+    assert DOMID_ANY == 0x7FF5
+    assert s.get_perms(TOOLS, 0, "@releaseDomain") == ["n0", f"r{DOMID_ANY}"]
+    assert s.get_perms(TOOLS, 0, "@introduceDomain") == ["n0"]
+    for conn in (GUEST, OTHER):
+        s.watch(conn, 0, "@releaseDomain", "rel")
+        s.watch(conn, 0, "@releaseDomain", "deep", 1)
+        s.watch(conn, 0, "@introduceDomain", "intro")
+    s.drain_events()
+    s.domain_shutdown(7)
+    assert sorted((e.conn_id, e.path, e.token) for e in s.drain_events()) == [
+        (GUEST.conn_id, "@releaseDomain", "rel"), (GUEST.conn_id, "@releaseDomain/7", "deep"),
+        (OTHER.conn_id, "@releaseDomain", "rel"), (OTHER.conn_id, "@releaseDomain/7", "deep")]
+    s.introduce_domain(TOOLS, 0, 9, 0, 1)
+    assert s.drain_events() == []
 
 
 def test_xenstore_11_3_new_nodes_copy_the_parents_perms_and_unprivileged_creators_own_them():
@@ -184,16 +224,21 @@ def test_xenstore_11_3_set_target_grants_the_targets_access():
 def test_xenstore_11_3_special_watches_need_privilege_or_set_perms():
     s = libxl_store()
     for conn in (GUEST, OTHER, TOOLS):
-        s.watch(conn, 0, "@releaseDomain", "t")
+        s.watch(conn, 0, "@introduceDomain", "t")
     s.drain_events()
-    s.domain_shutdown(7)
+    s.introduce_domain(TOOLS, 0, 8, 0, 1)
     assert [e.conn_id for e in s.drain_events()] == [TOOLS.conn_id]
-    assert errno_of(s.set_perms, GUEST, 0, "@releaseDomain", ["n0", "r5"]) == Errno.EACCES
-    s.set_perms(TOOLS, 0, "@releaseDomain", ["n0", "r5"])
+    assert errno_of(s.set_perms, GUEST, 0, "@introduceDomain", ["n0", "r5"]) == Errno.EACCES
+    s.set_perms(TOOLS, 0, "@introduceDomain", ["n0", "r5"])
     assert [e.conn_id for e in s.drain_events()] == [GUEST.conn_id, TOOLS.conn_id]
-    s.domain_gone(7)
+    s.introduce_domain(TOOLS, 0, 9, 0, 1)
     assert [e.conn_id for e in s.drain_events()] == [GUEST.conn_id, TOOLS.conn_id]
-    assert s.get_perms(GUEST, 0, "@releaseDomain") == ["n0", "r5"]
+    assert s.get_perms(GUEST, 0, "@introduceDomain") == ["n0", "r5"]
+    s.set_perms(TOOLS, 0, "@releaseDomain", ["n0"])  # as before Xen 4.22
+    s.watch(GUEST, 0, "@releaseDomain", "t")
+    s.drain_events()
+    s.domain_gone(9)
+    assert s.drain_events() == []
 
 
 # --- 11.5 ----------------------------------------------------------------------------------------

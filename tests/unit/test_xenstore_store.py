@@ -44,8 +44,23 @@ def test_xenstore_11_1_relative_path_is_relative_to_local_domain(store):
     assert store.read(TOOLS, 0, "/local/domain/0/memory/target") == b"524288"
 
 
-def test_xenstore_11_1_relative_path_is_refused_on_a_socket(store):
-    assert errno_of(store.read, TOOLS, 0, "local/domain/5/data") == Errno.EINVAL
+def test_xenstored_core_c_canonicalize_relative_path_on_a_socket_is_under_the_store_domain(
+        store):
+    """core.c ``canonicalize`` prefixes ``get_implicit_path``: for a socket connection
+    (``conn->domain`` NULL) ``/local/domain/<store_domid>``, here 0."""
+    store.write(TOOLS, 0, "foo/bar", b"1")
+    assert store.read(TOOLS, 0, "/local/domain/0/foo/bar") == b"1"
+    assert store.read(TOOLS, 0, "foo/bar") == b"1"
+    assert errno_of(store.read, TOOLS, 0, "local/domain/5/data") == Errno.ENOENT
+
+
+def test_xenstored_watch_c_relative_watch_on_a_socket_yields_relative_event_paths(store):
+    """watch.c ``check_watch_path``/``add_watch``: a relative watch path cuts the implicit
+    path (``prefix_len``) from its events, on a socket connection too."""
+    store.watch(TOOLS, 0, "foo", "rel")
+    store.write(TOOLS, 0, "/local/domain/0/foo/bar", b"1")
+    assert [(e.token, e.path) for e in store.drain_events()] == [("rel", "foo"),
+                                                                   ("rel", "foo/bar")]
 
 
 @pytest.mark.parametrize("path", ["", "/a//b", "/a/", "//", "/a b", "/caf\u00e9", "/a\0b",
@@ -201,11 +216,55 @@ def test_xenstore_11_4_creating_a_node_the_transaction_saw_missing_gives_eagain(
     assert errno_of(store.transaction_end, DOM0, tx, True) == Errno.EAGAIN
 
 
-def test_xenstore_11_4_a_write_after_start_conflicts_even_before_first_access(store):
+def test_xenstored_transaction_c_access_node_a_write_before_the_first_access_does_not_conflict(
+        store):
+    """transaction.c compares a node's generation with the one seen at its *first access*
+    (``access_node``), not at TRANSACTION_START."""
     store.write(TOOLS, 0, "/a", b"v1")
     tx = store.transaction_start(DOM0, 0)
     store.write(TOOLS, 0, "/a", b"v2")
+    assert store.read(DOM0, tx, "/a") == b"v2"
+    store.write(DOM0, tx, "/b", b"from v2")
+    store.transaction_end(DOM0, tx, True)
+    assert store.read(TOOLS, 0, "/b") == b"from v2"
+
+
+def test_xenstored_transaction_c_access_node_a_second_read_returns_the_first_reads_value(store):
+    """test-xenstore.c "ta err" (``test_ta3``): read in the transaction, write outside it, read
+    again in the transaction and get the old value (``access_node`` keeps a private copy);
+    the transaction's own write is what it reads next; the commit fails with EAGAIN."""
+    store.write(TOOLS, 0, "/t/a", b"a")
+    tx = store.transaction_start(TOOLS, 0)
+    assert store.read(TOOLS, tx, "/t/a") == b"a"
+    assert store.directory(TOOLS, tx, "/t") == ["a"]
+    store.write(TOOLS, 0, "/t/a", b"b")
+    store.write(TOOLS, 0, "/t/new", b"")
+    assert store.read(TOOLS, tx, "/t/a") == b"a"
+    assert store.directory(TOOLS, tx, "/t") == ["a"]
+    store.write(TOOLS, tx, "/t/a", b"c")
+    assert store.read(TOOLS, tx, "/t/a") == b"c"
+    assert errno_of(store.transaction_end, TOOLS, tx, True) == Errno.EAGAIN
+    assert store.read(TOOLS, 0, "/t/a") == b"b"
+
+
+def test_xenstored_transaction_c_access_node_a_node_absent_at_first_access_stays_absent(store):
+    """A read of a missing node records NO_GENERATION and no copy (``ta_node`` false), so
+    the transaction keeps seeing it missing after another connection creates it."""
+    tx = store.transaction_start(DOM0, 0)
+    assert errno_of(store.read, DOM0, tx, "/late") == Errno.ENOENT
+    store.write(TOOLS, 0, "/late", b"here")
+    assert errno_of(store.read, DOM0, tx, "/late") == Errno.ENOENT
+    assert errno_of(store.transaction_end, DOM0, tx, True) == Errno.EAGAIN
+
+
+def test_xenstored_transaction_c_finalize_transaction_deleted_node_gives_eagain(store):
+    """Example 3 of transaction.c: a node read in the transaction and deleted outside it."""
+    store.write(TOOLS, 0, "/a", b"v")
+    tx = store.transaction_start(DOM0, 0)
     store.read(DOM0, tx, "/a")
+    store.rm(TOOLS, 0, "/a")
+    assert store.read(DOM0, tx, "/a") == b"v"
+    store.write(DOM0, tx, "/b", b"")
     assert errno_of(store.transaction_end, DOM0, tx, True) == Errno.EAGAIN
 
 

@@ -10,8 +10,16 @@ import pytest
 
 from actors.xenstored.server import QUOTA_NAMES, STORE_FEATURES, XenstoredServer
 from protocols.errno import Errno, XenError
-from protocols.xenstore.wire import (HEADER, DirectoryPart, XsDecoder, XsMessage, XsType,
-                                     error_from_reply, make_request, parse_reply)
+from protocols.xenstore.wire import (
+    HEADER,
+    DirectoryPart,
+    XsDecoder,
+    XsMessage,
+    XsType,
+    error_from_reply,
+    make_request,
+    parse_reply,
+)
 
 
 class Peer:
@@ -185,7 +193,10 @@ def test_xenstore_11_1_relative_paths_of_a_domain_are_under_its_home(server, dom
     guest.call(XsType.WRITE, "data/x", b"1")
     assert dom0.call(XsType.READ, "/local/domain/5/data/x") == b"1"
     assert guest.call(XsType.READ, "/local/domain/5/data/x") == b"1"
-    assert dom0.errno(XsType.READ, "local/domain/5/data/x") == Errno.EINVAL  # not on a socket
+    assert dom0.errno(XsType.READ, "data/x") == Errno.ENOENT  # a socket's home is domain 0's
+    dom0.call(XsType.WRITE, "data/x", b"0")
+    assert guest.call(XsType.READ, "data/x") == b"1"
+    assert dom0.call(XsType.READ, "/local/domain/0/data/x") == b"0"
 
 
 def test_xenstore_11_3_a_domain_writing_under_another_domains_path_is_eacces(server, dom0):
