@@ -5,10 +5,13 @@
         print(xen.list())
         xen.pause("counter1")
 
-Embedded mode (the default) starts a local multi-node Ray cluster, one node per host, and
-tears it all down on exit. Attach mode (``address=``) joins an existing Ray cluster whose
-nodes carry the ``xen-host`` label, boots any host whose actors are missing, and on exit
-stops only the hosts it booted. The CLI is a thin layer over these same methods.
+Embedded mode (the default) starts a local multi-node Ray cluster, one node per host, boots
+every host and the cluster's name registry, and tears it all down on exit. Attach mode
+(``address=``) joins an existing Ray cluster whose nodes carry the ``xen-host`` label and
+changes nothing in it: it only talks to the hosts it finds (``boot=True`` also boots hosts
+that have no actors yet, and stops just those on exit). A host that does not answer is
+reported (:class:`HostUnreachable`), and calls about other hosts go on working. The CLI's
+daemon holds one of these and serves the commands through it.
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from actors.transport import PeerGone
-from actors.transport.naming import actor_name, ray_environment
+from actors.transport.naming import CLUSTER, actor_name, ray_environment
 from cluster import home
-from cluster.hosts import HostSpec, boot_host, stop_host, xenstored_socket
+from cluster.hosts import (HostSpec, boot_host, boot_registry, stop_host, stop_registry,
+                           xenstored_socket)
 from cluster.runtime import EmbeddedRay, connect, disconnect, discover_hosts
 from cluster.xlcfg import DomainConfig, load_config, parse_config
+
+CALL_TIMEOUT_S = 30.0  # a host that takes longer than this to answer is reported unreachable
 
 
 class DomainNotFound(KeyError):
@@ -36,20 +42,31 @@ class DomainNotFound(KeyError):
         return f"no domain named {self.args[0]!r}"
 
 
+class HostUnreachable(Exception):
+    """A host's actor did not answer (gone, or busy past the timeout)."""
+
+    def __init__(self, host: str, component: str, why: str) -> None:
+        self.host, self.component = host, component
+        super().__init__(f"host {host} does not answer: its {component} {why}")
+
+
 class Cluster:
     def __init__(self, hosts: int | Sequence[str] = 2, *, address: str | None = None,
-                 host_memory_mib: int = 2048, host_cpus: int = 2, dom0_memory_mib: int = 256,
-                 run_id: str | None = None, progress: Callable[[str], None] | None = None):
+                 boot: bool | None = None, host_memory_mib: int = 2048, host_cpus: int = 2,
+                 dom0_memory_mib: int = 256, run_id: str | None = None,
+                 progress: Callable[[str], None] | None = None):
         names = [f"h{i + 1}" for i in range(hosts)] if isinstance(hosts, int) else list(hosts)
         self.specs = {n: HostSpec(n, host_memory_mib, host_cpus, dom0_memory_mib)
                       for n in names}
         self.address = address
+        self.boot = address is None if boot is None else boot
         self.run_id = run_id or uuid.uuid4().hex[:8]
         self.run_dir = str(home.run_dir())
         self.log_dir = str(home.logs_dir() / self.run_id)
         self._progress = progress or (lambda msg: None)
         self._embedded: EmbeddedRay | None = None
         self._booted: list[str] = []
+        self._booted_registry = False
         ray_environment()  # before anything imports ray
         from actors.transport.raycall import RayTransport
 
@@ -65,10 +82,14 @@ class Cluster:
             self.address = self._embedded.address
         connect(self.address)
         if self._embedded is None:
-            live = discover_hosts()
-            self.specs = {n: self.specs.get(n, HostSpec(n)) for n in live}
+            self.specs = {n: self.specs.get(n, HostSpec(n)) for n in discover_hosts()}
+        if not self.boot:
+            return self
+        if not self._answers(CLUSTER, "registry"):
+            boot_registry(self.run_id)
+            self._booted_registry = True
         for name, spec in self.specs.items():
-            if not self._host_is_up(name):
+            if not self._answers(name, "xl"):
                 self._progress(f"booting host {name}: hypervisor, Dom0, xenstored, "
                                "xenconsoled, blkback, netback, xl")
                 boot_host(spec, run_id=self.run_id, run_dir=self.run_dir,
@@ -81,19 +102,21 @@ class Cluster:
         """Give every host's bridges an uplink to every other host: a full mesh, over Ray
         (DESIGN.md: cross-host traffic crosses Ray as it would cross a real network)."""
         for host in self.hosts:
-            self._transport.call(actor_name(host, "netback"), "set_peers",
-                                 [h for h in self.hosts if h != host])
+            self._call(host, "netback", "set_peers", [h for h in self.hosts if h != host])
 
     def stop(self) -> None:
         for name in self._booted:  # first the uplinks, so no frames are in flight to a host
             try:                   # being stopped
-                self._transport.call(actor_name(name, "netback"), "set_peers", [], timeout=10)
-            except (PeerGone, TimeoutError):
+                self._call(name, "netback", "set_peers", [], timeout=10)
+            except HostUnreachable:
                 pass
         for name in self._booted:
             self._progress(f"stopping host {name}")
             stop_host(name, run_id=self.run_id)
         self._booted.clear()
+        if self._booted_registry:
+            stop_registry()
+            self._booted_registry = False
         if self._embedded is not None:
             self._embedded.shutdown()
             self._embedded = None
@@ -110,74 +133,97 @@ class Cluster:
     def hosts(self) -> list[str]:
         return list(self.specs)
 
-    def _host_is_up(self, host: str) -> bool:
+    def _answers(self, host: str, component: str) -> bool:
         try:
-            self._transport.call(actor_name(host, "xl"), "process", timeout=30)
+            self._call(host, component, "process")
             return True
-        except (PeerGone, TimeoutError):
+        except HostUnreachable:
             return False
 
-    def _xl(self, host: str, kind: str, *args: Any) -> Any:
-        return self._transport.call(actor_name(host, "xl"), kind, *args)
+    def _call(self, host: str, component: str, kind: str, *args: Any,
+              timeout: float = CALL_TIMEOUT_S) -> Any:
+        """One call to a host's actor; a host that cannot answer is :class:`HostUnreachable`
+        (what the actor raised arrives as what it was: a XenError stays one)."""
+        try:
+            return self._transport.call(actor_name(host, component), kind, *args,
+                                        timeout=timeout)
+        except PeerGone:
+            raise HostUnreachable(host, component, "is not running") from None
+        except TimeoutError:
+            raise HostUnreachable(host, component, f"did not answer within {timeout:g} s") \
+                from None
+
+    def _each_host(self, fn: Callable[[str], Any], errors: dict[str, str] | None) -> list[Any]:
+        """``fn(host)`` for every host; a host that does not answer goes into ``errors``
+        (when given; else it raises)."""
+        out = []
+        for host in self.hosts:
+            try:
+                out.append(fn(host))
+            except HostUnreachable as e:
+                if errors is None:
+                    raise
+                errors[host] = str(e)
+        return out
+
+    def _check_host(self, host: str) -> None:
+        if host not in self.specs:
+            raise ValueError(f"no host {host!r}; hosts are {', '.join(self.hosts)}")
 
     # -- domains -----------------------------------------------------------------------
 
     def create(self, config: str | os.PathLike | DomainConfig, *, host: str | None = None,
                name: str | None = None) -> dict[str, Any]:
-        """Create a domain from an xl.cfg file (path), its text, or a parsed config."""
+        """Create a domain from an xl.cfg file (path), its text, or a parsed config. The name
+        is reserved in the cluster before anything is built; a create that fails leaves
+        nothing behind; it returns once the guest's init runs."""
         cfg = _as_config(config)
-        if self.find(name or cfg.name) is not None:
-            raise ValueError(f"a domain named {name or cfg.name!r} already exists")
         host = host or self.hosts[next(self._rr) % len(self.hosts)]
-        if host not in self.specs:
-            raise ValueError(f"no host {host!r}; hosts are {', '.join(self.hosts)}")
-        return self._xl(host, "create", cfg.to_dict(), name)
+        self._check_host(host)
+        return self._call(host, "xl", "create", cfg.to_dict(), name)
 
     def find(self, name: str) -> tuple[str, int] | None:
-        """``(host, domid)`` of a domain, or None."""
-        for host in self.hosts:
-            domid = self._xl(host, "names").get(name)
-            if domid is not None:
-                return host, domid
-        return None
+        """``(host, domid)`` of the domain named ``name``, or None (also while its first
+        create is still building it)."""
+        held = self._call(CLUSTER, "registry", "lookup", name)
+        return None if held is None or held["domid"] is None else (held["host"], held["domid"])
 
-    def _where(self, name: str) -> tuple[str, int]:
-        found = self.find(name)
-        if found is None:
+    def _where(self, name: str) -> str:
+        """The host holding ``name`` (a domain being built there too)."""
+        held = self._call(CLUSTER, "registry", "lookup", name)
+        if held is None:
             raise DomainNotFound(name)
-        return found
+        return held["host"]
 
-    def list(self) -> list[dict[str, Any]]:
-        """xl list's rows for every host (Name, ID, Mem, VCPUs, State, Time, host)."""
-        rows = []
-        for host in self.hosts:
-            rows.extend(self._xl(host, "list"))
+    def list(self, errors: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """xl list's rows for every host (Name, ID, Mem, VCPUs, State, Time, host). Hosts
+        that do not answer go into ``errors`` if given; otherwise they raise."""
+        rows: list[dict[str, Any]] = []
+        for host_rows in self._each_host(lambda h: self._call(h, "xl", "list"), errors):
+            rows.extend(host_rows)
         return rows
 
-    def info(self) -> list[dict[str, Any]]:
+    def info(self, errors: dict[str, str] | None = None) -> list[dict[str, Any]]:
         """Per host: memory, free memory, pCPUs, domains, its xenstored socket, and how many
         hypercalls it served and over how many same-host pipes."""
-        out = []
-        for host in self.hosts:
-            stats = self._transport.call(actor_name(host, "hypervisor"), "statistics")
-            out.append({"host": host, "total_memory_mib": stats["host_pages"] // 256,
-                        "free_memory_mib": stats["free_pages"] // 256,
-                        "nr_cpus": self.specs[host].pcpus, "domains": stats["domains"],
-                        "xenstored_socket": xenstored_socket(self.run_dir, host),
-                        "hypercalls": stats["hypercalls"], "pipes": stats["pipes"]})
-        return out
+        def one(host: str) -> dict[str, Any]:
+            stats = self._call(host, "hypervisor", "statistics")
+            return {"host": host, "total_memory_mib": stats["host_pages"] // 256,
+                    "free_memory_mib": stats["free_pages"] // 256,
+                    "nr_cpus": self.specs[host].pcpus, "domains": stats["domains"],
+                    "xenstored_socket": xenstored_socket(self.run_dir, host),
+                    "hypercalls": stats["hypercalls"], "pipes": stats["pipes"]}
+
+        return self._each_host(one, errors)
 
     def destroy(self, name: str) -> None:
-        host, _ = self._where(name)
-        self._xl(host, "destroy", name)
+        self._call(self._where(name), "xl", "destroy", name)
 
     def pause(self, name: str) -> None:
-        host, _ = self._where(name)
-        self._xl(host, "pause", name)
+        self._call(self._where(name), "xl", "pause", name)
 
     def unpause(self, name: str) -> None:
-        host, _ = self._where(name)
-        self._xl(host, "unpause", name)
+        self._call(self._where(name), "xl", "unpause", name)
 
     def shutdown(self, name: str, *, wait: bool = False, timeout: float = 60.0) -> None:
         self._control(name, "poweroff", wait, timeout)
@@ -186,16 +232,16 @@ class Cluster:
         self._control(name, "reboot", wait, timeout)
 
     def _control(self, name: str, word: str, wait: bool, timeout: float) -> None:
-        host, domid = self._where(name)
-        self._xl(host, "shutdown", name, word)
+        found = self.find(name)
+        if found is None:
+            raise DomainNotFound(name)
+        self._call(found[0], "xl", "shutdown", name, word)
         if wait:  # xl -w: until that domain (this domid) is gone or replaced
-            self.wait_for(lambda: self.find(name) != (host, domid), timeout,
-                          f"{name} to {word}")
+            self.wait_for(lambda: self.find(name) != found, timeout, f"{name} to {word}")
 
     def console(self, name: str, lines: int = 20) -> list[str]:
         """The last ``lines`` lines the domain wrote on its console."""
-        host, _ = self._where(name)
-        return self._transport.call(actor_name(host, "xenconsoled"), "tail", name, lines)
+        return self._call(self._where(name), "xenconsoled", "tail", name, lines)
 
     def result(self, name: str) -> dict[str, Any] | None:
         """The last result an init program published (a ``RESULT {json}`` console line)."""
@@ -206,9 +252,7 @@ class Cluster:
 
     def follow_console(self, name: str, poll: float = 0.25) -> Iterator[str]:
         """Console lines as they arrive (``xl console``), until the domain goes away."""
-        host, _ = self._where(name)
-        path = pathlib.Path(self._transport.call(actor_name(host, "xenconsoled"),
-                                                 "log_path", name))
+        path = pathlib.Path(self._call(self._where(name), "xenconsoled", "log_path", name))
         self.wait_for(path.exists, 30, f"{name}'s console log")
         with path.open() as f:
             while True:
@@ -232,16 +276,16 @@ class Cluster:
         spec = dataclasses.asdict(parse_link_spec(bandwidth, latency, loss))
         for src, dst in ((a, b), (b, a)) if both_ways else ((a, b),):
             for host in (src, dst):
-                if host not in self.specs:
-                    raise ValueError(f"no host {host!r}; hosts are {', '.join(self.hosts)}")
-            self._transport.call(actor_name(src, "netback"), "set_link", dst, spec)
+                self._check_host(host)
+            self._call(src, "netback", "set_link", dst, spec)
         return spec
 
-    def links(self) -> list[dict[str, Any]]:
+    def links(self, errors: dict[str, str] | None = None) -> list[dict[str, Any]]:
         """Every host's uplinks: the spec and what crossed (frames sent, lost)."""
         rows = []
-        for host in self.hosts:
-            for dst, row in self._transport.call(actor_name(host, "netback"), "links").items():
+        for host, links in zip(self.hosts, self._each_host(
+                lambda h: self._call(h, "netback", "links"), errors)):
+            for dst, row in links.items():
                 rows.append({"from": host, "to": dst, **row})
         return rows
 
@@ -252,8 +296,8 @@ class Cluster:
         for ``seconds``, or until interrupted; returns the number of frames written."""
         import dpkt
 
-        netback = actor_name(host, "netback")
-        cid = self._transport.call(netback, "capture_start", bridge)
+        self._check_host(host)
+        cid = self._call(host, "netback", "capture_start", bridge)
         written = 0
         deadline = None if seconds is None else time.monotonic() + seconds
         try:
@@ -261,19 +305,19 @@ class Cluster:
                 pcap = dpkt.pcap.Writer(f, linktype=dpkt.pcap.DLT_EN10MB)
                 try:
                     while deadline is None or time.monotonic() < deadline:
-                        written += self._drain_capture(netback, cid, pcap, f)
+                        written += self._drain_capture(host, cid, pcap, f)
                         if progress:
                             progress(written)
                         time.sleep(poll)
                 except KeyboardInterrupt:
                     pass
-                written += self._drain_capture(netback, cid, pcap, f)
+                written += self._drain_capture(host, cid, pcap, f)
         finally:
-            self._transport.call(netback, "capture_stop", cid)
+            self._call(host, "netback", "capture_stop", cid)
         return written
 
-    def _drain_capture(self, netback: str, cid: int, pcap: Any, f: Any) -> int:
-        frames = self._transport.call(netback, "capture_read", cid)
+    def _drain_capture(self, host: str, cid: int, pcap: Any, f: Any) -> int:
+        frames = self._call(host, "netback", "capture_read", cid)
         for ts, frame in frames:
             pcap.writepkt(frame, ts=ts)
         f.flush()

@@ -47,6 +47,21 @@ def boot_host(spec: HostSpec, *, run_id: str, run_dir: str, log_dir: str) -> Non
     launch.ask_all([(d, "process", ()) for d in daemons])
 
 
+def boot_registry(run_id: str) -> None:
+    """Start the cluster's name registry (on the head node) and wait until it answers."""
+    from actors.transport import launch
+    from actors.transport.naming import CLUSTER
+
+    launch.ask(launch.start("registry", CLUSTER, "registry", run_id), "process")
+
+
+def stop_registry() -> None:
+    from actors.transport import launch
+    from actors.transport.naming import CLUSTER
+
+    launch.kill(CLUSTER, "registry")
+
+
 def stop_host(host: str, *, run_id: str) -> None:
     """Kill every actor of the host (its DomUs first), then remove its leftover /dev/shm
     files."""
@@ -54,7 +69,8 @@ def stop_host(host: str, *, run_id: str) -> None:
 
     xl = launch.find(host, "xl")
     try:
-        domids = launch.ask(xl, "names", timeout=30).values() if xl is not None else []
+        names = launch.ask(xl, "names", timeout=30) if xl is not None else {}
+        domids = [domid for domid in names.values() if domid is not None]
     except Exception:  # the agent is gone: the memory files below are all we know of
         domids = []
     for domid in domids:

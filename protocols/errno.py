@@ -76,6 +76,10 @@ class XenError(Exception):
     def rc(self) -> int:
         return -int(self.errno)
 
+    def __reduce__(self):
+        """Pickle as (errno, detail), so the error crosses processes (Ray) as what it was."""
+        return (type(self), (self.errno, self.detail))
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, XenError) and other.errno == self.errno
 

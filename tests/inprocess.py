@@ -28,6 +28,7 @@ and fail :meth:`close`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
@@ -41,15 +42,29 @@ import msgpack
 from actors import memory
 from actors.hypervisor.effects import Deliver, GateVcpus, ReleaseMemory, SizeMemory
 from actors.hypervisor.state import Hypervisor
+from actors.toolstack import builder
 from actors.transport.hypercall_client import Credential, HypercallClient
 from actors.transport.xs_client import XsClient
 from actors.xenstored.server import XenstoredServer
 from protocols.hypercall import DOMID_ANY, Domctl, Hypercall, MemoryOp
+from protocols.libxl_types import DomainConfig
 
 HOST = "h1"
 HV, XENSTORED, XL = f"{HOST}/hypervisor", f"{HOST}/xenstored", f"{HOST}/xl"
 
-Handlers = dict[str, Callable[..., Any]]  # kind -> handler: what an actor's on_<kind> does
+Handlers = dict[str, Callable[..., Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """What :meth:`InProcessHost.build` made."""
+
+    domid: int
+    secret: str
+    memory_path: str
+    console_port: int
+
+  # kind -> handler: what an actor's on_<kind> does
 _STOP = object()
 
 
@@ -195,6 +210,19 @@ class InProcessHost:
                 nr_extents=nr_pages, extent_order=0, mem_flags=0, domid=domid)
         self.set_vcpu_context(domid)
         return domid, res["secret"]
+
+    def build(self, cfg: DomainConfig, name: str | None = None) -> Built:
+        """The toolstack's build steps (``actors.toolstack.builder``), as its shell runs them:
+        a paused domain with memory, boot pages and xenstore, introduced to xenstored, its
+        vCPUs handed to this process."""
+        name = name or cfg.name
+        domid, secret, uuid = builder.create_domain(self.xl, cfg)
+        memory_path = builder.populate(self.xl, domid, cfg, name)
+        port = builder.write_boot_pages(self.xl, domid, memory_path, cfg)
+        builder.write_xenstore(self.xs, domid, uuid, name, cfg, port)
+        self.xenstored.introduce_domain(domid)
+        self.set_vcpu_context(domid)
+        return Built(domid, secret, memory_path, port)
 
     def set_vcpu_context(self, domid: int) -> None:
         """Hand the vCPUs over: they run in this process, upcalls go to the DomU's endpoint."""

@@ -53,6 +53,7 @@ from protocols.console import ConsoleInterface
 from protocols.errno import Errno, XenError
 from protocols.hypercall import EvtchnOp, Hypercall, SchedOp, ShutdownReason
 from protocols.start_info import StartInfo
+from protocols.xenstore.paths import INIT_STATUS
 
 NET_UP_TIMEOUT_S = 30.0  # how long GuestOS.net() waits for a vif's carrier
 CONSOLE_RECHECK_S = 0.25  # re-check a full console ring this often, upcall or not
@@ -377,12 +378,14 @@ class PVKernel:
     def _run_init(self) -> None:
         program = INITS.get(self.init_name)
         if program is None:
-            self._printk(f"Kernel panic - not syncing: Requested init {self.init_name} "
-                         f"failed (error -2).")
+            panic = f"Requested init {self.init_name} failed (error -2)."
+            self._init_status(f"panic: {panic}")
+            self._printk(f"Kernel panic - not syncing: {panic}")
             self._shutdown(ShutdownReason.crash)
             return
         guest = GuestOS(self, argv=self.argv, domid=self.domid, name=self.name,
                         state=self.init_state)
+        self._init_status(f"running {self.init_name}")
         try:
             program(guest)
         except Exception as e:
@@ -393,6 +396,14 @@ class PVKernel:
         else:
             self._printk(_MESSAGES[ShutdownReason.poweroff])
             self._shutdown(ShutdownReason.poweroff)
+
+    def _init_status(self, status: str) -> None:
+        """Tell the toolstack, which waits for it at create, whether init started
+        (``~/data/init``: the guest-writable area of reference 11.5)."""
+        try:
+            self.xs.write(INIT_STATUS, status)
+        except XenError as e:
+            self.log.warning("cannot write the init status", error=str(e))
 
     # -- xenwatch: the PV control protocol (reference 12.3) --------------------------------
 

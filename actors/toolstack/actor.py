@@ -1,122 +1,54 @@
-"""The toolstack agent of one host (Dom0's ``xl``/libxl), as a Ray actor.
+"""The toolstack agent of one host (Dom0's ``xl``/libxl): the Ray shell over its core.
 
-It builds domains (:mod:`actors.toolstack.builder`), starts each DomU's actor, and reacts to
-domains shutting down the way xl does (reference 12.3): xenstored fires ``@releaseDomain``
-when the hypervisor raises ``VIRQ_DOM_EXC``; the agent then reads the domain list and, for
-each newly shut-down domain, applies ``on_poweroff`` / ``on_reboot`` / ``on_crash`` (destroy,
-restart, rename-restart, preserve). Reactions run on one worker thread, in order, so a
-restart never races the destroy before it.
+:class:`~actors.toolstack.state.Toolstack` decides (records, the create pipeline and its undo,
+the ``on_*`` policy); this shell runs the pipeline's steps with the builder
+(:mod:`actors.toolstack.builder`) and Dom0's clients, and carries out the core's effects: the
+cluster's name registry, xenstored's introduce and release, starting and killing a domain's
+actor (by kind, through :mod:`actors.transport.launch`).
+
+Shutdowns: xenstored fires ``@releaseDomain`` when the hypervisor raises ``VIRQ_DOM_EXC``;
+the agent reads the domain list and lets the core decide each newly shut-down domain's action.
+Reactions run on one thread, in order, so a restart never races the destroy before it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import queue
 import threading
-import time
 from typing import Any
 
 import msgpack
 import ray
 
 from actors import log as xlog
-from actors.toolstack.builder import (
-    build_pv_domain,
-    destroy_domain,
-    vbd_backend_path,
-    vif_backend_path,
+from actors.toolstack import builder
+from actors.toolstack.devices import with_macs
+from actors.toolstack.effects import (
+    ConfirmName,
+    Create,
+    DestroyDomain,
+    Effect,
+    KillVcpus,
+    Note,
+    Rebuild,
+    ReleaseName,
+    ReleaseXenstored,
+    RenameDomain,
 )
-from actors.transport import launch
+from actors.toolstack.state import Phase, Record, Step, Toolstack, state_string
+from actors.transport import PeerGone, launch
 from actors.transport.clients import host_clients
-from actors.transport.naming import actor_name
+from actors.transport.naming import CLUSTER, actor_name
 from actors.transport.raycall import Endpoint
 from protocols.errno import Errno, XenError
-from protocols.hypercall import (
-    Domctl,
-    DomInfoFlag,
-    Hypercall,
-    ShutdownReason,
-    Sysctl,
-    dominf_shutdown_code,
-)
-from protocols.libxl_types import Action, DomainConfig
-from protocols.netif import xen_mac
+from protocols.hypercall import Domctl, Hypercall, ShutdownReason, Sysctl
+from protocols.libxl_types import DomainConfig
+from protocols.xenstore.paths import RELEASE_DOMAIN, domain_path
 
 SHUTDOWN_WORDS = {"poweroff": ShutdownReason.poweroff, "reboot": ShutdownReason.reboot}
-REASON_LETTERS = "-rscwS"  # xl_info.c: indexed by shutdown code
-
-
-@dataclasses.dataclass
-class Record:
-    """xl's view of one domain it created."""
-
-    name: str
-    domid: int
-    config: dict[str, Any]
-    secret: str
-    pid: int = 0
-    handled_shutdown: bool = False
-
-
-def state_string(flags: int) -> str:
-    """xl list's State column: ``r b p s <reason> d`` (``tools/xl/xl_info.c``)."""
-    shutdown = bool(flags & DomInfoFlag.shutdown)
-    return "".join([
-        "r" if flags & DomInfoFlag.running else "-",
-        "b" if flags & DomInfoFlag.blocked else "-",
-        "p" if flags & DomInfoFlag.paused else "-",
-        "s" if shutdown else "-",
-        REASON_LETTERS[dominf_shutdown_code(flags)] if shutdown and
-        dominf_shutdown_code(flags) < len(REASON_LETTERS) else "-",
-        "d" if flags & DomInfoFlag.dying else "-",
-    ])
-
-
-def check_devices(cfg: DomainConfig) -> None:
-    """Refuse, before anything is built, devices this host cannot back (xl does the same)."""
-    for disk in cfg.disk:
-        where = f"disk {disk.vdev}"
-        if not disk.target or not os.path.exists(disk.target):
-            raise XenError(Errno.ENOENT, f"{where}: target {disk.target} does not exist on "
-                                         "this host")
-        if (reason := disk.unsupported_reason()) is not None:
-            raise XenError(Errno.EOPNOTSUPP, f"{where}: {reason}")
-        if disk.mode == "w" and not os.stat(disk.target).st_mode & 0o222:
-            raise XenError(Errno.EROFS, f"{where}: {disk.target} is read-only but the disk "
-                                        "asks for write access (use access=ro)")
-    for vif in cfg.vif:
-        if vif.backend not in (None, "0", "Domain-0"):
-            raise XenError(Errno.EOPNOTSUPP, f"vif {vif.devid}: backend {vif.backend}: driver "
-                                             "domains are not emulated; netback runs in Dom0")
-
-
-def with_macs(cfg: DomainConfig) -> DomainConfig:
-    """Give every vif without a ``mac`` one under Xen's OUI, at create (libxl does), so the
-    domain keeps it across reboots: the record holds the config with the MACs in it."""
-    return dataclasses.replace(cfg, vif=[v if v.mac else v.with_mac(xen_mac(os.urandom(3)))
-                                         for v in cfg.vif])
-
-
-HOTPLUG_TIMEOUT_S = 40.0  # LIBXL_HOTPLUG_TIMEOUT
-
-
-def wait_for_backends(xs, domid: int, cfg: DomainConfig) -> None:
-    """libxl waits for each backend to reach InitWait (or report an error) before unpausing."""
-    devices = [(vbd_backend_path(domid, d.devid), f"disk {d.vdev}", "blkback") for d in cfg.disk]
-    devices += [(vif_backend_path(domid, v.devid), f"vif {v.devid}", "netback") for v in cfg.vif]
-    for be, what, backend in devices:
-        deadline = time.monotonic() + HOTPLUG_TIMEOUT_S
-        while (state := xs.read_str(f"{be}/state", default="0")) != "2":
-            error = xs.read_str(f"{be}/hotplug-error", default="") or \
-                xs.read_str(f"{be}/error", default="")
-            if error or state == "6":
-                raise XenError(Errno.EIO, f"{what}: {backend} refused it: "
-                                          f"{error or 'backend closed'}")
-            if time.monotonic() > deadline:
-                raise XenError(Errno.ETIMEDOUT, f"{what}: {backend} did not answer "
-                                                f"within {HOTPLUG_TIMEOUT_S:.0f} s")
-            time.sleep(0.05)
+HOLDER_TIMEOUT_S = 5.0  # how long to wait for another host's agent to say if a name is its
+BUILD_WAIT_S = 120.0  # how long a destroy waits for a build of that domain to end
 
 
 @ray.remote(max_restarts=0, max_concurrency=8)
@@ -126,90 +58,79 @@ class ToolstackActor(Endpoint):
         self.log = xlog.setup(host=host, component="xl", log_dir=log_dir)
         dom0 = host_clients(host, 0, dom0_secret, "xl", self.deliver, self.log)
         self.transport, self.hv, self.xs = dom0.transport, dom0.hv, dom0.xs
-        self.records: dict[str, Record] = {}
-        self.lock = threading.RLock()
-        self.reactions: queue.Queue[str] = queue.Queue()
+        self.xenstored = actor_name(host, "xenstored")
+        self.registry = actor_name(CLUSTER, "registry")
+        self.core = Toolstack(host)
+        self.lock = threading.Lock()
+        self.built = threading.Condition(self.lock)  # notified when a build ends
+        self._steps = {Step.RESERVE: self._reserve, Step.CREATEDOMAIN: self._createdomain,
+                       Step.MEMORY: self._memory, Step.BOOT_PAGES: self._boot_pages,
+                       Step.XENSTORE: self._xenstore, Step.INTRODUCE: self._introduce,
+                       Step.VCPUS: self._vcpus, Step.BACKENDS: self._backends,
+                       Step.UNPAUSE: self._unpause, Step.INIT: self._init}
+        builder.init_dom0(self.xs)
+        self.reactions: queue.SimpleQueue[None] = queue.SimpleQueue()
         threading.Thread(target=self._react, name="xl-reactions", daemon=True).start()
-        self.xs.watch("@releaseDomain", "xl-release", lambda path, token: self.reactions.put(
-            "release"))
+        self.xs.watch(RELEASE_DOMAIN, "xl-release", lambda path, token: self.reactions.put(None))
 
     # -- commands ------------------------------------------------------------------------
 
     def on_create(self, config: dict[str, Any], name: str | None = None) -> dict[str, Any]:
-        cfg = DomainConfig.from_dict(config)
-        name = name or cfg.name
-        check_devices(cfg)
-        cfg = with_macs(cfg)
-        config = cfg.to_dict()
+        cfg = with_macs(DomainConfig.from_dict(config))
+        builder.check_config(cfg)
         with self.lock:
-            if name in self.records:
-                raise XenError(Errno.EEXIST, f"domain {name!r} already exists on {self.host}")
-        built = build_pv_domain(self.hv, self.xs, cfg, name=name)
-        endpoint = actor_name(self.host, f"dom{built.domid}")
-        try:
-            self.transport.call(actor_name(self.host, "xenstored"), "introduce", built.domid,
-                                built.secret, endpoint)
-            actor = launch.start("domain", self.host, f"dom{built.domid}", self.host,
-                                 built.domid, built.secret, built.memory_path, self.log_dir)
-            pid = launch.ask(actor, "process")["pid"]
-            self.hv(Hypercall.domctl, Domctl.setvcpucontext, domain=built.domid, vcpu=0,
-                    ctxt=msgpack.packb({"pid": pid, "endpoint": endpoint}))
-            with self.lock:
-                self.records[name] = Record(name, built.domid, config, built.secret, pid)
-            wait_for_backends(self.xs, built.domid, cfg)
-            self.hv(Hypercall.domctl, Domctl.unpausedomain, domain=built.domid)
-        except BaseException:
-            self._teardown(built.domid)
-            with self.lock:
-                self.records.pop(name, None)
-            raise
-        self.log.info("domain created", domid=built.domid, name=name)
-        return {"name": name, "domid": built.domid, "host": self.host, "pid": pid,
+            rec = self.core.begin_create(name or cfg.name, cfg)
+        self._build(rec)
+        return {"name": rec.name, "domid": rec.domid, "host": self.host, "pid": rec.pid,
                 "kernel": cfg.kernel or f"built-in {cfg.type} kernel"}
 
     def on_destroy(self, name: str) -> None:
-        rec = self._record(name)
-        self._teardown(rec.domid)
-        with self.lock:
-            self.records.pop(name, None)
-        self.log.info("domain destroyed", domid=rec.domid, name=name)
+        """``xl destroy``; a domain being (re)built is destroyed once its build ends."""
+        with self.built:
+            self.built.wait_for(lambda: name not in self.core.records or
+                                self.core.records[name].phase is not Phase.BUILDING,
+                                BUILD_WAIT_S)
+            effects = self.core.destroy(name)
+        self._carry_out(effects)
 
     def on_pause(self, name: str) -> None:
-        self.hv(Hypercall.domctl, Domctl.pausedomain, domain=self._record(name).domid)
+        self.hv(Hypercall.domctl, Domctl.pausedomain, domain=self._domid(name))
 
     def on_unpause(self, name: str) -> None:
-        self.hv(Hypercall.domctl, Domctl.unpausedomain, domain=self._record(name).domid)
+        self.hv(Hypercall.domctl, Domctl.unpausedomain, domain=self._domid(name))
 
     def on_shutdown(self, name: str, word: str) -> None:
         """The PV control protocol: write the command; the guest acks and shuts down."""
         if word not in SHUTDOWN_WORDS:
-            raise ValueError(f"unknown shutdown command {word!r}")
-        rec = self._record(name)
-        self.xs.write(f"/local/domain/{rec.domid}/control/shutdown", word)
+            raise XenError(Errno.EINVAL, f"unknown shutdown command {word!r}")
+        self.xs.write(f"{domain_path(self._domid(name))}/control/shutdown", word)
 
     def on_list(self) -> list[dict[str, Any]]:
         """xl list's rows for this host, Dom0 first."""
         infos = self.hv(Hypercall.sysctl, Sysctl.getdomaininfolist, first_domain=0,
                         max_domains=1 << 15)
         with self.lock:
-            names = {r.domid: r.name for r in self.records.values()}
-            pids = {r.domid: r.pid for r in self.records.values()}
+            recs = {r.domid: (r.name, r.pid) for r in self.core.records.values()
+                    if r.domid is not None}
         rows = []
         for info in infos:
             domid = info["domain"]
-            if domid != 0 and domid not in names:
+            if domid != 0 and domid not in recs:
                 continue
-            rows.append({
-                "name": "Domain-0" if domid == 0 else names[domid], "domid": domid,
-                "mem": info["tot_pages"] * 4096 >> 20, "vcpus": info["nr_online_vcpus"],
-                "state": state_string(info["flags"]), "time": info["cpu_time"] / 1e9,
-                "host": self.host, "pid": pids.get(domid, os.getpid()),  # Dom0: this agent
-            })
+            name, pid = recs.get(domid, ("Domain-0", os.getpid()))  # Dom0's pid: this agent
+            rows.append({"name": name, "domid": domid, "mem": info["tot_pages"] * 4096 >> 20,
+                         "vcpus": info["nr_online_vcpus"], "state": state_string(info["flags"]),
+                         "time": info["cpu_time"] / 1e9, "host": self.host, "pid": pid})
         return rows
 
-    def on_names(self) -> dict[str, int]:
+    def on_names(self) -> dict[str, int | None]:
         with self.lock:
-            return {r.name: r.domid for r in self.records.values()}
+            return self.core.names()
+
+    def on_holds(self, name: str) -> bool:
+        """Is ``name`` one of this host's domains (the registry asks, for a stale entry)?"""
+        with self.lock:
+            return name in self.core.records
 
     def on_xs_event(self, data: bytes) -> None:
         self.xs.on_event(data)
@@ -217,63 +138,154 @@ class ToolstackActor(Endpoint):
     def on_upcall(self, domid: int, ports: list[int]) -> None:
         """Dom0's xl binds no ports of its own; nothing to service."""
 
-    # -- shutdown reactions (xl_vmcontrol.c handle_domain_death) ------------------------
+    # -- the create pipeline ---------------------------------------------------------------
+
+    def _build(self, rec: Record) -> None:
+        """Run the steps ``rec`` still needs, in order; on any failure undo what was done."""
+        try:
+            for step in self.core.pending(rec):
+                learnt = self._steps[step](rec) or {}
+                with self.lock:
+                    self.core.step_done(rec, step, **learnt)
+        except BaseException as e:
+            self.log.warning("create failed", name=rec.name, domid=rec.domid, error=str(e))
+            with self.lock:
+                effects = self.core.abort(rec)
+                self.built.notify_all()
+            self._carry_out(effects)
+            raise
+        with self.lock:
+            effects = self.core.finish(rec)
+            self.built.notify_all()
+        self._carry_out(effects)
+
+    def _reserve(self, rec: Record) -> None:
+        held = self._registry("reserve", rec.name, self.host)
+        if held is None:
+            return
+        if self._stale(rec.name, held) and self._registry("take_over", rec.name, held,
+                                                          self.host):
+            return
+        raise XenError(Errno.EEXIST, f"a domain named {rec.name!r} already exists on "
+                                     f"{held['host']}")
+
+    def _stale(self, name: str, held: dict) -> bool:
+        """Does the holder's host say it no longer has ``name``? (Not when it cannot say.)"""
+        try:
+            return not self.transport.call(actor_name(held["host"], "xl"), "holds", name,
+                                           timeout=HOLDER_TIMEOUT_S)
+        except (PeerGone, TimeoutError):
+            return False
+
+    def _createdomain(self, rec: Record) -> dict[str, Any]:
+        domid, secret, uuid = builder.create_domain(self.hv, rec.config)
+        return {"domid": domid, "secret": secret, "uuid": uuid}
+
+    def _memory(self, rec: Record) -> dict[str, Any]:
+        return {"memory_path": builder.populate(self.hv, rec.domid, rec.config, rec.name)}
+
+    def _boot_pages(self, rec: Record) -> dict[str, Any]:
+        return {"console_port": builder.write_boot_pages(self.hv, rec.domid, rec.memory_path,
+                                                         rec.config)}
+
+    def _xenstore(self, rec: Record) -> None:
+        builder.write_xenstore(self.xs, rec.domid, rec.uuid, rec.name, rec.config,
+                               rec.console_port)
+
+    def _introduce(self, rec: Record) -> None:
+        self.transport.call(self.xenstored, "introduce", rec.domid, rec.secret,
+                            self._endpoint(rec.domid))
+
+    def _vcpus(self, rec: Record) -> dict[str, Any]:
+        """Start the domain's actor (its vCPUs' process) and hand it over to the hypervisor;
+        an actor started by a failed step is killed here (the core only undoes done steps)."""
+        actor = launch.start("domain", self.host, f"dom{rec.domid}", self.host, rec.domid,
+                             rec.secret, rec.memory_path, self.log_dir)
+        try:
+            pid = launch.ask(actor, "process")["pid"]
+            self.hv(Hypercall.domctl, Domctl.setvcpucontext, domain=rec.domid, vcpu=0,
+                    ctxt=msgpack.packb({"pid": pid, "endpoint": self._endpoint(rec.domid)}))
+        except BaseException:
+            self._kill_vcpus(rec.domid)
+            raise
+        return {"pid": pid}
+
+    def _backends(self, rec: Record) -> None:
+        builder.wait_backends(self.xs, rec.domid, rec.config)
+
+    def _unpause(self, rec: Record) -> None:
+        self.hv(Hypercall.domctl, Domctl.unpausedomain, domain=rec.domid)
+
+    def _init(self, rec: Record) -> None:
+        builder.wait_init(self.xs, self.hv, rec.domid)
+
+    # -- effects ----------------------------------------------------------------------------
+
+    def _carry_out(self, effects: list[Effect]) -> None:
+        for e in effects:
+            match e:
+                case DestroyDomain(domid):
+                    builder.destroy_domain(self.hv, self.xs, domid)
+                case ReleaseXenstored(domid):
+                    self.transport.call(self.xenstored, "release", domid)
+                case KillVcpus(domid):
+                    self._kill_vcpus(domid)
+                case ReleaseName(name):
+                    self._registry("release", name, self.host, missing_ok=True)
+                case ConfirmName(name, domid):
+                    self._registry("confirm", name, self.host, domid, missing_ok=True)
+                case RenameDomain(domid, old, new):
+                    taken = self._registry("rename", old, new, self.host)
+                    if taken is None:
+                        self.xs.write(f"{domain_path(domid)}/name", new)
+                    with self.lock:
+                        effects = self.core.renamed(old, new, ok=taken is None)
+                    self._carry_out(effects)
+                case Rebuild(name):
+                    with self.lock:
+                        rec = self.core.records[name]
+                    self._build(rec)
+                case Create(name, config):
+                    self.on_create(config.to_dict(), name)
+                case Note(what, fields):
+                    self.log.info(what, **fields)
+
+    def _kill_vcpus(self, domid: int) -> None:
+        launch.kill(self.host, f"dom{domid}")
+        self.transport.forget(self._endpoint(domid))
+
+    def _registry(self, kind: str, *args: Any, missing_ok: bool = False) -> Any:
+        try:
+            return self.transport.call(self.registry, kind, *args)
+        except PeerGone:
+            if missing_ok:
+                self.log.warning("the cluster's name registry is gone", call=kind)
+                return None
+            raise XenError(Errno.ENOTCONN, "the cluster's name registry is not running") \
+                from None
+
+    # -- shutdown reactions (xl_vmcontrol.c handle_domain_death) ----------------------------
 
     def _react(self) -> None:
         while True:
             self.reactions.get()
             try:
-                self._handle_release()
+                infos = self.hv(Hypercall.sysctl, Sysctl.getdomaininfolist, first_domain=1,
+                                max_domains=1 << 15)
+                with self.lock:
+                    effects = self.core.shutdowns({i["domain"]: i["flags"] for i in infos})
+                self._carry_out(effects)
             except Exception:  # one bad reaction must not stop the agent
                 self.log.exception("reacting to @releaseDomain failed")
 
-    def _handle_release(self) -> None:
-        infos = {i["domain"]: i for i in self.hv(Hypercall.sysctl, Sysctl.getdomaininfolist,
-                                                 first_domain=1, max_domains=1 << 15)}
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _domid(self, name: str) -> int:
         with self.lock:
-            pending = [r for r in self.records.values() if not r.handled_shutdown
-                       and r.domid in infos and infos[r.domid]["flags"] & DomInfoFlag.shutdown]
-            for rec in pending:
-                rec.handled_shutdown = True
-        for rec in pending:
-            self._apply(rec, dominf_shutdown_code(infos[rec.domid]["flags"]))
+            rec = self.core.record(name)
+            if rec.domid is None or rec.phase is Phase.BUILDING:
+                raise XenError(Errno.EBUSY, f"{name!r} is being built")
+            return rec.domid
 
-    def _apply(self, rec: Record, reason: int) -> None:
-        key = {ShutdownReason.poweroff: "on_poweroff", ShutdownReason.reboot: "on_reboot",
-               ShutdownReason.crash: "on_crash", ShutdownReason.watchdog: "on_watchdog",
-               ShutdownReason.soft_reset: "on_soft_reset"}.get(reason)
-        if key is None:  # suspend is not an action: "domain has suspended"
-            self.log.info("domain has suspended", domid=rec.domid, name=rec.name)
-            return
-        action = Action.from_xl_name(rec.config[key])
-        self.log.info("domain shut down", domid=rec.domid, name=rec.name,
-                      reason=ShutdownReason(reason).name, action=action.xl_name)
-        if action in (Action.DESTROY, Action.COREDUMP_DESTROY):
-            self.on_destroy(rec.name)
-        elif action in (Action.RESTART, Action.COREDUMP_RESTART, Action.SOFT_RESET):
-            self.on_destroy(rec.name)
-            self.on_create(rec.config, rec.name)
-        elif action is Action.RENAME_RESTART:
-            with self.lock:
-                self.records.pop(rec.name)
-                rec.name = f"{rec.name}-{rec.domid}"
-                self.records[rec.name] = rec
-            self.xs.write(f"/local/domain/{rec.domid}/name", rec.name)
-            self.on_create(rec.config, rec.config["name"])
-        # PRESERVE: leave it shut down, for the user to inspect or destroy.
-
-    # -- helpers ------------------------------------------------------------------------
-
-    def _record(self, name: str) -> Record:
-        with self.lock:
-            rec = self.records.get(name)
-        if rec is None:
-            raise KeyError(f"no domain named {name!r} on {self.host}")
-        return rec
-
-    def _teardown(self, domid: int) -> None:
-        """Destroy in the hypervisor first (so the vCPU exit is not a crash), then the actor."""
-        destroy_domain(self.hv, self.xs, domid)
-        self.transport.call(actor_name(self.host, "xenstored"), "release", domid)
-        launch.kill(self.host, f"dom{domid}")
-        self.transport.forget(actor_name(self.host, f"dom{domid}"))
+    def _endpoint(self, domid: int) -> str:
+        return actor_name(self.host, f"dom{domid}")

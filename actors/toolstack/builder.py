@@ -1,90 +1,130 @@
-"""Building a PV domain, in the order libxl and libxc do it (``libxl_create.c``, ``xc_dom``).
+"""The steps of building and destroying a PV domain, as libxl and libxc do them
+(``libxl_create.c`` ``domcreate_*``, ``xc_dom_*``, ``libxl_domain.c`` ``libxl_domain_destroy``).
 
-Written in chronological order (libxl's CODING_STYLE): create the domain paused, size its
-memory, allocate the console event channel, write the start-info page and the console page
-into the guest's memory (a fresh page is zero, which is XENCONSOLE_CONNECTED), lay out its xenstore directories in one transaction with libxl's
-permissions (reference 11.5), and return what the caller needs to start the vCPUs. A failure
-at any step destroys the half-built domain, so a bad create leaves nothing behind.
+Written in chronological order (libxl's CODING_STYLE). Each function is one step of
+:class:`actors.toolstack.state.Step` and talks to the hypervisor and xenstored only through the
+clients it is given (``hv``, a :class:`~actors.transport.hypercall_client.HypercallClient`;
+``xs``, an :class:`~actors.transport.xs_client.XsClient`), so the in-process test host drives
+the same code. Which steps run, in which order, and what undoes a failed one is the core's
+business (:mod:`actors.toolstack.state`), not this module's.
 
-The PV memory map (pfn 0 start_info, 3 the console ring, 16.. free for the guest) is in
-:mod:`protocols.pv_layout`.
+The PV memory map (pfn 0 start_info, 3 the console ring, 16.. free for the guest) is
+:mod:`protocols.pv_layout`; the xenstore layout and permissions are reference 11.5's.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import threading
 import time
 import uuid as uuidlib
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from actors.memory import Mapping
+from actors.toolstack.devices import DEVICE_TYPES, DeviceType, devices_of
 from protocols import start_info as si
 from protocols.errno import Errno, XenError
-from protocols.hypercall import DOMID_ANY, Domctl, EvtchnOp, Hypercall, MemoryOp, XenMapSpace
+from protocols.hypercall import (
+    DOMID_ANY,
+    Domctl,
+    DomInfoFlag,
+    EvtchnOp,
+    Hypercall,
+    MemoryOp,
+    XenMapSpace,
+)
 from protocols.libxl_types import DomainConfig
-from protocols.netif import DEFAULT_MTU
 from protocols.pv_layout import PFN_CONSOLE, PFN_FIRST_FREE, PFN_START_INFO
+from protocols.xenstore.paths import (
+    INIT_STATUS,
+    RELEASE_DOMAIN,
+    backend_path,
+    domain_path,
+    frontend_path,
+    libxl_path,
+    vm_path,
+)
+
+XEN_LEGACY_MAX_VCPUS = 32  # vcpu_info slots in the shared-info page (xen.h)
+HOTPLUG_TIMEOUT_S = 40.0  # LIBXL_HOTPLUG_TIMEOUT
+INIT_TIMEOUT_S = 30.0  # how long create waits for the guest's init to start
+
+T = TypeVar("T")
 
 
-@dataclasses.dataclass(frozen=True)
-class BuiltDomain:
-    domid: int
-    secret: str
-    uuid: str
-    memory_path: str
-    console_port: int
+# -- xen-init-dom0 --------------------------------------------------------------------------
+
+def init_dom0(xs: Any) -> None:
+    """What ``tools/helpers/xen-init-dom0.c`` writes once xenstored is up (reference 11.5):
+    Dom0's ``domid`` and ``name``, and the name of the one cpupool."""
+    def body(t: int) -> None:
+        xs.write(f"{domain_path(0)}/domid", "0", tx_id=t)
+        xs.write(f"{domain_path(0)}/name", "Domain-0", tx_id=t)
+        xs.write("/local/pool/0/name", "Pool-0", tx_id=t)
+
+    xs.transact(body)
 
 
-def build_pv_domain(hv, xs, cfg: DomainConfig, *, name: str | None = None) -> BuiltDomain:
-    """Create ``cfg``'s domain, paused, with memory, start info, console and xenstore."""
+# -- creation ---------------------------------------------------------------------------------
+
+def check_config(cfg: DomainConfig) -> None:
+    """What the hypervisor would refuse, said in the config's words before anything is built."""
+    if cfg.maxvcpus > XEN_LEGACY_MAX_VCPUS:
+        raise XenError(Errno.EINVAL, f"maxvcpus {cfg.maxvcpus}: a PV domain here has at most "
+                                     f"{XEN_LEGACY_MAX_VCPUS} vCPUs (the vcpu_info slots of its "
+                                     "shared-info page)")
+    for dtype, dev in devices_of(cfg):
+        dtype.check(dev)
+
+
+def create_domain(hv: Any, cfg: DomainConfig) -> tuple[int, str, str]:
+    """``XEN_DOMCTL_createdomain``: a new domain, paused once; its (domid, secret, uuid)."""
     dom_uuid = cfg.uuid or str(uuidlib.uuid4())
     created = hv(Hypercall.domctl, Domctl.createdomain, domain=DOMID_ANY, ssidref=0,
                  handle=uuidlib.UUID(dom_uuid).bytes, flags=0, max_vcpus=cfg.maxvcpus,
                  max_evtchn_port=cfg.max_event_channels,
                  max_grant_frames=cfg.max_grant_frames,
                  max_maptrack_frames=cfg.max_maptrack_frames)
-    domid = created["domain"]
-    try:
-        path = _populate(hv, domid, cfg)
-        port = hv(Hypercall.event_channel_op, EvtchnOp.alloc_unbound, dom=domid,
-                  remote_dom=0)["port"]
-        _write_boot_pages(path, cfg, port)
-        _write_xenstore(xs, domid, dom_uuid, name or cfg.name, cfg, port)
-    except BaseException:
-        destroy_domain(hv, xs, domid)
-        raise
-    return BuiltDomain(domid, created["secret"], dom_uuid, path, port)
+    return created["domain"], created["secret"], dom_uuid
 
 
-def _populate(hv, domid: int, cfg: DomainConfig) -> str:
-    """``XEN_DOMCTL_max_mem`` then ``populate_physmap``: short of memory is -ENOMEM."""
+def populate(hv: Any, domid: int, cfg: DomainConfig, name: str) -> str:
+    """``XEN_DOMCTL_max_mem`` then ``populate_physmap``: short of memory is -ENOMEM. Returns
+    the domain's memory file (what a foreign map of its first page answers)."""
     hv(Hypercall.domctl, Domctl.max_mem, domain=domid, max_memkb=cfg.maxmem * 1024)
     want = cfg.memory * 256
     done = hv(Hypercall.memory_op, MemoryOp.populate_physmap, extent_start=[],
               nr_extents=want, extent_order=0, mem_flags=0, domid=domid)
     if done < want:
         raise XenError(Errno.ENOMEM, f"host has memory for {done // 256} of the "
-                                     f"{cfg.memory} MiB domain {cfg.name!r} asks for")
+                                     f"{cfg.memory} MiB domain {name!r} asks for")
     return hv(Hypercall.memory_op, MemoryOp.add_to_physmap_batch, domid=0,
               space=XenMapSpace.gmfn_foreign, size=1, foreign_domid=domid,
               idxs=[PFN_START_INFO], gpfns=[0])["path"]
 
 
-def _write_boot_pages(path: str, cfg: DomainConfig, console_port: int) -> None:
-    mapping = Mapping(path, 0, PFN_FIRST_FREE)
+def write_boot_pages(hv: Any, domid: int, memory_path: str, cfg: DomainConfig) -> int:
+    """The console event channel, then the start-info page and the console page in the
+    guest's memory (a fresh page is zero, which is XENCONSOLE_CONNECTED). Returns the port."""
+    port = hv(Hypercall.event_channel_op, EvtchnOp.alloc_unbound, dom=domid,
+              remote_dom=0)["port"]
+    mapping = Mapping(memory_path, 0, PFN_FIRST_FREE)
     try:
         info = si.StartInfo(nr_pages=cfg.memory * 256, shared_info=0, flags=0,
                             store_mfn=0, store_evtchn=0, console_mfn=PFN_CONSOLE,
-                            console_evtchn=console_port, cmd_line=cfg.cmdline or "")
+                            console_evtchn=port, cmd_line=cfg.cmdline or "")
         mapping.page(PFN_START_INFO)[:si.SIZE] = info.pack()
     finally:
         mapping.close()
+    return port
 
 
-def _write_xenstore(xs, domid: int, dom_uuid: str, name: str, cfg: DomainConfig,
-                    console_port: int) -> None:
-    """libxl's layout and permissions (reference 11.5), in one transaction."""
-    dom = f"/local/domain/{domid}"
-    vm = f"/vm/{dom_uuid}"
+def write_xenstore(xs: Any, domid: int, dom_uuid: str, name: str, cfg: DomainConfig,
+                   console_port: int) -> None:
+    """libxl's layout and permissions (reference 11.5) and every device's directories, in one
+    transaction."""
+    dom = domain_path(domid)
+    vm = vm_path(dom_uuid)
     dom0_owns = ["n0", f"r{domid}"]
     guest_owns = [f"n{domid}"]
 
@@ -98,8 +138,8 @@ def _write_xenstore(xs, domid: int, dom_uuid: str, name: str, cfg: DomainConfig,
             f"{dom}/console/port": str(console_port), f"{dom}/console/type": "xenconsoled",
             f"{dom}/console/output": "pty",
             vm: "", f"{vm}/uuid": dom_uuid, f"{vm}/name": name,
-            f"{vm}/start_time": f"{time.time():.2f}", f"/libxl/{domid}": "",
-            f"/libxl/{domid}/type": cfg.type,
+            f"{vm}/start_time": f"{time.time():.2f}", libxl_path(domid): "",
+            f"{libxl_path(domid)}/type": cfg.type,
         }
         for vcpu in range(cfg.maxvcpus):
             nodes[f"{dom}/cpu/{vcpu}/availability"] = "online" if vcpu < cfg.vcpus else "offline"
@@ -109,80 +149,116 @@ def _write_xenstore(xs, domid: int, dom_uuid: str, name: str, cfg: DomainConfig,
             xs.set_perms(path, dom0_owns, tx_id=t)
         for path, value in nodes.items():
             xs.write(path, value, tx_id=t)
-        xs.set_perms(f"/libxl/{domid}", ["n0"], tx_id=t)
+        xs.set_perms(libxl_path(domid), ["n0"], tx_id=t)
         for leaf in ("control/shutdown", "control/feature-poweroff", "control/feature-reboot",
                      "control/feature-suspend", "control/sysrq", "data"):
             xs.write(f"{dom}/{leaf}", "", tx_id=t)
             xs.set_perms(f"{dom}/{leaf}", guest_owns, tx_id=t)
-        for disk in cfg.disk:
-            add_vbd(xs, t, domid, disk)
-        for vif in cfg.vif:
-            add_vif(xs, t, domid, vif)
+        for dtype, dev in devices_of(cfg):
+            add_device(xs, t, domid, dtype, dev)
 
     xs.transact(body)
 
 
-def vbd_backend_path(domid: int, devid: int) -> str:
-    return f"/local/domain/0/backend/vbd/{domid}/{devid}"
-
-
-def add_vbd(xs, t: int, domid: int, disk) -> None:
-    """A vbd's directories (reference 8.3): libxl's keys for blkback and blkfront."""
-    fe = f"/local/domain/{domid}/device/vbd/{disk.devid}"
-    backend = {"frontend": fe, "frontend-id": str(domid), "online": "1", "state": "1",
-               "removable": "0", "bootable": "1", "dev": disk.vdev, "type": "file",
-               "mode": disk.mode, "device-type": disk.device_type, "params": disk.target,
-               "discard-enable": "0" if disk.discard is False else "1"}
-    frontend = {"backend": vbd_backend_path(domid, disk.devid), "backend-id": "0",
-                "state": "1", "virtual-device": str(disk.devid),
-                "device-type": disk.device_type, "trusted": "1"}
-    _add_device(xs, t, domid, "vbd", disk.devid, backend, frontend)
-
-
-def vif_backend_path(domid: int, devid: int) -> str:
-    return f"/local/domain/0/backend/vif/{domid}/{devid}"
-
-
-def add_vif(xs, t: int, domid: int, vif) -> None:
-    """A vif's directories (``libxl_nic.c``, reference 9): ``hotplug-status`` starts empty;
-    the hotplug step (netback attaching the vif to its bridge) sets it to "connected"."""
-    fe = f"/local/domain/{domid}/device/vif/{vif.devid}"
-    backend = {"frontend": fe, "frontend-id": str(domid), "online": "1", "state": "1",
-               "script": vif.script, "mac": vif.mac, "bridge": vif.bridge,
-               "handle": str(vif.devid), "type": vif.type or "vif", "hotplug-status": ""}
-    if vif.mtu != DEFAULT_MTU:  # libxl writes the backend's mtu only when it is not 1500
-        backend["mtu"] = str(vif.mtu)
-    if vif.ip:
-        backend["ip"] = vif.ip
-    if vif.rate:
-        backend["rate"] = vif.rate.xenstore
-    frontend = {"backend": vif_backend_path(domid, vif.devid), "backend-id": "0",
-                "state": "1", "handle": str(vif.devid), "mac": vif.mac, "mtu": str(vif.mtu),
-                "trusted": "1" if vif.trusted is not False else "0"}
-    _add_device(xs, t, domid, "vif", vif.devid, backend, frontend)
-
-
-def _add_device(xs, t: int, domid: int, kind: str, devid: int, backend: dict[str, str],
-                frontend: dict[str, str]) -> None:
+def add_device(xs: Any, t: int, domid: int, dtype: DeviceType, dev: Any) -> None:
     """``libxl__device_generic_add`` (reference 10): both directories, each side owning its
     own and the other allowed to read it, and libxl's own record of the pair."""
-    fe = f"/local/domain/{domid}/device/{kind}/{devid}"
-    be = f"/local/domain/0/backend/{kind}/{domid}/{devid}"
-    for base, keys, perms in ((be, backend, ["n0", f"r{domid}"]),
-                              (fe, frontend, [f"n{domid}", "r0"])):
+    fe, be = frontend_path(dtype.kind, domid, dev.devid), backend_path(dtype.kind, domid,
+                                                                       dev.devid)
+    for base, keys, perms in ((be, dtype.backend_keys(domid, dev), ["n0", f"r{domid}"]),
+                              (fe, dtype.frontend_keys(domid, dev), [f"n{domid}", "r0"])):
         xs.write(base, "", tx_id=t)
         xs.set_perms(base, perms, tx_id=t)  # first: the keys inherit these permissions
         for key, value in keys.items():
             xs.write(f"{base}/{key}", value, tx_id=t)
-    libxl = f"/libxl/{domid}/device/{kind}/{devid}"
+    libxl = f"{libxl_path(domid)}/device/{dtype.kind}/{dev.devid}"
     xs.write(f"{libxl}/frontend", fe, tx_id=t)
     xs.write(f"{libxl}/backend", be, tx_id=t)
 
 
-def destroy_domain(hv, xs, domid: int) -> None:
-    """``libxl_domain_destroy``: destroydomain, then remove its xenstore directories."""
+def wait_backends(xs: Any, domid: int, cfg: DomainConfig,
+                  timeout: float = HOTPLUG_TIMEOUT_S) -> None:
+    """libxl waits for each backend to reach InitWait, or report an error, before unpausing;
+    here a xenstore watch on each backend directory wakes the wait (no polling)."""
+    devices = [(backend_path(dtype.kind, domid, dev.devid), dtype.describe(dev), dtype.backend)
+               for dtype, dev in devices_of(cfg)]
+    if not devices:
+        return
+
+    def ready() -> bool | None:
+        for be, what, backend in devices:
+            state = xs.read_str(f"{be}/state", default="0")
+            error = xs.read_str(f"{be}/hotplug-error", default="") or \
+                xs.read_str(f"{be}/error", default="")
+            if error or state == "6":
+                raise XenError(Errno.EIO, f"{what}: {backend} refused it: "
+                                          f"{error or 'backend closed'}")
+            if state != "2":
+                return None
+        return True
+
+    pending = ", ".join(f"{what} ({backend})" for _, what, backend in devices)
+    wait_xenstore(xs, [be for be, _, _ in devices], ready, timeout,
+                  f"{pending} to reach InitWait")
+
+
+def wait_init(xs: Any, hv: Any, domid: int, timeout: float = INIT_TIMEOUT_S) -> str:
+    """Wait until the guest's kernel has started its init program; its ``data/init`` line.
+
+    The kernel writes ``running NAME`` just before it runs the init, or ``panic: ...`` when it
+    cannot (an unknown init); a domain that shuts down first never started it."""
+    node = f"{domain_path(domid)}/{INIT_STATUS}"
+
+    def ready() -> str | None:
+        status = xs.read_str(node, default="")
+        if status.startswith("running"):
+            return status
+        if status.startswith("panic"):
+            raise XenError(Errno.ENOENT, f"the guest could not start its init: "
+                                         f"{status.removeprefix('panic: ')}")
+        info = hv(Hypercall.domctl, Domctl.getdomaininfo, domain=domid)
+        if info["flags"] & DomInfoFlag.shutdown:
+            raise XenError(Errno.EIO, "the guest shut down before its init started")
+        return None
+
+    return wait_xenstore(xs, [node, RELEASE_DOMAIN], ready, timeout, "the guest's init")
+
+
+def wait_xenstore(xs: Any, paths: list[str], ready: Callable[[], T | None], timeout: float,
+                  what: str) -> T:
+    """Return ``ready()``'s first non-None value, re-checking each time a watch on one of
+    ``paths`` fires (each fires once at registration too); ETIMEDOUT after ``timeout`` s."""
+    fired = threading.Event()
+    tokens = [(path, f"wait-{uuidlib.uuid4().hex}") for path in paths]
+    for path, token in tokens:
+        xs.watch(path, token, lambda p, t: fired.set())
     try:
-        vm = xs.read_str(f"/local/domain/{domid}/vm", default="")
+        deadline = time.monotonic() + timeout
+        while True:
+            fired.clear()  # before the check: a change after it wakes the wait below
+            value = ready()
+            if value is not None:
+                return value
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise XenError(Errno.ETIMEDOUT, f"timed out after {timeout:.0f} s waiting "
+                                                f"for {what}")
+            fired.wait(left)
+    finally:
+        for path, token in tokens:
+            try:
+                xs.unwatch(path, token)
+            except XenError:
+                pass
+
+
+# -- destruction ------------------------------------------------------------------------------
+
+def destroy_domain(hv: Any, xs: Any, domid: int) -> None:
+    """``libxl_domain_destroy``: destroydomain, then remove its xenstore directories (each
+    backend's, the domain's home, libxl's record, its /vm entry)."""
+    try:
+        vm = xs.read_str(f"{domain_path(domid)}/vm", default="")
     except XenError:
         vm = ""
     try:
@@ -190,9 +266,8 @@ def destroy_domain(hv, xs, domid: int) -> None:
     except XenError as e:
         if e.errno != Errno.ESRCH:
             raise
-    for path in (f"/local/domain/0/backend/vbd/{domid}",
-                 f"/local/domain/0/backend/vif/{domid}", f"/local/domain/{domid}",
-                 f"/libxl/{domid}", vm):
+    paths = [backend_path(dtype.kind, domid) for dtype in DEVICE_TYPES]
+    for path in (*paths, domain_path(domid), libxl_path(domid), vm):
         if path:
             try:
                 xs.rm(path)

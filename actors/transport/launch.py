@@ -24,6 +24,7 @@ ACTOR_CLASSES = {
     "netback": "actors.netback.actor:NetbackActor",
     "xl": "actors.toolstack.actor:ToolstackActor",
     "domain": "actors.domain.actor:DomainActor",
+    "registry": "actors.registry.actor:RegistryActor",
 }
 
 

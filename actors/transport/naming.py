@@ -3,7 +3,8 @@
 Each emulated Xen host is one Ray node carrying the label ``xen-host=<name>`` and the custom
 resource ``xen-host-<name>``; every actor of that host is pinned to it with that resource
 (``num_cpus=0``), because soft node affinity does not guarantee placement (ray-notes.md).
-Actors are named ``<host>/<component>`` (``h1/hypervisor``, ``h1/dom3``) in one namespace, so
+Actors are named ``<host>/<component>`` (``h1/hypervisor``, ``h1/dom3``, and
+``cluster/registry`` for the cluster's own services, on the head node) in one namespace, so
 any process finds them by name.
 
 Ray reads some settings when it is first imported (``RAY_ENABLE_UV_RUN_RUNTIME_ENV``) and
@@ -19,6 +20,8 @@ from typing import Any
 
 NAMESPACE = "xenray"
 HOST_LABEL = "xen-host"
+CLUSTER = "cluster"  # the pseudo-host of the cluster's own services (the name registry)
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's resource of the head node
 
 RAY_ENV = {
     "RAY_AUTH_MODE": "disabled",
@@ -40,8 +43,10 @@ def host_resource(host: str) -> str:
 
 
 def pin_to_host(host: str) -> dict[str, Any]:
-    """Actor options that place an actor on ``host``'s node and nowhere else."""
-    return {"num_cpus": 0, "resources": {host_resource(host): 0.001}}
+    """Actor options that place an actor on ``host``'s node and nowhere else (the head node
+    for :data:`CLUSTER`, which runs no domains)."""
+    resource = HEAD_NODE_RESOURCE if host == CLUSTER else host_resource(host)
+    return {"num_cpus": 0, "resources": {resource: 0.001}}
 
 
 def actor_name(host: str, component: str) -> str:

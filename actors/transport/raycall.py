@@ -10,7 +10,8 @@ import threading
 from typing import Any
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutError,
+                            RayActorError, RayTaskError)
 
 from actors.transport import PeerGone
 from actors.transport.naming import NAMESPACE
@@ -36,8 +37,15 @@ class RayTransport:
         return h
 
     def call(self, dest: str, kind: str, *args: Any, timeout: float | None = None) -> Any:
+        """The handler's value; what it raised is raised here as the same type (a XenError
+        stays a XenError), not wrapped in Ray's task error."""
         try:
             return ray.get(self._handle(dest).deliver.remote(kind, *args), timeout=timeout)
+        except RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, Exception):
+                raise cause from None
+            raise
         except (ActorDiedError, ActorUnavailableError, RayActorError) as e:
             self.forget(dest)
             raise PeerGone(dest) from e

@@ -110,6 +110,11 @@ def is_child(name: str, watched: str, depth: int | None) -> bool:
 
 # -- where the toolstack puts things (reference 11.5; docs/misc/xenstore-paths.pandoc) -------
 
+# xenray's guest kernel writes "running NAME" here (relative to its home, in the guest-writable
+# ``~/data``) just before it runs its init program, or "panic: ..." when it cannot; the
+# toolstack's create waits for it.
+INIT_STATUS = "data/init"
+
 def backend_path(kind: str, domid: int, devid: int | None = None,
                  backend_domid: int = 0) -> str:
     """A device's backend directory, ``<backend home>/backend/<kind>/<domid>[/<devid>]``

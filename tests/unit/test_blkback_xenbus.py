@@ -17,7 +17,8 @@ from actors import memory
 from actors.blkback.vbd import create_image
 from actors.blkback.xenbus import Blkback
 from actors.domain.blkdev import BlockDevices
-from actors.toolstack.builder import add_vbd
+from actors.toolstack.builder import add_device
+from actors.toolstack.devices import VBD
 from cluster.xlcfg import parse_disk_spec
 from protocols import blkif
 from protocols.blkif import VDISK_READONLY, devid_to_vdev
@@ -86,8 +87,8 @@ class World:
 
     def add_vbd(self, t: int, domid: int, devid: int, image: str, mode: str) -> None:
         """The toolstack's own device add (reference 8.3, 10)."""
-        add_vbd(self.xs, t, domid,
-                parse_disk_spec(f"{image},raw,{devid_to_vdev(devid)},{mode}"))
+        add_device(self.xs, t, domid, VBD,
+                   parse_disk_spec(f"{image},raw,{devid_to_vdev(devid)},{mode}"))
 
     @staticmethod
     def fe(domid: int, devid: int) -> str:

@@ -15,7 +15,6 @@ import structlog
 from actors.domain.kernel import PVKernel
 from actors.guest.inits import INITS
 from actors.memory import Mapping
-from actors.toolstack.builder import build_pv_domain
 from cluster.xlcfg import parse_config
 from protocols.console import ConsoleInterface
 from protocols.hypercall import (
@@ -49,9 +48,8 @@ class World:
         is written to ``control/shutdown`` just before the unpause."""
         cfg, _ = parse_config(f'name = "guest{len(self.guests)}"\nmemory = 8\n'
                               f'extra = "{extra}"\n')
-        built = build_pv_domain(self.xl, self.xs, cfg)
+        built = self.host.build(cfg)
         domid, endpoint = built.domid, domain_endpoint(built.domid)
-        self.host.xenstored.introduce_domain(domid)
         mapping = Mapping(built.memory_path)
         kernel = PVKernel(StartInfo.unpack(mapping.page(0)), mapping,
                           *self.host.clients(endpoint, domid, built.secret),
@@ -61,7 +59,6 @@ class World:
         self.host.endpoints[endpoint] = {"upcall": kernel.upcall, "vcpu_gate": kernel.vcpu_gate,
                                          "xs_event": kernel.xs_event}  # as its actor does
         self.console.attach(domid, built.console_port, built.memory_path)
-        self.host.set_vcpu_context(domid)
         guest = Guest(self, domid, kernel)
         self.guests.append(guest)
         if control is not None:

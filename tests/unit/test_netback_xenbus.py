@@ -15,7 +15,8 @@ from actors import memory
 from actors.domain.blkfront import PagePool
 from actors.domain.netfront import Netfront
 from actors.netback.xenbus import FEATURES, Netback
-from actors.toolstack.builder import add_vif
+from actors.toolstack.builder import add_device
+from actors.toolstack.devices import VIF
 from protocols import netif
 from protocols.evtchn import EvtchnStat
 from protocols.gnttab import GrantRefAllocator, GrantTable
@@ -108,7 +109,7 @@ class World:
             self.xs.write(dom, "", tx_id=t)
             self.xs.set_perms(dom, ["n0", f"r{domid}"], tx_id=t)
             for devid, bridge in enumerate(bridges):
-                add_vif(self.xs, t, domid, VifSpec(
+                add_device(self.xs, t, domid, VIF, VifSpec(
                     devid=devid, mac=f"00:16:3e:00:{domid:02x}:{devid:02x}", bridge=bridge))
 
         self.xs.transact(body)

@@ -1,7 +1,7 @@
 """netfront and the kernel's vif driver: xen-reference.md 9 (netif), 10 (xenbus), 19.2, 19.4, 19.5.
 
 The guest's memory is a bytearray holding a real grant table; the toolstack's vif keys come
-from the real builder (``add_vif``); xenstore, watches and event channels are the real ones
+from the real builder (``add_device``); xenstore, watches and event channels are the real ones
 of an in-process host (``tests.inprocess``). The backend is a minimal netback in the test:
 it maps grants through the guest's grant table (setting GTF_reading/GTF_writing as Xen does)
 and drives ``protocols.ring.BackRing`` over the very pages the frontend granted. The test
@@ -15,7 +15,8 @@ import pytest
 
 from actors.domain.blkfront import PagePool
 from actors.domain.netdev import NetDevices
-from actors.toolstack.builder import add_vif
+from actors.toolstack.builder import add_device
+from actors.toolstack.devices import VIF
 from cluster.xlcfg.vif import parse_vif_spec
 from protocols.errno import XenError
 from protocols.gnttab import GNTST, GTF, GrantRefAllocator, GrantTable
@@ -165,7 +166,7 @@ class World:
             self.xs0.set_perms(dom, ["n0", f"r{self.domid}"], tx_id=t)
             for devid, (mac, ip) in enumerate(vifs):
                 spec = f"mac={mac}" + (f",ip={ip}" if ip else "")
-                add_vif(self.xs0, t, self.domid, parse_vif_spec(spec, devid))
+                add_device(self.xs0, t, self.domid, VIF, parse_vif_spec(spec, devid))
 
         self.xs0.transact(body)
         self.host.xenstored.introduce_domain(self.domid)

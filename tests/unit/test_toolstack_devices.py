@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from actors.toolstack.actor import check_devices, with_macs
+from actors.toolstack.devices import check_devices, with_macs
 from cluster.xlcfg import parse_config
 from protocols.errno import Errno, XenError
 

@@ -1,0 +1,224 @@
+"""The toolstack's pure core (xl and libxl): domain records, the create pipeline and what
+undoes it, and what to do when a domain shuts down.
+
+* **Records and names.** One :class:`Record` per domain this host's agent created, by name.
+  :meth:`Toolstack.begin_create` refuses a name it already has (EEXIST) in the same step that
+  takes it, under the shell's lock, so two creates of one name at once never both start; the
+  cluster-wide reservation is the pipeline's first step (:attr:`Step.RESERVE`).
+* **The pipeline** is libxl's ``domcreate``, in order (:class:`Step`); the shell runs each
+  step (``actors.toolstack.builder``) and reports it done. If one fails, :meth:`Toolstack.abort`
+  returns the effects that undo what was done, as libxl's error paths do
+  (``domcreate_complete`` → ``libxl__domain_destroy``): the hypervisor's domain and its
+  xenstore directories first, then xenstored's connection, then the vCPUs' process, then the
+  name. A create that fails therefore leaves nothing behind.
+* **Shutdown policy** (reference 12.3, ``xl_vmcontrol.c`` ``handle_domain_death``): a domain of
+  a :attr:`Phase.RUNNING` record that the hypervisor reports shut down gets its ``on_*``
+  action once: destroy, restart (rebuilt under the same, still reserved, name),
+  rename-restart, preserve; a suspend is no action ("domain has suspended").
+
+Events in, effects out: the shell calls these methods under one lock and carries out the
+effects they return (:mod:`actors.toolstack.effects`). Nothing else changes the state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+from actors.toolstack.effects import (
+    ConfirmName,
+    Create,
+    DestroyDomain,
+    Effect,
+    KillVcpus,
+    Note,
+    Rebuild,
+    ReleaseName,
+    ReleaseXenstored,
+    RenameDomain,
+)
+from protocols.errno import Errno, XenError
+from protocols.hypercall import DomInfoFlag, ShutdownReason, dominf_shutdown_code
+from protocols.libxl_types import Action, DomainConfig
+
+REASON_LETTERS = "-rscwS"  # xl_info.c: the State column's fifth letter, by shutdown code
+ON_SHUTDOWN = {ShutdownReason.poweroff: "on_poweroff", ShutdownReason.reboot: "on_reboot",
+               ShutdownReason.crash: "on_crash", ShutdownReason.watchdog: "on_watchdog",
+               ShutdownReason.soft_reset: "on_soft_reset"}
+
+
+class Step(enum.Enum):
+    """The create pipeline, in the order it runs (``libxl_create.c``)."""
+
+    RESERVE = "reserve the name in the cluster"
+    CREATEDOMAIN = "createdomain"
+    MEMORY = "max_mem and populate_physmap"
+    BOOT_PAGES = "console event channel, start_info and console pages"
+    XENSTORE = "xenstore directories"
+    INTRODUCE = "introduce to xenstored"
+    VCPUS = "start the vCPUs' process"
+    BACKENDS = "wait for the backends"
+    UNPAUSE = "unpausedomain"
+    INIT = "wait for the guest's init"
+
+
+class Phase(enum.Enum):
+    BUILDING = "building"  # the pipeline runs (first create, or a restart's rebuild)
+    RUNNING = "running"  # built: xl list shows it, its shutdowns get their on_* action
+    SHUTDOWN = "shutdown"  # its shutdown was handled and it is preserved (or suspended)
+
+
+@dataclasses.dataclass
+class Record:
+    """xl's view of one domain: what was built so far, and what the pipeline learnt."""
+
+    name: str
+    config: DomainConfig
+    phase: Phase = Phase.BUILDING
+    done: list[Step] = dataclasses.field(default_factory=list)
+    domid: int | None = None
+    secret: str = ""
+    uuid: str = ""
+    memory_path: str = ""
+    console_port: int = 0
+    pid: int = 0
+
+
+class Toolstack:
+    """One host's toolstack records. Call every method under the shell's one lock."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.records: dict[str, Record] = {}
+
+    # -- queries -----------------------------------------------------------------------
+
+    def record(self, name: str) -> Record:
+        rec = self.records.get(name)
+        if rec is None or rec.domid is None and rec.phase is not Phase.BUILDING:
+            raise XenError(Errno.ESRCH, f"no domain named {name!r} on {self.host}")
+        return rec
+
+    def by_domid(self, domid: int) -> Record | None:
+        return next((r for r in self.records.values() if r.domid == domid), None)
+
+    def names(self) -> dict[str, int | None]:
+        """Every name this host holds and its domid (None while the first build runs)."""
+        return {r.name: r.domid for r in self.records.values()}
+
+    # -- the create pipeline -------------------------------------------------------------
+
+    def begin_create(self, name: str, config: DomainConfig) -> Record:
+        """Take ``name`` on this host for a new domain (EEXIST if it is taken here)."""
+        if name in self.records:
+            raise XenError(Errno.EEXIST, f"a domain named {name!r} already exists on "
+                                         f"{self.host}")
+        rec = self.records[name] = Record(name, config)
+        return rec
+
+    def pending(self, rec: Record) -> list[Step]:
+        """The steps still to run for ``rec``, in order."""
+        return [step for step in Step if step not in rec.done]
+
+    def step_done(self, rec: Record, step: Step, **learnt: Any) -> None:
+        """``step`` succeeded; ``learnt`` are the record fields it produced (domid, pid...)."""
+        for key, value in learnt.items():
+            setattr(rec, key, value)
+        rec.done.append(step)
+
+    def finish(self, rec: Record) -> list[Effect]:
+        """Every step done: the domain runs; the registry learns its domid."""
+        rec.phase = Phase.RUNNING
+        return [ConfirmName(rec.name, rec.domid),
+                Note("domain created", {"domid": rec.domid, "name": rec.name})]
+
+    def abort(self, rec: Record) -> list[Effect]:
+        """A step failed: forget the record and undo every step done, newest resources
+        first but the hypervisor's domain before its vCPUs' process (libxl's error path)."""
+        self.records.pop(rec.name, None)
+        return self._teardown(rec) + ([ReleaseName(rec.name)] if Step.RESERVE in rec.done
+                                      else [])
+
+    def _teardown(self, rec: Record) -> list[Effect]:
+        """``libxl_domain_destroy`` for what ``rec`` has: destroydomain (so the vCPUs'
+        process exiting next is not a crash), xenstored's release, then the process."""
+        effects: list[Effect] = []
+        if Step.CREATEDOMAIN in rec.done:
+            effects.append(DestroyDomain(rec.domid))
+        if Step.INTRODUCE in rec.done:
+            effects.append(ReleaseXenstored(rec.domid))
+        if Step.VCPUS in rec.done:
+            effects.append(KillVcpus(rec.domid))
+        return effects
+
+    # -- destroy --------------------------------------------------------------------------
+
+    def destroy(self, name: str) -> list[Effect]:
+        """``xl destroy``: tear the domain down and give its name back."""
+        rec = self.record(name)
+        if rec.phase is Phase.BUILDING:
+            raise XenError(Errno.EBUSY, f"{name!r} is being built; destroy it once create "
+                                        "has returned")
+        return self.abort(rec) + [Note("domain destroyed", {"domid": rec.domid, "name": name})]
+
+    # -- shutdown policy (xl_vmcontrol.c handle_domain_death) ----------------------------
+
+    def shutdowns(self, infos: dict[int, int]) -> list[Effect]:
+        """The hypervisor's domain list (domid -> getdomaininfo flags) after VIRQ_DOM_EXC:
+        each running domain newly shut down gets its ``on_*`` action."""
+        effects: list[Effect] = []
+        for rec in list(self.records.values()):
+            flags = infos.get(rec.domid) if rec.domid is not None else None
+            if rec.phase is Phase.RUNNING and flags is not None and \
+                    flags & DomInfoFlag.shutdown:
+                effects += self._on_shutdown(rec, dominf_shutdown_code(flags))
+        return effects
+
+    def _on_shutdown(self, rec: Record, reason: int) -> list[Effect]:
+        key = ON_SHUTDOWN.get(reason)
+        rec.phase = Phase.SHUTDOWN
+        if key is None:  # suspend is not an action
+            return [Note("domain has suspended", {"domid": rec.domid, "name": rec.name})]
+        action: Action = getattr(rec.config, key)
+        note = Note("domain shut down", {"domid": rec.domid, "name": rec.name,
+                                         "reason": ShutdownReason(reason).name,
+                                         "action": action.xl_name})
+        if action in (Action.DESTROY, Action.COREDUMP_DESTROY):
+            return [note, *self.abort(rec)]
+        if action in (Action.RESTART, Action.COREDUMP_RESTART, Action.SOFT_RESET):
+            teardown = self._teardown(rec)
+            rec.done, rec.phase, rec.domid = [Step.RESERVE], Phase.BUILDING, None
+            return [note, *teardown, Rebuild(rec.name)]
+        if action is Action.RENAME_RESTART:
+            new = f"{rec.name}-{rec.domid}"
+            old = self.records.pop(rec.name)
+            self.records[new] = dataclasses.replace(old, name=new)
+            return [note, RenameDomain(rec.domid, rec.name, new)]
+        return [note]  # PRESERVE: left shut down, for the user to inspect or destroy
+
+    def renamed(self, old: str, new: str, ok: bool) -> list[Effect]:
+        """The rename-restart's rename was done (``ok``), or ``new`` was taken: restart the
+        original config under ``old`` (a fresh create), or keep the domain preserved."""
+        if not ok:
+            rec = self.records.pop(new)
+            self.records[old] = dataclasses.replace(rec, name=old)
+            return [Note("rename-restart failed: name taken; domain preserved",
+                         {"name": old, "new": new})]
+        rec = self.records[new]
+        return [Note("domain renamed", {"domid": rec.domid, "old": old, "new": new}),
+                Create(old, rec.config)]
+
+
+def state_string(flags: int) -> str:
+    """xl list's State column: ``r b p s <reason> d`` (``tools/xl/xl_info.c``)."""
+    shutdown = bool(flags & DomInfoFlag.shutdown)
+    code = dominf_shutdown_code(flags)
+    return "".join([
+        "r" if flags & DomInfoFlag.running else "-",
+        "b" if flags & DomInfoFlag.blocked else "-",
+        "p" if flags & DomInfoFlag.paused else "-",
+        "s" if shutdown else "-",
+        REASON_LETTERS[code] if shutdown and code < len(REASON_LETTERS) else "-",
+        "d" if flags & DomInfoFlag.dying else "-",
+    ])
