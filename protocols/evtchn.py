@@ -32,13 +32,8 @@ from dataclasses import dataclass
 
 from protocols.errno import Errno, XenError
 from protocols.hypercall import DOMID_FIRST_RESERVED, DOMID_SELF, NR_VIRQS, Virq
-from protocols.shared_info import (
-    EVTCHN_2L_NR_CHANNELS,
-    SHARED_INFO_SIZE,
-    XEN_LEGACY_MAX_VCPUS,
-    SetPending,
-    SharedInfo,
-)
+from protocols.shared_info import (EVTCHN_2L_NR_CHANNELS, SHARED_INFO_SIZE, XEN_LEGACY_MAX_VCPUS,
+                                   SetPending, SharedInfo)
 
 EVTCHNS_PER_BUCKET = 64  # PAGE_SIZE / sizeof(struct evtchn), rounded: the emulator's choice
 MAX_EVENT_CHANNELS_DEFAULT = 1023  # xl.cfg max_event_channels

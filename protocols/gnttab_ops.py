@@ -33,18 +33,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from protocols.gnttab import (
-    GNTMAP,
-    GNTST,
-    GTF,
-    MAX_MAPTRACK_FRAMES_DEFAULT,
-    GNTCOPY_dest_gref,
-    GNTCOPY_source_gref,
-    GnttabCopy,
-    GnttabMapGrantRef,
-    GnttabUnmapGrantRef,
-    GrantTable,
-)
+from protocols.gnttab import (GNTMAP, GNTST, GTF, MAX_MAPTRACK_FRAMES_DEFAULT, GNTCOPY_dest_gref,
+                              GNTCOPY_source_gref, GnttabCopy, GnttabMapGrantRef,
+                              GnttabUnmapGrantRef, GrantTable)
 from protocols.hypercall import DOMID_SELF
 from protocols.page import PAGE_SHIFT, PAGE_SIZE
 

@@ -25,20 +25,10 @@ import dataclasses
 from collections.abc import Callable
 
 from actors.blkback.vbd import Vbd
-from protocols.blkif import (
-    BLKIF_OP_DISCARD,
-    BLKIF_OP_FLUSH_DISKCACHE,
-    BLKIF_OP_READ,
-    BLKIF_RSP_ERROR,
-    BLKIF_RSP_OKAY,
-    REQUEST_SIZE,
-    SECTOR_SIZE,
-    BlkifRequest,
-    BlkifResponse,
-    peek_request,
-    unpack_request,
-    validate_request,
-)
+from protocols.blkif import (BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ,
+                             BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, REQUEST_SIZE, SECTOR_SIZE,
+                             BlkifRequest, BlkifResponse, peek_request, unpack_request,
+                             validate_request)
 from protocols.errno import Errno, XenError
 from protocols.ring import BackRing, RingOverflow
 

@@ -25,13 +25,8 @@ from typing import Any
 from actors.blkback.ring import BlkbackRing
 from actors.blkback.vbd import Vbd
 from actors.xenbus.backend import XenbusBackend, XenbusDevice
-from protocols.blkif import (
-    SECTOR_SIZE,
-    VDISK_CDROM,
-    VDISK_READONLY,
-    VDISK_REMOVABLE,
-    XEN_IO_PROTO_ABI_X86_64,
-)
+from protocols.blkif import (SECTOR_SIZE, VDISK_CDROM, VDISK_READONLY, VDISK_REMOVABLE,
+                             XEN_IO_PROTO_ABI_X86_64)
 from protocols.errno import Errno, XenError
 from protocols.hypercall import EvtchnOp, Hypercall
 from protocols.xenbus import XenbusState

@@ -33,29 +33,13 @@ import itertools
 import threading
 from typing import Any
 
-from actors.xenbus.frontend import (
-    Page,
-    PagePool,  # noqa: F401  (re-exported: callers import it here)
-    XenbusFrontend,
-)
-from protocols.blkif import (
-    BLKIF_MAX_SEGMENTS_PER_REQUEST,
-    BLKIF_OP_DISCARD,
-    BLKIF_OP_FLUSH_DISKCACHE,
-    BLKIF_OP_READ,
-    BLKIF_OP_WRITE,
-    BLKIF_RSP_EOPNOTSUPP,
-    BLKIF_RSP_ERROR,
-    BLKIF_RSP_OKAY,
-    RESPONSE_SIZE,
-    RING_SIZE,
-    SECTOR_SIZE,
-    XEN_IO_PROTO_ABI_NATIVE,
-    BlkifRequest,
-    BlkifRequestDiscard,
-    BlkifRequestSegment,
-    BlkifResponse,
-)
+from actors.xenbus.frontend import PagePool  # noqa: F401  (re-exported: callers import it here)
+from actors.xenbus.frontend import Page, XenbusFrontend
+from protocols.blkif import (BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
+                             BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE,
+                             BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, RESPONSE_SIZE,
+                             RING_SIZE, SECTOR_SIZE, XEN_IO_PROTO_ABI_NATIVE, BlkifRequest,
+                             BlkifRequestDiscard, BlkifRequestSegment, BlkifResponse)
 from protocols.errno import Errno, XenError
 from protocols.page import PAGE_SIZE
 from protocols.ring import FrontRing, RingOverflow

@@ -36,24 +36,10 @@ from typing import Any
 
 from actors.xenbus.frontend import Page, XenbusFrontend
 from protocols.errno import Errno, XenError
-from protocols.netif import (
-    DEFAULT_MTU,
-    NETIF_RSP_NULL,
-    NETIF_RSP_OKAY,
-    RX_RING_SIZE,
-    RX_SLOT_SIZE,
-    TX_RING_SIZE,
-    TX_SLOT_SIZE,
-    XEN_NETIF_EXTRA_FLAG_MORE,
-    XEN_NETIF_MAX_TX_SIZE,
-    XEN_NETIF_NR_SLOTS_MIN,
-    NetifRxRequest,
-    NetifRxResponse,
-    NetifTxResponse,
-    NetRxFlag,
-    tx_slots,
-    tx_slots_needed,
-)
+from protocols.netif import (DEFAULT_MTU, NETIF_RSP_NULL, NETIF_RSP_OKAY, RX_RING_SIZE,
+                             RX_SLOT_SIZE, TX_RING_SIZE, TX_SLOT_SIZE, XEN_NETIF_EXTRA_FLAG_MORE,
+                             XEN_NETIF_MAX_TX_SIZE, XEN_NETIF_NR_SLOTS_MIN, NetifRxRequest,
+                             NetifRxResponse, NetifTxResponse, NetRxFlag, tx_slots, tx_slots_needed)
 from protocols.page import PAGE_SIZE
 from protocols.ring import FrontRing, RingOverflow
 from protocols.xenbus import XenbusState

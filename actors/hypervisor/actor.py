@@ -17,15 +17,8 @@ import ray
 
 from actors import log as xlog
 from actors import memory
-from actors.hypervisor.effects import (
-    ConsoleLine,
-    Deliver,
-    Effect,
-    GateVcpus,
-    ReleaseMemory,
-    SizeMemory,
-    WatchVcpu,
-)
+from actors.hypervisor.effects import (ConsoleLine, Deliver, Effect, GateVcpus, ReleaseMemory,
+                                       SizeMemory, WatchVcpu)
 from actors.hypervisor.hvpipes import HvPipeServer
 from actors.hypervisor.state import Hypervisor
 from actors.transport.raycall import Endpoint, RayTransport

@@ -16,14 +16,8 @@ from typing import Any
 
 from protocols import gnttab_ops as ops
 from protocols.errno import Errno, XenError
-from protocols.gnttab import (
-    GNTST,
-    GnttabCopy,
-    GnttabCopyPtr,
-    GnttabMapGrantRef,
-    GnttabUnmapGrantRef,
-    GrantTable,
-)
+from protocols.gnttab import (GNTST, GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef,
+                              GnttabUnmapGrantRef, GrantTable)
 from protocols.hypercall import DOMID_SELF, GnttabOp
 from protocols.pv_layout import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES
 

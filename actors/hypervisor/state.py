@@ -23,37 +23,14 @@ from typing import Any
 import msgpack
 
 from actors.hypervisor.domains import Domain, DomainTable, Dying
-from actors.hypervisor.effects import (
-    ConsoleLine,
-    Deliver,
-    Effect,
-    GateVcpus,
-    ReleaseMemory,
-    SizeMemory,
-    WatchVcpu,
-)
+from actors.hypervisor.effects import (ConsoleLine, Deliver, Effect, GateVcpus, ReleaseMemory,
+                                       SizeMemory, WatchVcpu)
 from actors.hypervisor.grants import Frames, Grants
 from protocols import evtchn as ev
 from protocols.errno import Errno, XenError
-from protocols.hypercall import (
-    DOMID_SELF,
-    ConsoleIO,
-    CreateDomainFlag,
-    Domctl,
-    EvtchnOp,
-    Hypercall,
-    MemoryOp,
-    Runstate,
-    SchedOp,
-    ShutdownReason,
-    Sysctl,
-    VcpuOp,
-    Virq,
-    XenMapSpace,
-    XenVersion,
-    decode_call,
-    encode_result,
-)
+from protocols.hypercall import (DOMID_SELF, ConsoleIO, CreateDomainFlag, Domctl, EvtchnOp,
+                                 Hypercall, MemoryOp, Runstate, SchedOp, ShutdownReason, Sysctl,
+                                 VcpuOp, Virq, XenMapSpace, XenVersion, decode_call, encode_result)
 from protocols.page import PAGE_SIZE
 
 XEN_VERSION = (4, 22)

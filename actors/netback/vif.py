@@ -29,19 +29,9 @@ import time
 from collections.abc import Callable
 
 from protocols.errno import Errno, XenError
-from protocols.netif import (
-    FATAL_SKB_SLOTS,
-    NETIF_RSP_ERROR,
-    NETIF_RSP_OKAY,
-    RX_SLOT_SIZE,
-    TX_SLOT_SIZE,
-    NetifExtraType,
-    NetifRxRequest,
-    NetifRxResponse,
-    NetRxFlag,
-    TxPacket,
-    tx_packet_chain,
-)
+from protocols.netif import (FATAL_SKB_SLOTS, NETIF_RSP_ERROR, NETIF_RSP_OKAY, RX_SLOT_SIZE,
+                             TX_SLOT_SIZE, NetifExtraType, NetifRxRequest, NetifRxResponse,
+                             NetRxFlag, TxPacket, tx_packet_chain)
 from protocols.page import PAGE_SIZE
 from protocols.ring import BackRing, RingOverflow
 

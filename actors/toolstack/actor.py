@@ -24,18 +24,8 @@ import ray
 from actors import log as xlog
 from actors.toolstack import builder
 from actors.toolstack.devices import with_macs
-from actors.toolstack.effects import (
-    ConfirmName,
-    Create,
-    DestroyDomain,
-    Effect,
-    KillVcpus,
-    Note,
-    Rebuild,
-    ReleaseName,
-    ReleaseXenstored,
-    RenameDomain,
-)
+from actors.toolstack.effects import (ConfirmName, Create, DestroyDomain, Effect, KillVcpus, Note,
+                                      Rebuild, ReleaseName, ReleaseXenstored, RenameDomain)
 from actors.toolstack.state import Phase, Record, Step, Toolstack, state_string
 from actors.transport import PeerGone, launch
 from actors.transport.clients import host_clients

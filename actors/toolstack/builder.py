@@ -24,26 +24,12 @@ from actors.memory import Mapping
 from actors.toolstack.devices import DEVICE_TYPES, DeviceType, devices_of
 from protocols import start_info as si
 from protocols.errno import Errno, XenError
-from protocols.hypercall import (
-    DOMID_ANY,
-    Domctl,
-    DomInfoFlag,
-    EvtchnOp,
-    Hypercall,
-    MemoryOp,
-    XenMapSpace,
-)
+from protocols.hypercall import (DOMID_ANY, Domctl, DomInfoFlag, EvtchnOp, Hypercall, MemoryOp,
+                                 XenMapSpace)
 from protocols.libxl_types import DomainConfig
 from protocols.pv_layout import PFN_CONSOLE, PFN_FIRST_FREE, PFN_START_INFO
-from protocols.xenstore.paths import (
-    INIT_STATUS,
-    RELEASE_DOMAIN,
-    backend_path,
-    domain_path,
-    frontend_path,
-    libxl_path,
-    vm_path,
-)
+from protocols.xenstore.paths import (INIT_STATUS, RELEASE_DOMAIN, backend_path, domain_path,
+                                      frontend_path, libxl_path, vm_path)
 
 XEN_LEGACY_MAX_VCPUS = 32  # vcpu_info slots in the shared-info page (xen.h)
 HOTPLUG_TIMEOUT_S = 40.0  # LIBXL_HOTPLUG_TIMEOUT

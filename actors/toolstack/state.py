@@ -26,18 +26,8 @@ import dataclasses
 import enum
 from typing import Any
 
-from actors.toolstack.effects import (
-    ConfirmName,
-    Create,
-    DestroyDomain,
-    Effect,
-    KillVcpus,
-    Note,
-    Rebuild,
-    ReleaseName,
-    ReleaseXenstored,
-    RenameDomain,
-)
+from actors.toolstack.effects import (ConfirmName, Create, DestroyDomain, Effect, KillVcpus, Note,
+                                      Rebuild, ReleaseName, ReleaseXenstored, RenameDomain)
 from protocols.errno import Errno, XenError
 from protocols.hypercall import DomInfoFlag, ShutdownReason, dominf_shutdown_code
 from protocols.libxl_types import Action, DomainConfig

@@ -10,8 +10,8 @@ import threading
 from typing import Any
 
 import ray
-from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutError,
-                            RayActorError, RayTaskError)
+from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError,
+                            RayTaskError)
 
 from actors.transport import PeerGone
 from actors.transport.naming import NAMESPACE

@@ -45,28 +45,14 @@ from typing import Any
 import structlog
 
 from protocols.errno import Errno, XenError
-from protocols.xenstore.domain_ring import (
-    XENSTORE_SERVER_FEATURE_DOMID_ANY,
-    XENSTORE_SERVER_FEATURE_WATCHDEPTH,
-)
+from protocols.xenstore.domain_ring import (XENSTORE_SERVER_FEATURE_DOMID_ANY,
+                                            XENSTORE_SERVER_FEATURE_WATCHDEPTH)
 from protocols.xenstore.perms import Conn
 from protocols.xenstore.quota import Quota
 from protocols.xenstore.store import Store, StoreStatistics
-from protocols.xenstore.wire import (
-    XSD_ERRORS,
-    XsDecoder,
-    XsMessage,
-    XsRequest,
-    XsType,
-    parse_request,
-    reply_directory_part,
-    reply_error,
-    reply_list,
-    reply_ok,
-    reply_string,
-    reply_value,
-    watch_event,
-)
+from protocols.xenstore.wire import (XSD_ERRORS, XsDecoder, XsMessage, XsRequest, XsType,
+                                     parse_request, reply_directory_part, reply_error, reply_list,
+                                     reply_ok, reply_string, reply_value, watch_event)
 
 Send = Callable[[bytes], None]
 Op = Callable[[Conn, XsRequest], XsMessage]

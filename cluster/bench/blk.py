@@ -27,14 +27,8 @@ from rich.console import Console
 from actors.guest.blk import io_summary
 from cluster.bench.common import BenchResult
 from cluster.bench.raw_ring import RawRing, doorbell, forked_ring, mapped
-from protocols.blkif import (
-    BLKIF_OP_READ,
-    REQUEST_SIZE,
-    RESPONSE_SIZE,
-    BlkifRequest,
-    BlkifRequestSegment,
-    BlkifResponse,
-)
+from protocols.blkif import (BLKIF_OP_READ, REQUEST_SIZE, RESPONSE_SIZE, BlkifRequest,
+                             BlkifRequestSegment, BlkifResponse)
 from protocols.ring import BackRing, FrontRing
 
 BS = 4096

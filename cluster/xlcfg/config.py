@@ -37,16 +37,8 @@ from actors.guest.api import init_program
 from cluster.xlcfg.disk import parse_disk_spec
 from cluster.xlcfg.syntax import Atom, ConfigFile, ListValue, XlCfgError, c_strtol, parse
 from cluster.xlcfg.vif import parse_vif_spec
-from protocols.libxl_types import (
-    DEFAULT_MAX_EVENT_CHANNELS,
-    DEFAULT_MEMORY_MIB,
-    DOMAIN_TYPES,
-    ON_SHUTDOWN_DEFAULTS,
-    Action,
-    DiskSpec,
-    DomainConfig,
-    VifSpec,
-)
+from protocols.libxl_types import (DEFAULT_MAX_EVENT_CHANNELS, DEFAULT_MEMORY_MIB, DOMAIN_TYPES,
+                                   ON_SHUTDOWN_DEFAULTS, Action, DiskSpec, DomainConfig, VifSpec)
 
 _LONG_MAX = (1 << 63) - 1
 _U16_MAX = 65535

@@ -36,40 +36,15 @@ from typing import Any
 from protocols.errno import Errno, XenError
 from protocols.xenstore.domain import DomainInfo, DomainTable
 from protocols.xenstore.node import Node
-from protocols.xenstore.paths import (
-    INTRODUCE_DOMAIN,
-    RELEASE_DOMAIN,
-    ancestors,
-    basename,
-    canonicalize,
-    child,
-    domain_path,
-    parent,
-)
-from protocols.xenstore.perms import (
-    DOMID_ANY,
-    DOMID_SELF,
-    XS_PERM_NONE,
-    XS_PERM_OWNER,
-    XS_PERM_READ,
-    XS_PERM_WRITE,
-    Conn,
-    Perm,
-    format_perms,
-    parse_perms,
-    perm_for_conn,
-)
+from protocols.xenstore.paths import (INTRODUCE_DOMAIN, RELEASE_DOMAIN, ancestors, basename,
+                                      canonicalize, child, domain_path, parent)
+from protocols.xenstore.perms import (DOMID_ANY, DOMID_SELF, XS_PERM_NONE, XS_PERM_OWNER,
+                                      XS_PERM_READ, XS_PERM_WRITE, Conn, Perm, format_perms,
+                                      parse_perms, perm_for_conn)
 from protocols.xenstore.quota import Quota, node_size
 from protocols.xenstore.transaction import Transaction, TransactionTable
-from protocols.xenstore.watches import (
-    MATCH_DEPTH,
-    MATCH_EXACT,
-    MATCH_NODEPTH,
-    MATCH_SUBTREE,
-    Watch,
-    WatchEvent,
-    WatchTable,
-)
+from protocols.xenstore.watches import (MATCH_DEPTH, MATCH_EXACT, MATCH_NODEPTH, MATCH_SUBTREE,
+                                        Watch, WatchEvent, WatchTable)
 
 DOM0_ONLY = (Perm(0, XS_PERM_NONE),)
 RELEASE_DOMAIN_PERMS = (Perm(0, XS_PERM_NONE), Perm(DOMID_ANY, XS_PERM_READ))

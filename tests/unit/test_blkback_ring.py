@@ -11,36 +11,16 @@ from actors import memory
 from actors.blkback.ring import BlkbackRing
 from actors.blkback.vbd import Vbd, create_image
 from actors.hypervisor.state import Hypervisor
-from protocols.blkif import (
-    BLKIF_DISCARD_SECURE,
-    BLKIF_OP_DISCARD,
-    BLKIF_OP_FLUSH_DISKCACHE,
-    BLKIF_OP_READ,
-    BLKIF_OP_RESERVED_1,
-    BLKIF_OP_WRITE,
-    BLKIF_OP_WRITE_BARRIER,
-    BLKIF_RSP_EOPNOTSUPP,
-    BLKIF_RSP_ERROR,
-    BLKIF_RSP_OKAY,
-    REQUEST_SIZE,
-    RESPONSE_SIZE,
-    BlkifRequest,
-    BlkifRequestDiscard,
-    BlkifRequestIndirect,
-    BlkifRequestSegment,
-    BlkifResponse,
-)
+from protocols.blkif import (BLKIF_DISCARD_SECURE, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE,
+                             BLKIF_OP_READ, BLKIF_OP_RESERVED_1, BLKIF_OP_WRITE,
+                             BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR,
+                             BLKIF_RSP_OKAY, REQUEST_SIZE, RESPONSE_SIZE, BlkifRequest,
+                             BlkifRequestDiscard, BlkifRequestIndirect, BlkifRequestSegment,
+                             BlkifResponse)
 from protocols.errno import Errno, XenError
 from protocols.gnttab import GNTMAP, GrantTable
-from protocols.hypercall import (
-    DOMID_ANY,
-    Domctl,
-    GnttabOp,
-    Hypercall,
-    MemoryOp,
-    decode_result,
-    encode_call,
-)
+from protocols.hypercall import (DOMID_ANY, Domctl, GnttabOp, Hypercall, MemoryOp, decode_result,
+                                 encode_call)
 from protocols.pv_layout import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES
 from protocols.ring import REQ_PROD, FrontRing
 

@@ -15,19 +15,9 @@ import threading
 import pytest
 
 from actors.domain.blkfront import MAX_REQUEST_BYTES, Blkfront, PagePool
-from protocols.blkif import (
-    BLKIF_OP_DISCARD,
-    BLKIF_OP_FLUSH_DISKCACHE,
-    BLKIF_OP_READ,
-    BLKIF_OP_WRITE,
-    BLKIF_RSP_ERROR,
-    BLKIF_RSP_OKAY,
-    REQUEST_SIZE,
-    RING_SIZE,
-    BlkifRequest,
-    BlkifResponse,
-    unpack_request,
-)
+from protocols.blkif import (BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ,
+                             BLKIF_OP_WRITE, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, REQUEST_SIZE,
+                             RING_SIZE, BlkifRequest, BlkifResponse, unpack_request)
 from protocols.errno import Errno, XenError
 from protocols.gnttab import GNTST, GTF, GrantRefAllocator, GrantTable
 from protocols.page import PAGE_SIZE

@@ -7,38 +7,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocols import blkif
-from protocols.blkif import (
-    BLKIF_DISCARD_SECURE,
-    BLKIF_OP_DISCARD,
-    BLKIF_OP_FLUSH_DISKCACHE,
-    BLKIF_OP_INDIRECT,
-    BLKIF_OP_READ,
-    BLKIF_OP_RESERVED_1,
-    BLKIF_OP_WRITE,
-    BLKIF_OP_WRITE_BARRIER,
-    BLKIF_RSP_EOPNOTSUPP,
-    BLKIF_RSP_ERROR,
-    BLKIF_RSP_OKAY,
-    REQUEST_SIZE,
-    RESPONSE_SIZE,
-    RING_SIZE,
-    BlkifOp,
-    BlkifRequest,
-    BlkifRequestDiscard,
-    BlkifRequestIndirect,
-    BlkifRequestSegment,
-    BlkifResponse,
-    devid_to_vdev,
-    pack_indirect_segments,
-    pack_slot,
-    peek_request,
-    request_bytes,
-    segment_bytes,
-    unpack_indirect_segments,
-    unpack_request,
-    validate_request,
-    vdev_to_devid,
-)
+from protocols.blkif import (BLKIF_DISCARD_SECURE, BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE,
+                             BLKIF_OP_INDIRECT, BLKIF_OP_READ, BLKIF_OP_RESERVED_1, BLKIF_OP_WRITE,
+                             BLKIF_OP_WRITE_BARRIER, BLKIF_RSP_EOPNOTSUPP, BLKIF_RSP_ERROR,
+                             BLKIF_RSP_OKAY, REQUEST_SIZE, RESPONSE_SIZE, RING_SIZE, BlkifOp,
+                             BlkifRequest, BlkifRequestDiscard, BlkifRequestIndirect,
+                             BlkifRequestSegment, BlkifResponse, devid_to_vdev,
+                             pack_indirect_segments, pack_slot, peek_request, request_bytes,
+                             segment_bytes, unpack_indirect_segments, unpack_request,
+                             validate_request, vdev_to_devid)
 from protocols.errno import Errno, XenError
 from protocols.ring import ring_size
 

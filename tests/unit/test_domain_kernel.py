@@ -17,14 +17,8 @@ from actors.guest.inits import INITS
 from actors.memory import Mapping
 from cluster.xlcfg import parse_config
 from protocols.console import ConsoleInterface
-from protocols.hypercall import (
-    Domctl,
-    DomInfoFlag,
-    EvtchnOp,
-    Hypercall,
-    ShutdownReason,
-    dominf_shutdown_code,
-)
+from protocols.hypercall import (Domctl, DomInfoFlag, EvtchnOp, Hypercall, ShutdownReason,
+                                 dominf_shutdown_code)
 from protocols.pv_layout import PFN_CONSOLE
 from protocols.start_info import StartInfo
 from tests.inprocess import HOST, InProcessHost, domain_endpoint

@@ -7,18 +7,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from protocols.errno import Errno, XenError
-from protocols.evtchn import (
-    DOMID_SELF,
-    ECS,
-    NR_VIRQS,
-    EventChannels,
-    EvtchnStat,
-    EvtchnStatus,
-    Upcall,
-    Virq,
-    VirqType,
-    get_virq_type,
-)
+from protocols.evtchn import (DOMID_SELF, ECS, NR_VIRQS, EventChannels, EvtchnStat, EvtchnStatus,
+                              Upcall, Virq, VirqType, get_virq_type)
 
 
 def _host(*domus: int, **kw) -> EventChannels:

@@ -9,37 +9,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from protocols.errno import Errno, XenError
 from protocols.evtchn import DOMID_SELF
-from protocols.gnttab import (
-    ENTRIES_PER_FRAME,
-    GNTMAP,
-    GNTST,
-    GNTTAB_NR_RESERVED_ENTRIES,
-    GTF,
-    GNTCOPY_dest_gref,
-    GNTCOPY_source_gref,
-    GnttabCopy,
-    GnttabCopyPtr,
-    GnttabMapGrantRef,
-    GnttabUnmapGrantRef,
-    GrantEntryV1,
-    GrantRefAllocator,
-    GrantTable,
-)
-from protocols.gnttab_ops import (
-    MAPTRACK_PER_PAGE,
-    ActiveGrants,
-    CopyPlan,
-    DomainGrants,
-    Maptrack,
-    copy_batch,
-    grant_copy,
-    granter_in_use,
-    map_batch,
-    map_grant_ref,
-    release_mappings,
-    unmap_batch,
-    unmap_grant_ref,
-)
+from protocols.gnttab import (ENTRIES_PER_FRAME, GNTMAP, GNTST, GNTTAB_NR_RESERVED_ENTRIES, GTF,
+                              GNTCOPY_dest_gref, GNTCOPY_source_gref, GnttabCopy, GnttabCopyPtr,
+                              GnttabMapGrantRef, GnttabUnmapGrantRef, GrantEntryV1,
+                              GrantRefAllocator, GrantTable)
+from protocols.gnttab_ops import (MAPTRACK_PER_PAGE, ActiveGrants, CopyPlan, DomainGrants, Maptrack,
+                                  copy_batch, grant_copy, granter_in_use, map_batch, map_grant_ref,
+                                  release_mappings, unmap_batch, unmap_grant_ref)
 
 GRANTER, BACKEND, OTHER = 5, 1, 2
 NR_PAGES = 16

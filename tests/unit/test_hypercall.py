@@ -7,43 +7,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocols.errno import Errno, XenError
-from protocols.hypercall import (
-    DOMID_ANY,
-    DOMID_COW,
-    DOMID_FIRST_RESERVED,
-    DOMID_IDLE,
-    DOMID_INVALID,
-    DOMID_IO,
-    DOMID_SELF,
-    DOMID_XEN,
-    MAX_GUEST_CMDLINE,
-    SCHEMA,
-    SUBOPS,
-    XEN_DOMCTL_INTERFACE_VERSION,
-    XEN_LEGACY_MAX_VCPUS,
-    ConsoleIO,
-    Domctl,
-    DomInfoFlag,
-    EvtchnOp,
-    GnttabOp,
-    Hypercall,
-    HypercallRequest,
-    HypercallResult,
-    MemoryOp,
-    SchedOp,
-    ShadowOp,
-    ShutdownReason,
-    Sysctl,
-    VcpuOp,
-    Virq,
-    XenVersion,
-    decode_call,
-    decode_result,
-    dominf_flags,
-    dominf_shutdown_code,
-    encode_call,
-    encode_result,
-)
+from protocols.hypercall import (DOMID_ANY, DOMID_COW, DOMID_FIRST_RESERVED, DOMID_IDLE,
+                                 DOMID_INVALID, DOMID_IO, DOMID_SELF, DOMID_XEN, MAX_GUEST_CMDLINE,
+                                 SCHEMA, SUBOPS, XEN_DOMCTL_INTERFACE_VERSION, XEN_LEGACY_MAX_VCPUS,
+                                 ConsoleIO, Domctl, DomInfoFlag, EvtchnOp, GnttabOp, Hypercall,
+                                 HypercallRequest, HypercallResult, MemoryOp, SchedOp, ShadowOp,
+                                 ShutdownReason, Sysctl, VcpuOp, Virq, XenVersion, decode_call,
+                                 decode_result, dominf_flags, dominf_shutdown_code, encode_call,
+                                 encode_result)
 from protocols.hypercall_args import MAX_POLL_PORTS, Array, Bytes, Int, Struct
 
 # --- numbers against the reference tables -------------------------------------------------

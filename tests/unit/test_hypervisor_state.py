@@ -6,23 +6,9 @@ import pytest
 from actors.hypervisor.effects import Deliver, GateVcpus, ReleaseMemory, SizeMemory, WatchVcpu
 from actors.hypervisor.state import Hypervisor
 from protocols.errno import Errno
-from protocols.hypercall import (
-    DOMID_ANY,
-    DOMID_SELF,
-    Domctl,
-    DomInfoFlag,
-    EvtchnOp,
-    Hypercall,
-    MemoryOp,
-    SchedOp,
-    ShutdownReason,
-    Sysctl,
-    Virq,
-    XenVersion,
-    decode_result,
-    dominf_shutdown_code,
-    encode_call,
-)
+from protocols.hypercall import (DOMID_ANY, DOMID_SELF, Domctl, DomInfoFlag, EvtchnOp, Hypercall,
+                                 MemoryOp, SchedOp, ShutdownReason, Sysctl, Virq, XenVersion,
+                                 decode_result, dominf_shutdown_code, encode_call)
 
 HANDLE = bytes(range(16))
 

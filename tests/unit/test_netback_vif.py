@@ -12,27 +12,11 @@ from hypothesis import strategies as st
 
 from actors.netback.vif import RX_QUEUE_MAX, NetbackVif, TxCredit
 from protocols.errno import Errno, XenError
-from protocols.netif import (
-    FATAL_SKB_SLOTS,
-    NETIF_RSP_ERROR,
-    NETIF_RSP_NULL,
-    NETIF_RSP_OKAY,
-    RX_RING_SIZE,
-    RX_SLOT_SIZE,
-    TX_RING_SIZE,
-    TX_SLOT_SIZE,
-    NetifExtraGso,
-    NetifExtraInfo,
-    NetifExtraMcast,
-    NetifExtraType,
-    NetifRxRequest,
-    NetifRxResponse,
-    NetifTxRequest,
-    NetifTxResponse,
-    NetRxFlag,
-    NetTxFlag,
-    tx_slots,
-)
+from protocols.netif import (FATAL_SKB_SLOTS, NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY,
+                             RX_RING_SIZE, RX_SLOT_SIZE, TX_RING_SIZE, TX_SLOT_SIZE, NetifExtraGso,
+                             NetifExtraInfo, NetifExtraMcast, NetifExtraType, NetifRxRequest,
+                             NetifRxResponse, NetifTxRequest, NetifTxResponse, NetRxFlag, NetTxFlag,
+                             tx_slots)
 from protocols.ring import HEADER_SIZE, REQ_PROD, FrontRing
 
 TX_GREFS = range(100, 100 + TX_RING_SIZE)

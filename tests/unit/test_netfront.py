@@ -21,20 +21,9 @@ from cluster.xlcfg.vif import parse_vif_spec
 from protocols.errno import XenError
 from protocols.gnttab import GNTST, GTF, GrantRefAllocator, GrantTable
 from protocols.hypercall import EvtchnOp, Hypercall
-from protocols.netif import (
-    NETIF_RSP_ERROR,
-    NETIF_RSP_OKAY,
-    RX_RING_SIZE,
-    RX_SLOT_SIZE,
-    TX_RING_SIZE,
-    TX_SLOT_SIZE,
-    NetifRxRequest,
-    NetifRxResponse,
-    NetifTxRequest,
-    NetifTxResponse,
-    NetRxFlag,
-    NetTxFlag,
-)
+from protocols.netif import (NETIF_RSP_ERROR, NETIF_RSP_OKAY, RX_RING_SIZE, RX_SLOT_SIZE,
+                             TX_RING_SIZE, TX_SLOT_SIZE, NetifRxRequest, NetifRxResponse,
+                             NetifTxRequest, NetifTxResponse, NetRxFlag, NetTxFlag)
 from protocols.page import PAGE_SIZE
 from protocols.ring import BackRing
 from protocols.xenbus import XenbusState

@@ -8,30 +8,12 @@ from hypothesis import strategies as st
 
 from protocols import netif
 from protocols.errno import Errno, XenError
-from protocols.netif import (
-    NETIF_RSP_ERROR,
-    NETIF_RSP_NULL,
-    NETIF_RSP_OKAY,
-    RX_RING_SIZE,
-    TX_RING_SIZE,
-    XEN_NETIF_EXTRA_FLAG_MORE,
-    XEN_NETIF_MAX_TX_SIZE,
-    XEN_NETIF_NR_SLOTS_MIN,
-    NetifExtraGso,
-    NetifExtraHash,
-    NetifExtraInfo,
-    NetifExtraMcast,
-    NetifExtraType,
-    NetifRxRequest,
-    NetifRxResponse,
-    NetifTxRequest,
-    NetifTxResponse,
-    NetRxFlag,
-    NetTxFlag,
-    tx_packet_chain,
-    tx_slots,
-    tx_slots_needed,
-)
+from protocols.netif import (NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY, RX_RING_SIZE,
+                             TX_RING_SIZE, XEN_NETIF_EXTRA_FLAG_MORE, XEN_NETIF_MAX_TX_SIZE,
+                             XEN_NETIF_NR_SLOTS_MIN, NetifExtraGso, NetifExtraHash, NetifExtraInfo,
+                             NetifExtraMcast, NetifExtraType, NetifRxRequest, NetifRxResponse,
+                             NetifTxRequest, NetifTxResponse, NetRxFlag, NetTxFlag, tx_packet_chain,
+                             tx_slots, tx_slots_needed)
 from protocols.ring import ring_size
 
 U8, U16, U32 = (st.integers(0, 2**b - 1) for b in (8, 16, 32))

@@ -15,15 +15,8 @@ from collections import deque
 import pytest
 
 from cluster.bench.raw_ring import RawRing, doorbell, forked_ring, mapped
-from protocols.blkif import (
-    BLKIF_OP_READ,
-    BLKIF_OP_WRITE,
-    REQUEST_SIZE,
-    RESPONSE_SIZE,
-    BlkifRequest,
-    BlkifRequestSegment,
-    BlkifResponse,
-)
+from protocols.blkif import (BLKIF_OP_READ, BLKIF_OP_WRITE, REQUEST_SIZE, RESPONSE_SIZE,
+                             BlkifRequest, BlkifRequestSegment, BlkifResponse)
 from protocols.ring import BackRing, FrontRing
 
 N = 200_000

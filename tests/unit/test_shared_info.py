@@ -8,13 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocols.errno import Errno, XenError
-from protocols.shared_info import (
-    EVTCHN_2L_NR_CHANNELS,
-    SHARED_INFO_SIZE,
-    XEN_LEGACY_MAX_VCPUS,
-    SetPending,
-    SharedInfo,
-)
+from protocols.shared_info import (EVTCHN_2L_NR_CHANNELS, SHARED_INFO_SIZE, XEN_LEGACY_MAX_VCPUS,
+                                   SetPending, SharedInfo)
 
 
 def _page() -> tuple[bytearray, SharedInfo]:

@@ -6,17 +6,8 @@ import threading
 
 import pytest
 
-from actors.toolstack.effects import (
-    ConfirmName,
-    Create,
-    DestroyDomain,
-    KillVcpus,
-    Note,
-    Rebuild,
-    ReleaseName,
-    ReleaseXenstored,
-    RenameDomain,
-)
+from actors.toolstack.effects import (ConfirmName, Create, DestroyDomain, KillVcpus, Note, Rebuild,
+                                      ReleaseName, ReleaseXenstored, RenameDomain)
 from actors.toolstack.state import Phase, Step, Toolstack, state_string
 from protocols.errno import Errno, XenError
 from protocols.hypercall import DomInfoFlag, ShutdownReason, dominf_flags

@@ -10,15 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from protocols.errno import Errno, XenError
-from protocols.xenbus import (
-    BackendAction,
-    BackendStep,
-    FrontendAction,
-    FrontendStep,
-    XenbusState,
-    backend_on_frontend_state,
-    frontend_on_backend_state,
-)
+from protocols.xenbus import (BackendAction, BackendStep, FrontendAction, FrontendStep, XenbusState,
+                              backend_on_frontend_state, frontend_on_backend_state)
 
 S = XenbusState
 B = BackendAction

@@ -4,18 +4,8 @@ hiding, SET_TARGET, special watches) and the 11.5 layout libxl builds with them.
 import pytest
 
 from protocols.errno import Errno, XenError
-from protocols.xenstore import (
-    DOMID_ANY,
-    XS_PERM_NONE,
-    XS_PERM_OWNER,
-    XS_PERM_READ,
-    XS_PERM_WRITE,
-    Conn,
-    Perm,
-    Store,
-    parse_perms,
-    perm_for_conn,
-)
+from protocols.xenstore import (DOMID_ANY, XS_PERM_NONE, XS_PERM_OWNER, XS_PERM_READ, XS_PERM_WRITE,
+                                Conn, Perm, Store, parse_perms, perm_for_conn)
 
 TOOLS = Conn(2, 0, privileged=True, socket=True)
 GUEST = Conn(5, 5)

@@ -10,16 +10,8 @@ import pytest
 
 from actors.xenstored.server import QUOTA_NAMES, STORE_FEATURES, XenstoredServer
 from protocols.errno import Errno, XenError
-from protocols.xenstore.wire import (
-    HEADER,
-    DirectoryPart,
-    XsDecoder,
-    XsMessage,
-    XsType,
-    error_from_reply,
-    make_request,
-    parse_reply,
-)
+from protocols.xenstore.wire import (HEADER, DirectoryPart, XsDecoder, XsMessage, XsType,
+                                     error_from_reply, make_request, parse_reply)
 
 
 class Peer:

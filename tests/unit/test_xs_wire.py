@@ -10,17 +10,8 @@ from hypothesis import strategies as st
 
 from protocols.errno import Errno, XenError
 from protocols.xenstore import wire
-from protocols.xenstore.wire import (
-    XsDecoder,
-    XsMessage,
-    XsRequest,
-    XsType,
-    decode_one,
-    encode,
-    make_request,
-    parse_reply,
-    parse_request,
-)
+from protocols.xenstore.wire import (XsDecoder, XsMessage, XsRequest, XsType, decode_one, encode,
+                                     make_request, parse_reply, parse_request)
 
 T = XsType
 
