@@ -1,29 +1,26 @@
 """One emulated host in one process, for unit tests that need a component's real peers.
 
-Why: blkback, xenconsoled and the PV kernel are pure given their clients (HypercallClient,
-XsClient) and a transport, so their tests run them against the real hypervisor state machine
-(msgpack hypercalls, /dev/shm memory files, event channels) and the real xenstored server
-(xs_wire) without Ray. One host for all those tests keeps the transport's semantics, which
-the components rely on, the same everywhere. As the real transports (``actors.transport.raycall``):
+Why: every actor is a plain shell class (``HypervisorShell``, ``XenstoredShell``,
+``BlkbackShell``, ...) plus a Ray decorator, and every shell talks to its peers only through a
+:class:`~actors.transport.Transport`. So this host runs the *real* shells, the hypervisor's
+and xenstored's always and whichever daemons and domains a test starts, and is itself their
+transport, in place of Ray. Nothing of a shell is re-implemented here. As the Ray transport:
 
-* ``call`` runs at once in the caller's thread. Hypercalls go through one lock, as the
-  hypervisor actor serialises them, and its effects are carried out as its actor does.
-  An xs request goes down the caller's own xenstored connection (one per (domid,
-  endpoint)): what xenstored sends that connection during the call is the reply, anything
-  else (watch events) is pushed one-way as ``xs_event``, as actors/xenstored/actor.py does.
+* ``call`` runs the destination's ``deliver`` at once, in the caller's thread (a destination
+  that is not registered, or no longer, is :class:`~actors.transport.PeerGone`).
 * ``send`` of a ``hypercall`` to the hypervisor (``HypercallClient.post``, an event-channel
-  kick) runs it at once and drops the reply. The same-host pipe (actors/transport/samehost.py) runs
-  a posted hypercall after the caller's earlier hypercalls and before its later ones; with
-  calls that finish before they return, that is now. Its upcalls still go one-way.
+  kick) runs it at once and drops the reply: the same-host pipe runs a posted hypercall after
+  the caller's earlier hypercalls and before its later ones; with calls that finish before
+  they return, that is now.
 * Any other ``send`` (upcalls, vCPU gates, watch events) goes to one FIFO mailbox and is
-  delivered, in order, to ``endpoints[dest][kind](*args)``. A message for an endpoint that
-  is not registered (any more) is lost, as one to a dead actor; a kind the endpoint does
-  not take is an error, as in ``Endpoint.deliver``.
+  delivered, in order, to the destination. A message for an endpoint that is not registered
+  (any more) is lost, as one to a dead actor.
 
-The test delivers by pumping (:meth:`pump`, :meth:`until`), so it chooses when messages
-arrive; with ``threaded=True`` one mailbox thread delivers them, as to an actor, for
-components that block in threads of their own (a kernel's vCPUs). Its errors are collected
-and fail :meth:`close`.
+An endpoint is a shell's ``deliver`` or, for a test's own stand-in (a frontend driven by
+hand), a dict ``{kind: handler}``. The test delivers by pumping (:meth:`pump`,
+:meth:`until`), so it chooses when messages arrive; with ``threaded=True`` one mailbox thread
+delivers them, as to an actor, for components that block in threads of their own (a kernel's
+vCPUs). Its errors are collected and fail :meth:`close`.
 """
 
 from __future__ import annotations
@@ -38,21 +35,27 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+import structlog
 
 from actors import memory
-from actors.hypervisor.effects import Deliver, GateVcpus, ReleaseMemory, SizeMemory
-from actors.hypervisor.state import Hypervisor
+from actors.hypervisor.actor import HypervisorShell
 from actors.toolstack import builder
-from actors.transport.hypercall_client import Credential, HypercallClient
-from actors.transport.xs_client import XsClient
-from actors.xenstored.server import XenstoredServer
+from actors.transport import PeerGone
+from actors.transport.clients import HostClients
+from actors.xenstored.actor import XenstoredShell
 from protocols.hypercall import DOMID_ANY, Domctl, Hypercall, MemoryOp
 from protocols.libxl_types import DomainConfig
 
 HOST = "h1"
 HV, XENSTORED, XL = f"{HOST}/hypervisor", f"{HOST}/xenstored", f"{HOST}/xl"
 
-Handlers = dict[str, Callable[..., Any]]
+Handlers = dict[str, Callable[..., Any]]  # kind -> handler: a test's stand-in for a shell
+_STOP = object()
+
+
+def domain_endpoint(domid: int) -> str:
+    """The actor name of a DomU (``h1/dom3``)."""
+    return f"{HOST}/dom{domid}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,62 +67,52 @@ class Built:
     memory_path: str
     console_port: int
 
-  # kind -> handler: what an actor's on_<kind> does
-_STOP = object()
-
-
-def domain_endpoint(domid: int) -> str:
-    """The actor name of a DomU (``h1/dom3``)."""
-    return f"{HOST}/dom{domid}"
-
 
 class InProcessHost:
-    """The host's hypervisor and xenstored, and the transport to them (``call``/``send``/
-    ``forget``); ``xl``/``xs`` are Dom0's toolstack clients, ``endpoints`` the actors."""
+    """The host's shells and the transport between them (``call``/``send``/``forget``);
+    ``xl``/``xs`` are Dom0's toolstack clients, ``endpoints`` every registered actor."""
 
     def __init__(self, mem_prefix: str, *, threaded: bool = False) -> None:
-        self._lock = threading.Lock()
-        self._maps: dict[str, memory.Mapping] = {}
-        self.hv = Hypervisor(HOST, memory_mib=64, pcpus=2, mem_prefix=mem_prefix,
-                             frames=self._frames)
-        self.secret0 = self.hv.boot_dom0(memory_mib=16).secret
-        self.xenstored = XenstoredServer()
-        self._xs_conns: dict[tuple[int, str], int] = {}
-        self._calling = threading.local()  # the xs connection whose call this thread runs
-        self.endpoints: dict[str, Handlers] = {}
+        self.endpoints: dict[str, Callable[..., Any] | Handlers] = {}
         self.mailbox: queue.SimpleQueue = queue.SimpleQueue()
         self.errors: list[str] = []
+        self.log = structlog.get_logger()
+        self._shells: list[Any] = []
         self._thread = None
         if threaded:
             self._thread = threading.Thread(target=self._run_mailbox, daemon=True)
             self._thread.start()
-        self.xl, self.xs = self.clients(XL)
+        self.hypervisor = self.start(HV, HypervisorShell(HOST, 64, 2, mem_prefix, self,
+                                                         self.log))
+        self.secret0 = self.hypervisor.on_boot_dom0(16)
+        self.xenstored = self.start(XENSTORED, XenstoredShell(
+            HOST, self.clients(XENSTORED), self.secret0, None, self.log))
+        dom0 = self.clients(XL)
+        self.xl, self.xs = dom0.hv, dom0.xs
 
-    def clients(self, endpoint: str, domid: int = 0,
-                secret: str | None = None) -> tuple[HypercallClient, XsClient]:
-        """A hypercall and a xenstore client for ``endpoint`` (Dom0's unless ``domid``)."""
-        secret = self.secret0 if secret is None else secret
-        return (HypercallClient(self, HV, Credential(domid, secret, endpoint)),
-                XsClient(self, HOST, domid, secret, endpoint))
+    def clients(self, endpoint: str, domid: int = 0, secret: str | None = None) -> HostClients:
+        """The clients of ``endpoint`` (Dom0's unless ``domid``) over this host."""
+        return HostClients.over(self, HOST, domid, self.secret0 if secret is None else secret,
+                                endpoint)
+
+    def start(self, endpoint: str, shell: Any) -> Any:
+        """Register a shell (or a ``{kind: handler}`` stand-in) as ``endpoint``; returns it.
+        A shell with ``close`` is closed with the host."""
+        self.endpoints[endpoint] = shell.deliver if hasattr(shell, "deliver") else shell
+        if hasattr(shell, "close"):
+            self._shells.append(shell)
+        return shell
+
+    def memory_path(self, domid: int) -> str:
+        return self.hypervisor.state.memory_path(domid)
 
     # -- the transport ------------------------------------------------------------------
 
     def call(self, dest: str, kind: str, *args: Any, timeout: float | None = None) -> Any:
-        if (dest, kind) == (HV, "hypercall"):
-            with self._lock:
-                reply, effects = self.hv.hypercall(*args)
-                for e in effects:
-                    self._carry_out(e)
-            return reply
-        assert (dest, kind) == (XENSTORED, "xs"), (dest, kind)
-        domid, _secret, endpoint, data = args
-        conn_id = self._xs_connection(domid, endpoint)
-        self._calling.conn_id, self._calling.buf = conn_id, []
-        try:
-            assert self.xenstored.handle(conn_id, data), "xenstored closed the connection"
-            return b"".join(self._calling.buf)
-        finally:
-            self._calling.conn_id = None
+        target = self.endpoints.get(dest)
+        if target is None:
+            raise PeerGone(dest)
+        return target[kind](*args) if isinstance(target, dict) else target(kind, *args)
 
     def send(self, dest: str, kind: str, *args: Any) -> None:
         if (dest, kind) == (HV, "hypercall"):
@@ -130,48 +123,13 @@ class InProcessHost:
     def forget(self, dest: str) -> None:
         pass
 
-    def _carry_out(self, effect: Any) -> None:
-        """What the hypervisor's actor does with an effect (WatchVcpu and ConsoleLine: the
-        vCPUs are this process's threads, and console lines are only logged)."""
-        if isinstance(effect, Deliver):
-            self.send(effect.endpoint, "upcall", effect.domid, list(effect.ports))
-        elif isinstance(effect, GateVcpus):
-            self.send(effect.endpoint, "vcpu_gate", effect.paused, effect.seq)
-        elif isinstance(effect, SizeMemory):
-            memory.create(effect.path, effect.nr_pages)
-        elif isinstance(effect, ReleaseMemory):
-            memory.remove(effect.path)
-
-    def _frames(self, domid: int, pfn: int, count: int) -> memoryview:
-        """The hypervisor's view of a domain's pages: one mapping per file, as its actor."""
-        path = self.hv.memory_path(domid)
-        m = self._maps.get(path)
-        if m is None or pfn + count > m.nr_pages:  # first use, or the domain grew
-            m = self._maps[path] = memory.Mapping(path)
-        return m.pages(pfn, count)
-
-    def _xs_connection(self, domid: int, endpoint: str) -> int:
-        key = (domid, endpoint)
-        with self._lock:
-            if key not in self._xs_conns:
-                holder: list[int] = []
-
-                def send(data: bytes) -> None:
-                    if getattr(self._calling, "conn_id", None) == holder[0]:
-                        self._calling.buf.append(data)
-                    else:
-                        self.send(endpoint, "xs_event", data)
-
-                holder.append(self.xenstored.open_connection(domid, domid == 0, send))
-                self._xs_conns[key] = holder[0]
-            return self._xs_conns[key]
-
     # -- delivery -------------------------------------------------------------------------
 
     def _deliver(self, dest: str, kind: str, args: tuple) -> None:
-        handlers = self.endpoints.get(dest)
-        if handlers is not None:
-            handlers[kind](*args)
+        try:
+            self.call(dest, kind, *args)
+        except PeerGone:
+            pass  # lost, as a message to a dead actor
 
     def _run_mailbox(self) -> None:
         while (message := self.mailbox.get()) is not _STOP:
@@ -200,7 +158,7 @@ class InProcessHost:
 
     def create_domain(self, nr_pages: int) -> tuple[int, str]:
         """A paused DomU with ``nr_pages`` of memory and its vCPUs handed over; returns
-        (domid, secret)."""
+        (domid, secret). The test writes its xenstore nodes, then :meth:`introduce` s it."""
         res = self.xl(Hypercall.domctl, Domctl.createdomain, domain=DOMID_ANY, ssidref=0,
                       handle=bytes(16), flags=0, max_vcpus=1, max_evtchn_port=1023,
                       max_grant_frames=-1, max_maptrack_frames=-1)
@@ -220,9 +178,16 @@ class InProcessHost:
         memory_path = builder.populate(self.xl, domid, cfg, name)
         port = builder.write_boot_pages(self.xl, domid, memory_path, cfg)
         builder.write_xenstore(self.xs, domid, uuid, name, cfg, port)
-        self.xenstored.introduce_domain(domid)
+        self.introduce(domid, secret)
         self.set_vcpu_context(domid)
         return Built(domid, secret, memory_path, port)
+
+    def introduce(self, domid: int, secret: str) -> None:
+        """``XS_INTRODUCE``, as the toolstack does it through xenstored's shell."""
+        self.call(XENSTORED, "introduce", domid, secret, domain_endpoint(domid))
+
+    def release(self, domid: int) -> None:
+        self.call(XENSTORED, "release", domid)
 
     def set_vcpu_context(self, domid: int) -> None:
         """Hand the vCPUs over: they run in this process, upcalls go to the DomU's endpoint."""
@@ -230,14 +195,14 @@ class InProcessHost:
                 ctxt=msgpack.packb({"pid": os.getpid(), "endpoint": domain_endpoint(domid)}))
 
     def close(self) -> None:
-        """Stop the mailbox thread (after what is queued), drop the maps and memory files,
-        and fail if a threaded delivery raised."""
+        """Stop the mailbox thread (after what is queued), close the shells, remove the
+        memory files, and fail if a threaded delivery raised."""
         if self._thread is not None:
             self.mailbox.put(_STOP)
             self._thread.join(timeout=10)
-        for m in self._maps.values():
-            m.close()
-        for domid in list(self.hv.table.domains):
-            memory.remove(self.hv.memory_path(domid))
+        for shell in reversed(self._shells):
+            shell.close()
+        for domid in list(self.hypervisor.state.table.domains):
+            memory.remove(self.memory_path(domid))
         assert not self.errors, "\n".join(self.errors)
         assert not (self._thread and self._thread.is_alive()), "a handler is stuck"

@@ -1,4 +1,4 @@
-"""blkback's Ray shell: the only blkback file that knows about Ray.
+"""blkback's shell: the only blkback file that knows about Ray.
 
 It holds Dom0's credential with its own endpoint (``<host>/blkback``), so the ports it binds
 raise their upcalls here, and its own xenstore connection, whose watch events are pushed
@@ -15,17 +15,18 @@ import ray
 
 from actors import log as xlog
 from actors.blkback.xenbus import Blkback
-from actors.transport.clients import host_clients
-from actors.transport.raycall import Endpoint
+from actors.transport import Endpoint
+from actors.transport.clients import HostClients, host_clients
+from actors.transport.raycall import RayEndpoint
 
 
-@ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=8)
-class BlkbackActor(Endpoint):
-    def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
-        self.log = xlog.setup(host=host, component="blkback", log_dir=log_dir)
-        dom0 = host_clients(host, 0, dom0_secret, "blkback", self.deliver, self.log)
-        self.xs = dom0.xs
-        self.blkback = Blkback(host, dom0.hv, self.xs, self.log)
+class BlkbackShell(Endpoint):
+    """blkback over Dom0's clients on endpoint ``<host>/blkback`` (the in-process test host
+    runs this very class; :class:`BlkbackActor` is it as a Ray actor)."""
+
+    def __init__(self, host: str, clients: HostClients, log: Any) -> None:
+        self.log, self.xs = log, clients.xs
+        self.blkback = Blkback(host, clients.hv, self.xs, log)
         self.blkback.start()
         self.log.info("blkback up", devices=len(self.blkback.devices))
 
@@ -37,3 +38,14 @@ class BlkbackActor(Endpoint):
 
     def on_statistics(self) -> dict[str, Any]:
         return self.blkback.statistics()
+
+    def close(self) -> None:
+        self.blkback.close()
+
+
+@ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=8)
+class BlkbackActor(RayEndpoint, BlkbackShell):
+    def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
+        log = xlog.setup(host=host, component="blkback", log_dir=log_dir)
+        super().__init__(host, host_clients(host, 0, dom0_secret, "blkback", self.deliver, log),
+                         log)

@@ -1,4 +1,4 @@
-"""xenconsoled's Ray shell: the only console file that knows about Ray.
+"""xenconsoled's shell: the only console file that knows about Ray.
 
 It holds Dom0's credential with its own endpoint (``<host>/xenconsoled``), so the console
 ports it binds raise their upcalls here, and its own xenstore connection, whose watch events
@@ -13,17 +13,18 @@ import ray
 
 from actors import log as xlog
 from actors.console.daemon import ConsoleDaemon
-from actors.transport.clients import host_clients
-from actors.transport.raycall import Endpoint
+from actors.transport.clients import HostClients, host_clients
+from actors.transport import Endpoint
+from actors.transport.raycall import RayEndpoint
 
 
-@ray.remote(max_restarts=0)
-class ConsoleActor(Endpoint):
-    def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
-        self.log = xlog.setup(host=host, component="xenconsoled", log_dir=log_dir)
-        dom0 = host_clients(host, 0, dom0_secret, "xenconsoled", self.deliver, self.log)
-        self.xs = dom0.xs
-        self.daemon = ConsoleDaemon(host, dom0.hv, self.xs, log_dir, log=self.log)
+class ConsoleShell(Endpoint):
+    """xenconsoled over Dom0's clients on endpoint ``<host>/xenconsoled`` (the in-process test
+    host runs this very class; :class:`ConsoleActor` is it as a Ray actor)."""
+
+    def __init__(self, host: str, clients: HostClients, log: Any, log_dir: str | None) -> None:
+        self.log, self.xs = log, clients.xs
+        self.daemon = ConsoleDaemon(host, clients.hv, self.xs, log_dir, log=log)
         self.daemon.start()
         self.log.info("xenconsoled up")
 
@@ -41,3 +42,14 @@ class ConsoleActor(Endpoint):
 
     def on_statistics(self) -> dict[str, Any]:
         return self.daemon.statistics()
+
+    def close(self) -> None:
+        self.daemon.close()
+
+
+@ray.remote(max_restarts=0)
+class ConsoleActor(RayEndpoint, ConsoleShell):
+    def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
+        log = xlog.setup(host=host, component="xenconsoled", log_dir=log_dir)
+        super().__init__(host, host_clients(host, 0, dom0_secret, "xenconsoled", self.deliver,
+                                            log), log, log_dir)

@@ -1,4 +1,4 @@
-"""A DomU's Ray shell: the only domain file that knows about Ray.
+"""A DomU's shell: the only domain file that knows about Ray.
 
 The toolstack creates it (``<host>/dom<domid>``) once the domain is built and paused; it maps
 the domain's memory, reads start_info from pfn 0 and builds the kernel with the domain's
@@ -18,21 +18,21 @@ import ray
 from actors import log as xlog
 from actors.domain.kernel import PVKernel
 from actors.memory import Mapping
-from actors.transport.clients import host_clients
-from actors.transport.raycall import Endpoint
+from actors.transport.clients import HostClients, host_clients
+from actors.transport import Endpoint
+from actors.transport.raycall import RayEndpoint
 from protocols.start_info import StartInfo
 
 
-@ray.remote(max_restarts=0, max_concurrency=8)
-class DomainActor(Endpoint):
-    def __init__(self, host: str, domid: int, secret: str, memory_path: str,
-                 log_dir: str | None = None) -> None:
-        self.log = xlog.setup(host=host, component=f"dom{domid}",
-                              log_dir=log_dir).bind(domid=domid)
-        clients = host_clients(host, domid, secret, f"dom{domid}", self.deliver, self.log)
+class DomainShell(Endpoint):
+    """A DomU's kernel over its own clients on endpoint ``<host>/dom<domid>`` (the in-process
+    test host runs this very class; :class:`DomainActor` is it as a Ray actor)."""
+
+    def __init__(self, domid: int, clients: HostClients, memory_path: str, log: Any) -> None:
+        self.log = log
         self.memory = Mapping(memory_path)
         self.kernel = PVKernel(StartInfo.unpack(self.memory.page(0)), self.memory, clients.hv,
-                               clients.xs, self.log)
+                               clients.xs, log)
         self.log.info("domain actor up", memory_path=memory_path)
 
     def on_vcpu_gate(self, paused: bool, seq: int = 0) -> None:
@@ -49,3 +49,12 @@ class DomainActor(Endpoint):
 
     def on_save(self) -> dict[str, Any]:
         return self.kernel.save()
+
+
+@ray.remote(max_restarts=0, max_concurrency=8)
+class DomainActor(RayEndpoint, DomainShell):
+    def __init__(self, host: str, domid: int, secret: str, memory_path: str,
+                 log_dir: str | None = None) -> None:
+        log = xlog.setup(host=host, component=f"dom{domid}", log_dir=log_dir).bind(domid=domid)
+        super().__init__(domid, host_clients(host, domid, secret, f"dom{domid}", self.deliver,
+                                             log), memory_path, log)

@@ -1,9 +1,11 @@
-"""The hypervisor's Ray shell: the only hypervisor file that knows about Ray.
+"""The hypervisor's shell: it carries out what the state machine decides.
 
-It turns ``deliver`` calls into state-machine calls and carries out the returned effects:
-upcalls and vCPU gates go out through the transport (one-way, like interrupts), memory files
-are sized and removed, and each domain's vCPU process is watched through a pidfd so that its
-death becomes a crash (``SHUTDOWN_crash``) exactly as if the guest had called it.
+:class:`HypervisorShell` turns ``deliver`` calls into state-machine calls and carries out the
+returned effects: upcalls and vCPU gates go out (down the endpoint's same-host pipe if it has
+one, else through the transport, one-way, like interrupts), memory files are sized and
+removed, and each domain's vCPU process is watched through a pidfd so that its death becomes a
+crash (``SHUTDOWN_crash``) exactly as if the guest had called it. It is a plain class, so the
+in-process test host runs this very shell; :class:`HypervisorActor` is it as a Ray actor.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import select
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import ray
 
@@ -21,7 +24,9 @@ from actors.hypervisor.effects import (ConsoleLine, Deliver, Effect, GateVcpus, 
                                        SizeMemory, WatchVcpu)
 from actors.hypervisor.hvpipes import HvPipeServer
 from actors.hypervisor.state import Hypervisor
-from actors.transport.raycall import Endpoint, RayTransport
+from actors.runtime import THREADS, Runtime
+from actors.transport import Endpoint, Transport
+from actors.transport.raycall import RayEndpoint, RayTransport
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -38,25 +43,27 @@ def process_cpu_ns(pid: int | None) -> int:
         return 0
 
 
-@ray.remote(max_restarts=0)
-class HypervisorActor(Endpoint):
-    def __init__(self, host: str, memory_mib: int, pcpus: int, run_id: str,
-                 log_dir: str | None = None) -> None:
-        self.log = xlog.setup(host=host, component="hypervisor", log_dir=log_dir)
+class HypervisorShell(Endpoint):
+    """One host's hypervisor: its state machine, its memory maps, its pipes, its pidfds.
+    ``mem_prefix`` names its ``/dev/shm`` files; ``transport`` carries what has no pipe."""
+
+    def __init__(self, host: str, memory_mib: int, pcpus: int, mem_prefix: str,
+                 transport: Transport, log: Any, runtime: Runtime = THREADS) -> None:
+        self.log, self.transport, self.runtime = log, transport, runtime
         self.lock = threading.RLock()  # effects can re-enter (a vCPU already gone at watch)
-        self.transport = RayTransport()
+        self._mem_prefix = mem_prefix
         self._maps: dict[str, memory.Mapping] = {}
-        prefix = str(memory.SHM_DIR / f"xenray-{run_id}-{host}")
-        self.state = Hypervisor(host, memory_mib=memory_mib, pcpus=pcpus, mem_prefix=prefix,
+        self.state = Hypervisor(host, memory_mib=memory_mib, pcpus=pcpus, mem_prefix=mem_prefix,
                                 frames=self._frames,
                                 cpu_time_ns=lambda d: process_cpu_ns(self.state.vcpu_pids.get(d)))
-        self.pipes = HvPipeServer(prefix, {"hypercall": self.on_hypercall}, self.log)
+        self.pipes: HvPipeServer | None = None  # made on the first open: most tests need none
         self._pidfds: dict[int, Callable[[], None]] = {}  # pidfd -> what its death means
         self._wake_r, self._wake_w = os.pipe()
-        threading.Thread(target=self._watch_vcpus, name="vcpu-watch", daemon=True).start()
+        self._stopping = False
+        runtime.spawn(self._watch_pids, name="vcpu-watch")
         self.log.info("hypervisor up", memory_mib=memory_mib, pcpus=pcpus)
 
-    # -- transport entry points -------------------------------------------------------
+    # -- entry points -------------------------------------------------------------------
 
     def on_boot_dom0(self, memory_mib: int) -> str:
         with self.lock:
@@ -71,18 +78,34 @@ class HypervisorActor(Endpoint):
         return reply
 
     def on_open_hvpipe(self, domid: int, secret: str, endpoint: str, pid: int) -> dict:
-        """A same-host client asks for a pipe (``actors.transport.samehost``); rc -EPERM if refused."""
+        """A same-host client asks for a pipe (``actors.transport.samehost``); rc -EPERM if
+        refused."""
         with self.lock:
             rc = self.state.authorize_hvpipe(domid, secret, endpoint, pid)
             if rc < 0:
                 return {"rc": rc}
+            if self.pipes is None:
+                self.pipes = HvPipeServer(self._mem_prefix, {"hypercall": self.on_hypercall},
+                                          self.log, self.runtime)
             conn = self.pipes.open(endpoint, domid, pid)
         self._watch(pid, lambda: self.pipes.drop(conn, "client exited"))
         return {"rc": 0, "path": conn.pipe.path, "pid": os.getpid()}
 
     def on_statistics(self) -> dict:
         with self.lock:
-            return {**self.state.statistics(), "pipes": self.pipes.statistics()}
+            pipes = self.pipes.statistics() if self.pipes is not None else {"open": 0}
+            return {**self.state.statistics(), "pipes": pipes}
+
+    def close(self) -> None:
+        """Stop the threads and drop the maps and pipes (the host is going away)."""
+        self._stopping = True
+        os.write(self._wake_w, b"x")
+        if self.pipes is not None:
+            self.pipes.close()
+        with self.lock:
+            for m in self._maps.values():
+                m.close()
+            self._maps.clear()
 
     # -- effects ----------------------------------------------------------------------
 
@@ -113,8 +136,9 @@ class HypervisorActor(Endpoint):
         return m.pages(pfn, count)
 
     def _send(self, endpoint: str, kind: str, *args) -> None:
-        """One-way, like an interrupt: down the endpoint's pipe if it has one, else Ray."""
-        if not self.pipes.send(endpoint, kind, *args):
+        """One-way, like an interrupt: down the endpoint's pipe if it has one, else the
+        transport."""
+        if self.pipes is None or not self.pipes.send(endpoint, kind, *args):
             self.transport.send(endpoint, kind, *args)
 
     def _watch(self, pid: int, on_exit: Callable[[], None]) -> None:
@@ -133,9 +157,9 @@ class HypervisorActor(Endpoint):
                 self.log.warning("vcpu process died: domain crashed", domid=domid)
             self._carry_out(effects)
 
-    def _watch_vcpus(self) -> None:
+    def _watch_pids(self) -> None:
         """Wait on every watched pidfd (vCPU and pipe clients); readable = the process died."""
-        while True:
+        while not self._stopping:
             poller = select.poll()  # no FD_SETSIZE limit: hundreds of domains
             for fd in (self._wake_r, *list(self._pidfds)):
                 poller.register(fd, select.POLLIN)
@@ -146,3 +170,14 @@ class HypervisorActor(Endpoint):
                 on_exit = self._pidfds.pop(fd)
                 os.close(fd)
                 on_exit()
+        for fd in (*self._pidfds, self._wake_r, self._wake_w):
+            os.close(fd)
+
+
+@ray.remote(max_restarts=0)
+class HypervisorActor(RayEndpoint, HypervisorShell):
+    def __init__(self, host: str, memory_mib: int, pcpus: int, run_id: str,
+                 log_dir: str | None = None) -> None:
+        super().__init__(host, memory_mib, pcpus, str(memory.SHM_DIR / f"xenray-{run_id}-{host}"),
+                         RayTransport(), xlog.setup(host=host, component="hypervisor",
+                                                    log_dir=log_dir))

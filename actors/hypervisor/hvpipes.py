@@ -22,6 +22,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from actors.runtime import THREADS, Runtime
 from actors.transport import hvpipe
 from actors.transport.hvpipe import HvPipe, HvPipeBroken
 
@@ -47,7 +48,8 @@ class HvPipeServer:
     reply. A kind not in ``calls`` is refused (the hypervisor offers only ``hypercall``: the
     one way into it from a guest)."""
 
-    def __init__(self, prefix: str, calls: Mapping[str, Callable[..., Any]], log: Any) -> None:
+    def __init__(self, prefix: str, calls: Mapping[str, Callable[..., Any]], log: Any,
+                 runtime: Runtime = THREADS) -> None:
         self._prefix = prefix
         self._calls = dict(calls)
         self.log = log
@@ -62,7 +64,8 @@ class HvPipeServer:
         os.set_blocking(self._wake_r, False)
         self._epoll.register(self._wake_r, select.EPOLLIN)
         self.stats = collections.Counter()
-        threading.Thread(target=self._run, name="pipes", daemon=True).start()
+        self._stopping = False
+        runtime.spawn(self._run, name="hvpipes")
 
     # -- opening and dropping -----------------------------------------------------------
 
@@ -98,11 +101,14 @@ class HvPipeServer:
         self.stats["dropped"] += 1
         self._wake()
 
-    def drop_all(self) -> None:
+    def close(self) -> None:
+        """Drop every pipe and stop serving (the hypervisor is going away)."""
         with self._lock:
             conns = list(self._by_endpoint.values())
         for conn in conns:
             self.drop(conn, "hypervisor stopping")
+        self._stopping = True
+        self._wake()
 
     # -- posting ------------------------------------------------------------------------
 
@@ -164,7 +170,7 @@ class HvPipeServer:
             pass
 
     def _run(self) -> None:
-        while True:
+        while not self._stopping:
             events = self._epoll.poll(BACKLOG_RETRY_S if self._backlogged else -1)
             for fd, _ in events:
                 if fd == self._wake_r:
@@ -183,6 +189,9 @@ class HvPipeServer:
                 self._close(conn)
             for conn in list(self._backlogged):
                 self._flush(conn)
+        self._epoll.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     def _serve(self, conn: Conn) -> None:
         try:

@@ -1,4 +1,4 @@
-"""netback's Ray shell: the only netback file that knows about Ray.
+"""netback's shell: the only netback file that knows about Ray.
 
 It holds Dom0's credential with its own endpoint (``<host>/netback``), so the ports it binds
 raise their upcalls here, and its own xenstore connection, whose watch events are pushed
@@ -25,19 +25,20 @@ from actors import log as xlog
 from actors.hostnet.link import LinkSpec
 from actors.hostnet.uplink import UplinkSender, load_peers, save_peers
 from actors.netback.xenbus import Netback
-from actors.transport.clients import host_clients
+from actors.transport.clients import HostClients, host_clients
 from actors.transport.naming import actor_name
-from actors.transport.raycall import Endpoint
+from actors.transport import Endpoint
+from actors.transport.raycall import RayEndpoint
 
 
-@ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=8)
-class NetbackActor(Endpoint):
-    def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
-        self.host = host
-        self.log = xlog.setup(host=host, component="netback", log_dir=log_dir)
-        dom0 = host_clients(host, 0, dom0_secret, "netback", self.deliver, self.log)
-        self.transport, self.xs = dom0.transport, dom0.xs
-        self.netback = Netback(host, dom0.hv, self.xs, self.log)
+class NetbackShell(Endpoint):
+    """netback and the host's uplinks over Dom0's clients on endpoint ``<host>/netback`` (the
+    in-process test host runs this very class; :class:`NetbackActor` is it as a Ray actor)."""
+
+    def __init__(self, host: str, clients: HostClients, log: Any) -> None:
+        self.host, self.log = host, log
+        self.transport, self.xs = clients.transport, clients.xs
+        self.netback = Netback(host, clients.hv, self.xs, self.log)
         self.sender = UplinkSender(self._send, log=self.log)
         self.peers: dict[str, LinkSpec] = load_peers(self.xs)
         self._apply_peers()
@@ -96,3 +97,14 @@ class NetbackActor(Endpoint):
     def on_capture_stop(self, capture_id: int) -> None:
         self.netback.capture_stop(capture_id)
 
+    def close(self) -> None:
+        self.sender.close()
+        self.netback.close()
+
+
+@ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=8)
+class NetbackActor(RayEndpoint, NetbackShell):
+    def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
+        log = xlog.setup(host=host, component="netback", log_dir=log_dir)
+        super().__init__(host, host_clients(host, 0, dom0_secret, "netback", self.deliver, log),
+                         log)

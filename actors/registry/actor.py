@@ -15,13 +15,13 @@ import ray
 from ray.experimental import internal_kv
 
 from actors.registry.state import Holder, NameRegistry
-from actors.transport.raycall import Endpoint
+from actors.transport.raycall import RayEndpoint
 
 PREFIX = b"name/"
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1)
-class RegistryActor(Endpoint):
+class RegistryActor(RayEndpoint):
     def __init__(self, run_id: str) -> None:
         self.namespace = f"xenray-{run_id}"
         entries = {}

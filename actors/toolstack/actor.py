@@ -30,7 +30,7 @@ from actors.toolstack.state import Phase, Record, Step, Toolstack, state_string
 from actors.transport import PeerGone, launch
 from actors.transport.clients import host_clients
 from actors.transport.naming import CLUSTER, actor_name
-from actors.transport.raycall import Endpoint
+from actors.transport.raycall import RayEndpoint
 from protocols.errno import Errno, XenError
 from protocols.hypercall import Domctl, Hypercall, ShutdownReason, Sysctl
 from protocols.libxl_types import DomainConfig
@@ -42,7 +42,7 @@ BUILD_WAIT_S = 120.0  # how long a destroy waits for a build of that domain to e
 
 
 @ray.remote(max_restarts=0, max_concurrency=8)
-class ToolstackActor(Endpoint):
+class ToolstackActor(RayEndpoint):
     def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
         self.host, self.log_dir = host, log_dir
         self.log = xlog.setup(host=host, component="xl", log_dir=log_dir)

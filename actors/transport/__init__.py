@@ -17,6 +17,7 @@ handles. The family:
 
 from __future__ import annotations
 
+import os
 from typing import Any, Protocol
 
 
@@ -33,3 +34,19 @@ class Transport(Protocol):
 
     def forget(self, dest: str) -> None:
         """Drop any cached route to ``dest`` (it was destroyed or restarted)."""
+
+
+class Endpoint:
+    """What every actor's shell mixes in: one entry point, ``deliver(kind, *args)``, which
+    calls ``self.on_<kind>(*args)``. The Ray transport calls it remotely; the in-process test
+    host (``tests/inprocess.py``) calls the same shells directly."""
+
+    def deliver(self, kind: str, *args: Any) -> Any:
+        handler = getattr(self, f"on_{kind}", None)
+        if handler is None:
+            raise ValueError(f"{type(self).__name__} has no handler for {kind!r}")
+        return handler(*args)
+
+    def on_process(self) -> dict[str, Any]:
+        """Where this actor runs: its OS pid (``xenray list --json`` shows it)."""
+        return {"pid": os.getpid()}

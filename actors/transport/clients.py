@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from actors.transport import Transport
 from actors.transport.hypercall_client import Credential, HypercallClient
 from actors.transport.naming import actor_name
 from actors.transport.raycall import RayTransport
@@ -23,10 +24,22 @@ from actors.transport.xs_client import XsClient
 
 @dataclasses.dataclass(frozen=True)
 class HostClients:
+    """A process's endpoint and what it talks through: the transport, its hypercall client
+    and its xenstore client (all over that transport)."""
+
     endpoint: str
-    transport: SameHostTransport
+    transport: Transport
     hv: HypercallClient
     xs: XsClient
+
+    @classmethod
+    def over(cls, transport: Transport, host: str, domid: int, secret: str,
+             endpoint: str) -> HostClients:
+        """The clients of ``endpoint`` (of domain ``domid`` on ``host``) over ``transport``."""
+        cred = Credential(domid, secret, endpoint)
+        return cls(endpoint, transport,
+                   HypercallClient(transport, actor_name(host, "hypervisor"), cred),
+                   XsClient(transport, host, domid, secret, endpoint))
 
 
 def host_clients(host: str, domid: int, secret: str, component: str,
@@ -35,8 +48,7 @@ def host_clients(host: str, domid: int, secret: str, component: str,
     upcalls and vCPU gates the hypervisor posts on its pipe go to ``deliver`` (the
     actor's own)."""
     endpoint = actor_name(host, component)
-    hypervisor = actor_name(host, "hypervisor")
-    cred = Credential(domid, secret, endpoint)
-    transport = SameHostTransport(hypervisor, cred, deliver, RayTransport(), log=log)
-    return HostClients(endpoint, transport, HypercallClient(transport, hypervisor, cred),
-                       XsClient(transport, host, domid, secret, endpoint))
+    transport = SameHostTransport(actor_name(host, "hypervisor"),
+                                  Credential(domid, secret, endpoint), deliver, RayTransport(),
+                                  log=log)
+    return HostClients.over(transport, host, domid, secret, endpoint)

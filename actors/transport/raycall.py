@@ -1,8 +1,5 @@
-"""Plain Ray actor calls: :class:`RayTransport`, and :class:`Endpoint`, every actor's entry.
-
-About 1 ms a round trip on these machines (ray-notes.md). Each actor exposes one entry point,
-``deliver(kind, *args)``, which :class:`Endpoint` dispatches to a method ``on_<kind>``.
-"""
+"""Plain Ray actor calls: :class:`RayTransport`, and :class:`RayEndpoint`, what every Ray
+actor mixes in. About 1 ms a round trip on these machines (ray-notes.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +10,7 @@ import ray
 from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError,
                             RayTaskError)
 
-from actors.transport import PeerGone
+from actors.transport import Endpoint, PeerGone
 from actors.transport.naming import NAMESPACE
 
 
@@ -63,17 +60,8 @@ class RayTransport:
             self._handles.pop(dest, None)
 
 
-class Endpoint:
-    """Mixin for actor classes: ``deliver(kind, *args)`` calls ``self.on_<kind>(*args)``."""
-
-    def deliver(self, kind: str, *args: Any) -> Any:
-        handler = getattr(self, f"on_{kind}", None)
-        if handler is None:
-            raise ValueError(f"{type(self).__name__} has no handler for {kind!r}")
-        return handler(*args)
+class RayEndpoint(Endpoint):
+    """:class:`~actors.transport.Endpoint` for a Ray actor: ``process`` also names its node."""
 
     def on_process(self) -> dict[str, Any]:
-        """Where this actor runs: its OS pid and Ray node (``xenray list --json`` shows them)."""
-        import os
-
-        return {"pid": os.getpid(), "node_id": ray.get_runtime_context().get_node_id()}
+        return {**super().on_process(), "node_id": ray.get_runtime_context().get_node_id()}

@@ -15,6 +15,7 @@ import pytest
 
 from actors import memory
 from actors.blkback.vbd import create_image
+from actors.blkback.actor import BlkbackShell
 from actors.blkback.xenbus import Blkback
 from actors.domain.blkdev import BlockDevices
 from actors.toolstack.builder import add_device
@@ -36,8 +37,9 @@ class Guest:
 
     def __init__(self, world: "World", domid: int, secret: str) -> None:
         self.domid, endpoint = domid, domain_endpoint(domid)
-        self.mapping = memory.Mapping(world.host.hv.memory_path(domid))
-        self.hv, self.xs = world.host.clients(endpoint, domid, secret)
+        self.mapping = memory.Mapping(world.host.memory_path(domid))
+        clients = world.host.clients(endpoint, domid, secret)
+        self.hv, self.xs = clients.hv, clients.xs
         self.blk = BlockDevices(self.mapping, NR_PAGES, self.hv, self.xs)
         world.host.endpoints[endpoint] = {"upcall": lambda d, ports: self.blk.upcall(ports),
                                           "xs_event": self.xs.on_event}
@@ -59,14 +61,12 @@ class World:
         self.backends: list[Blkback] = []
 
     def start_blkback(self) -> Blkback:
-        """A (new) blkback on Dom0's ``h1/blkback`` connection, as after an actor restart."""
-        hv, xs = self.host.clients(BLKBACK)
-        back = Blkback(HOST, hv, xs)
-        self.host.endpoints[BLKBACK] = {"upcall": lambda d, ports: back.upcall(ports),
-                                        "xs_event": xs.on_event}
-        back.start()
-        self.backends.append(back)
-        return back
+        """A (new) blkback shell on Dom0's ``h1/blkback`` connection, as after an actor
+        restart."""
+        shell = BlkbackShell(HOST, self.host.clients(BLKBACK), self.host.log)
+        self.host.start(BLKBACK, shell)
+        self.backends.append(shell.blkback)
+        return shell.blkback
 
     def create(self, disks: dict[int, tuple[str, str]]) -> Guest:
         """A domain with ``disks`` {devid: (image, mode)}, as the toolstack builds one."""
@@ -80,7 +80,7 @@ class World:
                 self.add_vbd(t, domid, devid, image, mode)
 
         self.xs.transact(body)
-        self.host.xenstored.introduce_domain(domid)
+        self.host.introduce(domid, secret)
         guest = Guest(self, domid, secret)
         self.guests.append(guest)
         return guest

@@ -12,6 +12,7 @@ import uuid
 import pytest
 
 from actors import memory
+from actors.console.actor import ConsoleShell
 from actors.console.daemon import ConsoleDaemon, file_tail
 from protocols.console import OUT_CONS, OUT_PROD, OUT_SIZE, ConsoleInterface
 from protocols.evtchn import EvtchnStat
@@ -27,10 +28,10 @@ class Guest:
     """A DomU's console side: its own mapping of the console page and its hypercalls."""
 
     def __init__(self, host: InProcessHost, domid, secret, port):
-        self.domid, self.port, self.upcalls = domid, port, []
+        self.domid, self.secret, self.port, self.upcalls = domid, secret, port, []
         endpoint = domain_endpoint(domid)
-        self.hv, _ = host.clients(endpoint, domid, secret)
-        self.mapping = memory.Mapping(host.hv.memory_path(domid), PFN_CONSOLE, 1)
+        self.hv = host.clients(endpoint, domid, secret).hv
+        self.mapping = memory.Mapping(host.memory_path(domid), PFN_CONSOLE, 1)
         self.page = self.mapping.page(PFN_CONSOLE)
         self.intf = ConsoleInterface(self.page)
         host.endpoints[endpoint] = {"upcall": lambda d, ports: self.upcalls.extend(ports)}
@@ -60,13 +61,12 @@ class World:
         self.daemons: list[ConsoleDaemon] = []
 
     def start_daemon(self) -> ConsoleDaemon:
-        hv, xs = self.host.clients(CONSOLED)
-        daemon = ConsoleDaemon(HOST, hv, xs, self.log_dir)
-        self.host.endpoints[CONSOLED] = {"upcall": daemon.upcall, "xs_event": xs.on_event}
-        daemon.start()
+        """A (new) xenconsoled shell, as after an actor restart."""
+        shell = ConsoleShell(HOST, self.host.clients(CONSOLED), self.host.log, self.log_dir)
+        self.host.start(CONSOLED, shell)
         self.host.pump()
-        self.daemons.append(daemon)
-        return daemon
+        self.daemons.append(shell.daemon)
+        return shell.daemon
 
     def create(self, name: str, *, introduce=True, console_nodes=True) -> Guest:
         """The toolstack's part (contract "Domain boot sequence"), cut down to the console."""
@@ -79,7 +79,7 @@ class World:
         if console_nodes:
             self.write_console_nodes(guest)
         if introduce:
-            self.introduce(domid)
+            self.introduce(guest)
         return guest
 
     def write_console_nodes(self, guest: Guest) -> None:
@@ -87,14 +87,14 @@ class World:
         self.xs.write(f"{base}/ring-ref", str(PFN_CONSOLE))
         self.xs.write(f"{base}/port", str(guest.port))
 
-    def introduce(self, domid: int) -> None:
-        self.host.xenstored.introduce_domain(domid)
+    def introduce(self, guest: Guest) -> None:
+        self.host.introduce(guest.domid, guest.secret)
         self.host.pump()
 
     def destroy(self, guest: Guest) -> None:
         self.xl(Hypercall.domctl, Domctl.destroydomain, domain=guest.domid)
         self.xs.rm(f"/local/domain/{guest.domid}")
-        self.host.xenstored.release_domain(guest.domid)
+        self.host.release(guest.domid)
         self.host.pump()
 
     def log_file(self, name: str):
@@ -148,7 +148,7 @@ def test_console_output_written_before_bind_is_drained_at_bind(world):
     world.start_daemon()
     guest = world.create("early", introduce=False)
     assert guest.intf.write_out(b"early bird\n") == 11  # no notify: nobody has bound yet
-    world.introduce(guest.domid)
+    world.introduce(guest)
     assert world.log_file("early").read_bytes() == b"early bird\n"
 
 
@@ -163,7 +163,7 @@ def test_console_7_4_ring_wraps_around_indices_and_buffer(world):
     world.start_daemon()
     guest = world.create("wrap", introduce=False)
     guest.intf.out_ring.reset(0xFFFFFFFF - 700)  # the u32 indices wrap mid-stream
-    world.introduce(guest.domid)
+    world.introduce(guest)
     data = b"".join(b"line %05d of the wrap test\n" % i for i in range(600))  # ~16 KiB
     sent = 0
     while sent < len(data):  # a guest writes what fits, then waits for xenconsoled's notify

@@ -12,6 +12,7 @@ import threading
 import pytest
 import structlog
 
+from actors.domain.actor import DomainShell
 from actors.domain.kernel import PVKernel
 from actors.guest.inits import INITS
 from actors.memory import Mapping
@@ -20,7 +21,6 @@ from protocols.console import ConsoleInterface
 from protocols.hypercall import (Domctl, DomInfoFlag, EvtchnOp, Hypercall, ShutdownReason,
                                  dominf_shutdown_code)
 from protocols.pv_layout import PFN_CONSOLE
-from protocols.start_info import StartInfo
 from tests.inprocess import HOST, InProcessHost, domain_endpoint
 
 CONSOLED = f"{HOST}/xenconsoled"
@@ -44,14 +44,12 @@ class World:
                               f'extra = "{extra}"\n')
         built = self.host.build(cfg)
         domid, endpoint = built.domid, domain_endpoint(built.domid)
-        mapping = Mapping(built.memory_path)
-        kernel = PVKernel(StartInfo.unpack(mapping.page(0)), mapping,
-                          *self.host.clients(endpoint, domid, built.secret),
-                          structlog.get_logger().bind(domid=domid))
+        shell = self.host.start(endpoint, DomainShell(
+            domid, self.host.clients(endpoint, domid, built.secret), built.memory_path,
+            structlog.get_logger().bind(domid=domid)))
+        kernel = shell.kernel
         if saved is not None:
             kernel.restore(saved)
-        self.host.endpoints[endpoint] = {"upcall": kernel.upcall, "vcpu_gate": kernel.vcpu_gate,
-                                         "xs_event": kernel.xs_event}  # as its actor does
         self.console.attach(domid, built.console_port, built.memory_path)
         guest = Guest(self, domid, kernel)
         self.guests.append(guest)
@@ -76,7 +74,7 @@ class ConsoleBackend:
     ``read_out`` on every upcall (while ``auto_drain``), then signal the guest back."""
 
     def __init__(self, host: InProcessHost) -> None:
-        self.hv, _ = host.clients(CONSOLED)
+        self.hv = host.clients(CONSOLED).hv
         host.endpoints[CONSOLED] = {"upcall": self.upcall}
         self.lock = threading.Lock()
         self.auto_drain = True

@@ -44,8 +44,9 @@ class Guest:
 
     def __init__(self, world: "World", domid: int, secret: str) -> None:
         self.domid, endpoint = domid, domain_endpoint(domid)
-        self.mapping = memory.Mapping(world.host.hv.memory_path(domid))
-        self.hv, self.xs = world.host.clients(endpoint, domid, secret)
+        self.mapping = memory.Mapping(world.host.memory_path(domid))
+        clients = world.host.clients(endpoint, domid, secret)
+        self.hv, self.xs = clients.hv, clients.xs
         self.table = GrantTable(self.mapping.pages(GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES))
         self.grefs = GrantRefAllocator(self.table.nr_entries)
         self.pages = PagePool(self.mapping.page, PFN_FIRST_FREE, NR_PAGES - PFN_FIRST_FREE)
@@ -92,10 +93,10 @@ class World:
 
     def start_netback(self) -> Netback:
         """A (new) netback on Dom0's ``h1/netback`` connection, as after an actor restart."""
-        hv, xs = self.host.clients(NETBACK)
-        back = Netback(HOST, hv, xs)
+        dom0 = self.host.clients(NETBACK)
+        back = Netback(HOST, dom0.hv, dom0.xs)
         self.host.endpoints[NETBACK] = {"upcall": lambda d, ports: back.upcall(ports),
-                                        "xs_event": xs.on_event}
+                                        "xs_event": dom0.xs.on_event}
         back.start()
         self.backends.append(back)
         return back
@@ -113,7 +114,7 @@ class World:
                     devid=devid, mac=f"00:16:3e:00:{domid:02x}:{devid:02x}", bridge=bridge))
 
         self.xs.transact(body)
-        self.host.xenstored.introduce_domain(domid)
+        self.host.introduce(domid, secret)
         guest = Guest(self, domid, secret)
         if probe:
             guest.probe()

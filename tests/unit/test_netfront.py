@@ -143,7 +143,8 @@ class World:
 
     def __init__(self, vifs=((MAC0, IP0),)) -> None:
         self.host = InProcessHost(f"/dev/shm/xenray-test-netfront-{uuid.uuid4().hex[:12]}")
-        self.hv0, self.xs0 = self.host.clients(NETBACK)
+        dom0 = self.host.clients(NETBACK)
+        self.hv0, self.xs0 = dom0.hv, dom0.xs
         self.host.endpoints[NETBACK] = {"upcall": self._backend_upcall,
                                         "xs_event": self.xs0.on_event}
         self.backend_kicks = 0
@@ -158,10 +159,11 @@ class World:
                 add_device(self.xs0, t, self.domid, VIF, parse_vif_spec(spec, devid))
 
         self.xs0.transact(body)
-        self.host.xenstored.introduce_domain(self.domid)
+        self.host.introduce(self.domid, secret)
         self.memory = memoryview(bytearray(MEM_PAGES * PAGE_SIZE))
         self.gnttab = GrantTable(self.memory[4 * PAGE_SIZE:12 * PAGE_SIZE])
-        hv, self.xs = self.host.clients(domain_endpoint(self.domid), self.domid, secret)
+        guest = self.host.clients(domain_endpoint(self.domid), self.domid, secret)
+        hv, self.xs = guest.hv, guest.xs
         self.net = NetDevices(pages=PagePool(self.page, 16, MEM_PAGES - 16), gnttab=self.gnttab,
                               grefs=GrantRefAllocator(self.gnttab.nr_entries), hypercall=hv,
                               xs=self.xs)

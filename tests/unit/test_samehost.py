@@ -70,7 +70,7 @@ class Host:
         return t, events
 
     def close(self):
-        self.server.drop_all()
+        self.server.close()
 
 
 @pytest.fixture

@@ -1,0 +1,96 @@
+"""Who may talk to xenstored over the transport, and on which connection.
+
+C xenstored serves a domain only once the toolstack has introduced it (``XS_INTRODUCE`` with
+its ring and event channel); here a domain proves who it is with the credential the toolstack
+introduced it with (its domid and secret), since the transport carries no ring. Each caller
+(domid, endpoint) has one connection of the :class:`~actors.xenstored.server.XenstoredServer`,
+a DomU always the one it was introduced with. A request's replies go back with the call that
+carried it; everything else the server sends that connection later (watch events) is pushed to
+its endpoint. When the hypervisor raises ``VIRQ_DOM_EXC``, :meth:`Connections.domains_changed`
+fires ``@releaseDomain`` for the domains newly shut down and forgets the dead ones.
+
+No Ray: the shell (``actor.py``) and the in-process test host both use this class.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+
+from actors.xenstored.server import XenstoredServer
+from protocols.errno import Errno, XenError
+from protocols.hypercall import DomInfoFlag
+
+Push = Callable[[str, bytes], None]  # (endpoint, xs_wire bytes): one-way to an actor
+
+
+class Connections:
+    """The transport side of one host's xenstored. Thread-safe."""
+
+    def __init__(self, server: XenstoredServer, push: Push, dom0_secret: str) -> None:
+        self.server = server
+        self._push = push
+        self._creds: dict[int, tuple[str, str | None]] = {0: (dom0_secret, None)}
+        self._conns: dict[tuple[int, str], int] = {}
+        self._replies = threading.local()
+        self._lock = threading.Lock()
+
+    def handle(self, domid: int, secret: str, endpoint: str, data: bytes) -> bytes:
+        """Serve ``data`` from ``domid``'s ``endpoint``; the replies, as bytes. EACCES for a
+        domain that was not introduced, or the wrong secret."""
+        cred = self._creds.get(domid)
+        if cred is None or cred[0] != secret:
+            raise XenError(Errno.EACCES, f"xenstored: domain {domid} is not introduced")
+        endpoint = cred[1] or endpoint  # a DomU's endpoint is the one it was introduced with
+        conn_id = self._connection(domid, endpoint)
+        self._replies.conn_id, self._replies.buf = conn_id, []
+        try:
+            self.server.handle(conn_id, data)
+            return b"".join(self._replies.buf)
+        finally:
+            self._replies.conn_id = None
+
+    def introduce(self, domid: int, secret: str, endpoint: str) -> None:
+        """``XS_INTRODUCE``: serve ``domid``, proved by ``secret``, on ``endpoint``."""
+        with self._lock:
+            self._creds[domid] = (secret, endpoint)
+        self.server.introduce_domain(domid)
+
+    def release(self, domid: int) -> None:
+        """``XS_RELEASE`` (or the domain died): forget its credential and connections."""
+        with self._lock:
+            self._creds.pop(domid, None)
+            gone = [self._conns.pop(k) for k in list(self._conns) if k[0] == domid]
+        for conn_id in gone:
+            self.server.close_connection(conn_id)
+        self.server.domain_gone(domid)
+
+    def domains_changed(self, infos: Iterable[dict]) -> None:
+        """``VIRQ_DOM_EXC``: the hypervisor's domain list (getdomaininfolist) says which
+        domains shut down (``@releaseDomain``, once each) and which are gone."""
+        infos = list(infos)
+        alive = {i["domain"] for i in infos}
+        self.server.fire_release_domain(
+            shutdown=[i["domain"] for i in infos if i["flags"] & DomInfoFlag.shutdown])
+        with self._lock:
+            dead = [d for d in self._creds if d != 0 and d not in alive]
+        for domid in dead:
+            self.release(domid)
+
+    def _connection(self, domid: int, endpoint: str) -> int:
+        with self._lock:
+            conn_id = self._conns.get((domid, endpoint))
+            if conn_id is None:
+                holder: list[int] = []
+                conn_id = self.server.open_connection(
+                    domid, domid == 0, lambda data: self._send(holder[0], endpoint, data))
+                holder.append(conn_id)
+                self._conns[(domid, endpoint)] = conn_id
+            return conn_id
+
+    def _send(self, conn_id: int, endpoint: str, data: bytes) -> None:
+        """Replies to the call in progress go back with it; anything else is pushed."""
+        if getattr(self._replies, "conn_id", None) == conn_id:
+            self._replies.buf.append(data)
+        else:
+            self._push(endpoint, data)
