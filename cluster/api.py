@@ -31,7 +31,7 @@ from actors.transport.naming import CLUSTER, actor_name, ray_environment
 from cluster import home
 from cluster.hosts import (HostSpec, boot_host, boot_registry, stop_host, stop_registry,
                            xenstored_socket)
-from cluster.runtime import EmbeddedRay, connect, disconnect, discover_hosts
+from cluster.runtime import EmbeddedRay, connect, disconnect, discover_hosts, is_local
 from cluster.xlcfg import DomainConfig, load_config, parse_config
 
 CALL_TIMEOUT_S = 30.0  # a host that takes longer than this to answer is reported unreachable
@@ -67,7 +67,7 @@ class Cluster:
         self._embedded: EmbeddedRay | None = None
         self._booted: list[str] = []
         self._booted_registry = False
-        ray_environment()  # before anything imports ray
+        ray_environment(local=address is None or is_local(address))  # before ray is imported
         from actors.transport.raycall import RayTransport
 
         self._transport = RayTransport()
@@ -112,7 +112,7 @@ class Cluster:
                 pass
         for name in self._booted:
             self._progress(f"stopping host {name}")
-            stop_host(name, run_id=self.run_id)
+            stop_host(name, run_id=self.run_id, run_dir=self.run_dir)
         self._booted.clear()
         if self._booted_registry:
             stop_registry()
@@ -250,11 +250,14 @@ class Cluster:
                 return json.loads(line[len("RESULT "):])
         return None
 
-    def follow_console(self, name: str, poll: float = 0.25) -> Iterator[str]:
-        """Console lines as they arrive (``xl console``), until the domain goes away."""
+    def follow_console(self, name: str, lines: int = 20,
+                       poll: float = 0.25) -> Iterator[str]:
+        """The last ``lines`` console lines, then each new one as it arrives (``xl console``),
+        until the domain goes away."""
         path = pathlib.Path(self._call(self._where(name), "xenconsoled", "log_path", name))
         self.wait_for(path.exists, 30, f"{name}'s console log")
-        with path.open() as f:
+        with path.open(errors="replace") as f:
+            yield from (line.rstrip("\n") for line in f.readlines()[-lines:] if lines > 0)
             while True:
                 line = f.readline()
                 if line:

@@ -1,8 +1,11 @@
-"""``xenray up``: a persistent local cluster in a background process.
+"""``xenray up``: the process that holds the persistent local cluster and serves the CLI.
 
-The daemon owns an embedded cluster (so it stops exactly what it started) and records its
-address, pid and run id in ``$XENRAY_HOME/run/cluster.json``; other commands attach to it.
-SIGTERM (``xenray down``) stops every host and the Ray nodes, then removes the record.
+It owns an embedded cluster (so it stops exactly what it started), serves every command on the
+control socket (:mod:`cluster.control`), and records what a user or script needs in
+``$XENRAY_HOME/run``: ``cluster.json`` (its pid, Ray's address, the run id, the hosts, where
+its socket, log and token are) and ``auth_token`` (0600: the cluster's Ray token, for a script
+that joins it with ``Cluster.running()``). SIGTERM or the ``stop`` op (``xenray down``) stops
+every host and the Ray nodes, then removes the record, the token and the socket.
 """
 
 from __future__ import annotations
@@ -17,10 +20,16 @@ import threading
 from cluster import home
 
 RECORD = "cluster.json"
+SOCKET = "xenray.sock"
+TOKEN = "auth_token"
 
 
 def record_path() -> pathlib.Path:
     return home.run_dir() / RECORD
+
+
+def socket_path() -> pathlib.Path:
+    return home.run_dir() / SOCKET
 
 
 def read_record() -> dict | None:
@@ -30,26 +39,55 @@ def read_record() -> dict | None:
         return None
 
 
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _write_private(path: pathlib.Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def main(argv: list[str] | None = None) -> None:
-    from cluster.api import Cluster
+    from actors import log as xlog
+    from actors.transport.naming import ray_environment
 
     p = argparse.ArgumentParser(prog="xenray-daemon")
     p.add_argument("--hosts", type=int, default=2)
     p.add_argument("--host-memory", type=int, default=2048)
     p.add_argument("--host-cpus", type=int, default=2)
     args = p.parse_args(argv)
+    ray_environment(local=True)  # this process's token is the cluster's
+    from cluster.api import Cluster
+    from cluster.control import ControlServer
+
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     xen = Cluster(hosts=args.hosts, host_memory_mib=args.host_memory, host_cpus=args.host_cpus)
+    log = xlog.setup(host="cluster", component="daemon", log_dir=xen.log_dir)
+    token = home.run_dir() / TOKEN
     xen.start()
+    server = None
     try:
-        record_path().write_text(json.dumps({
+        _write_private(token, os.environ["RAY_AUTH_TOKEN"])
+        server = ControlServer(xen, socket_path(), log, stop.set)
+        _write_private(record_path(), json.dumps({
             "address": xen.address, "pid": os.getpid(), "run_id": xen.run_id,
-            "hosts": xen.hosts, "log_dir": xen.log_dir}))
+            "hosts": xen.hosts, "log_dir": xen.log_dir, "socket": str(socket_path()),
+            "token": str(token)}))
+        log.info("cluster up", hosts=xen.hosts, address=xen.address)
         stop.wait()
     finally:
         record_path().unlink(missing_ok=True)
+        if server is not None:
+            server.close()
+        token.unlink(missing_ok=True)
         xen.stop()
 
 

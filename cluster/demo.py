@@ -37,7 +37,7 @@ def wait_count_above(xen: Cluster, name: str, value: int, timeout: float = 30) -
 
 def show_list(out: Console, xen: Cluster) -> list[dict]:
     rows = xen.list()
-    out.print(domain_table(rows))
+    out.print(domain_table(rows), markup=False, highlight=False)
     return rows
 
 

@@ -62,9 +62,9 @@ def stop_registry() -> None:
     launch.kill(CLUSTER, "registry")
 
 
-def stop_host(host: str, *, run_id: str) -> None:
+def stop_host(host: str, *, run_id: str, run_dir: str | None = None) -> None:
     """Kill every actor of the host (its DomUs first), then remove its leftover /dev/shm
-    files."""
+    files and, given ``run_dir``, its xenstored's socket (killed, xenstored cannot)."""
     from actors.transport import launch
 
     xl = launch.find(host, "xl")
@@ -80,3 +80,5 @@ def stop_host(host: str, *, run_id: str) -> None:
     for pattern in ("d*", "pipe*"):  # domain memory; same-host pipes and their FIFOs
         for path in glob.glob(str(memory.SHM_DIR / f"xenray-{run_id}-{host}-{pattern}")):
             memory.remove(path)
+    if run_dir is not None:
+        memory.remove(xenstored_socket(run_dir, host))

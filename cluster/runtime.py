@@ -17,7 +17,8 @@ import shutil
 import tempfile
 from typing import Any
 
-from actors.transport.naming import HOST_LABEL, NAMESPACE, host_resource, ray_environment
+from actors.transport.naming import (HOST_LABEL, LOOPBACK, NAMESPACE, host_resource,
+                                     ray_environment)
 
 # Detect a dead host in ~2 s instead of ~14 s (ray-notes.md, test settings).
 FAST_HEALTH_CHECKS = {
@@ -29,10 +30,11 @@ FAST_HEALTH_CHECKS = {
 
 
 class EmbeddedRay:
-    """A local multi-node Ray cluster started (and later stopped) by this process."""
+    """A local multi-node Ray cluster started (and later stopped) by this process, every node
+    on loopback and behind this process's token (:func:`ray_environment`)."""
 
     def __init__(self, hosts: dict[str, dict[str, int]], *, fast_health_checks: bool = True):
-        ray_environment()
+        ray_environment(local=True)
         self._tmpdir = tempfile.mkdtemp(prefix="xr-", dir="/tmp")
         os.environ["RAY_TMPDIR"] = self._tmpdir
         ray_dir = os.path.join(self._tmpdir, "ray")  # where Ray records the current cluster
@@ -43,6 +45,7 @@ class EmbeddedRay:
             "num_cpus": 0,
             "include_dashboard": False,
             "temp_dir": ray_dir,
+            "node_ip_address": LOOPBACK,
         }
         if fast_health_checks:
             head_args["_system_config"] = FAST_HEALTH_CHECKS
@@ -57,6 +60,7 @@ class EmbeddedRay:
             num_cpus=cpus,
             resources={host_resource(name): 1000},
             labels={HOST_LABEL: name},
+            node_ip_address=LOOPBACK,
         )
 
     def shutdown(self) -> None:
@@ -72,12 +76,17 @@ class EmbeddedRay:
 
 def connect(address: str) -> None:
     """Join a running cluster as a driver (idempotent)."""
-    ray_environment()
+    ray_environment(local=is_local(address))
     import ray
 
     if not ray.is_initialized():
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
                  logging_level="WARNING")
+
+
+def is_local(address: str) -> bool:
+    """Is this the address of a cluster on this machine's loopback?"""
+    return address.startswith(f"{LOOPBACK}:") or address.startswith("localhost:")
 
 
 def disconnect() -> None:

@@ -16,7 +16,7 @@ def bench_create(out: Console, a: argparse.Namespace) -> BenchResult:
     from cluster.api import Cluster
     from cluster.xlcfg import parse_config
 
-    n = a.domains
+    n = a.domains or 50
     lat = []
     with Cluster(hosts=1, host_memory_mib=64 * n + 512) as xen:
         with out.status(f"creating {n} domains on h1...") as status:

@@ -29,6 +29,8 @@ from typing import Union
 
 _LONG_MAX = (1 << 63) - 1
 _MAX_DEPTH = 64  # bison's stack is bounded too ("memory exhausted"); real configs nest twice
+_SIGNED = re.compile(r"[+-][0-9]")
+_SETTING_KEY = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*\+?=\s*$")
 _PYTHON_HINT = " (the file looks like Python, which xl no longer supports)"
 
 
@@ -179,6 +181,11 @@ def _lexical_error(text: str, pos: int, line: int) -> XlCfgError:
     word = re.match(r"[^ \t\n]*", text[pos:]).group() or text[pos]
     if word[0] in "'\"":
         return XlCfgError(f"unterminated string near `{word}'", line=line)
+    key = _SETTING_KEY.match(text[text.rfind("\n", 0, pos) + 1:pos])
+    if _SIGNED.match(word):  # libxlu's numbers have no sign: say so, not "Python"
+        return XlCfgError(f"`{word}' is not a valid value: numbers in xl.cfg have no sign "
+                          f"(and {key[1] if key else 'this key'} cannot be negative)",
+                          line=line, key=key[1] if key else None)
     rest_of_line = text[pos:].partition("\n")[0]
     hint = _PYTHON_HINT if any(c in rest_of_line for c in "+-.():") else ""
     return XlCfgError(f"config parsing error near `{word}': lexical error{hint}", line=line)

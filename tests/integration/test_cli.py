@@ -1,68 +1,173 @@
 """The README's CLI path as a user runs it: `xenray up` starts a persistent cluster in the
-background, later commands attach to it, `xenray down` stops exactly what `up` started."""
+background, every later command asks that process over its control socket (it never joins
+Ray itself), errors are one line, a sick host does not stop commands about the others, and
+`xenray down` stops exactly what `up` started and leaves no file behind."""
 
 import json
 import os
 import pathlib
+import signal
+import stat
 import subprocess
 import sys
 import time
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def xenray(home, *args, timeout=180):
+def xenray(home, *args, timeout=180, python_args=()):
     env = {**os.environ, "XENRAY_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "cluster.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):  # the CLI needs no Ray token
+        env.pop(var, None)
+    return subprocess.run([sys.executable, *python_args, "-m", "cluster.cli", *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
 
 
-def test_cli_up_create_list_console_down(tmp_path):
-    home = tmp_path / "home"
+def wait_console(home, name, text, timeout=30):
+    deadline = time.monotonic() + timeout
+    while text not in (got := xenray(home, "console", name, "--no-follow").stdout):
+        assert time.monotonic() < deadline, f"{name}'s console never showed {text!r}: {got}"
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """One `xenray up` for the module's tests; `down` at the end (checked by the last test)."""
+    home = tmp_path_factory.mktemp("cli") / "home"
     assert "no cluster is running" in xenray(home, "list").stderr
-    up = xenray(home, "up", "--hosts", "2", timeout=300)
+    up = xenray(home, "up", "--hosts", "2", "--host-memory", "1024", timeout=300)
     assert up.returncode == 0, up.stderr
+    yield home
+    xenray(home, "down")
+
+
+def test_cli_create_list_console_result(home):
+    made = xenray(home, "create", "cluster/examples/counter3.cfg", "--host", "h2")
+    assert made.returncode == 0 and "built-in pv kernel" in made.stdout, made.stderr
+    rows = json.loads(xenray(home, "list", "--json").stdout)
+    row = next(r for r in rows if r["name"] == "counter3")
+    assert row["host"] == "h2" and row["pid"] > 0 and row["mem"] == 64
+    table = xenray(home, "list").stdout.splitlines()
+    assert table[0].split() == ["Name", "ID", "Mem", "VCPUs", "State", "Time(s)", "Host"]
+    hosts = json.loads(xenray(home, "info", "--json").stdout)
+    assert [h["host"] for h in hosts] == ["h1", "h2"]
+    assert all(pathlib.Path(h["xenstored_socket"]).exists() for h in hosts)
+    wait_console(home, "counter3", "counter 2")
+    assert xenray(home, "destroy", "counter3").returncode == 0
+
+
+def test_cli_info_reads_well_at_80_columns(home):
+    text = xenray(home, "info").stdout
+    assert "{" not in text, "no raw dict in a table"
+    assert all(len(line) <= 80 for line in text.splitlines() if "xenstored-h" not in line)
+
+
+def test_cli_never_joins_ray_and_says_what_it_cost(home):
+    """The command asks the daemon: ray is never imported in the CLI's process."""
+    timed = xenray(home, "list", python_args=("-X", "importtime"))
+    assert timed.returncode == 0
+    imported = {line.split("|")[-1].strip() for line in timed.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "ray" not in imported and "cluster.cli" in imported
+    verbose = xenray(home, "-v", "list")
+    assert "xenray list:" in verbose.stderr and "the daemon:" in verbose.stderr
+
+
+def test_cli_errors_are_one_line_never_a_traceback(home, tmp_path):
+    cases = {
+        "big.cfg": ('name = "big"\nmemory = 4096\nextra = "init=idle"\n',
+                    "ENOMEM: host has memory for"),
+        "vcpus.cfg": ('name = "v"\nvcpus = 64\n', "EINVAL: maxvcpus 64"),
+        "neg.cfg": ('name = "n"\nmemory = -5\n', "memory: `-5' is not a valid value"),
+        "init.cfg": ('name = "i"\nextra = "init=nosuchinit"\n',
+                     "Requested init nosuchinit failed"),
+        "disk.cfg": ('name = "d"\ndisk = [ "/nonexistent.img,raw,xvda,rw" ]\n',
+                     "/nonexistent.img does not exist"),
+    }
+    for name, (text, words) in cases.items():
+        (tmp_path / name).write_text(text)
+        got = xenray(home, "create", str(tmp_path / name))
+        assert got.returncode == 1 and words in got.stderr, got.stderr
+        assert len(got.stderr.strip().splitlines()) == 1, got.stderr
+        assert "Traceback" not in got.stderr and "ray." not in got.stderr
+    bad = xenray(home, "pause", "nosuch")
+    assert bad.returncode == 1 and bad.stderr.strip() == "xenray pause: no domain named 'nosuch'"
+    ambiguous = xenray(home, "li")
+    assert ambiguous.returncode == 2 and "ambiguous command 'li': list, link" in ambiguous.stderr
+
+
+def test_cli_link_and_capture(home, tmp_path):
+    linked = xenray(home, "link", "h1", "h2", "--latency", "5ms", "--loss", "1%")
+    assert linked.returncode == 0, linked.stderr
+    assert "latency 5 ms" in linked.stdout and "loss 1%" in linked.stdout
+    shown = xenray(home, "link").stdout
+    assert "h1 -> h2" in shown and "h2 -> h1" in shown and "latency 5 ms" in shown
+    bad = xenray(home, "link", "h1", "h9", "--latency", "1ms")
+    assert bad.returncode == 1 and "no host 'h9'" in bad.stderr
+    bad = xenray(home, "link", "h1", "h2", "--latency", "fast")
+    assert bad.returncode == 1 and "latency" in bad.stderr
+    pcap = tmp_path / "idle.pcap"
+    cap = xenray(home, "capture", "h1", "xenbr0", "--out", str(pcap), "--seconds", "1")
+    assert cap.returncode == 0 and "frames written" in cap.stdout, cap.stderr
+    read = subprocess.run(["tshark", "-r", str(pcap)], capture_output=True, text=True)
+    assert read.returncode == 0, read.stderr  # a valid (empty) pcap
+
+
+def test_cli_private_files_are_0600(home):
+    run = home / "run"
+    record = json.loads((run / "cluster.json").read_text())
+    files = [run / "cluster.json", run / "auth_token", run / "xenray.sock",
+             run / "xenstored-h1.sock", run / "xenstored-h2.sock"]
+    for path in files:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    made = xenray(home, "create", "cluster/examples/counter1.cfg", "--host", "h1")
+    assert made.returncode == 0, made.stderr
     try:
-        made = xenray(home, "create", "cluster/examples/counter3.cfg", "--host", "h2")
-        assert made.returncode == 0 and "built-in pv kernel" in made.stdout, made.stderr
-        rows = json.loads(xenray(home, "list", "--json").stdout)
-        row = next(r for r in rows if r["name"] == "counter3")
-        assert row["host"] == "h2" and row["pid"] > 0 and row["mem"] == 64
-        hosts = json.loads(xenray(home, "info", "--json").stdout)
-        assert [h["host"] for h in hosts] == ["h1", "h2"]
-        assert all(pathlib.Path(h["xenstored_socket"]).exists() for h in hosts)
-        deadline = time.monotonic() + 30
-        while "counter 2" not in (text := xenray(home, "console", "counter3", "--no-follow")
-                                  .stdout) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        assert "counter 2" in text
-        bad = xenray(home, "pause", "nosuch")
-        assert bad.returncode == 1 and "no domain named 'nosuch'" in bad.stderr
-        linked = xenray(home, "link", "h1", "h2", "--latency", "5ms", "--loss", "1%")
-        assert linked.returncode == 0, linked.stderr
-        assert "latency 5 ms" in linked.stdout and "loss 1%" in linked.stdout
-        shown = xenray(home, "link").stdout
-        assert "h1 -> h2" in shown and "h2 -> h1" in shown and "latency 5 ms" in shown
-        bad = xenray(home, "link", "h1", "h9", "--latency", "1ms")
-        assert bad.returncode == 1 and "no host 'h9'" in bad.stderr
-        bad = xenray(home, "link", "h1", "h2", "--latency", "fast")
-        assert bad.returncode == 1 and "latency" in bad.stderr
-        pcap = tmp_path / "idle.pcap"
-        cap = xenray(home, "capture", "h1", "xenbr0", "--out", str(pcap), "--seconds", "1")
-        assert cap.returncode == 0 and "frames written" in cap.stdout, cap.stderr
-        read = subprocess.run(["tshark", "-r", str(pcap)], capture_output=True, text=True)
-        assert read.returncode == 0, read.stderr  # a valid (empty) pcap
+        shm = list(pathlib.Path("/dev/shm").glob(f"xenray-{record['run_id']}-*"))
+        names = {p.name.split("-")[-1] for p in shm}
+        assert any(n.startswith("d") for n in names), f"a domain's memory file in {names}"
+        assert any(n.startswith("pipe") and n.endswith(".up") for n in names), names
+        for path in shm:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     finally:
-        down = xenray(home, "down")
-    assert down.returncode == 0 and "cluster stopped" in down.stdout
-    assert not (home / "run" / "cluster.json").exists()
+        xenray(home, "destroy", "counter1")
+
+
+def test_cli_a_sick_host_does_not_stop_commands_about_the_others(home):
+    """h1's toolstack agent dies: list shows h2's domains and names h1 on stderr; a create on
+    h2 works; nothing tries to boot h1 again."""
+    record = json.loads((home / "run" / "cluster.json").read_text())
+    made = xenray(home, "create", "cluster/examples/counter4.cfg", "--host", "h2")
+    assert made.returncode == 0, made.stderr
+    rows = json.loads(xenray(home, "list", "--json").stdout)
+    xl_pid = next(r["pid"] for r in rows if r["name"] == "Domain-0" and r["host"] == "h1")
+    os.kill(xl_pid, signal.SIGKILL)  # Dom0's row names the xl agent's process
+    deadline = time.monotonic() + 30
+    while (got := xenray(home, "list")).returncode == 0:
+        assert time.monotonic() < deadline, "h1's agent never went"
+        time.sleep(0.5)
+    assert "counter4" in got.stdout and "h2" in got.stdout
+    assert "host h1 does not answer" in got.stderr and len(got.stderr.splitlines()) == 1
+    assert xenray(home, "pause", "counter4").returncode == 0
+    assert xenray(home, "unpause", "counter4").returncode == 0
+    assert xenray(home, "info").returncode == 0
+    assert xenray(home, "destroy", "counter4").returncode == 0
+    assert json.loads((home / "run" / "cluster.json").read_text()) == record
+
+
+def test_cli_down_stops_everything_and_leaves_no_file(home):
+    record = json.loads((home / "run" / "cluster.json").read_text())
+    down = xenray(home, "down")
+    assert down.returncode == 0 and "cluster stopped" in down.stdout, down.stderr
+    assert list((home / "run").iterdir()) == [], "record, token and sockets all removed"
+    assert not list(pathlib.Path("/dev/shm").glob(f"xenray-{record['run_id']}-*"))
+    assert "no cluster is running" in xenray(home, "list").stderr
 
 
 def test_cli_help_and_prefix_lookup():
-    env = {**os.environ}
-    helped = subprocess.run([sys.executable, "-m", "cluster.cli", "help"], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=60)
+    helped = xenray("/nonexistent-home", "help")
     assert all(cmd in helped.stdout for cmd in ("create", "list", "console", "demo", "bench"))
-    ambiguous = subprocess.run([sys.executable, "-m", "cluster.cli", "d"], cwd=ROOT, env=env,
-                               capture_output=True, text=True, timeout=60)
-    assert ambiguous.returncode != 0 and "ambiguous" in ambiguous.stderr
+    ambiguous = xenray("/nonexistent-home", "d")
+    assert ambiguous.returncode == 2 and "ambiguous" in ambiguous.stderr

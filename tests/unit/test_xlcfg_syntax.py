@@ -174,3 +174,12 @@ def test_xlcfg_error_str_is_file_line_key_message():
     assert str(XlCfgError("bad")) == "bad"
     located = XlCfgError("bad", line=9).located(filename="f", line=1, key="k")
     assert (located.filename, located.line, located.key) == ("f", 9, "k")
+
+
+def test_xlcfg_a_negative_number_says_what_is_wrong_with_the_value():
+    """libxlu's lexer has no signed numbers; the error names the key and says so, rather than
+    calling the file Python (``memory = -5``)."""
+    with pytest.raises(XlCfgError) as e:
+        parse('name = "n"\nmemory = -5\n')
+    assert (e.value.line, e.value.key) == (2, "memory")
+    assert "`-5' is not a valid value" in e.value.message and "Python" not in e.value.message

@@ -1,0 +1,101 @@
+"""The ``xenray`` command table, as ``tools/xl/xl_cmdtable.c``: data only.
+
+Each row names a command, its one-line description, its arguments (argparse's) and the
+function that runs it (``module:function``, imported when the command runs, so ``xenray list``
+loads only what listing needs). Help, prefix lookup and shell completion all come from the
+table. Commands marked ``daemon`` ask the process ``xenray up`` left running
+(:mod:`cluster.control`); the others run here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+Arg = tuple[tuple[str, ...], dict[str, Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandSpec:
+    """One row of the command table (xl.h ``struct cmd_spec``)."""
+
+    name: str
+    impl: str  # "module:function" taking the parsed arguments, returning the exit status
+    desc: str
+    args: tuple[Arg, ...] = ()
+    daemon: bool = False  # asks the running cluster
+
+
+def arg(*flags: str, **kw: Any) -> Arg:
+    return flags, kw
+
+
+NAME = arg("name", help="domain name")
+WAIT = arg("-w", "--wait", action="store_true", help="wait until the domain has gone")
+JSON = arg("--json", action="store_true", help="machine-readable output")
+C = "cluster.cli.commands"
+L = "cluster.cli.local"
+
+COMMANDS: tuple[CommandSpec, ...] = (
+    CommandSpec("up", f"{L}:cmd_up", "start a persistent local cluster in the background",
+                (arg("--hosts", type=int, default=2),
+                 arg("--host-memory", type=int, default=2048, help="MiB per host"),
+                 arg("--host-cpus", type=int, default=2, help="pCPUs per host"))),
+    CommandSpec("down", f"{L}:cmd_down", "stop the persistent cluster"),
+    CommandSpec("create", f"{C}:cmd_create", "create a domain from an xl.cfg file",
+                (arg("file"), arg("--host", default=None)), daemon=True),
+    CommandSpec("list", f"{C}:cmd_list", "list domains (xl list)", (JSON,), daemon=True),
+    CommandSpec("info", f"{C}:cmd_info", "hosts: memory, CPUs, domains, xenstored sockets",
+                (JSON,), daemon=True),
+    CommandSpec("destroy", f"{C}:cmd_destroy", "terminate a domain immediately", (NAME,),
+                daemon=True),
+    CommandSpec("pause", f"{C}:cmd_pause", "pause a domain", (NAME,), daemon=True),
+    CommandSpec("unpause", f"{C}:cmd_unpause", "unpause a domain", (NAME,), daemon=True),
+    CommandSpec("shutdown", f"{C}:cmd_shutdown", "ask a domain to power off", (NAME, WAIT),
+                daemon=True),
+    CommandSpec("reboot", f"{C}:cmd_reboot", "ask a domain to reboot", (NAME, WAIT),
+                daemon=True),
+    CommandSpec("console", f"{C}:cmd_console", "show a domain's console (follows it)",
+                (NAME, arg("--lines", type=int, default=20),
+                 arg("--no-follow", action="store_true")), daemon=True),
+    CommandSpec("result", f"{C}:cmd_result", "the result an init program published",
+                (NAME, JSON), daemon=True),
+    CommandSpec("link", f"{C}:cmd_link",
+                "show links between hosts, or shape one: link A B --latency 5ms",
+                (arg("a", nargs="?"), arg("b", nargs="?"),
+                 arg("--bandwidth", help="bits/s: 10M, 1G (default unlimited)"),
+                 arg("--latency", help="one-way delay: 5ms, 200us"),
+                 arg("--loss", help="fraction or percent of frames lost: 0.01, 1%%"),
+                 arg("--one-way", action="store_true", help="shape A -> B only")),
+                daemon=True),
+    CommandSpec("capture", f"{C}:cmd_capture", "write a bridge's frames to a pcap file",
+                (arg("host"), arg("bridge"), arg("--out", required=True),
+                 arg("--seconds", type=float, default=None)), daemon=True),
+    CommandSpec("image", f"{L}:cmd_image", "make a sparse raw disk image: image create PATH SIZE",
+                (arg("action", choices=("create",)), arg("path"),
+                 arg("size", help="bytes, or with a suffix: 512K, 64M, 1G"),
+                 arg("--force", action="store_true", help="replace an existing file"))),
+    CommandSpec("demo", f"{L}:cmd_demo", "run the demonstration on an embedded 2-host cluster"),
+    CommandSpec("bench", f"{L}:cmd_bench", "benchmarks: hypercall, create, blk, net, cli",
+                (arg("what", choices=("hypercall", "create", "blk", "net", "cli")),
+                 arg("--domains", type=int, default=None,
+                     help="create: domains on one host (50); cli: domains listed (100)"),
+                 arg("--runtime", type=float, default=5.0,
+                     help="blk, net: seconds of each guest workload"),
+                 JSON)),
+    CommandSpec("completion", f"{L}:cmd_completion", "print a bash completion line"),
+    CommandSpec("help", f"{L}:cmd_help", "this list"),
+)
+
+
+def lookup(word: str) -> CommandSpec:
+    """An exact name or any unambiguous prefix (``cmdtable_lookup``); LookupError naming the
+    candidates otherwise."""
+    exact = [c for c in COMMANDS if c.name == word]
+    matches = exact or [c for c in COMMANDS if c.name.startswith(word)]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        raise LookupError(f"ambiguous command {word!r}: "
+                          f"{', '.join(c.name for c in matches)}")
+    raise LookupError(f"unknown command {word!r}; try `xenray help`")

@@ -1,0 +1,138 @@
+"""The commands that ask the running cluster (``xl create``, ``list``, ``console`` ...).
+
+Each parses nothing itself (the table did), asks the daemon one operation
+(:func:`cluster.cli.client.ask`) and prints the answer for a person (a table, a line) or a
+program (``--json``). An xl.cfg is read here, so its warnings and errors name the user's file
+and line before anything is sent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from cluster.cli.client import ask
+from cluster.report import domain_table, host_table, link_text, sockets_text
+
+
+def _warn(command: str, errors: dict[str, str]) -> int:
+    """Hosts that did not answer, one line each on stderr; the exit status (1 if any)."""
+    for message in errors.values():
+        print(f"xenray {command}: {message}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def cmd_create(a: argparse.Namespace) -> int:
+    from cluster.xlcfg import load_config
+
+    cfg, warnings = load_config(a.file)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    info = ask("create", config=cfg.to_dict(), host=a.host)
+    print(f"created {info['name']} (domid {info['domid']}) on {info['host']}, "
+          f"booting {info['kernel']}")
+    return 0
+
+
+def cmd_list(a: argparse.Namespace) -> int:
+    answer = ask("list")
+    if a.json:
+        print(json.dumps(answer["rows"]))
+    else:
+        print(domain_table(answer["rows"]))
+    return _warn("list", answer["errors"])
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    answer = ask("info")
+    if a.json:
+        print(json.dumps(answer["rows"]))
+    else:
+        print(host_table(answer["rows"]))
+        print(sockets_text(answer["rows"]))
+    return _warn("info", answer["errors"])
+
+
+def _by_name(op: str):
+    def impl(a: argparse.Namespace) -> int:
+        ask(op, name=a.name)
+        return 0
+    return impl
+
+
+cmd_destroy = _by_name("destroy")
+cmd_pause = _by_name("pause")
+cmd_unpause = _by_name("unpause")
+
+
+def cmd_shutdown(a: argparse.Namespace) -> int:
+    ask("shutdown", name=a.name, wait=a.wait)
+    return 0
+
+
+def cmd_reboot(a: argparse.Namespace) -> int:
+    ask("reboot", name=a.name, wait=a.wait)
+    return 0
+
+
+def cmd_console(a: argparse.Namespace) -> int:
+    """The last ``--lines`` lines, then (unless ``--no-follow``) each new one until the domain
+    goes away or Ctrl-C."""
+    if a.no_follow:
+        for line in ask("console", name=a.name, lines=a.lines):
+            print(line)
+        return 0
+    ask("follow", on_message=lambda m: print(m["line"], flush=True), name=a.name, lines=a.lines)
+    return 0
+
+
+def cmd_result(a: argparse.Namespace) -> int:
+    result = ask("result", name=a.name)
+    if result is None:
+        print(f"xenray result: {a.name} has published no result (yet)", file=sys.stderr)
+        return 1
+    if a.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>12}: {value}")
+    return 0
+
+
+def cmd_link(a: argparse.Namespace) -> int:
+    """``xenray link [A B [--bandwidth 100M] [--latency 5ms] [--loss 1%]]``: shape a link,
+    or show every link."""
+    if a.a is not None:
+        if a.b is None:
+            raise ValueError("name both hosts, e.g. `xenray link h1 h2 --latency 5ms`")
+        spec = ask("set_link", a=a.a, b=a.b, bandwidth=a.bandwidth, latency=a.latency,
+                   loss=a.loss, both_ways=not a.one_way)
+        print(f"{a.a} {'->' if a.one_way else '<->'} {a.b}: {link_text(spec)}")
+        return 0
+    answer = ask("links")
+    for row in answer["rows"]:
+        print(f"{row['from']} -> {row['to']}: {link_text(row)}  "
+              f"({row.get('frames', 0)} frames, {row.get('lost', 0)} lost)")
+    return _warn("link", answer["errors"])
+
+
+def cmd_capture(a: argparse.Namespace) -> int:
+    """``xenray capture HOST BRIDGE --out FILE.pcap [--seconds N]``: tcpdump on a bridge.
+    The daemon writes the file (it runs on this machine, as this user)."""
+    from rich.console import Console
+
+    path = os.path.abspath(a.out)
+    until = "Ctrl-C to stop" if a.seconds is None else f"{a.seconds:g} s"
+    with Console(stderr=True).status(f"capturing on {a.host}/{a.bridge} into {a.out} "
+                                     f"({until})...") as st:
+        def progress(message: dict[str, Any]) -> None:
+            st.update(f"capturing on {a.host}/{a.bridge} into {a.out}: "
+                      f"{message['progress']} frames")
+
+        n = ask("capture", on_message=progress, host=a.host, bridge=a.bridge, out=path,
+                seconds=a.seconds)
+    print(f"{n} frames written to {a.out}")
+    return 0
