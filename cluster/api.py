@@ -16,6 +16,7 @@ daemon holds one of these and serves the commands through it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import itertools
 import json
@@ -73,6 +74,16 @@ class Cluster:
         self._transport = RayTransport()
         self._rr = itertools.count()
 
+    @classmethod
+    def running(cls) -> Cluster:
+        """The cluster ``xenray up`` runs, joined from a script (changes nothing in it; its
+        token, from ``$XENRAY_HOME/run``, is set before Ray is imported)."""
+        rec = home.read_record()
+        if rec is None or not home.alive(rec["pid"]):
+            raise ValueError("no cluster is running; start one with `xenray up`")
+        os.environ.setdefault("RAY_AUTH_TOKEN_PATH", rec["token"])
+        return cls(rec["hosts"], address=rec["address"], run_id=rec["run_id"]).start()
+
     # -- life cycle ----------------------------------------------------------------------
 
     def start(self) -> Cluster:
@@ -88,15 +99,20 @@ class Cluster:
         if not self._answers(CLUSTER, "registry"):
             boot_registry(self.run_id)
             self._booted_registry = True
-        for name, spec in self.specs.items():
-            if not self._answers(name, "xl"):
-                self._progress(f"booting host {name}: hypervisor, Dom0, xenstored, "
-                               "xenconsoled, blkback, netback, xl")
-                boot_host(spec, run_id=self.run_id, run_dir=self.run_dir,
-                          log_dir=self.log_dir)
-                self._booted.append(name)
+        missing = [spec for name, spec in self.specs.items() if not self._answers(name, "xl")]
+        for spec in missing:
+            self._progress(f"booting host {spec.name}: hypervisor, Dom0, Dom0's daemons")
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(missing))) as pool:  # at once
+            futures = {pool.submit(self._boot, spec): spec.name for spec in missing}
+        failed = [f.exception() for f in futures if f.exception() is not None]
+        self._booted += [name for f, name in futures.items() if f.exception() is None]
+        if failed:
+            raise failed[0]  # what booted is stopped by stop(), as usual
         self._wire_network()
         return self
+
+    def _boot(self, spec: HostSpec) -> None:
+        boot_host(spec, run_id=self.run_id, run_dir=self.run_dir, log_dir=self.log_dir)
 
     def _wire_network(self) -> None:
         """Give every host's bridges an uplink to every other host: a full mesh, over Ray

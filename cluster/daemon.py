@@ -19,34 +19,6 @@ import threading
 
 from cluster import home
 
-RECORD = "cluster.json"
-SOCKET = "xenray.sock"
-TOKEN = "auth_token"
-
-
-def record_path() -> pathlib.Path:
-    return home.run_dir() / RECORD
-
-
-def socket_path() -> pathlib.Path:
-    return home.run_dir() / SOCKET
-
-
-def read_record() -> dict | None:
-    try:
-        return json.loads(record_path().read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except OSError:
-        return False
-
-
 def _write_private(path: pathlib.Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -71,20 +43,20 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     xen = Cluster(hosts=args.hosts, host_memory_mib=args.host_memory, host_cpus=args.host_cpus)
     log = xlog.setup(host="cluster", component="daemon", log_dir=xen.log_dir)
-    token = home.run_dir() / TOKEN
+    token = home.token_path()
     xen.start()
     server = None
     try:
         _write_private(token, os.environ["RAY_AUTH_TOKEN"])
-        server = ControlServer(xen, socket_path(), log, stop.set)
-        _write_private(record_path(), json.dumps({
+        server = ControlServer(xen, home.socket_path(), log, stop.set)
+        _write_private(home.record_path(), json.dumps({
             "address": xen.address, "pid": os.getpid(), "run_id": xen.run_id,
-            "hosts": xen.hosts, "log_dir": xen.log_dir, "socket": str(socket_path()),
+            "hosts": xen.hosts, "log_dir": xen.log_dir, "socket": str(home.socket_path()),
             "token": str(token)}))
         log.info("cluster up", hosts=xen.hosts, address=xen.address)
         stop.wait()
     finally:
-        record_path().unlink(missing_ok=True)
+        home.record_path().unlink(missing_ok=True)
         if server is not None:
             server.close()
         token.unlink(missing_ok=True)

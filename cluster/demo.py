@@ -14,6 +14,7 @@ import tempfile
 import time
 
 from rich.console import Console
+from rich.markup import escape
 
 from actors.blkback.vbd import create_image
 from actors.guest.blk import verify_block
@@ -46,7 +47,9 @@ def run(out: Console) -> int:
     names = [f"counter{i}" for i in range(1, 5)]
 
     def step(text: str) -> None:
-        out.rule(f"[bold]{text}[/bold]  [dim]{time.monotonic() - started:5.1f} s[/dim]")
+        """A step's heading: a line of its own (wrapped, never cut), bold on a terminal."""
+        out.print()
+        out.print(f"[bold]{text}[/bold]  [dim]({time.monotonic() - started:.0f} s)[/dim]")
 
     with Cluster(hosts=2, progress=lambda m: out.print(f"  {m}")) as xen:
         step("1. Create four PV domains from xl.cfg files")
@@ -60,7 +63,7 @@ def run(out: Console) -> int:
         step("2. Their consoles, drained by each host's xenconsoled")
         for name in names[:2]:
             for line in xen.console(name, 3):
-                out.print(f"  [cyan]{name}[/cyan] | {line}")
+                out.print(f"  [cyan]{name}[/cyan] | {escape(line)}")
 
         step("3. Pause counter1: its vCPU stops making progress")
         xen.pause("counter1")
@@ -119,7 +122,7 @@ def run(out: Console) -> int:
         step("7. SIGKILL counter3: a crash; the others carry on")
         pid = next(r["pid"] for r in xen.list() if r["name"] == "counter3")
         survivors = {n: last_count(xen, n) for n in ("counter1", "counter4")}
-        out.print(f"  kill -9 {pid} (Ray will report the dead worker: that is the point)")
+        out.print(f"  kill -9 {pid}: the domain's process dies, which Xen calls a crash")
         os.kill(pid, signal.SIGKILL)
         xen.wait_for(lambda: xen.find("counter3") is None, 30, "counter3 to be destroyed")
         for name, count in survivors.items():

@@ -1,15 +1,20 @@
 """Where xenray keeps run state and logs: ``$XENRAY_HOME`` (default ``~/.xenray``).
 
-One directory per concern so a person can find things: ``run/`` (the persistent
-cluster's address and pid), ``logs/`` (JSON lines per component, console logs per domain),
-``ray/`` (a private ``RAY_TMPDIR``: Ray's default temp dir is shared, and
-``address="auto"`` could otherwise land in someone else's cluster).
+One directory per concern so a person can find things: ``run/`` (the persistent cluster of
+``xenray up``: its record ``cluster.json``, its control socket ``xenray.sock``, its Ray token
+``auth_token``, each host's xenstored socket), ``logs/`` (JSON lines per component, console
+logs per domain, ``daemon.log``).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
+
+RECORD = "cluster.json"
+SOCKET = "xenray.sock"
+TOKEN = "auth_token"
 
 
 def xenray_home() -> pathlib.Path:
@@ -30,3 +35,33 @@ def _sub(name: str) -> pathlib.Path:
     d = xenray_home() / name
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def record_path() -> pathlib.Path:
+    """The running cluster's record (written by its daemon, ``cluster.daemon``)."""
+    return run_dir() / RECORD
+
+
+def socket_path() -> pathlib.Path:
+    """The running cluster's control socket (``cluster.control``)."""
+    return run_dir() / SOCKET
+
+
+def token_path() -> pathlib.Path:
+    return run_dir() / TOKEN
+
+
+def read_record() -> dict | None:
+    try:
+        return json.loads(record_path().read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def alive(pid: int) -> bool:
+    """Does process ``pid`` exist (the daemon, say)?"""
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False

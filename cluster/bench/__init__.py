@@ -16,6 +16,7 @@ BENCHMARKS = {
     "create": "cluster.bench.create:bench_create",
     "blk": "cluster.bench.blk:bench_blk",
     "net": "cluster.bench.net:bench_net",
+    "cli": "cluster.bench.cli:bench_cli",
 }
 
 

@@ -12,8 +12,8 @@ last_seconds = 0.0  # the daemon's own time for the last request
 def ask(op: str, on_message: Callable[[dict], None] | None = None, **args: Any) -> Any:
     """Run ``op`` on the running cluster; its value (errors raise ControlError)."""
     global last_seconds
-    from cluster import daemon
+    from cluster import home
     from cluster.control import request
 
-    value, last_seconds = request(daemon.socket_path(), op, args, on_message=on_message)
+    value, last_seconds = request(home.socket_path(), op, args, on_message=on_message)
     return value

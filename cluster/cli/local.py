@@ -12,7 +12,7 @@ import time
 
 from rich.console import Console
 
-from cluster import daemon, home
+from cluster import home
 from cluster.cli.cmdtable import COMMANDS
 from cluster.control import ControlError, DaemonGone, request
 
@@ -22,8 +22,8 @@ DOWN_TIMEOUT_S = 120.0
 
 
 def cmd_up(a: argparse.Namespace) -> int:
-    rec = daemon.read_record()
-    if rec is not None and daemon.alive(rec["pid"]):
+    rec = home.read_record()
+    if rec is not None and home.alive(rec["pid"]):
         out.print(f"a cluster is already up (pid {rec['pid']}, hosts {', '.join(rec['hosts'])})")
         return 0
     log_path = home.logs_dir() / "daemon.log"
@@ -35,7 +35,7 @@ def cmd_up(a: argparse.Namespace) -> int:
                                 start_new_session=True)
     with out.status(f"starting {a.hosts} emulated hosts..."):
         deadline = time.monotonic() + UP_TIMEOUT_S
-        while (rec := daemon.read_record()) is None or rec["pid"] != proc.pid:
+        while (rec := home.read_record()) is None or rec["pid"] != proc.pid:
             if proc.poll() is not None or time.monotonic() > deadline:
                 if proc.poll() is None:
                     proc.terminate()
@@ -49,21 +49,21 @@ def cmd_up(a: argparse.Namespace) -> int:
 
 
 def cmd_down(a: argparse.Namespace) -> int:
-    rec = daemon.read_record()
-    if rec is None or not daemon.alive(rec["pid"]):
-        for path in (daemon.record_path(), daemon.socket_path(), home.run_dir() / daemon.TOKEN):
+    rec = home.read_record()
+    if rec is None or not home.alive(rec["pid"]):
+        for path in (home.record_path(), home.socket_path(), home.token_path()):
             path.unlink(missing_ok=True)  # left by a daemon that was killed
         out.print("no cluster is running")
         return 0
     try:
-        request(daemon.socket_path(), "stop")
+        request(home.socket_path(), "stop")
     except (DaemonGone, ControlError):
         os.kill(rec["pid"], signal.SIGTERM)
     with out.status("stopping the cluster..."):
         deadline = time.monotonic() + DOWN_TIMEOUT_S
-        while daemon.alive(rec["pid"]) and time.monotonic() < deadline:
+        while home.alive(rec["pid"]) and time.monotonic() < deadline:
             time.sleep(0.2)
-    if daemon.alive(rec["pid"]):
+    if home.alive(rec["pid"]):
         raise TimeoutError(f"the cluster's daemon (pid {rec['pid']}) did not stop in "
                            f"{DOWN_TIMEOUT_S:.0f} s")
     out.print("cluster stopped")

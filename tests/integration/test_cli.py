@@ -135,6 +135,20 @@ def test_cli_private_files_are_0600(home):
         xenray(home, "destroy", "counter1")
 
 
+def test_cli_a_script_joins_the_running_cluster_with_its_token(home):
+    """``Cluster.running()`` (the README's way for scripts) joins `xenray up`'s cluster."""
+    code = ("from cluster.api import Cluster\n"
+            "xen = Cluster.running()\n"
+            "print(sorted(r['host'] for r in xen.list() if r['domid'] == 0))\n"
+            "xen.stop()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN",
+                                                             "RAY_AUTH_TOKEN_PATH")}
+    got = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120, env={**env, "XENRAY_HOME": str(home)})
+    assert got.returncode == 0 and "['h1', 'h2']" in got.stdout, got.stderr[-2000:]
+    assert xenray(home, "list").returncode == 0, "the script's stop left the cluster running"
+
+
 def test_cli_a_sick_host_does_not_stop_commands_about_the_others(home):
     """h1's toolstack agent dies: list shows h2's domains and names h1 on stderr; a create on
     h2 works; nothing tries to boot h1 again."""
