@@ -149,3 +149,15 @@ def test_on_crash_rename_restart_keeps_the_old_domain_and_starts_a_new_one(xen, 
     assert xen.find("phoenix")[1] != old_domid
     counts_past(xen, "phoenix", 0)
     xen.destroy(renamed)
+
+
+def test_xen_init_dom0_entries_read_back_with_xenstore_read(xen):
+    """``tools/helpers/xen-init-dom0.c`` (reference 11.5): on any Xen host
+    ``xenstore-read /local/domain/0/name`` prints ``Domain-0``; the cpupool is named too."""
+    for host in xen.info():
+        env = {**os.environ, "XENSTORED_PATH": host["xenstored_socket"]}
+        got = subprocess.run(["xenstore-read", "/local/domain/0/name", "/local/domain/0/domid",
+                              "/local/pool/0/name"], env=env, capture_output=True, text=True,
+                             timeout=30)
+        assert got.returncode == 0, got.stderr
+        assert got.stdout.split() == ["Domain-0", "0", "Pool-0"], host["host"]
