@@ -103,12 +103,6 @@ def devices_of(cfg: DomainConfig) -> list[tuple[DeviceType, Any]]:
     return [(dtype, dev) for dtype in DEVICE_TYPES for dev in dtype.devices(cfg)]
 
 
-def check_devices(cfg: DomainConfig) -> None:
-    """Refuse, before anything is built, devices this host cannot back (xl does the same)."""
-    for dtype, dev in devices_of(cfg):
-        dtype.check(dev)
-
-
 def with_macs(cfg: DomainConfig) -> DomainConfig:
     """Give every vif without a ``mac`` one under Xen's OUI, at create (libxl does), so the
     domain keeps it across reboots: the record holds the config with the MACs in it."""

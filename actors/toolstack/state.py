@@ -90,9 +90,6 @@ class Toolstack:
             raise XenError(Errno.ESRCH, f"no domain named {name!r} on {self.host}")
         return rec
 
-    def by_domid(self, domid: int) -> Record | None:
-        return next((r for r in self.records.values() if r.domid == domid), None)
-
     def names(self) -> dict[str, int | None]:
         """Every name this host holds and its domid (None while the first build runs)."""
         return {r.name: r.domid for r in self.records.values()}

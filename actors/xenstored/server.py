@@ -205,18 +205,6 @@ class XenstoredServer:
             self.store.introduce_domain(TOOLSTACK, 0, domid, gfn, evtchn)
             self._deliver()
 
-    def release_domain(self, domid: int) -> None:
-        """RELEASE: forget ``domid``, its nodes and connections (fires @releaseDomain)."""
-        with self._lock:
-            self.store.release_domain(TOOLSTACK, 0, domid)
-            self._close_domain(domid)
-            self._deliver()
-
-    def resume_domain(self, domid: int) -> None:
-        """RESUME: a suspend was cancelled; re-arm @releaseDomain for ``domid``."""
-        with self._lock:
-            self.store.resume(TOOLSTACK, 0, domid)
-
     def domain_gone(self, domid: int) -> None:
         """``domid`` died: as RELEASE, but not an error if it was never introduced."""
         with self._lock:
@@ -224,15 +212,12 @@ class XenstoredServer:
             self._close_domain(domid)
             self._deliver()
 
-    def fire_release_domain(self, shutdown: Iterable[int] = (), dead: Iterable[int] = ()) -> None:
+    def fire_release_domain(self, shutdown: Iterable[int]) -> None:
         """VIRQ_DOM_EXC arrived (``domain_cleanup``): the domains that shut down fire
-        @releaseDomain once until RESUME; the dead ones are gone."""
+        @releaseDomain once until RESUME (the dead ones go through :meth:`domain_gone`)."""
         with self._lock:
             for domid in shutdown:
                 self.store.domain_shutdown(domid)
-            for domid in dead:
-                self.store.domain_gone(domid)
-                self._close_domain(domid)
             self._deliver()
 
     # --- statistics and persistence -------------------------------------------------------

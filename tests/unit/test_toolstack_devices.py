@@ -5,7 +5,8 @@ import re
 
 import pytest
 
-from actors.toolstack.devices import check_devices, with_macs
+from actors.toolstack.builder import check_config
+from actors.toolstack.devices import with_macs
 from cluster.xlcfg import parse_config
 from protocols.errno import Errno, XenError
 
@@ -25,6 +26,6 @@ def test_vif_without_mac_gets_one_under_xens_oui_and_keeps_it():
 def test_vif_in_a_driver_domain_is_refused_before_anything_is_built():
     cfg = parse_config('name = "n"\nvif = [ "backend=netdom" ]\n')[0]
     with pytest.raises(XenError) as e:
-        check_devices(cfg)
+        check_config(cfg)
     assert e.value.errno == Errno.EOPNOTSUPP and "driver domains" in str(e.value)
-    check_devices(parse_config('name = "n"\nvif = [ "bridge=xenbr1" ]\n')[0])  # accepted
+    check_config(parse_config('name = "n"\nvif = [ "bridge=xenbr1" ]\n')[0])  # accepted
