@@ -1,5 +1,17 @@
-"""A DomU: its PV guest kernel (:mod:`.kernel`), the init programs it runs and their guest OS
-API (:mod:`.inits`, :mod:`.guestos`), and the Ray shell around them (:mod:`.actor`, the only file using Ray)."""
+"""A DomU: its PV guest kernel and the Ray shell around it (:mod:`.actor`, the only file using
+Ray). The kernel is split as Linux's is, one concept a module:
+
+* :mod:`.kernel`: boot from start_info, the vCPU running the init program, the guest's clock,
+  statistics and save/restore (``arch/x86/xen/enlighten_pv.c``, ``init/main.c``);
+* :mod:`.rungate`: the run gate every kernel entry passes: pause, suspend's freezer, shutdown;
+* :mod:`.hvc`: the console driver and printk (``drivers/tty/hvc/hvc_xen.c``);
+* :mod:`.xenwatch`: the thread running xenstore watch callbacks (``xenbus_xs.c``);
+* :mod:`.manage`: the PV control protocol on ``control/shutdown`` (``drivers/xen/manage.c``);
+* :mod:`.blkdev`/:mod:`.blkfront`, :mod:`.netdev`/:mod:`.netfront`/:mod:`.netstack`: the
+  block and network frontends.
+
+The init programs and their guest OS API are :mod:`actors.guest`.
+"""
 
 from actors.domain.kernel import PVKernel
 from actors.guest.api import GuestOS

@@ -4,9 +4,10 @@ The toolstack creates it (``<host>/dom<domid>``) once the domain is built and pa
 the domain's memory, reads start_info from pfn 0 and builds the kernel with the domain's
 credential for hypercalls and xenstore. The hypervisor then drives it one-way (``vcpu_gate``,
 ``upcall``) and xenstored pushes watch events (``xs_event``); each handler hands over to the
-kernel and returns at once, while the kernel's own threads make the blocking calls, hence the
-thread pool (``max_concurrency``). The process dying is the domain crashing: the hypervisor
-watches its pid (reference 19.8, DESIGN.md "Failure semantics").
+kernel and returns at once, while the kernel's own threads (from the
+:class:`~actors.runtime.Runtime` handed in: real ones here, a test's clock in tests) make the
+blocking calls, hence the thread pool (``max_concurrency``). The process dying is the domain
+crashing: the hypervisor watches its pid (reference 19.8, DESIGN.md "Failure semantics").
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import ray
 from actors import log as xlog
 from actors.domain.kernel import PVKernel
 from actors.memory import Mapping
+from actors.runtime import THREADS, Runtime
 from actors.transport.clients import HostClients, host_clients
 from actors.transport import Endpoint
 from actors.transport.raycall import RayEndpoint
@@ -28,11 +30,12 @@ class DomainShell(Endpoint):
     """A DomU's kernel over its own clients on endpoint ``<host>/dom<domid>`` (the in-process
     test host runs this very class; :class:`DomainActor` is it as a Ray actor)."""
 
-    def __init__(self, domid: int, clients: HostClients, memory_path: str, log: Any) -> None:
+    def __init__(self, domid: int, clients: HostClients, memory_path: str, log: Any,
+                 runtime: Runtime = THREADS) -> None:
         self.log = log
         self.memory = Mapping(memory_path)
         self.kernel = PVKernel(StartInfo.unpack(self.memory.page(0)), self.memory, clients.hv,
-                               clients.xs, log)
+                               clients.xs, log, runtime)
         self.log.info("domain actor up", memory_path=memory_path)
 
     def on_vcpu_gate(self, paused: bool, seq: int = 0) -> None:

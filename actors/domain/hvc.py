@@ -1,0 +1,100 @@
+"""The guest's console driver: its output into the shared console page, for xenconsoled.
+
+Linux ``drivers/tty/hvc/hvc_xen.c`` for a PV domU: the console page and event channel come from
+start_info (``console.domU.mfn``/``evtchn``); ``domU_write_console`` puts bytes in the page's
+``out`` ring (reference 7.4, 11.2) and ``notify_daemon`` kicks the event channel after every
+piece, so xenconsoled (``tools/console/daemon/io.c``) drains it and signals back. A writer
+that finds the ring full waits for that signal, as the hvc tty waits for its interrupt.
+
+Decisions:
+
+* Program output (:meth:`HvcConsole.write_console`, the init's ``print``) never loses a
+  byte: on a full ring it blocks the vCPU, a state a pause or suspend accepts
+  (:mod:`.rungate`). Kernel messages (:meth:`HvcConsole.printk`) are best effort, as Linux's
+  printk to a stuck console: what does not fit is dropped and counted, and a writer holding
+  the console longer than :data:`PRINTK_LOCK_TIMEOUT_S` makes the message be dropped rather
+  than waited for.
+* A blocked writer re-kicks xenconsoled after :data:`CONSOLE_RECHECK_S` without a signal back
+  (xenconsoled restarted and missed the last kick, or just came up), then re-checks the ring.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from actors.domain.rungate import RunGate
+from protocols.console import ConsoleInterface
+from protocols.hypercall import EvtchnOp, Hypercall
+
+CONSOLE_RECHECK_S = 0.25  # re-check a full console ring this often, signal or not
+PRINTK_LOCK_TIMEOUT_S = 1.0  # kernel messages give up rather than wait on a stuck writer
+
+
+class HvcConsole:
+    """The console of one domU: ``intf`` over its console page, ``evtchn`` its console port.
+
+    The vCPU calls :meth:`write_console`; any thread may call :meth:`printk`; the kernel's
+    upcall path calls :meth:`interrupt` when the console port fires. ``stats`` counts
+    ``console_bytes`` (put in the ring), ``console_waits`` (full ring) and ``console_dropped``
+    (kernel messages that did not fit)."""
+
+    def __init__(self, intf: ConsoleInterface, evtchn: int, hypercall: Any, gate: RunGate,
+                 log: Any, *, recheck_s: float = CONSOLE_RECHECK_S) -> None:
+        self.intf, self.evtchn = intf, evtchn
+        self.hypercall, self.gate, self.log = hypercall, gate, log
+        self.recheck_s = recheck_s
+        self.stats = dict.fromkeys(("console_bytes", "console_waits", "console_dropped"), 0)
+        self._lock = threading.Lock()  # one writer in the ring at a time
+        self._kicked = False  # xenconsoled signalled back (under gate.cv)
+
+    def write_console(self, data: bytes) -> None:
+        """Put all of ``data`` in the ring, kicking xenconsoled after each piece; on a full
+        ring, block until it drains (its signal back, or a re-check). vCPU only."""
+        view = memoryview(data)
+        with self._lock:
+            while view:
+                n = self.intf.write_out(view)
+                view = view[n:]
+                if n:
+                    self.stats["console_bytes"] += n
+                    self.notify_daemon()
+                if view:
+                    self._wait_for_space()
+
+    def printk(self, text: str) -> None:
+        """A kernel message: best effort, never waits for ring space or a stuck writer."""
+        data = (text + "\n").encode()
+        if not self._lock.acquire(timeout=PRINTK_LOCK_TIMEOUT_S):
+            self.stats["console_dropped"] += len(data)
+            return
+        try:
+            n = self.intf.write_out(data)
+            self.stats["console_bytes"] += n
+            self.stats["console_dropped"] += len(data) - n
+            if n:
+                self.notify_daemon()
+        except Exception:
+            self.log.exception("console write failed", text=text)
+        finally:
+            self._lock.release()
+
+    def interrupt(self) -> None:
+        """The console port fired: xenconsoled consumed output, so there may be room."""
+        with self.gate.cv:
+            self._kicked = True
+            self.gate.cv.notify_all()
+
+    def notify_daemon(self) -> None:
+        self.hypercall(Hypercall.event_channel_op, EvtchnOp.send, port=self.evtchn)
+
+    def _wait_for_space(self) -> None:
+        """Block until xenconsoled signals back; after a quiet spell kick it again, in case
+        it missed the last kick, then re-check the ring either way."""
+        with self.gate.cv:
+            self.stats["console_waits"] += 1
+            kicked = self.gate.wait_event(lambda: self._kicked, self.recheck_s)
+            self._kicked = False
+        self.gate.enter()
+        if not kicked:
+            self.notify_daemon()

@@ -1,0 +1,132 @@
+"""The run gate (actors.domain.rungate) on its own: pause, seq order, the freezer, shutdown
+(reference 12.1, 12.2, 19.8). The vCPU is the test's thread, or a helper thread where it must
+block; nothing else is needed.
+"""
+
+import threading
+import time
+
+import pytest
+
+from actors.domain.rungate import GateChange, Halted, KernelState, RunGate
+from protocols.hypercall import ShutdownReason
+
+
+def running_gate() -> RunGate:
+    """Booted and unpaused, the test's thread its running vCPU."""
+    gate = RunGate()
+    assert gate.set_paused(False) is GateChange.BOOT
+    gate.enter()
+    return gate
+
+
+def blocked_vcpu(gate: RunGate) -> threading.Thread:
+    """A vCPU thread blocked on an event that never comes (until shutdown)."""
+    thread = threading.Thread(target=gate.wait_event, args=(lambda: False, 30), daemon=True)
+    thread.start()
+    return thread
+
+
+def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.002)
+
+
+def test_rungate_12_2_creation_leaves_it_shut_and_only_the_first_unpause_boots():
+    gate = RunGate()
+    assert not gate.runnable() and gate.status()["state"] == "created"
+    assert gate.set_paused(False) is GateChange.BOOT
+    assert gate.runnable() and gate.state is KernelState.RUNNING
+    assert gate.set_paused(True) is GateChange.NONE and not gate.runnable()
+    assert gate.set_paused(False) is GateChange.NONE and gate.runnable()
+
+
+def test_rungate_12_2_a_message_not_newer_than_the_last_applied_is_stale():
+    gate = running_gate()
+    assert gate.set_paused(True, seq=5) is GateChange.NONE
+    gate.set_paused(False, seq=4)  # overtaken in flight
+    gate.set_paused(False, seq=5)  # a duplicate
+    assert gate.paused
+    gate.set_paused(False, seq=6)
+    assert not gate.paused
+    gate.set_paused(True, seq=0)  # unordered: always applied
+    assert gate.paused
+
+
+def test_rungate_12_2_a_parked_vcpu_of_a_paused_domain_reads_as_paused():
+    gate = running_gate()
+    assert gate.status()["vcpu"] == "running"
+    blocked_vcpu(gate)
+    wait_for(lambda: gate.vcpu == "blocked", "the vCPU to block")
+    assert gate.status()["vcpu"] == "blocked"
+    gate.set_paused(True)
+    assert gate.status() == {"state": "running", "vcpu": "paused", "paused": True,
+                             "shutdown_reason": None}
+    gate.shut_down(ShutdownReason.poweroff)
+
+
+def test_rungate_12_2_a_shut_gate_holds_the_vcpu_until_reopened():
+    gate = running_gate()
+    gate.set_paused(True)
+    passed = threading.Event()
+    thread = threading.Thread(target=lambda: (gate.enter(), passed.set()), daemon=True)
+    thread.start()
+    wait_for(lambda: gate.vcpu == "gated", "the vCPU at the gate")
+    assert not passed.is_set()
+    gate.set_paused(False)
+    assert passed.wait(10) and gate.vcpu == "running"
+
+
+def test_rungate_19_8_shutdown_is_final_keeps_the_first_reason_and_halts_every_entry():
+    gate = running_gate()
+    vcpu = blocked_vcpu(gate)
+    assert gate.shut_down(ShutdownReason.poweroff) is True
+    assert gate.shut_down(ShutdownReason.crash) is False
+    assert gate.reason is ShutdownReason.poweroff
+    vcpu.join(10)
+    assert not vcpu.is_alive()  # woken: the wait ends at shutdown
+    assert gate.set_paused(False) is GateChange.NONE and not gate.runnable()
+    for entry in (gate.enter, lambda: gate.enter(vcpu=False),
+                  lambda: gate.schedule_timeout(float("inf"), lambda: 0.0)):
+        with pytest.raises(Halted):
+            entry()
+    assert gate.status()["vcpu"] == "stopped"
+
+
+def test_rungate_12_1_freeze_waits_for_the_vcpu_to_park_and_a_reopened_gate_resumes():
+    gate = running_gate()
+    blocked_vcpu(gate)
+    wait_for(lambda: gate.vcpu == "blocked", "the vCPU to block")
+    assert gate.freeze(timeout=10) is True
+    assert (gate.state, gate.reason) == (KernelState.SUSPENDED, ShutdownReason.suspend)
+    assert not gate.runnable()
+    gate.set_paused(True)  # the hypervisor paused it for the suspend
+    assert gate.set_paused(False) is GateChange.RESUMED  # resumedomain: SCHEDOP returned 1
+    assert (gate.state, gate.reason) == (KernelState.RUNNING, None)
+    gate.shut_down(ShutdownReason.poweroff)
+
+
+def test_rungate_freeze_gives_up_on_a_vcpu_that_will_not_park():
+    gate = running_gate()  # the test's thread is the running vCPU, and will not stop
+    assert gate.freeze(timeout=0.01) is False
+    assert (gate.state, gate.reason) == (KernelState.RUNNING, None) and gate.runnable()
+
+
+def test_rungate_freeze_of_a_domain_not_running_does_nothing():
+    gate = RunGate()
+    assert gate.freeze(timeout=0) is None and gate.state is KernelState.CREATED
+    gate.shut_down(ShutdownReason.crash)
+    assert gate.freeze(timeout=0) is None and gate.state is KernelState.SHUTDOWN
+
+
+def test_rungate_12_1_thaw_after_a_failed_suspend_runs_on_unless_shut_down_meanwhile():
+    gate = RunGate()
+    gate.set_paused(False)  # booted, its vCPU not yet started: offline is parked
+    assert gate.freeze(timeout=0) is True
+    gate.thaw()
+    assert gate.state is KernelState.RUNNING and gate.reason is None
+    gate.shut_down(ShutdownReason.crash)
+    gate.thaw()
+    assert gate.state is KernelState.SHUTDOWN and gate.reason is ShutdownReason.crash
