@@ -47,7 +47,7 @@ from protocols.console import XENCONSOLE_CONNECTED, ConsoleInterface
 from protocols.errno import Errno, XenError
 from protocols.evtchn import EvtchnStat
 from protocols.hypercall import DomInfoFlag, EvtchnOp, Hypercall, MemoryOp, Sysctl, XenMapSpace
-from protocols.xenstore.paths import INTRODUCE_DOMAIN, RELEASE_DOMAIN
+from protocols.xenstore.paths import INTRODUCE_DOMAIN, LOCAL_DOMAIN, RELEASE_DOMAIN, domain_path
 
 DOMLIST_TOKEN = "domlist"  # io.c watches both special paths with this token
 TAIL_LINES = 200
@@ -174,7 +174,7 @@ class ConsoleDaemon:
 
     def _listed_domains(self) -> set[int]:
         try:
-            names = self.xs.directory("/local/domain")
+            names = self.xs.directory(LOCAL_DOMAIN)
         except XenError as e:
             if e.errno != Errno.ENOENT:
                 raise
@@ -190,7 +190,7 @@ class ConsoleDaemon:
             raise
 
     def _pick_up(self, domid: int) -> None:
-        base = f"/local/domain/{domid}"
+        base = domain_path(domid)
         ring_ref, port = self._read(f"{base}/console/ring-ref"), self._read(f"{base}/console/port")
         if ring_ref is None or port is None or not (ring_ref.isdigit() and port.isdigit()):
             return  # not set up (yet): a later fire picks it up

@@ -25,6 +25,7 @@ from protocols.gnttab import GrantRefAllocator, GrantTable
 from protocols.hypercall import DOMID_SELF, EvtchnOp, Hypercall
 from protocols.page import PAGE_SIZE
 from protocols.xenbus import FrontendAction, XenbusState, frontend_on_backend_state
+from protocols.xenstore.paths import backend_path, frontend_path
 
 Page = tuple[int, int, memoryview]  # (gref, pfn, page)
 WatchFn = Callable[[str, str, Callable[[], None]], None]  # (path, token, handler)
@@ -96,9 +97,9 @@ class XenbusFrontend:
                  notify: Callable[[int], None], xs: XsLike, backend_id: int = 0,
                  evtchn_close: Callable[[int], None] | None = None) -> None:
         self.domid, self.devid = domid, devid
-        self.nodename = f"/local/domain/{domid}/device/{self.devicetype}/{devid}"
+        self.nodename = frontend_path(self.devicetype, domid, devid)
         self.backend_id = backend_id
-        self.backend = f"/local/domain/{backend_id}/backend/{self.devicetype}/{domid}/{devid}"
+        self.backend = backend_path(self.devicetype, domid, devid, backend_id)
         self._pages, self._gnttab, self._grefs, self._xs = pages, gnttab, grefs, xs
         self._alloc_unbound, self._notify, self._close = evtchn_alloc_unbound, notify, evtchn_close
         self._lock = threading.Lock()

@@ -33,9 +33,12 @@ _VALID = re.compile(r"[A-Za-z0-9/_@-]+")
 _LOCAL_PREFIX = re.compile(r"/local/domain/[0-9]{1,5}/")
 
 
+LOCAL_DOMAIN = "/local/domain"  # every domain's home is below it
+
+
 def domain_path(domid: int) -> str:
     """``GET_DOMAIN_PATH``: the home of domain ``domid``, base of its relative paths."""
-    return f"/local/domain/{domid}"
+    return f"{LOCAL_DOMAIN}/{domid}"
 
 
 def canonicalize(path: str, domid: int, *, allow_special: bool = False,
