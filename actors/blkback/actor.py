@@ -2,9 +2,11 @@
 
 It holds Dom0's credential with its own endpoint (``<host>/blkback``), so the ports it binds
 raise their upcalls here, and its own xenstore connection, whose watch events are pushed
-here as ``xs_event``. Restartable (DESIGN.md "Failure semantics"): Ray re-runs ``__init__``
-after a crash, and :meth:`Blkback.start` recovers every device from xenstore; the frontends
-reconnect (reference 19.4).
+here as ``xs_event``. The control path is the xenbus backend core with blkback's driver
+(xenbus.py), run by the shared executor (actors/xenbus/backend_io.py); the data path is
+ring.py's :class:`BlkbackRings`. Restartable (DESIGN.md "Failure semantics"): Ray re-runs
+``__init__`` after a crash, and the executor's start recovers every device from xenstore;
+the frontends reconnect (reference 19.4).
 """
 
 from __future__ import annotations
@@ -14,10 +16,13 @@ from typing import Any
 import ray
 
 from actors import log as xlog
-from actors.blkback.xenbus import Blkback
+from actors.blkback.ring import BlkbackRings
+from actors.blkback.xenbus import BlkbackDriver
 from actors.transport import Endpoint
 from actors.transport.clients import HostClients, host_clients
 from actors.transport.raycall import RayEndpoint
+from actors.xenbus.backend import XenbusBackend
+from actors.xenbus.backend_io import BackendIO
 
 
 class BlkbackShell(Endpoint):
@@ -26,21 +31,23 @@ class BlkbackShell(Endpoint):
 
     def __init__(self, host: str, clients: HostClients, log: Any) -> None:
         self.log, self.xs = log, clients.xs
-        self.blkback = Blkback(host, clients.hv, self.xs, log)
-        self.blkback.start()
-        self.log.info("blkback up", devices=len(self.blkback.devices))
+        self.rings = BlkbackRings(clients.hv)
+        self.backend = BackendIO(XenbusBackend(BlkbackDriver()), clients.hv, self.xs,
+                                 self.rings, log)
+        self.backend.start()
+        self.log.info("blkback up", devices=len(self.backend.core.devices))
 
     def on_upcall(self, domid: int, ports: list[int]) -> None:
-        self.blkback.upcall(ports)
+        self.rings.upcall(ports)
 
     def on_xs_event(self, data: bytes) -> None:
         self.xs.on_event(data)
 
     def on_statistics(self) -> dict[str, Any]:
-        return self.blkback.statistics()
+        return self.backend.statistics()
 
     def close(self) -> None:
-        self.blkback.close()
+        self.backend.close()
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=8)

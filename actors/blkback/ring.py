@@ -17,19 +17,30 @@ Persistent grants (``feature-persistent``): each data gref is mapped once, read-
 kept, up to ``max_pgrants`` (Linux ``xen_blkif_max_pgrants`` = 1056); past that, grants are
 mapped for the one request and unmapped after it, as Linux does. Without the feature a
 write maps its pages read-only and a read maps them writable, per request.
+
+:class:`BlkbackRings` is the data path of every vbd of the host (Linux ``struct xen_blkif``
+and its ring thread): it opens each image when the device is probed (``xen_vbd_create``),
+serves a connected ring when Dom0's port for it fires, and tells the control path when a
+frontend broke its ring (xenbus.py and actors/xenbus/ decide what follows).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import threading
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from actors.blkback.vbd import Vbd
+from actors.xenbus.backend_io import Key, RingBrokenFn
+from actors.xenbus.grant_map import GrantMaps, Rings
 from protocols.blkif import (BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ,
                              BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, REQUEST_SIZE, SECTOR_SIZE,
                              BlkifRequest, BlkifResponse, peek_request, unpack_request,
                              validate_request)
 from protocols.errno import Errno, XenError
+from protocols.hypercall import EvtchnOp, Hypercall
 from protocols.ring import BackRing, RingOverflow
 
 MAX_PGRANTS = 1056  # Linux xen-blkback xen_blkif_max_pgrants default
@@ -242,3 +253,100 @@ class BlkbackRing:
         pgrants, self._pgrants = list(self._pgrants.items()), {}
         self._release(pgrants)
         self.back.release()
+
+
+@dataclasses.dataclass(eq=False)
+class Blkif:
+    """One vbd's data path (Linux ``struct xen_blkif``): the image, the ring serving it."""
+
+    vbd: Vbd
+    ring: BlkbackRing | None = None
+    port: int | None = None  # Dom0's port of the connection
+    conn: int = 0
+    closing: bool = False  # the frontend is Closing: no new requests are taken
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    past: Counter = dataclasses.field(default_factory=Counter)  # counters of closed rings
+
+
+class BlkbackRings:
+    """blkback's data path for the host: the :class:`~actors.xenbus.backend_io.DataPath` of
+    the vbds. ``hv`` is Dom0's hypercall client (the kicks); :meth:`upcall` is fed Dom0's
+    ports."""
+
+    def __init__(self, hv: Any) -> None:
+        self.hv = hv
+        self.on_broken: RingBrokenFn | None = None
+        self._blkifs: dict[Key, Blkif] = {}
+        self._by_port: dict[int, Key] = {}
+
+    def probe(self, key: Key, config: Any) -> dict[str, int]:
+        """``xen_vbd_create``: open the image as ``mode`` says; its size."""
+        vbd = Vbd(config.params, readonly=config.readonly)
+        old = self._blkifs.pop(key, None)
+        if old is not None:
+            old.vbd.close()
+        self._blkifs[key] = Blkif(vbd)
+        return {"sectors": vbd.sectors}
+
+    def hotplug(self, key: Key, config: Any) -> None:
+        """blkback's hotplug script only checked the image (``probe`` opened it)."""
+
+    def connect(self, key: Key, conn: int, rings: Rings, grants: GrantMaps, port: int,
+                params: Any) -> None:
+        blkif = self._blkifs[key]
+        ring = BlkbackRing(rings[0][1], blkif.vbd, map_grant=grants.map,
+                           unmap_grant=grants.unmap, feature_discard=params.discard,
+                           feature_persistent=params.persistent)
+        with blkif.lock:
+            blkif.ring, blkif.port, blkif.conn, blkif.closing = ring, port, conn, False
+        self._by_port[port] = key
+
+    def quiesce(self, key: Key) -> None:
+        blkif = self._blkifs.get(key)
+        if blkif is not None:
+            blkif.closing = True
+
+    def disconnect(self, key: Key) -> None:
+        """``xen_blkif_disconnect``: the ring stops serving (after a request in progress)."""
+        blkif = self._blkifs.get(key)
+        if blkif is None:
+            return
+        with blkif.lock:
+            ring, port = blkif.ring, blkif.port
+            blkif.ring = blkif.port = None
+            if ring is not None:
+                blkif.past.update(dataclasses.asdict(ring.statistics()))
+                ring.close()
+        if port is not None and self._by_port.get(port) == key:
+            del self._by_port[port]
+
+    def remove(self, key: Key, config: Any) -> None:
+        blkif = self._blkifs.pop(key, None)
+        if blkif is not None:
+            blkif.vbd.close()
+
+    def statistics(self, key: Key) -> Mapping[str, int]:
+        blkif = self._blkifs.get(key)
+        if blkif is None:
+            return {}
+        with blkif.lock:
+            counts = Counter(blkif.past)
+            if blkif.ring is not None:
+                counts.update(dataclasses.asdict(blkif.ring.statistics()))
+        return dict(counts)
+
+    def upcall(self, ports: list[int]) -> None:
+        """Dom0's ports fired: serve each vbd behind one, kick its frontend if asked."""
+        for port in ports:
+            key = self._by_port.get(port)
+            blkif = self._blkifs.get(key) if key is not None else None
+            if blkif is None:
+                continue
+            with blkif.lock:
+                ring, conn = blkif.ring, blkif.conn
+                if ring is None or blkif.closing or blkif.port != port:
+                    continue
+                res = ring.process(kick=lambda: self.hv.post(
+                    Hypercall.event_channel_op, EvtchnOp.send, port=port))
+            if res.disconnect and self.on_broken is not None:
+                self.on_broken(key, conn, res.disconnect)

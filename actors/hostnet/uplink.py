@@ -5,9 +5,10 @@ with split horizon, see bridge.py). :class:`HostBridges` keeps the bridges by na
 each one an uplink per peer (also to bridges made later), takes the frames peers send in,
 and taps bridges for capture. What a frame meets on the way out (bandwidth, latency, loss)
 is decided by one :class:`~actors.hostnet.link.Link` per peer; :class:`UplinkSchedule`
-holds the frames until their arrival time and :class:`UplinkSender` hands them over in
-batches, one message per (peer, bridge) carrying every frame due, so the inter-host
-transport is not called once per frame (DESIGN.md "The transport seam").
+holds the frames until their arrival time and :class:`UplinkSender` (a thread and a timer
+from the injected runtime) hands them over in batches, one message per (peer, bridge)
+carrying every frame due, so the inter-host transport is not called once per frame
+(DESIGN.md "The transport seam").
 
 Like a NIC's transmit queue (Linux ``txqueuelen``, 1000 frames), at most ``BACKLOG_MAX``
 frames wait per peer; more are dropped and counted, as a full qdisc drops. A capture keeps
@@ -22,9 +23,9 @@ import functools
 import heapq
 import itertools
 import json
+import math
 import random
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -33,6 +34,7 @@ import structlog
 
 from actors.hostnet.bridge import UPLINK_PREFIX, Bridge
 from actors.hostnet.link import Link, LinkSpec
+from actors.runtime import THREADS, Runtime, Timer
 from protocols.errno import Errno, XenError
 
 PEERS = "/tool/xenray-netback/peers"  # <host> = LinkSpec as JSON (xenstore-paths: /tool/$TOOL)
@@ -225,18 +227,25 @@ class UplinkSchedule:
 
 
 class UplinkSender:
-    """One thread sending each batch when it is due: ``send(host, bridge, frames)``."""
+    """One thread sending each batch when it is due: ``send(host, bridge, frames)``.
+
+    Time is ``runtime``'s: the thread is its ``spawn``, it reads ``monotonic``, and it
+    sleeps until a frame is submitted or ``call_later`` wakes it when the earliest frame in
+    flight is due (one timer at a time), so a test moves the clock instead of sleeping."""
 
     def __init__(self, send: Send, *, rng: random.Random | None = None, log: Any = None,
-                 backlog_max: int = BACKLOG_MAX) -> None:
+                 backlog_max: int = BACKLOG_MAX, runtime: Runtime = THREADS) -> None:
         self._send = send
         self.log = log if log is not None else structlog.get_logger().bind(component="uplink")
         self.schedule = UplinkSchedule(rng=rng, backlog_max=backlog_max)
+        self._runtime = runtime
         self._cv = threading.Condition()
         self._closed = False
+        self._timer: Timer | None = None
+        self._timer_due = math.inf
+        self.stopped = threading.Event()  # set when the thread has ended
         self.send_errors = 0
-        self._thread = threading.Thread(target=self._run, name="uplink-sender", daemon=True)
-        self._thread.start()
+        runtime.spawn(self._run, name="uplink-sender")
 
     def set_links(self, specs: dict[str, LinkSpec]) -> None:
         with self._cv:
@@ -246,25 +255,45 @@ class UplinkSender:
     def submit(self, host: str, bridge: str, frame: bytes) -> None:
         """A frame leaves ``bridge`` through the uplink to ``host`` (never blocks)."""
         with self._cv:
-            due = self.schedule.submit(time.monotonic(), host, bridge, frame)
+            due = self.schedule.submit(self._runtime.monotonic(), host, bridge, frame)
             if due is not None and due == self.schedule.next_due():
-                self._cv.notify()  # the earliest now: the thread may be sleeping longer
+                self._wake_at(due)  # the earliest now: the thread may be sleeping longer
+
+    def _wake_at(self, due: float) -> None:
+        """Under the lock: have the thread look again at ``due``."""
+        delay = due - self._runtime.monotonic()
+        if delay <= 0:
+            self._cv.notify()
+        elif due < self._timer_due:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_due = due
+            self._timer = self._runtime.call_later(delay, self._due)
+
+    def _due(self) -> None:
+        with self._cv:
+            self._timer, self._timer_due = None, math.inf
+            self._cv.notify()
 
     def _run(self) -> None:
-        with self._cv:
-            while not self._closed:
-                now = time.monotonic()
-                batches = self.schedule.pop_due(now)
-                if not batches:
-                    due = self.schedule.next_due()
-                    self._cv.wait(None if due is None else due - now)
-                    continue
-                self._cv.release()  # send without holding up the submitters
-                try:
-                    for batch in batches:
-                        self._deliver(*batch)
-                finally:
-                    self._cv.acquire()
+        try:
+            with self._cv:
+                while not self._closed:
+                    batches = self.schedule.pop_due(self._runtime.monotonic())
+                    if not batches:
+                        due = self.schedule.next_due()
+                        if due is not None:
+                            self._wake_at(due)
+                        self._cv.wait()
+                        continue
+                    self._cv.release()  # send without holding up the submitters
+                    try:
+                        for batch in batches:
+                            self._deliver(*batch)
+                    finally:
+                        self._cv.acquire()
+        finally:
+            self.stopped.set()
 
     def _deliver(self, host: str, bridge: str, frames: list[bytes]) -> None:
         try:
@@ -282,8 +311,10 @@ class UplinkSender:
         """Stop the thread; frames still queued are dropped."""
         with self._cv:
             self._closed = True
+            if self._timer is not None:
+                self._timer.cancel()
             self._cv.notify()
-        self._thread.join(timeout=5)
+        self.stopped.wait(timeout=5)
 
 
 def save_peers(xs: Any, specs: dict[str, LinkSpec]) -> None:

@@ -2,16 +2,20 @@
 
 It holds Dom0's credential with its own endpoint (``<host>/netback``), so the ports it binds
 raise their upcalls here, and its own xenstore connection, whose watch events are pushed
-here as ``xs_event``. Restartable (DESIGN.md "Failure semantics"): Ray re-runs ``__init__``
-after a crash, :meth:`Netback.start` recovers every vif from xenstore (the frontends
-reconnect, reference 19.4) and the peers are read back from xenstore.
+here as ``xs_event``. The control path is the xenbus backend core with netback's driver
+(xenbus.py), run by the shared executor (actors/xenbus/backend_io.py); the data path is
+vif.py's :class:`NetbackVifs` on the host's bridges (actors/hostnet/). Restartable
+(DESIGN.md "Failure semantics"): Ray re-runs ``__init__`` after a crash, the executor's
+start recovers every vif from xenstore (the frontends reconnect, reference 19.4) and the
+peers are read back from xenstore.
 
 The inter-host network: ``set_peers`` gives every bridge an uplink per peer host; frames
 for host X wait in the :class:`UplinkSender` until their link delivers them, then go one-way
 to ``<X>/netback`` as ``frames(this host, bridge, [frame, ...])``. The peers are kept in
 xenstore (``uplink.save_peers``), so a restarted netback rejoins the mesh. One Ray call
 carries a batch, and calls may run on the actor's several threads, so frames can arrive
-reordered, as on a real network.
+reordered, as on a real network. Threads and timers (the sender, the credit timers) come
+from ``runtime``.
 """
 
 from __future__ import annotations
@@ -23,27 +27,36 @@ import ray
 
 from actors import log as xlog
 from actors.hostnet.link import LinkSpec
-from actors.hostnet.uplink import UplinkSender, load_peers, save_peers
-from actors.netback.xenbus import Netback
+from actors.hostnet.uplink import (CAPTURE_MAX, HostBridges, UplinkSender, load_peers,
+                                   save_peers)
+from actors.netback.vif import NetbackVifs
+from actors.netback.xenbus import NetbackDriver
+from actors.runtime import THREADS, Runtime
+from actors.transport import Endpoint
 from actors.transport.clients import HostClients, host_clients
 from actors.transport.naming import actor_name
-from actors.transport import Endpoint
 from actors.transport.raycall import RayEndpoint
+from actors.xenbus.backend import XenbusBackend
+from actors.xenbus.backend_io import BackendIO
 
 
 class NetbackShell(Endpoint):
     """netback and the host's uplinks over Dom0's clients on endpoint ``<host>/netback`` (the
     in-process test host runs this very class; :class:`NetbackActor` is it as a Ray actor)."""
 
-    def __init__(self, host: str, clients: HostClients, log: Any) -> None:
+    def __init__(self, host: str, clients: HostClients, log: Any,
+                 runtime: Runtime = THREADS) -> None:
         self.host, self.log = host, log
         self.transport, self.xs = clients.transport, clients.xs
-        self.netback = Netback(host, clients.hv, self.xs, self.log)
-        self.sender = UplinkSender(self._send, log=self.log)
+        self.bridges = HostBridges()
+        self.vifs = NetbackVifs(clients.hv, self.bridges, runtime)
+        self.backend = BackendIO(XenbusBackend(NetbackDriver()), clients.hv, self.xs,
+                                 self.vifs, log)
+        self.sender = UplinkSender(self._send, log=self.log, runtime=runtime)
         self.peers: dict[str, LinkSpec] = load_peers(self.xs)
         self._apply_peers()
-        self.netback.start()
-        self.log.info("netback up", vifs=len(self.netback.devices))
+        self.backend.start()
+        self.log.info("netback up", vifs=len(self.backend.core.devices))
 
     def _send(self, host: str, bridge: str, frames: list[bytes]) -> None:
         self.transport.send(actor_name(host, "netback"), "frames", self.host, bridge, frames)
@@ -51,13 +64,14 @@ class NetbackShell(Endpoint):
     # -- Dom0's events ---------------------------------------------------------------------
 
     def on_upcall(self, domid: int, ports: list[int]) -> None:
-        self.netback.upcall(ports)
+        self.vifs.upcall(ports)
 
     def on_xs_event(self, data: bytes) -> None:
         self.xs.on_event(data)
 
     def on_statistics(self) -> dict[str, Any]:
-        return {**self.netback.statistics(), "uplinks": self.sender.statistics()}
+        return {**self.backend.statistics(), **self.bridges.bridge_statistics(),
+                "uplinks": self.sender.statistics()}
 
     # -- the cluster's network -------------------------------------------------------------
 
@@ -83,23 +97,23 @@ class NetbackShell(Endpoint):
     def _apply_peers(self) -> None:
         save_peers(self.xs, self.peers)
         self.sender.set_links(self.peers)
-        self.netback.set_peers(self.sender.submit, self.peers)
+        self.bridges.set_peers(self.sender.submit, self.peers)
 
     def on_frames(self, from_host: str, bridge: str, frames: list[bytes]) -> None:
-        self.netback.from_uplink(bridge, from_host, frames)
+        self.bridges.from_uplink(bridge, from_host, frames)
 
-    def on_capture_start(self, bridge: str) -> int:
-        return self.netback.capture_start(bridge)
+    def on_capture_start(self, bridge: str, limit: int = CAPTURE_MAX) -> int:
+        return self.bridges.capture_start(bridge, limit)
 
     def on_capture_read(self, capture_id: int) -> list[list]:
-        return self.netback.capture_read(capture_id)
+        return self.bridges.capture_read(capture_id)
 
     def on_capture_stop(self, capture_id: int) -> None:
-        self.netback.capture_stop(capture_id)
+        self.bridges.capture_stop(capture_id)
 
     def close(self) -> None:
         self.sender.close()
-        self.netback.close()
+        self.backend.close()
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=8)

@@ -1,4 +1,4 @@
-"""netback's data path for one connected vif: the guest's tx ring to the bridge, the bridge to
+"""netback's data path: for each connected vif, the guest's tx ring to the bridge, the bridge to
 its rx ring (Linux ``drivers/net/xen-netback/netback.c`` and ``rx.c``, one queue).
 
 tx (``xenvif_tx_build_gops``): every published slot is copied out of the ring, read as
@@ -15,20 +15,37 @@ of its page and answered in the *same* slot (xen-reference.md 9, 19.5) with stat
 with no request posted it waits in a bounded queue (RX_QUEUE_MAX, like a full qdisc: drop
 and count), and the backend arms ``req_event`` so that posting more requests kicks it. One
 event channel serves both rings, so :meth:`NetbackVif.process_tx` also serves that queue.
+xl.cfg's ``rate=`` holds tx packets on the ring until the credit (credit.py) refills.
 
 Grants are persistent (a documented deviation: Linux grant-copies per packet): each gref
 is mapped on first use through ``map_grant`` and kept until the connection ends; the
 owner unmaps them (``GrantMaps.unmap_all``) after :meth:`NetbackVif.close`.
+
+:class:`NetbackVifs` is the data path of every vif of the host (Linux ``struct xenvif``):
+the vif's port on its bridge (``vif-bridge``), the rings served when Dom0's port fires or
+the credit timer runs, frames from the bridge into the guest, and a word to the control
+path when a frontend broke its rings. Timers go through the injected runtime. Frames a vif
+sends reach the bridge while no lock of ours is held (the vif calls ``deliver`` outside its
+own), so two vifs forwarding to each other never wait on each other.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import functools
 import threading
-import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from actors.hostnet.uplink import HostBridges
+from actors.netback.credit import TxCredit
+from actors.runtime import THREADS, Runtime, Timer
+from actors.xenbus.backend_io import Key, RingBrokenFn
+from actors.xenbus.grant_map import GrantMaps, Rings
 from protocols.errno import Errno, XenError
+from protocols.hypercall import EvtchnOp, Hypercall
 from protocols.netif import (FATAL_SKB_SLOTS, NETIF_RSP_ERROR, NETIF_RSP_OKAY, RX_SLOT_SIZE,
                              TX_SLOT_SIZE, NetifExtraType, NetifRxRequest, NetifRxResponse,
                              NetRxFlag, TxPacket, tx_packet_chain)
@@ -44,44 +61,6 @@ Kick = Callable[[], None]
 
 _MCAST = frozenset((NetifExtraType.MCAST_ADD, NetifExtraType.MCAST_DEL))
 _RX_FLAGS = int(NetRxFlag.data_validated)
-
-
-class TxCredit:
-    """The vif's transmit credit (Linux ``tx_credit_exceeded`` / ``tx_add_credit``), from
-    the backend's ``rate`` node ("bytes,usec", libxl from xl.cfg's ``rate=``): the guest may
-    send ``credit_bytes`` every ``credit_usec``. A packet over the credit waits, on the ring,
-    for the next refill; one larger than a whole credit goes when the credit is full."""
-
-    def __init__(self, credit_bytes: int, credit_usec: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        if credit_bytes <= 0 or credit_usec <= 0:
-            raise ValueError(f"rate {credit_bytes},{credit_usec}: both must be positive")
-        self.credit_bytes, self.period = credit_bytes, credit_usec / 1e6
-        self._clock = clock
-        self.remaining = credit_bytes
-        self.next_credit = clock() + self.period
-
-    @classmethod
-    def parse(cls, node: str | None, clock: Callable[[], float] = time.monotonic
-              ) -> TxCredit | None:
-        """From the ``rate`` node; None when absent, empty or unreadable (no limit)."""
-        try:
-            nbytes, usec = (int(x) for x in (node or "").split(","))
-            return cls(nbytes, usec, clock)
-        except ValueError:
-            return None
-
-    def take(self, size: int) -> float:
-        """Charge ``size`` bytes and return 0.0, or return the seconds until the refill that
-        will let them go (nothing charged)."""
-        now = self._clock()
-        if now >= self.next_credit:
-            self.remaining = self.credit_bytes
-            self.next_credit = now + self.period
-        if size <= self.remaining or self.remaining == self.credit_bytes:
-            self.remaining = max(0, self.remaining - size)
-            return 0.0
-        return self.next_credit - now
 
 
 class NetbackVif:
@@ -292,3 +271,154 @@ class NetbackVif:
             self._rx_grants.clear()
             self._tx.release()
             self._rx.release()
+
+
+@dataclasses.dataclass(eq=False)
+class Xenvif:
+    """One vif's data path (Linux ``struct xenvif``): its bridge port, the rings serving it."""
+
+    bridge: str
+    name: str  # the bridge port: vif<domid>.<devid>
+    vif: NetbackVif | None = None
+    kick: Kick | None = None
+    port: int | None = None  # Dom0's port of the connection
+    conn: int = 0
+    credit_timer: Timer | None = None  # pending while a rate holds tx back
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    past: Counter = dataclasses.field(default_factory=Counter)  # closed rings, carrier drops
+
+
+class NetbackVifs:
+    """netback's data path for the host: the :class:`~actors.xenbus.backend_io.DataPath` of
+    the vifs, on ``bridges``. ``hv`` is Dom0's hypercall client (the kicks); :meth:`upcall`
+    is fed Dom0's ports; ``runtime`` runs the credit timers and reads the clock."""
+
+    def __init__(self, hv: Any, bridges: HostBridges, runtime: Runtime = THREADS) -> None:
+        self.hv, self.bridges, self.runtime = hv, bridges, runtime
+        self.on_broken: RingBrokenFn | None = None
+        self._vifs: dict[Key, Xenvif] = {}
+        self._by_port: dict[int, Key] = {}
+
+    def probe(self, key: Key, config: Any) -> dict[str, Any]:
+        """``netback_probe``: nothing to open; the vif is known from now on."""
+        if key not in self._vifs:
+            self._vifs[key] = Xenvif(config.bridge, config.name)
+        return {}
+
+    def hotplug(self, key: Key, config: Any) -> None:
+        """``vif-bridge online``: the vif joins its bridge (a port of that name left by an
+        earlier device goes)."""
+        bridge = self.bridges.bridge(config.bridge)
+        bridge.remove_port(config.name)
+        bridge.add_port(config.name, functools.partial(self._to_guest, key))
+
+    def connect(self, key: Key, conn: int, rings: Rings, grants: GrantMaps, port: int,
+                params: Any) -> None:
+        xv = self._vifs[key]
+        vif = NetbackVif(rings[0][1], rings[1][1], grants.map,
+                         functools.partial(self.bridges.bridge(xv.bridge).receive, xv.name),
+                         credit=TxCredit.parse(params.rate, self.runtime.monotonic),
+                         reschedule=functools.partial(self._credit_timer, key))
+        with xv.lock:
+            xv.vif, xv.port, xv.conn = vif, port, conn
+            xv.kick = functools.partial(self.hv.post, Hypercall.event_channel_op,
+                                        EvtchnOp.send, port=port)
+        self._by_port[port] = key
+
+    def quiesce(self, key: Key) -> None:
+        """netback disconnects on Closing instead."""
+
+    def disconnect(self, key: Key) -> None:
+        """``xenvif_disconnect_data``: the vif stops serving (its lock is not held while it
+        closes: the vif calls the credit timer under its own)."""
+        xv = self._vifs.get(key)
+        if xv is None:
+            return
+        with xv.lock:
+            vif, port, timer = xv.vif, xv.port, xv.credit_timer
+            xv.vif = xv.kick = xv.port = xv.credit_timer = None
+        if timer is not None:
+            timer.cancel()
+        if vif is not None:
+            vif.close()
+            with xv.lock:
+                xv.past.update(vif.statistics())
+        if port is not None and self._by_port.get(port) == key:
+            del self._by_port[port]
+
+    def remove(self, key: Key, config: Any) -> None:
+        """``vif-bridge offline``: off its bridge."""
+        self._vifs.pop(key, None)
+        bridge = self.bridges.bridges.get(config.bridge)
+        if bridge is not None:
+            bridge.remove_port(config.name)
+
+    def statistics(self, key: Key) -> Mapping[str, int]:
+        xv = self._vifs.get(key)
+        if xv is None:
+            return {}
+        with xv.lock:
+            counts, vif = Counter(xv.past), xv.vif
+        if vif is not None:
+            counts.update(vif.statistics())
+        return dict(counts)
+
+    # -- serving -------------------------------------------------------------------------
+
+    def upcall(self, ports: list[int]) -> None:
+        """Dom0's ports fired: each vif behind one fills newly posted rx buffers and takes
+        its tx requests (the frames go to its bridge as they are read)."""
+        for port in ports:
+            key = self._by_port.get(port)
+            xv = self._vifs.get(key) if key is not None else None
+            if xv is not None and xv.port == port:
+                self._serve(key, xv)
+
+    def _serve(self, key: Key, xv: Xenvif) -> None:
+        with xv.lock:
+            vif, kick, conn = xv.vif, xv.kick, xv.conn
+        if vif is not None:
+            reason = vif.process_tx(kick)
+            if reason:
+                self._broken(key, xv, vif, conn, reason)
+
+    def _credit_timer(self, key: Key, seconds: float) -> None:
+        """``credit_timeout``: serve the vif again when its transmit credit refills (one
+        timer at a time per vif)."""
+        xv = self._vifs.get(key)
+        if xv is None:
+            return
+        with xv.lock:
+            if xv.credit_timer is None and xv.vif is not None:
+                xv.credit_timer = self.runtime.call_later(seconds, self._credit_due, key,
+                                                          xv.vif)
+
+    def _credit_due(self, key: Key, vif: NetbackVif) -> None:
+        xv = self._vifs.get(key)
+        if xv is None:
+            return
+        with xv.lock:
+            if xv.vif is not vif:
+                return
+            xv.credit_timer = None
+        self._serve(key, xv)
+
+    def _to_guest(self, key: Key, frame: bytes) -> None:
+        """The bridge sends ``frame`` out of the vif's port: into the guest's rx ring."""
+        xv = self._vifs.get(key)
+        if xv is None:
+            return
+        with xv.lock:
+            vif, kick, conn = xv.vif, xv.kick, xv.conn
+            if vif is None:
+                xv.past["carrier_dropped"] += 1
+                return
+        vif.transmit(frame, kick)
+        if vif.disconnected:  # the frontend broke its rx ring
+            self._broken(key, xv, vif, conn, vif.disconnected)
+
+    def _broken(self, key: Key, xv: Xenvif, vif: NetbackVif, conn: int, reason: str) -> None:
+        """``xenvif_fatal_tx_err``: tell the control path, unless ``vif`` was disconnected
+        meanwhile."""
+        if xv.vif is vif and self.on_broken is not None:
+            self.on_broken(key, conn, reason)

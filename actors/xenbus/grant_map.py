@@ -3,6 +3,8 @@
 Xen's ``GNTTABOP_map_grant_ref`` answers with the granter's memory file and the frame; the
 backend maps exactly that 4 KiB page (DESIGN.md "Memory"). ``GNTTABOP_unmap_grant_ref``
 lets the granter end its grant again (while mapped, ``gnttab_end_foreign_access`` fails).
+:func:`map_rings` and :func:`unmap_rings` are ``xenbus_map_ring_valloc`` (plus the
+``bind_interdomain`` that goes with it) and ``xenbus_unmap_ring_vfree``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from typing import Any
 from actors.memory import Mapping
 from protocols.errno import Errno, XenError
 from protocols.gnttab import GNTMAP, GNTST
-from protocols.hypercall import GnttabOp, Hypercall
+from protocols.hypercall import EvtchnOp, GnttabOp, Hypercall
+
+Rings = tuple[tuple[int, memoryview], ...]  # (gref, page) of each mapped ring
 
 
 class GrantMaps:
@@ -62,3 +66,26 @@ class GrantMaps:
                 mapping.close()
                 self._unmap_handle(handle, bus)
         self._maps.clear()
+
+
+def map_rings(hv: Any, domid: int, grefs: tuple[int, ...], evtchn: int
+              ) -> tuple[GrantMaps, Rings, int]:
+    """Map ``domid``'s ring pages ``grefs`` writable and bind its port ``evtchn``, all or
+    nothing (XenError, nothing held). Returns the maps, the rings and Dom0's port."""
+    grants, rings = GrantMaps(hv, domid), []
+    try:
+        for gref in grefs:
+            rings.append((gref, grants.map(gref, False)))
+        port = hv(Hypercall.event_channel_op, EvtchnOp.bind_interdomain, remote_dom=domid,
+                  remote_port=evtchn)["local_port"]
+    except BaseException:
+        unmap_rings(grants, tuple(rings))
+        raise
+    return grants, tuple(rings), port
+
+
+def unmap_rings(grants: GrantMaps, rings: Rings) -> None:
+    """Unmap the rings, and every grant their requests left mapped."""
+    for gref, page in rings:
+        grants.unmap(gref, page)
+    grants.unmap_all()

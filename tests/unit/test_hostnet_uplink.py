@@ -1,10 +1,9 @@
 """The frames in flight between hosts (actors.hostnet.uplink): when each arrives, batching,
-the backlog bound, and the sender thread. Link shaping itself is link.py's (tc netem)."""
+the backlog bound, and the sender thread (on the ``clock`` fixture's time). Link shaping
+itself is link.py's (tc netem)."""
 
 import random
-import threading
 import time
-import uuid
 
 import pytest
 from hypothesis import given
@@ -12,7 +11,6 @@ from hypothesis import strategies as st
 
 from actors.hostnet.link import LinkSpec
 from actors.hostnet.uplink import PEERS, UplinkSchedule, UplinkSender, load_peers, save_peers
-from tests.inprocess import InProcessHost
 
 
 def _schedule(**specs: LinkSpec) -> UplinkSchedule:
@@ -91,44 +89,60 @@ def test_uplink_every_frame_is_sent_once_in_order_or_counted_dropped(offers, los
     assert stats["frames"] + dropped == len(offers) and stats["queued"] == 0
 
 
-def test_uplink_sender_thread_sends_each_batch_when_due_and_survives_send_errors():
-    got, done = [], threading.Event()
+def _until(predicate, what: str, timeout: float = 5.0) -> None:
+    """Poll until ``predicate()`` (the sender is a thread of its own)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.001)
+
+
+def test_uplink_sender_thread_sends_each_batch_when_due_and_survives_send_errors(clock):
+    got = []
 
     def send(host, bridge, frames):
         if frames == [b"boom"]:
             raise ConnectionError("peer gone")
-        got.append((host, bridge, frames, time.monotonic()))
-        done.set()
+        got.append((host, bridge, frames, clock.monotonic()))
 
-    sender = UplinkSender(send, rng=random.Random(1))
+    sender = UplinkSender(send, rng=random.Random(1), runtime=clock)
     try:
         sender.set_links({"h2": LinkSpec(latency_s=0.05)})
+        t0 = clock.monotonic()
         sender.submit("h2", "xenbr0", b"boom")
-        t0 = time.monotonic()
         sender.submit("h2", "xenbr1", b"late")
-        assert done.wait(5), "the batch was never sent"
+        assert clock.pending() == 1  # one timer: the earliest frame's
+        clock.advance(0.04)
+        assert got == [] and sender.statistics()["queued"] == 2  # not before its link delivers
+        clock.advance(0.02)
+        _until(lambda: got and sender.statistics()["send_errors"] == 1, "both batches")
         host, bridge, frames, at = got[0]
         assert (host, bridge, frames) == ("h2", "xenbr1", [b"late"])
-        assert at - t0 >= 0.05 - 0.002  # not before its link delivers it
-        deadline = time.monotonic() + 5
-        while sender.statistics()["send_errors"] != 1:
-            assert time.monotonic() < deadline, "the failed send was not counted"
-            time.sleep(0.001)
+        assert at >= t0 + 0.05
+        assert sender.statistics()["queued"] == 0 and clock.pending() == 0
     finally:
         sender.close()
-    assert not sender._thread.is_alive()
+    assert sender.stopped.is_set()
 
 
-def test_uplink_peers_kept_in_xenstore_survive_a_restart():
-    host = InProcessHost(f"/dev/shm/xenray-test-uplink-{uuid.uuid4().hex[:12]}")
+def test_uplink_sender_sends_an_undelayed_frame_without_a_timer(clock):
+    got = []
+    sender = UplinkSender(lambda *batch: got.append(batch), runtime=clock)
     try:
-        assert load_peers(host.xs) == {}
-        specs = {"h2": LinkSpec(bandwidth_bps=1e8, latency_s=0.005, loss=0.01),
-                 "h3": LinkSpec()}
-        save_peers(host.xs, specs)
-        assert load_peers(host.xs) == specs
-        save_peers(host.xs, {"h3": LinkSpec(latency_s=0.001)})  # h2 left the cluster
-        assert load_peers(host.xs) == {"h3": LinkSpec(latency_s=0.001)}
-        assert host.xs.directory(PEERS) == ["h3"]
+        sender.set_links({"h2": LinkSpec()})
+        sender.submit("h2", "xenbr0", b"now")
+        _until(lambda: got, "the frame")
+        assert got == [("h2", "xenbr0", [b"now"])] and clock.pending() == 0
     finally:
-        host.close()
+        sender.close()
+
+
+def test_uplink_peers_kept_in_xenstore_survive_a_restart(host):
+    assert load_peers(host.xs) == {}
+    specs = {"h2": LinkSpec(bandwidth_bps=1e8, latency_s=0.005, loss=0.01),
+             "h3": LinkSpec()}
+    save_peers(host.xs, specs)
+    assert load_peers(host.xs) == specs
+    save_peers(host.xs, {"h3": LinkSpec(latency_s=0.001)})  # h2 left the cluster
+    assert load_peers(host.xs) == {"h3": LinkSpec(latency_s=0.001)}
+    assert host.xs.directory(PEERS) == ["h3"]

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from actors.netback.vif import RX_QUEUE_MAX, NetbackVif, TxCredit
+from actors.netback.credit import TxCredit
+from actors.netback.vif import RX_QUEUE_MAX, NetbackVif
 from protocols.errno import Errno, XenError
 from protocols.netif import (FATAL_SKB_SLOTS, NETIF_RSP_ERROR, NETIF_RSP_NULL, NETIF_RSP_OKAY,
                              RX_RING_SIZE, RX_SLOT_SIZE, TX_RING_SIZE, TX_SLOT_SIZE, NetifExtraGso,
@@ -357,49 +358,40 @@ def test_netback_19_2_any_bytes_in_the_rings_never_raise(slots, req_prod, rx_pro
     assert s["tx_packets"] == len(g.delivered)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_netback_rate_credit_refills_each_period_and_lets_a_big_packet_through_when_full():
-    clock = Clock()
-    credit = TxCredit(3000, 100_000, clock)  # 3000 bytes every 100 ms
+def test_netback_rate_credit_refills_each_period_and_lets_a_big_packet_through_when_full(clock):
+    credit = TxCredit(3000, 100_000, clock.monotonic)  # 3000 bytes every 100 ms
     assert credit.take(1000) == 0.0 and credit.take(2000) == 0.0
     assert credit.take(10) == pytest.approx(0.1)  # nothing left until the refill
-    clock.now += 0.1
+    clock.advance(0.1)
     assert credit.take(5000) == 0.0, "bigger than a whole credit: goes when the credit is full"
     assert credit.take(1) == pytest.approx(0.1)
-    assert TxCredit.parse("3000,100000", clock).credit_bytes == 3000
-    assert TxCredit.parse(None) is None and TxCredit.parse("junk") is None
+    assert TxCredit.parse("3000,100000", clock.monotonic).credit_bytes == 3000
+    assert TxCredit.parse(None, clock.monotonic) is None
+    assert TxCredit.parse("junk", clock.monotonic) is None
     with pytest.raises(ValueError):
-        TxCredit(0, 100)
+        TxCredit(0, 100, clock.monotonic)
 
 
-def test_netback_rate_holds_tx_on_the_ring_until_the_credit_timer():
+def test_netback_rate_holds_tx_on_the_ring_until_the_credit_timer(clock):
     """xl.cfg ``rate=``: frames over the credit stay unanswered on the guest's tx ring (it
     fills: backpressure, nothing dropped) and go when the credit timer runs process_tx."""
-    clock = Clock()
-    timers: list[float] = []
     g = Guest()
     frame = udp_frame(bytes(958))  # 1000 bytes
     g.vif = NetbackVif(memoryview(g.tx_ring), memoryview(g.rx_ring), g.map_grant,
-                       g.delivered.append, credit=TxCredit(2500, 50_000, clock),
-                       reschedule=timers.append)
+                       g.delivered.append, credit=TxCredit(2500, 50_000, clock.monotonic),
+                       reschedule=lambda seconds: clock.call_later(seconds, g.process))
     for i in range(5):
         g.queue_frame(frame, gref=TX_GREFS[i], id_=i)
     g.tx.push_requests()
     assert g.process() == ""
-    assert len(g.delivered) == 2 and timers == [pytest.approx(0.05)]
+    assert len(g.delivered) == 2 and clock.pending() == 1
     assert [r.id for r in g.tx_responses()] == [0, 1]
     assert g.vif.statistics()["tx_held"] == 3
-    clock.now += 0.05
-    g.process()  # the timer fires
-    clock.now += 0.05
-    g.process()
-    assert g.delivered == [frame] * 5
+    clock.advance(0.049)
+    assert len(g.delivered) == 2
+    assert clock.advance(0.001) == 1  # the timer fires: two more
+    assert len(g.delivered) == 4
+    clock.advance(0.05)
+    assert g.delivered == [frame] * 5 and clock.pending() == 0
     assert [r.id for r in g.tx_responses()] == [2, 3, 4]
     assert g.vif.statistics()["tx_held"] == 0 and g.vif.statistics()["credit_waits"] == 2
