@@ -36,6 +36,7 @@ from cluster.runtime import EmbeddedRay, connect, disconnect, discover_hosts, is
 from cluster.xlcfg import DomainConfig, load_config, parse_config
 
 CALL_TIMEOUT_S = 30.0  # a host that takes longer than this to answer is reported unreachable
+CREATE_TIMEOUT_S = 300.0  # create waits for the backends (40 s) and the init (30 s) itself
 
 
 class DomainNotFound(KeyError):
@@ -196,7 +197,7 @@ class Cluster:
         cfg = _as_config(config)
         host = host or self.hosts[next(self._rr) % len(self.hosts)]
         self._check_host(host)
-        return self._call(host, "xl", "create", cfg.to_dict(), name)
+        return self._call(host, "xl", "create", cfg.to_dict(), name, timeout=CREATE_TIMEOUT_S)
 
     def find(self, name: str) -> tuple[str, int] | None:
         """``(host, domid)`` of the domain named ``name``, or None (also while its first
@@ -233,7 +234,7 @@ class Cluster:
         return self._each_host(one, errors)
 
     def destroy(self, name: str) -> None:
-        self._call(self._where(name), "xl", "destroy", name)
+        self._call(self._where(name), "xl", "destroy", name, timeout=CREATE_TIMEOUT_S)
 
     def pause(self, name: str) -> None:
         self._call(self._where(name), "xl", "pause", name)
