@@ -9,7 +9,8 @@ from typing import Any
 
 import ray
 from rich.console import Console
-from rich.table import Table
+
+from cluster.report import text_table
 
 
 @ray.remote
@@ -32,16 +33,15 @@ class BenchResult:
     notes: list[str] = dataclasses.field(default_factory=list)
 
     def print(self, out: Console, as_json: bool = False) -> None:
+        """A plain-text table (never cut, whatever the width) and the notes; or JSON."""
         if as_json:
             print(json.dumps({"benchmark": self.name, "title": self.title, "rows": self.rows,
                               "notes": self.notes}))
             return
-        table = Table(title=self.title, header_style="bold")
-        for i, (_, heading, _) in enumerate(self.columns):
-            table.add_column(heading, justify="left" if i == 0 else "right", no_wrap=True)
-        for row in self.rows:
-            table.add_row(*(_cell(row.get(key), fmt) for key, _, fmt in self.columns))
-        out.print(table)
+        columns = [(heading, "left" if i == 0 else "right")
+                   for i, (_, heading, _) in enumerate(self.columns)]
+        cells = [[_cell(row.get(key), fmt) for key, _, fmt in self.columns] for row in self.rows]
+        out.print(f"{self.title}\n{text_table(columns, cells)}", markup=False, highlight=False)
         for note in self.notes:
             out.print(note, markup=False, highlight=False)
 
