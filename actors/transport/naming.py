@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 from typing import Any
 
 NAMESPACE = "xenray"
@@ -60,6 +61,11 @@ def ray_environment(*, local: bool = True) -> dict[str, str]:
     ``local``: the cluster runs on this machine only (loopback), and a token is made for it
     if none is set. Otherwise the token must already be in the environment."""
     env = {**RAY_ENV, **(LOCAL_ENV if local else {})}
+    missing = [key for key in env if key not in os.environ]
+    if missing and "ray" in sys.modules:
+        raise RuntimeError(f"ray was imported before xenray set {', '.join(missing)}: call "
+                           "actors.transport.naming.ray_environment() (the Cluster API, the "
+                           "CLI and the tests do) before anything imports ray")
     for key, value in env.items():
         os.environ.setdefault(key, value)
     if os.environ["RAY_AUTH_MODE"] == "token" and not any(os.environ.get(v) for v in TOKEN_VARS):

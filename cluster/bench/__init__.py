@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from actors.transport.naming import ray_environment
+
 BENCHMARKS = {
     "hypercall": "cluster.bench.hypercall:bench_hypercall",
     "create": "cluster.bench.create:bench_create",
@@ -22,6 +24,7 @@ BENCHMARKS = {
 
 def run(name: str, out, a: argparse.Namespace) -> int:
     """Run benchmark ``name`` with the CLI's arguments and print its result."""
+    ray_environment(local=True)  # the benchmarks import ray: the environment comes first
     module, _, fn = BENCHMARKS[name].partition(":")
     result = getattr(importlib.import_module(module), fn)(out, a)
     result.print(out, as_json=getattr(a, "json", False))
