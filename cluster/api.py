@@ -22,6 +22,8 @@ import itertools
 import json
 import os
 import pathlib
+import shutil
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -56,14 +58,18 @@ class Cluster:
     def __init__(self, hosts: int | Sequence[str] = 2, *, address: str | None = None,
                  boot: bool | None = None, host_memory_mib: int = 2048, host_cpus: int = 2,
                  dom0_memory_mib: int = 256, run_id: str | None = None,
+                 run_dir: str | os.PathLike | None = None,
                  progress: Callable[[str], None] | None = None):
+        """``run_dir``: where the hosts' xenstored sockets go; by default a directory of this
+        run's own, so clusters sharing one ``$XENRAY_HOME`` never take each other's (the
+        daemon of ``xenray up`` passes ``$XENRAY_HOME/run``)."""
         names = [f"h{i + 1}" for i in range(hosts)] if isinstance(hosts, int) else list(hosts)
         self.specs = {n: HostSpec(n, host_memory_mib, host_cpus, dom0_memory_mib)
                       for n in names}
         self.address = address
         self.boot = address is None if boot is None else boot
         self.run_id = run_id or uuid.uuid4().hex[:8]
-        self.run_dir = str(home.run_dir())
+        self.run_dir = str(run_dir or home.run_dir() / self.run_id)
         self.log_dir = str(home.logs_dir() / self.run_id)
         self._progress = progress or (lambda msg: None)
         self._embedded: EmbeddedRay | None = None
@@ -80,14 +86,30 @@ class Cluster:
         """The cluster ``xenray up`` runs, joined from a script (changes nothing in it; its
         token, from ``$XENRAY_HOME/run``, is set before Ray is imported)."""
         rec = home.read_record()
-        if rec is None or not home.alive(rec["pid"]):
+        if rec is None or not home.daemon_alive(rec["pid"]):
             raise ValueError("no cluster is running; start one with `xenray up`")
-        os.environ.setdefault("RAY_AUTH_TOKEN_PATH", rec["token"])
-        return cls(rec["hosts"], address=rec["address"], run_id=rec["run_id"]).start()
+        token = pathlib.Path(rec["token"]).read_text().strip()
+        if _token_in_environment() != token:
+            if "ray" in sys.modules:
+                raise RuntimeError("ray was imported before Cluster.running() could set the "
+                                   "cluster's token; call it first")
+            os.environ.pop("RAY_AUTH_TOKEN", None)  # it would win over the path
+            os.environ["RAY_AUTH_TOKEN_PATH"] = rec["token"]
+        return cls(rec["hosts"], address=rec["address"], run_id=rec["run_id"],
+                   run_dir=home.run_dir()).start()
 
     # -- life cycle ----------------------------------------------------------------------
 
     def start(self) -> Cluster:
+        """Start (embedded) or join (attach) the cluster; what it started is stopped again if
+        it fails half way."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> Cluster:
         if self.address is None:
             self._progress(f"starting an embedded Ray cluster with {len(self.specs)} hosts")
             self._embedded = EmbeddedRay({n: {"cpus": s.pcpus} for n, s in self.specs.items()})
@@ -113,7 +135,12 @@ class Cluster:
         return self
 
     def _boot(self, spec: HostSpec) -> None:
-        boot_host(spec, run_id=self.run_id, run_dir=self.run_dir, log_dir=self.log_dir)
+        """Boot one host; a host that fails half way is stopped at once (what it started)."""
+        try:
+            boot_host(spec, run_id=self.run_id, run_dir=self.run_dir, log_dir=self.log_dir)
+        except BaseException:
+            stop_host(spec.name, run_id=self.run_id, run_dir=self.run_dir)
+            raise
 
     def _wire_network(self) -> None:
         """Give every host's bridges an uplink to every other host: a full mesh, over Ray
@@ -122,23 +149,39 @@ class Cluster:
             self._call(host, "netback", "set_peers", [h for h in self.hosts if h != host])
 
     def stop(self) -> None:
+        """Stop what this object started (every host it booted, even if one fails to stop,
+        the registry, the embedded Ray cluster); leave a joined cluster as it is."""
         for name in self._booted:  # first the uplinks, so no frames are in flight to a host
             try:                   # being stopped
                 self._call(name, "netback", "set_peers", [], timeout=10)
             except HostUnreachable:
                 pass
+        failures: list[BaseException] = []
         for name in self._booted:
             self._progress(f"stopping host {name}")
-            stop_host(name, run_id=self.run_id, run_dir=self.run_dir)
+            try:
+                stop_host(name, run_id=self.run_id, run_dir=self.run_dir)
+            except Exception as e:  # the others are stopped all the same
+                failures.append(e)
         self._booted.clear()
-        if self._booted_registry:
-            stop_registry()
-            self._booted_registry = False
-        if self._embedded is not None:
-            self._embedded.shutdown()
-            self._embedded = None
-        else:
-            disconnect()
+        try:
+            if self._booted_registry:
+                stop_registry()
+                self._booted_registry = False
+        finally:
+            if self._embedded is not None:
+                self._embedded.shutdown()
+                self._embedded = None
+            else:
+                disconnect()
+            if self._owns_run_dir():
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+        if failures:
+            raise failures[0]
+
+    def _owns_run_dir(self) -> bool:
+        """The run's own socket directory (not the daemon's ``$XENRAY_HOME/run``)."""
+        return pathlib.Path(self.run_dir).name == self.run_id
 
     def __enter__(self) -> Cluster:
         return self.start()
@@ -159,24 +202,31 @@ class Cluster:
 
     def _call(self, host: str, component: str, kind: str, *args: Any,
               timeout: float = CALL_TIMEOUT_S) -> Any:
-        """One call to a host's actor; a host that cannot answer is :class:`HostUnreachable`
-        (what the actor raised arrives as what it was: a XenError stays one)."""
+        """One call to a host's actor; a host that cannot answer is :class:`HostUnreachable`,
+        naming the actor that is gone (the one called, or one it called in turn); what the
+        actor raised arrives as what it was (a XenError stays one)."""
+        dest = actor_name(host, component)
         try:
-            return self._transport.call(actor_name(host, component), kind, *args,
-                                        timeout=timeout)
-        except PeerGone:
-            raise HostUnreachable(host, component, "is not running") from None
+            return self._transport.call(dest, kind, *args, timeout=timeout)
+        except PeerGone as e:
+            gone = str(e.args[0]) if e.args else dest
+            gone_host, _, gone_component = gone.partition("/")
+            raise HostUnreachable(gone_host or host, gone_component or component,
+                                  "is not running") from None
         except TimeoutError:
             raise HostUnreachable(host, component, f"did not answer within {timeout:g} s") \
                 from None
 
     def _each_host(self, fn: Callable[[str], Any], errors: dict[str, str] | None) -> list[Any]:
-        """``fn(host)`` for every host; a host that does not answer goes into ``errors``
-        (when given; else it raises)."""
+        """``fn(host)`` for every host at once, so a hung host costs one timeout, not one
+        each; a host that does not answer goes into ``errors`` (when given; else it
+        raises). Answers in host order."""
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(self.hosts))) as pool:
+            futures = [(host, pool.submit(fn, host)) for host in self.hosts]
         out = []
-        for host in self.hosts:
+        for host, future in futures:
             try:
-                out.append(fn(host))
+                out.append(future.result())
             except HostUnreachable as e:
                 if errors is None:
                     raise
@@ -267,15 +317,15 @@ class Cluster:
                 return json.loads(line[len("RESULT "):])
         return None
 
-    def follow_console(self, name: str, lines: int = 20,
-                       poll: float = 0.25) -> Iterator[str]:
+    def follow_console(self, name: str, lines: int = 20, poll: float = 0.25,
+                       stop: Callable[[], bool] = lambda: False) -> Iterator[str]:
         """The last ``lines`` console lines, then each new one as it arrives (``xl console``),
-        until the domain goes away."""
+        until the domain goes away or ``stop()`` says so (checked every ``poll`` s)."""
         path = pathlib.Path(self._call(self._where(name), "xenconsoled", "log_path", name))
         self.wait_for(path.exists, 30, f"{name}'s console log")
         with path.open(errors="replace") as f:
             yield from (line.rstrip("\n") for line in f.readlines()[-lines:] if lines > 0)
-            while True:
+            while not stop():
                 line = f.readline()
                 if line:
                     yield line.rstrip("\n")
@@ -351,6 +401,16 @@ class Cluster:
                 return value
             time.sleep(0.1)
         raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _token_in_environment() -> str | None:
+    """The Ray token this process would present (``RAY_AUTH_TOKEN`` wins over the path)."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"]
+    try:
+        return pathlib.Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    except (KeyError, OSError):
+        return None
 
 
 def _as_config(config: str | os.PathLike | DomainConfig) -> DomainConfig:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pathlib
+import select
 import socket
 import struct
 import threading
@@ -37,8 +38,9 @@ class ControlError(Exception):
     """What a command failed with, as the daemon said it: ``kind`` (the exception's type
     name), ``errno`` (for a XenError) and the one-line message."""
 
-    def __init__(self, kind: str, message: str, errno: int | None = None) -> None:
-        self.kind, self.errno = kind, errno
+    def __init__(self, kind: str, message: str, errno: int | None = None,
+                 expected: bool = True) -> None:
+        self.kind, self.errno, self.expected = kind, errno, expected
         super().__init__(message)
 
 
@@ -54,25 +56,25 @@ def send_message(sock: socket.socket, message: dict) -> None:
 
 
 def receive_message(sock: socket.socket) -> dict | None:
-    """The next message, or None at end of stream."""
-    head = _receive_exactly(sock, _LEN.size)
+    """The next message, or None at a clean end of stream (between messages); a stream that
+    ends inside a message is a ConnectionError, one that is not msgpack a ValueError."""
+    head = _receive_exactly(sock, _LEN.size, clean_end=True)
     if head is None:
         return None
     (size,) = _LEN.unpack(head)
     if size > MAX_MESSAGE:
         raise ValueError(f"control message of {size} bytes")
-    body = _receive_exactly(sock, size)
-    if body is None:
-        raise ConnectionError("control socket closed in the middle of a message")
-    return msgpack.unpackb(body, raw=False)
+    return msgpack.unpackb(_receive_exactly(sock, size), raw=False)
 
 
-def _receive_exactly(sock: socket.socket, n: int) -> bytes | None:
+def _receive_exactly(sock: socket.socket, n: int, clean_end: bool = False) -> bytes | None:
     buf = bytearray()
     while len(buf) < n:
         chunk = sock.recv(n - len(buf))
         if not chunk:
-            return None if not buf else bytes(buf)
+            if clean_end and not buf:
+                return None
+            raise ConnectionError("the control socket closed in the middle of a message")
         buf += chunk
     return bytes(buf)
 
@@ -99,7 +101,8 @@ def request(path: str | os.PathLike, op: str, args: dict | None = None, *,
                 return message["ok"], message.get("seconds", 0.0)
             if "error" in message:
                 e = message["error"]
-                raise ControlError(e["kind"], e["message"], e.get("errno"))
+                raise ControlError(e["kind"], e["message"], e.get("errno"),
+                                   e.get("expected", True))
             if on_message is not None:
                 on_message(message)
     finally:
@@ -108,12 +111,28 @@ def request(path: str | os.PathLike, op: str, args: dict | None = None, *,
 
 # -- the server -------------------------------------------------------------------------------
 
-Op = Callable[[Any, dict, Emit], Any]  # (cluster, args, emit) -> value
+Op = Callable[..., Any]  # (cluster, args, emit[, client socket]) -> value
 
 
-def _follow(xen: Any, args: dict, emit: Emit) -> None:
-    for line in xen.follow_console(args["name"], lines=args.get("lines", 20)):
+def _follow(xen: Any, args: dict, emit: Emit, client: socket.socket) -> None:
+    """Console lines until the domain goes or the client hangs up (Ctrl-C), even while the
+    domain prints nothing."""
+    for line in xen.follow_console(args["name"], lines=args.get("lines", 20),
+                                   stop=lambda: _hung_up(client)):
         emit({"line": line})
+
+
+def _hung_up(client: socket.socket) -> bool:
+    """Has the client closed its end (readable, and nothing to read)?"""
+    ready = select.select([client], [], [], 0)[0]
+    if not ready:
+        return False
+    try:
+        return client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 def _capture(xen: Any, args: dict, emit: Emit) -> int:
@@ -161,7 +180,6 @@ OPS: dict[str, Op] = {
     "shutdown": _control("shutdown"),
     "reboot": _control("reboot"),
     "console": lambda xen, args, emit: xen.console(args["name"], args.get("lines", 20)),
-    "follow": _follow,
     "result": _by_name("result"),
     "set_link": lambda xen, args, emit: xen.set_link(
         args["a"], args["b"], bandwidth=args.get("bandwidth"), latency=args.get("latency"),
@@ -208,7 +226,7 @@ class ControlServer:
         with sock:
             try:
                 req = receive_message(sock)
-            except (OSError, ValueError):
+            except (OSError, ValueError, struct.error):
                 return
             if not isinstance(req, dict) or not isinstance(req.get("args", {}), dict):
                 return
@@ -218,6 +236,8 @@ class ControlServer:
                 if op == "stop":
                     value = None
                     self._stop_requested()
+                elif op == "follow":
+                    value = _follow(self.xen, args, lambda m: send_message(sock, m), sock)
                 elif op in OPS:
                     value = OPS[op](self.xen, args, lambda m: send_message(sock, m))
                 else:
@@ -235,5 +255,5 @@ class ControlServer:
         if not expected:
             self.log.error("command failed", op=op, error=repr(e), traceback=traceback.format_exc())
         with contextlib.suppress(OSError):
-            send_message(sock, {"error": {"kind": kind, "message": message,
+            send_message(sock, {"error": {"kind": kind, "message": message, "expected": expected,
                                           "errno": getattr(e, "errno", None)}})

@@ -41,13 +41,14 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    xen = Cluster(hosts=args.hosts, host_memory_mib=args.host_memory, host_cpus=args.host_cpus)
+    xen = Cluster(hosts=args.hosts, host_memory_mib=args.host_memory, host_cpus=args.host_cpus,
+                  run_dir=home.run_dir())
     log = xlog.setup(host="cluster", component="daemon", log_dir=xen.log_dir)
     token = home.token_path()
-    xen.start()
     server = None
     try:
-        _write_private(token, os.environ["RAY_AUTH_TOKEN"])
+        xen.start()
+        _write_private(token, _token())
         server = ControlServer(xen, home.socket_path(), log, stop.set)
         _write_private(home.record_path(), json.dumps({
             "address": xen.address, "pid": os.getpid(), "run_id": xen.run_id,
@@ -59,9 +60,16 @@ def main(argv: list[str] | None = None) -> None:
         home.record_path().unlink(missing_ok=True)
         if server is not None:
             server.close()
-        token.unlink(missing_ok=True)
+        if os.environ.get("RAY_AUTH_TOKEN_PATH") != str(token):
+            token.unlink(missing_ok=True)  # ours: a token file we were given stays
         xen.stop()
 
+
+def _token() -> str:
+    """This cluster's Ray token: made by ray_environment, or the one we were given."""
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"]
+    return pathlib.Path(os.environ["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
 
 if __name__ == "__main__":
     main()

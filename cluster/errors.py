@@ -10,7 +10,7 @@ from __future__ import annotations
 
 EXPECTED = ("XenError", "XlCfgError", "DomainNotFound", "HostUnreachable", "ValueError",
             "TimeoutError", "FileNotFoundError", "FileExistsError", "PermissionError",
-            "IsADirectoryError", "ControlError", "NoToken", "KeyError")
+            "IsADirectoryError", "NoToken")
 
 
 def one_line(text: str) -> str:
@@ -21,8 +21,9 @@ def one_line(text: str) -> str:
 def describe(e: BaseException) -> tuple[str, str, bool]:
     """(type name, one-line message, whether a user can cause it)."""
     kind = type(e).__name__
-    expected = any(cls.__name__ in EXPECTED for cls in type(e).__mro__)
+    if kind == "ControlError":  # the daemon already judged it
+        return kind, one_line(str(e)), e.expected
+    expected = any(cls.__name__ in EXPECTED for cls in type(e).__mro__) and \
+        not isinstance(e, UnicodeError)  # a ValueError, but of ours
     text = str(e) if expected else f"internal error: {kind}: {e}"
-    if isinstance(e, KeyError) and kind == "KeyError":  # str(KeyError) is the repr of its key
-        text = f"no such key: {e.args[0]}"
     return kind, one_line(text), expected

@@ -58,10 +58,11 @@ def read_record() -> dict | None:
         return None
 
 
-def alive(pid: int) -> bool:
-    """Does process ``pid`` exist (the daemon, say)?"""
+def daemon_alive(pid: int) -> bool:
+    """Is process ``pid`` the daemon of ``xenray up`` (not another process that was given the
+    pid of a daemon that was killed)?"""
     try:
-        os.kill(pid, 0)
-        return True
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"cluster.daemon" in f.read()
     except OSError:
         return False

@@ -49,10 +49,15 @@ class EmbeddedRay:
         }
         if fast_health_checks:
             head_args["_system_config"] = FAST_HEALTH_CHECKS
-        self._ray = RayCluster(initialize_head=True, head_node_args=head_args)
-        self.nodes: dict[str, Any] = {}
-        for name, size in hosts.items():
-            self.add_host(name, cpus=size["cpus"])
+        self._ray = None
+        try:
+            self._ray = RayCluster(initialize_head=True, head_node_args=head_args)
+            self.nodes: dict[str, Any] = {}
+            for name, size in hosts.items():
+                self.add_host(name, cpus=size["cpus"])
+        except BaseException:
+            self.shutdown()  # the head and the nodes started so far, and the temp dir
+            raise
         self.address = self._ray.address
 
     def add_host(self, name: str, *, cpus: int) -> None:
@@ -69,7 +74,8 @@ class EmbeddedRay:
         try:
             if ray.is_initialized():
                 ray.shutdown()
-            self._ray.shutdown()
+            if self._ray is not None:
+                self._ray.shutdown()
         finally:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
 

@@ -3,8 +3,8 @@
 Each row names a command, its one-line description, its arguments (argparse's) and the
 function that runs it (``module:function``, imported when the command runs, so ``xenray list``
 loads only what listing needs). Help, prefix lookup and shell completion all come from the
-table. Commands marked ``daemon`` ask the process ``xenray up`` left running
-(:mod:`cluster.control`); the others run here.
+table. The commands in :mod:`cluster.cli.commands` ask the process ``xenray up`` left running
+(:mod:`cluster.control`); those in :mod:`cluster.cli.local` run here.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ class CommandSpec:
     impl: str  # "module:function" taking the parsed arguments, returning the exit status
     desc: str
     args: tuple[Arg, ...] = ()
-    daemon: bool = False  # asks the running cluster
 
 
 def arg(*flags: str, **kw: Any) -> Arg:
@@ -43,34 +42,30 @@ COMMANDS: tuple[CommandSpec, ...] = (
                  arg("--host-cpus", type=int, default=2, help="pCPUs per host"))),
     CommandSpec("down", f"{L}:cmd_down", "stop the persistent cluster"),
     CommandSpec("create", f"{C}:cmd_create", "create a domain from an xl.cfg file",
-                (arg("file"), arg("--host", default=None)), daemon=True),
-    CommandSpec("list", f"{C}:cmd_list", "list domains (xl list)", (JSON,), daemon=True),
+                (arg("file"), arg("--host", default=None))),
+    CommandSpec("list", f"{C}:cmd_list", "list domains (xl list)", (JSON,)),
     CommandSpec("info", f"{C}:cmd_info", "hosts: memory, CPUs, domains, xenstored sockets",
-                (JSON,), daemon=True),
-    CommandSpec("destroy", f"{C}:cmd_destroy", "terminate a domain immediately", (NAME,),
-                daemon=True),
-    CommandSpec("pause", f"{C}:cmd_pause", "pause a domain", (NAME,), daemon=True),
-    CommandSpec("unpause", f"{C}:cmd_unpause", "unpause a domain", (NAME,), daemon=True),
-    CommandSpec("shutdown", f"{C}:cmd_shutdown", "ask a domain to power off", (NAME, WAIT),
-                daemon=True),
-    CommandSpec("reboot", f"{C}:cmd_reboot", "ask a domain to reboot", (NAME, WAIT),
-                daemon=True),
+                (JSON,)),
+    CommandSpec("destroy", f"{C}:cmd_destroy", "terminate a domain immediately", (NAME,)),
+    CommandSpec("pause", f"{C}:cmd_pause", "pause a domain", (NAME,)),
+    CommandSpec("unpause", f"{C}:cmd_unpause", "unpause a domain", (NAME,)),
+    CommandSpec("shutdown", f"{C}:cmd_shutdown", "ask a domain to power off", (NAME, WAIT)),
+    CommandSpec("reboot", f"{C}:cmd_reboot", "ask a domain to reboot", (NAME, WAIT)),
     CommandSpec("console", f"{C}:cmd_console", "show a domain's console (follows it)",
                 (NAME, arg("--lines", type=int, default=20),
-                 arg("--no-follow", action="store_true")), daemon=True),
+                 arg("--no-follow", action="store_true"))),
     CommandSpec("result", f"{C}:cmd_result", "the result an init program published",
-                (NAME, JSON), daemon=True),
+                (NAME, JSON)),
     CommandSpec("link", f"{C}:cmd_link",
                 "show links between hosts, or shape one: link A B --latency 5ms",
                 (arg("a", nargs="?"), arg("b", nargs="?"),
                  arg("--bandwidth", help="bits/s: 10M, 1G (default unlimited)"),
                  arg("--latency", help="one-way delay: 5ms, 200us"),
                  arg("--loss", help="fraction or percent of frames lost: 0.01, 1%%"),
-                 arg("--one-way", action="store_true", help="shape A -> B only")),
-                daemon=True),
+                 arg("--one-way", action="store_true", help="shape A -> B only"))),
     CommandSpec("capture", f"{C}:cmd_capture", "write a bridge's frames to a pcap file",
                 (arg("host"), arg("bridge"), arg("--out", required=True),
-                 arg("--seconds", type=float, default=None)), daemon=True),
+                 arg("--seconds", type=float, default=None))),
     CommandSpec("image", f"{L}:cmd_image", "make a sparse raw disk image: image create PATH SIZE",
                 (arg("action", choices=("create",)), arg("path"),
                  arg("size", help="bytes, or with a suffix: 512K, 64M, 1G"),

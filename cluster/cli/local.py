@@ -23,7 +23,7 @@ DOWN_TIMEOUT_S = 120.0
 
 def cmd_up(a: argparse.Namespace) -> int:
     rec = home.read_record()
-    if rec is not None and home.alive(rec["pid"]):
+    if rec is not None and home.daemon_alive(rec["pid"]):
         out.print(f"a cluster is already up (pid {rec['pid']}, hosts {', '.join(rec['hosts'])})")
         return 0
     log_path = home.logs_dir() / "daemon.log"
@@ -50,9 +50,8 @@ def cmd_up(a: argparse.Namespace) -> int:
 
 def cmd_down(a: argparse.Namespace) -> int:
     rec = home.read_record()
-    if rec is None or not home.alive(rec["pid"]):
-        for path in (home.record_path(), home.socket_path(), home.token_path()):
-            path.unlink(missing_ok=True)  # left by a daemon that was killed
+    if rec is None or not home.daemon_alive(rec["pid"]):
+        _remove_leftovers(rec)
         out.print("no cluster is running")
         return 0
     try:
@@ -61,13 +60,26 @@ def cmd_down(a: argparse.Namespace) -> int:
         os.kill(rec["pid"], signal.SIGTERM)
     with out.status("stopping the cluster..."):
         deadline = time.monotonic() + DOWN_TIMEOUT_S
-        while home.alive(rec["pid"]) and time.monotonic() < deadline:
+        while home.daemon_alive(rec["pid"]) and time.monotonic() < deadline:
             time.sleep(0.2)
-    if home.alive(rec["pid"]):
+    if home.daemon_alive(rec["pid"]):
         raise TimeoutError(f"the cluster's daemon (pid {rec['pid']}) did not stop in "
                            f"{DOWN_TIMEOUT_S:.0f} s")
     out.print("cluster stopped")
     return 0
+
+
+def _remove_leftovers(rec: dict | None) -> None:
+    """What a daemon that was killed left: its record, socket and token, its hosts'
+    xenstored sockets, and its run's /dev/shm files (domain memory, hypervisor pipes)."""
+    from actors import memory
+
+    for path in (home.record_path(), home.socket_path(), home.token_path(),
+                 *home.run_dir().glob("xenstored-*.sock")):
+        path.unlink(missing_ok=True)
+    if rec is not None:
+        for path in memory.SHM_DIR.glob(f"xenray-{rec['run_id']}-*"):
+            path.unlink(missing_ok=True)
 
 
 def cmd_image(a: argparse.Namespace) -> int:

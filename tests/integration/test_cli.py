@@ -1,6 +1,6 @@
-"""The README's CLI path as a user runs it: `xenray up` starts a persistent cluster in the
-background, every later command asks that process over its control socket (it never joins
-Ray itself), errors are one line, a sick host does not stop commands about the others, and
+"""The README's CLI path as a user runs it, on the session's `xenray up` cluster
+(conftest.py): every command asks that process over its control socket (it never joins Ray
+itself), errors are one line, a sick host does not stop commands about the others, and
 `xenray down` stops exactly what `up` started and leaves no file behind."""
 
 import json
@@ -14,15 +14,17 @@ import time
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+from tests.integration.conftest import ROOT, cli
 
 
 def xenray(home, *args, timeout=180, python_args=()):
-    env = {**os.environ, "XENRAY_HOME": str(home)}
-    for var in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):  # the CLI needs no Ray token
-        env.pop(var, None)
-    return subprocess.run([sys.executable, *python_args, "-m", "cluster.cli", *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    if python_args:
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_TOKEN",
+                                                                 "RAY_AUTH_TOKEN_PATH")}
+        return subprocess.run([sys.executable, *python_args, "-m", "cluster.cli", *args],
+                              cwd=ROOT, env={**env, "XENRAY_HOME": str(home)},
+                              capture_output=True, text=True, timeout=timeout)
+    return cli(home, *args, timeout=timeout)
 
 
 def wait_console(home, name, text, timeout=30):
@@ -32,15 +34,9 @@ def wait_console(home, name, text, timeout=30):
         time.sleep(0.5)
 
 
-@pytest.fixture(scope="module")
-def home(tmp_path_factory):
-    """One `xenray up` for the module's tests; `down` at the end (checked by the last test)."""
-    home = tmp_path_factory.mktemp("cli") / "home"
-    assert "no cluster is running" in xenray(home, "list").stderr
-    up = xenray(home, "up", "--hosts", "2", "--host-memory", "1024", timeout=300)
-    assert up.returncode == 0, up.stderr
-    yield home
-    xenray(home, "down")
+@pytest.fixture
+def home(cluster_home):
+    return cluster_home
 
 
 def test_cli_create_list_console_result(home):
@@ -149,6 +145,7 @@ def test_cli_a_script_joins_the_running_cluster_with_its_token(home):
     assert xenray(home, "list").returncode == 0, "the script's stop left the cluster running"
 
 
+@pytest.mark.destructive
 def test_cli_a_sick_host_does_not_stop_commands_about_the_others(home):
     """h1's toolstack agent dies: list shows h2's domains and names h1 on stderr; a create on
     h2 works; nothing tries to boot h1 again."""
@@ -171,6 +168,7 @@ def test_cli_a_sick_host_does_not_stop_commands_about_the_others(home):
     assert json.loads((home / "run" / "cluster.json").read_text()) == record
 
 
+@pytest.mark.destructive
 def test_cli_down_stops_everything_and_leaves_no_file(home):
     record = json.loads((home / "run" / "cluster.json").read_text())
     down = xenray(home, "down")
@@ -178,6 +176,7 @@ def test_cli_down_stops_everything_and_leaves_no_file(home):
     assert list((home / "run").iterdir()) == [], "record, token and sockets all removed"
     assert not list(pathlib.Path("/dev/shm").glob(f"xenray-{record['run_id']}-*"))
     assert "no cluster is running" in xenray(home, "list").stderr
+    assert "no cluster is running" in xenray(home, "down").stdout  # and down again is fine
 
 
 def test_cli_help_and_prefix_lookup():

@@ -6,19 +6,25 @@ import ray
 
 from actors.hypervisor.actor import HypervisorActor
 from actors.transport.hypercall_client import Credential, HypercallClient
-from actors.transport.naming import NAMESPACE, actor_name, pin_to_host
+from actors.transport.naming import HOST_LABEL, NAMESPACE, actor_name, pin_to_host
 from actors.transport.raycall import RayTransport
 from protocols.errno import Errno, XenError
-from protocols.hypercall import DOMID_ANY, Domctl, Hypercall, MemoryOp, Sysctl, XenVersion
+from protocols.hypercall import (DOMID_ANY, Domctl, Hypercall, MemoryOp, Sysctl, XenMapSpace,
+                                 XenVersion)
 
 
-def test_hypervisor_actor_boots_dom0_and_serves_hypercalls(ray_hosts, tmp_path):
+def _node_of(host: str) -> str:
+    return next(n["NodeID"] for n in ray.nodes()
+                if n.get("Alive") and (n.get("Labels") or {}).get(HOST_LABEL) == host)
+
+
+def test_hypervisor_actor_boots_dom0_and_serves_hypercalls(xen, tmp_path):
     name = actor_name("h1", "hypervisor-test")  # beside the cluster's own
     hv = HypervisorActor.options(name=name, namespace=NAMESPACE, **pin_to_host("h1")).remote(
         "h1", 256, 2, f"t{os.getpid()}", str(tmp_path))
     try:
         where = ray.get(hv.deliver.remote("process"))
-        assert where["node_id"] == ray_hosts.nodes["h1"].node_id  # pinned to its host's node
+        assert where["node_id"] == _node_of("h1")  # pinned to its host's node
         transport = RayTransport()
         secret = transport.call(name, "boot_dom0", 64)
         dom0 = HypercallClient(transport, name, Credential(0, secret, "driver"))
@@ -34,7 +40,8 @@ def test_hypervisor_actor_boots_dom0_and_serves_hypercalls(ray_hosts, tmp_path):
         done = dom0(Hypercall.memory_op, MemoryOp.populate_physmap, extent_start=[],
                     nr_extents=16 * 256, extent_order=0, mem_flags=0, domid=domid)
         assert done == 16 * 256
-        path = dom0(Hypercall.memory_op, MemoryOp.add_to_physmap_batch, domid=0, space=4,
+        path = dom0(Hypercall.memory_op, MemoryOp.add_to_physmap_batch, domid=0,
+                    space=XenMapSpace.gmfn_foreign,
                     size=1, foreign_domid=domid, idxs=[0], gpfns=[0])["path"]
         assert os.path.getsize(path) == 16 * 256 * 4096  # a real /dev/shm file
 

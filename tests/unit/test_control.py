@@ -23,6 +23,7 @@ class Answers:
 
     def __init__(self) -> None:
         self.stopped_capture = threading.Event()
+        self.stopped_follow = threading.Event()
 
     def list(self, errors):
         errors["h1"] = "host h1 does not answer: its xl is not running"
@@ -36,6 +37,12 @@ class Answers:
 
     def unpause(self, name):
         raise RuntimeError("a bug")
+
+    def follow_console(self, name, lines=20, poll=0.25, stop=lambda: False):
+        yield "last line"
+        while not stop():  # an idle domain: nothing more to print
+            time.sleep(0.01)
+        self.stopped_follow.set()
 
     def capture(self, host, bridge, out, seconds=None, progress=None):
         try:
@@ -79,7 +86,7 @@ def test_control_failures_cross_as_one_line_with_type_and_errno(server):
     assert str(e.value) == "EBUSY: 'web' is being built; second line"
     with pytest.raises(ControlError) as e:
         request(server.path, "unpause", {"name": "web"})
-    assert str(e.value) == "internal error: RuntimeError: a bug"
+    assert str(e.value) == "internal error: RuntimeError: a bug" and not e.value.expected
     with pytest.raises(ControlError) as e:
         request(server.path, "format_disk", {})
     assert "unknown operation 'format_disk'" in str(e.value)
@@ -101,6 +108,16 @@ def test_control_streams_progress_and_stops_when_the_client_goes(server):
     assert request(server.path, "hosts")[0] == ["h1", "h2"], "and goes on serving others"
 
 
+def test_control_follow_ends_when_the_client_hangs_up_on_an_idle_domain(server):
+    def on_message(m):
+        assert m == {"line": "last line"}
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        request(server.path, "follow", {"name": "idle1"}, on_message=on_message)
+    assert server.answers.stopped_follow.wait(10), "the daemon kept following for nobody"
+
+
 def test_control_garbage_on_the_socket_harms_nobody(server):
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(str(server.path))
@@ -108,6 +125,10 @@ def test_control_garbage_on_the_socket_harms_nobody(server):
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(str(server.path))
         s.sendall(b"\x00\x00\x00\x03abc")
+    for torn in (b"\x00\x00", b"\x00\x00\x00\x09\x81"):  # a header, a body cut short
+        with socket.socket(socket.AF_UNIX) as s:
+            s.connect(str(server.path))
+            s.sendall(torn)
     assert request(server.path, "hosts")[0] == ["h1", "h2"]
 
 
