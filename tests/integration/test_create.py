@@ -4,6 +4,8 @@ behind (libxl's domcreate error paths) and says why in one typed error; create r
 the guest's init runs."""
 
 import glob
+import os
+import subprocess
 import threading
 
 import pytest
@@ -60,7 +62,9 @@ def test_create_two_creates_of_one_name_at_once_make_one_domain(xen, hosts):
     ('extra = "init=nosuchinit"', Errno.ENOENT, "Requested init nosuchinit failed"),
     ('disk = [ "/nonexistent/disk.img,raw,xvda,rw" ]\nextra = "init=idle"', Errno.ENOENT,
      "/nonexistent/disk.img does not exist"),
-], ids=["vcpus", "memory", "init", "disk"])
+    ('disk = [ "/tmp,raw,xvda,ro" ]\nextra = "init=idle"', Errno.EIO,
+     "disk xvda: blkback refused it"),  # passes the config check; the backend says no
+], ids=["vcpus", "memory", "init", "disk", "backend"])
 def test_create_that_fails_leaves_nothing_behind_and_says_why(xen, text, errno, words):
     before = leftovers(xen)
     for attempt in range(2):  # and again: nothing accumulates
@@ -76,12 +80,16 @@ def test_create_that_fails_leaves_nothing_behind_and_says_why(xen, text, errno, 
 
 
 def test_create_returns_once_the_guests_init_runs(xen):
+    """The guest kernel says ``running counter`` in ``~/data/init`` before it runs the init;
+    create returns only after that (read at once, through Debian's xenstore-read)."""
     info = xen.create(parse_config('name = "ready"\nextra = "init=counter interval=0.1"\n')[0],
                       host="h2")
     try:
-        host, domid = xen.find("ready")
-        assert (host, domid) == ("h2", info["domid"])
-        row = next(r for r in xen.list() if r["name"] == "ready")
-        assert row["state"] != "--psc-"  # not crashed: its init was found and started
+        sock = next(h["xenstored_socket"] for h in xen.info() if h["host"] == "h2")
+        got = subprocess.run(["xenstore-read", f"/local/domain/{info['domid']}/data/init"],
+                             env={**os.environ, "XENSTORED_PATH": sock}, capture_output=True,
+                             text=True, timeout=30)
+        assert got.stdout.strip() == "running counter", got.stderr
+        assert xen.find("ready") == ("h2", info["domid"])
     finally:
         xen.destroy("ready")

@@ -3,13 +3,14 @@ listens on loopback only, so a client coming through this machine's external add
 refused, and a client on this machine without the cluster's token is refused by Ray's token
 authentication."""
 
+import json
 import os
+import pathlib
 import socket
 import subprocess
 import sys
 
 import pytest
-import ray
 
 
 def _external_addresses() -> list[str]:
@@ -18,25 +19,62 @@ def _external_addresses() -> list[str]:
             if not a.startswith("127.") and a != "::1"]
 
 
-def _cluster_ports(xen) -> list[int]:
-    """The GCS's port, and each node's raylet and object manager ports."""
-    ports = [int(xen.address.rsplit(":", 1)[1])]
-    for node in ray.nodes():
-        if node.get("Alive"):
-            ports += [node["NodeManagerPort"], node["ObjectManagerPort"]]
-    return ports
+def _descendants(pid: int) -> set[int]:
+    """``pid`` and every process below it (the daemon's GCS, raylets, workers, agents)."""
+    found, stack = set(), [pid]
+    while stack:
+        p = stack.pop()
+        found.add(p)
+        for task in pathlib.Path(f"/proc/{p}/task").glob("*"):
+            try:
+                stack += [int(c) for c in (task / "children").read_text().split()]
+            except OSError:
+                pass
+    return found
 
 
-def test_security_the_cluster_listens_on_loopback_only(xen):
-    addresses = [n["NodeManagerAddress"] for n in ray.nodes() if n.get("Alive")]
-    assert addresses and set(addresses) == {"127.0.0.1"}
+def _listening(pids: set[int]) -> list[tuple[str, int]]:
+    """(address, port) of every TCP socket those processes listen on (/proc/net/tcp*)."""
+    inodes = set()
+    for pid in pids:
+        for fd in pathlib.Path(f"/proc/{pid}/fd").glob("*"):
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = []
+    for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
+        for line in pathlib.Path(f"/proc/net/{table}").read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A" or cols[9] not in inodes:  # 0A: LISTEN
+                continue
+            hex_addr, hex_port = cols[1].split(":")
+            raw = bytes.fromhex(hex_addr)
+            raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+            found.append((socket.inet_ntop(family, raw), int(hex_port, 16)))
+    return found
+
+
+def _cluster_listeners(cluster_home) -> list[tuple[str, int]]:
+    daemon = json.loads((cluster_home / "run" / "cluster.json").read_text())["pid"]
+    return _listening(_descendants(daemon))
+
+
+def test_security_every_server_of_the_cluster_listens_on_loopback_only(xen, cluster_home):
+    """Every TCP socket any process of the cluster listens on (the GCS, each raylet and
+    object manager, every worker, Ray's agents): loopback only."""
+    listeners = _cluster_listeners(cluster_home)
+    assert len(listeners) >= 7, listeners  # at least the GCS and each node's two servers
+    assert {a for a, _ in listeners} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, listeners
     assert xen.address.startswith("127.0.0.1:")
 
 
-def test_security_a_client_through_the_external_address_is_refused(xen):
+def test_security_a_client_through_the_external_address_is_refused(xen, cluster_home):
     external = _external_addresses()
     assert external, "this machine has no external address to try"
-    ports = _cluster_ports(xen)
+    ports = sorted({port for _, port in _cluster_listeners(cluster_home)})
     for port in ports:  # reachable here, on loopback...
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass
