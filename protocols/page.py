@@ -7,3 +7,6 @@ pages whatever the guest's own page size.
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
+
+MIB_SHIFT = 20  # what xl.cfg's ``memory``/``maxmem`` and xl list's Mem column count in
+PAGES_PER_MIB = 1 << (MIB_SHIFT - PAGE_SHIFT)  # 256 pages of 4 KiB

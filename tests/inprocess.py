@@ -38,16 +38,20 @@ import msgpack
 import structlog
 
 from actors import memory
+from actors.domain.actor import DomainShell
 from actors.hypervisor.actor import HypervisorShell
+from actors.registry.actor import RegistryShell
 from actors.toolstack import builder
+from actors.toolstack.actor import ToolstackShell
 from actors.transport import PeerGone
 from actors.transport.clients import HostClients
 from actors.xenstored.actor import XenstoredShell
-from protocols.hypercall import DOMID_ANY, Domctl, Hypercall, MemoryOp
+from protocols.hypercall import DOMID_ANY, Domctl, Hypercall, MemoryOp, ShutdownReason
 from protocols.libxl_types import DomainConfig
 
 HOST = "h1"
 HV, XENSTORED, XL = f"{HOST}/hypervisor", f"{HOST}/xenstored", f"{HOST}/xl"
+REGISTRY = "cluster/registry"
 
 Handlers = dict[str, Callable[..., Any]]  # kind -> handler: a test's stand-in for a shell
 _STOP = object()
@@ -182,6 +186,17 @@ class InProcessHost:
         self.set_vcpu_context(domid)
         return Built(domid, secret, memory_path, port)
 
+    def start_toolstack(self) -> ToolstackShell:
+        """The real xl (:class:`ToolstackShell`) as ``h1/xl``, with the cluster's name registry
+        (over a dict) and an :class:`InProcessLauncher`; run it on a ``threaded`` host (its
+        create waits for watch events)."""
+        self.start(REGISTRY, RegistryShell({}))
+        launcher = InProcessLauncher(self)
+        self.toolstack = self.start(XL, ToolstackShell(HOST, self.clients(XL), self.log,
+                                                       launcher))
+        self._shells.append(launcher)  # closed first: no guest runs on after the test
+        return self.toolstack
+
     def introduce(self, domid: int, secret: str) -> None:
         """``XS_INTRODUCE``, as the toolstack does it through xenstored's shell."""
         self.call(XENSTORED, "introduce", domid, secret, domain_endpoint(domid))
@@ -206,3 +221,32 @@ class InProcessHost:
             memory.remove(self.memory_path(domid))
         assert not self.errors, "\n".join(self.errors)
         assert not (self._thread and self._thread.is_alive()), "a handler is stuck"
+
+
+class InProcessLauncher:
+    """The toolstack's launcher on this host: a domain's :class:`DomainShell` runs in this
+    process, registered as its endpoint; killing it unregisters it and stops its kernel's
+    threads for good, as the death of its process would."""
+
+    def __init__(self, host: InProcessHost) -> None:
+        self.host = host
+        self.domains: dict[int, DomainShell] = {}
+        self.secrets: dict[int, str] = {}  # every domain ever started: a test checks them
+
+    def start(self, domid: int, secret: str, memory_path: str) -> int:
+        endpoint = domain_endpoint(domid)
+        self.secrets[domid] = secret
+        self.domains[domid] = self.host.start(endpoint, DomainShell(
+            domid, self.host.clients(endpoint, domid, secret), memory_path,
+            self.host.log.bind(domid=domid)))
+        return os.getpid()
+
+    def kill(self, domid: int) -> None:
+        self.host.endpoints.pop(domain_endpoint(domid), None)
+        shell = self.domains.pop(domid, None)
+        if shell is not None:
+            shell.kernel.gate.shut_down(ShutdownReason.crash)
+
+    def close(self) -> None:
+        for domid in list(self.domains):
+            self.kill(domid)

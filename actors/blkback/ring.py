@@ -41,6 +41,7 @@ from protocols.blkif import (BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_O
                              validate_request)
 from protocols.errno import Errno, XenError
 from protocols.hypercall import EvtchnOp, Hypercall
+from protocols.page import PAGE_SIZE
 from protocols.ring import BackRing, RingOverflow
 
 MAX_PGRANTS = 1056  # Linux xen-blkback xen_blkif_max_pgrants default
@@ -231,7 +232,7 @@ class BlkbackRing:
     def _map_one(self, gref: int, readonly: bool) -> memoryview:
         page = self._map(gref, readonly)
         self._mapped += 1
-        if len(page) != 4096:
+        if len(page) != PAGE_SIZE:
             raise XenError(Errno.EINVAL, f"gref {gref} mapped {len(page)} bytes, not a page")
         return page
 

@@ -33,7 +33,6 @@ import itertools
 import threading
 from typing import Any
 
-from actors.xenbus.frontend import PagePool  # noqa: F401  (re-exported: callers import it here)
 from actors.xenbus.frontend import Page, XenbusFrontend
 from protocols.blkif import (BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
                              BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE,
@@ -42,7 +41,7 @@ from protocols.blkif import (BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
                              BlkifRequestDiscard, BlkifRequestSegment, BlkifResponse)
 from protocols.errno import Errno, XenError
 from protocols.page import PAGE_SIZE
-from protocols.ring import FrontRing, RingOverflow
+from protocols.ring import HEADER_SIZE, FrontRing, RingOverflow
 from protocols.xenbus import XenbusState
 
 MAX_REQUEST_BYTES = BLKIF_MAX_SEGMENTS_PER_REQUEST * PAGE_SIZE  # 44 KiB per ring request
@@ -163,7 +162,8 @@ class Blkfront(XenbusFrontend):
         """``blkfront_connect``: read the disk and features, then (re-)issue what waits."""
         be = self._xs.read_str
         info = {key: int(be(f"{self.backend}/{key}", default) or default)
-                for key, default in (("sectors", "0"), ("info", "0"), ("sector-size", "512"),
+                for key, default in (("sectors", "0"), ("info", "0"),
+                                     ("sector-size", str(SECTOR_SIZE)),
                                      ("feature-flush-cache", "0"), ("feature-discard", "0"),
                                      ("feature-persistent", "0"))}
         with self._lock:
@@ -239,7 +239,7 @@ class Blkfront(XenbusFrontend):
         if req.sector < 0 or req.nbytes < 0 or (req.op in (BLKIF_OP_READ, BLKIF_OP_WRITE) and (
                 req.nbytes == 0 or req.nbytes % SECTOR_SIZE)):
             raise XenError(Errno.EINVAL, f"I/O of {req.nbytes} at sector {req.sector}: "
-                                         f"whole 512-byte sectors only")
+                                         f"whole {SECTOR_SIZE}-byte sectors only")
         step = MAX_REQUEST_BYTES if req.op in (BLKIF_OP_READ, BLKIF_OP_WRITE) else 0
         with self._lock:
             if self.state == XenbusState.CLOSED:
@@ -354,6 +354,35 @@ class Blkfront(XenbusFrontend):
         self._release_pages(part)
         self.stats["completed"] += 1
         req._part_done(rsp.status)
+
+    # -- fault injection ---------------------------------------------------------------
+
+    def misbehave(self, *, garbage: bytes = b"", overflow: int = 0) -> int:
+        """Break the ring protocol on purpose, as a buggy or hostile driver would: for fault
+        injection only (the ``blkhostile`` init; reference 19.2). With ``garbage``, write it
+        over the request slots (as much as fits) and publish a whole ring of those requests;
+        with ``overflow``, publish ``overflow`` rings' worth of requests more than the backend
+        has answered, which no correct frontend can have in flight. Then notify the backend.
+
+        This driver's own accounting is left as it was: the backend is expected to answer the
+        garbage with errors or to disconnect the ring, and what follows is the usual
+        reconnect or Closed. Only while connected (ENOTCONN); returns the ``req_prod``
+        published."""
+        with self._lock:
+            ring, port = self._ring, self.evtchn
+            if ring is None or port is None or not self._connected:
+                raise XenError(Errno.ENOTCONN, f"vbd {self.vdev} is not connected")
+            sring = ring.sring
+            if garbage:
+                slots = self._pages.page(self._ring_page[1])[HEADER_SIZE:]
+                n = min(len(garbage), len(slots))
+                slots[:n] = garbage[:n]
+                sring.req_prod = sring.req_prod + RING_SIZE
+            else:
+                sring.req_prod = sring.rsp_prod + overflow * RING_SIZE
+            req_prod = sring.req_prod
+        self._notify(port)
+        return req_prod
 
     def _device_statistics(self) -> dict[str, Any]:
         return {"in_flight": sum(p is not None for p in self._shadow),

@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from actors.guest.api import GuestOS, option
 from protocols.blkif import SECTOR_SIZE, parse_size
+from protocols.page import PAGE_SIZE
 
 _T = TypeVar("_T", int, float)
 
@@ -35,7 +36,7 @@ def blkverify(os: GuestOS) -> None:
     blocks = option(os, "blocks", 256, int)
     depth = option(os, "iodepth", 8, int)
     seed = option(os, "seed", 1, int)
-    sectors = bs // 512
+    sectors = bs // SECTOR_SIZE
     t0 = os.clock()
     for first in range(0, blocks, depth):
         batch = [disk.submit_write(i * sectors, verify_block(seed, i, bs))
@@ -190,19 +191,16 @@ def blkbench(os: GuestOS) -> None:
 
 
 def blkhostile(os: GuestOS) -> None:
-    """A misbehaving block driver, for fault injection: it reaches into its own ring page
-    (it is the guest's memory) and publishes ``mode=overflow`` (more requests than the ring
-    holds, 19.2) or ``mode=garbage`` (random bytes in every slot), then kicks the backend."""
+    """A misbehaving block driver, for fault injection: once connected, its blkfront breaks
+    its own ring (``Blkfront.misbehave``) with ``mode=overflow`` (four rings' worth more
+    requests than the ring holds, 19.2) or ``mode=garbage`` (random bytes in every slot),
+    then kicks the backend."""
     front = os.disk(os.options().get("disk", "xvda"))
-    front.read(0, 512, timeout=60)  # connected, and one honest request done
-    sring = front._ring.sring  # noqa: SLF001  (what a hostile guest does to its own page)
+    front.read(0, SECTOR_SIZE, timeout=60)  # connected, and one honest request done
     if os.options().get("mode", "overflow") == "garbage":
         rng = random.Random(option(os, "seed", 1, int))
-        page = front._pages.page(front._ring_page[1])  # noqa: SLF001
-        page[64:] = rng.randbytes(len(page) - 64)
-        sring.req_prod = sring.req_prod + 32
+        req_prod = front.misbehave(garbage=rng.randbytes(PAGE_SIZE))
     else:
-        sring.req_prod = sring.rsp_prod + 4 * 32
-    front._notify(front.evtchn)  # noqa: SLF001
-    os.print(f"blkhostile: published req_prod={sring.req_prod}")
+        req_prod = front.misbehave(overflow=4)
+    os.print(f"blkhostile: published req_prod={req_prod}")
     os.idle()

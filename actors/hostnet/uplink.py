@@ -36,8 +36,9 @@ from actors.hostnet.bridge import UPLINK_PREFIX, Bridge
 from actors.hostnet.link import Link, LinkSpec
 from actors.runtime import THREADS, Runtime, Timer
 from protocols.errno import Errno, XenError
+from protocols.xenstore.paths import tool_path
 
-PEERS = "/tool/xenray-netback/peers"  # <host> = LinkSpec as JSON (xenstore-paths: /tool/$TOOL)
+PEERS = f"{tool_path('xenray-netback')}/peers"  # <host> = LinkSpec as JSON
 BACKLOG_MAX = 1000  # frames waiting per peer (Linux's default txqueuelen)
 CAPTURE_MAX = 10_000  # frames a capture buffers between reads
 

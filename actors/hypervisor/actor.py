@@ -169,7 +169,10 @@ class HypervisorShell(Endpoint):
                     continue
                 on_exit = self._pidfds.pop(fd)
                 os.close(fd)
-                on_exit()
+                try:
+                    on_exit()
+                except Exception:  # noqa: BLE001 - the other processes stay watched
+                    self.log.exception("handling a watched process's exit failed")
         for fd in (*self._pidfds, self._wake_r, self._wake_w):
             os.close(fd)
 

@@ -1,13 +1,9 @@
 """netback's shell: the only netback file that knows about Ray.
 
-It holds Dom0's credential with its own endpoint (``<host>/netback``), so the ports it binds
-raise their upcalls here, and its own xenstore connection, whose watch events are pushed
-here as ``xs_event``. The control path is the xenbus backend core with netback's driver
-(xenbus.py), run by the shared executor (actors/xenbus/backend_io.py); the data path is
-vif.py's :class:`NetbackVifs` on the host's bridges (actors/hostnet/). Restartable
-(DESIGN.md "Failure semantics"): Ray re-runs ``__init__`` after a crash, the executor's
-start recovers every vif from xenstore (the frontends reconnect, reference 19.4) and the
-peers are read back from xenstore.
+A xenbus backend shell (actors/xenbus/backend_shell.py: Dom0's credential on its own
+endpoint ``<host>/netback``, the shared core and executor, restart recovery) with netback's
+driver (xenbus.py) and, as the data path, vif.py's :class:`NetbackVifs` on the host's bridges
+(actors/hostnet/). A restarted netback also reads its peers back from xenstore.
 
 The inter-host network: ``set_peers`` gives every bridge an uplink per peer host; frames
 for host X wait in the :class:`UplinkSender` until their link delivers them, then go one-way
@@ -25,52 +21,40 @@ from typing import Any
 
 import ray
 
-from actors import log as xlog
 from actors.hostnet.link import LinkSpec
 from actors.hostnet.uplink import (CAPTURE_MAX, HostBridges, UplinkSender, load_peers,
                                    save_peers)
 from actors.netback.vif import NetbackVifs
 from actors.netback.xenbus import NetbackDriver
 from actors.runtime import THREADS, Runtime
-from actors.transport import Endpoint
-from actors.transport.clients import HostClients, host_clients
+from actors.transport.clients import HostClients
 from actors.transport.naming import actor_name
 from actors.transport.raycall import RayEndpoint
-from actors.xenbus.backend import XenbusBackend
-from actors.xenbus.backend_io import BackendIO
+from actors.xenbus.backend_shell import BackendShell, backend_clients
 
 
-class NetbackShell(Endpoint):
+class NetbackShell(BackendShell):
     """netback and the host's uplinks over Dom0's clients on endpoint ``<host>/netback`` (the
     in-process test host runs this very class; :class:`NetbackActor` is it as a Ray actor)."""
 
+    component = "netback"
+
     def __init__(self, host: str, clients: HostClients, log: Any,
                  runtime: Runtime = THREADS) -> None:
-        self.host, self.log = host, log
-        self.transport, self.xs = clients.transport, clients.xs
+        self.host, self.transport = host, clients.transport
         self.bridges = HostBridges()
         self.vifs = NetbackVifs(clients.hv, self.bridges, runtime)
-        self.backend = BackendIO(XenbusBackend(NetbackDriver()), clients.hv, self.xs,
-                                 self.vifs, log)
+        super().__init__(clients, log, NetbackDriver(), self.vifs)
         self.sender = UplinkSender(self._send, log=self.log, runtime=runtime)
         self.peers: dict[str, LinkSpec] = load_peers(self.xs)
         self._apply_peers()
-        self.backend.start()
-        self.log.info("netback up", vifs=len(self.backend.core.devices))
+        self.start()
 
     def _send(self, host: str, bridge: str, frames: list[bytes]) -> None:
         self.transport.send(actor_name(host, "netback"), "frames", self.host, bridge, frames)
 
-    # -- Dom0's events ---------------------------------------------------------------------
-
-    def on_upcall(self, domid: int, ports: list[int]) -> None:
-        self.vifs.upcall(ports)
-
-    def on_xs_event(self, data: bytes) -> None:
-        self.xs.on_event(data)
-
     def on_statistics(self) -> dict[str, Any]:
-        return {**self.backend.statistics(), **self.bridges.bridge_statistics(),
+        return {**super().on_statistics(), **self.bridges.bridge_statistics(),
                 "uplinks": self.sender.statistics()}
 
     # -- the cluster's network -------------------------------------------------------------
@@ -113,12 +97,11 @@ class NetbackShell(Endpoint):
 
     def close(self) -> None:
         self.sender.close()
-        self.backend.close()
+        super().close()
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, max_concurrency=8)
 class NetbackActor(RayEndpoint, NetbackShell):
     def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
-        log = xlog.setup(host=host, component="netback", log_dir=log_dir)
-        super().__init__(host, host_clients(host, 0, dom0_secret, "netback", self.deliver, log),
-                         log)
+        super().__init__(host, *backend_clients(host, dom0_secret, self.component,
+                                                self.deliver, log_dir))

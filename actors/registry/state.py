@@ -6,17 +6,23 @@ domain without saying where it runs (a XenServer pool keeps the same promise in 
 database). A toolstack agent reserves a name here *before* it builds anything, which makes two
 creates of one name at once, on one host or two, end with exactly one domain.
 
-Pure: the Ray shell (:mod:`.actor`) serialises every call, so each method is atomic, and it
-persists the entries each call changed. A holder is ``{"host": h, "domid": d}`` (domid None
-while the domain is being built).
+Pure: the shell (:mod:`.actor`) serialises every call, so each method is atomic, and it
+persists the entries each call changed. A holder is ``{"host": h, "domid": d, "token": t}``
+(domid None while the domain is being built); ``token`` is unique to the toolstack record that
+reserved it (:class:`actors.toolstack.state.Record`), so a reservation is told apart from an
+older one of the same name on the same host.
 
 Decisions:
 
-* A name whose holder is stale (its host's agent no longer has that domain, e.g. it was
-  restarted) is not reclaimed here: the agent that wants it checks with the holder's host and
-  then calls :meth:`NameRegistry.take_over`, which only succeeds if the holder is still the one
-  that was checked (compare-and-swap), so two agents cannot both take it over.
-* Only the holding host may release, confirm or rename a name.
+* Every call about a held name carries the holder's token, and only the same token counts:
+  reserve is idempotent for the same token (Ray may retry a call), and confirm, release and
+  rename act only for it. A host's late release of a destroyed domain's name therefore
+  cannot free the name its next create of that name holds (with a new token).
+* A name whose holder is stale (its host's agent no longer has a record with that token:
+  destroyed meanwhile, or the agent restarted) is not reclaimed here: the agent that wants it
+  checks with the holder's host and then calls :meth:`NameRegistry.take_over`, which only
+  succeeds if the holder is still, whole, the one that was checked (compare-and-swap), so two
+  agents cannot both take it over.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 
 from protocols.errno import Errno, XenError
 
-Holder = dict[str, Any]  # {"host": str, "domid": int | None}
+Holder = dict[str, Any]  # {"host": str, "domid": int | None, "token": str}
 
 
 class NameRegistry:
@@ -34,43 +40,48 @@ class NameRegistry:
     def __init__(self, entries: dict[str, Holder] | None = None) -> None:
         self._names: dict[str, Holder] = dict(entries or {})
 
-    def reserve(self, name: str, host: str) -> Holder | None:
-        """Reserve ``name`` for ``host``: None if it is now reserved, else its holder.
-
-        Idempotent for the same host (a retried call): an agent asks only after finding no
-        record of that name among its own domains, so an entry it already holds is its own."""
+    def reserve(self, name: str, host: str, token: str) -> Holder | None:
+        """Reserve ``name`` for ``host``'s record ``token``: None if it is now reserved (or
+        already was, for this token: a retried call), else its holder."""
         _check_name(name)
         held = self._names.get(name)
-        if held is not None and held["host"] != host:
-            return dict(held)
-        self._names[name] = {"host": host, "domid": None}
+        if held is not None:
+            return None if _is(held, host, token) else dict(held)
+        self._names[name] = {"host": host, "domid": None, "token": token}
         return None
 
-    def take_over(self, name: str, stale: Holder, host: str) -> bool:
-        """Reserve ``name`` for ``host`` if it is still held by ``stale`` (checked stale)."""
-        if self._names.get(name) != stale:
+    def take_over(self, name: str, stale: Holder, host: str, token: str) -> bool:
+        """Reserve ``name`` for ``host``'s record ``token`` if it is still held by exactly
+        ``stale`` (checked stale), or is already (a retried call)."""
+        held = self._names.get(name)
+        if held is not None and _is(held, host, token):
+            return True
+        if held != stale:
             return False
-        self._names[name] = {"host": host, "domid": None}
+        self._names[name] = {"host": host, "domid": None, "token": token}
         return True
 
-    def confirm(self, name: str, host: str, domid: int) -> None:
-        """The domain holding ``name`` on ``host`` is (now) ``domid``."""
-        self._held_by(name, host)["domid"] = domid
+    def confirm(self, name: str, host: str, token: str, domid: int) -> None:
+        """The domain holding ``name`` for ``host``'s record ``token`` is (now) ``domid``."""
+        self._held_by(name, host, token)["domid"] = domid
 
-    def release(self, name: str, host: str) -> bool:
-        """Give ``name`` up; False if ``host`` did not hold it (nothing changes)."""
+    def release(self, name: str, host: str, token: str) -> bool:
+        """Give ``name`` up; False if ``host``'s record ``token`` did not hold it (nothing
+        changes: the name may be another record's by now)."""
         held = self._names.get(name)
-        if held is None or held["host"] != host:
+        if held is None or not _is(held, host, token):
             return False
         del self._names[name]
         return True
 
-    def rename(self, old: str, new: str, host: str) -> Holder | None:
-        """Move ``host``'s domain from ``old`` to ``new`` (xl's rename-restart): None if done,
-        else the holder of ``new`` (and ``old`` stays)."""
+    def rename(self, old: str, new: str, host: str, token: str) -> Holder | None:
+        """Move ``host``'s record ``token`` from ``old`` to ``new`` (xl's rename-restart): None
+        if done (or already, a retried call), else the holder of ``new`` (``old`` stays)."""
         _check_name(new)
-        held = self._held_by(old, host)
         taken = self._names.get(new)
+        if taken is not None and _is(taken, host, token) and old not in self._names:
+            return None
+        held = self._held_by(old, host, token)
         if taken is not None:
             return dict(taken)
         self._names[new] = held
@@ -81,15 +92,15 @@ class NameRegistry:
         held = self._names.get(name)
         return dict(held) if held is not None else None
 
-    def names(self, host: str | None = None) -> dict[str, Holder]:
-        """Every name (of ``host``, if given) and its holder."""
-        return {n: dict(h) for n, h in self._names.items() if host is None or h["host"] == host}
-
-    def _held_by(self, name: str, host: str) -> Holder:
+    def _held_by(self, name: str, host: str, token: str) -> Holder:
         held = self._names.get(name)
-        if held is None or held["host"] != host:
+        if held is None or not _is(held, host, token):
             raise XenError(Errno.ENOENT, f"{host} does not hold the name {name!r}")
         return held
+
+
+def _is(held: Holder, host: str, token: str) -> bool:
+    return held["host"] == host and held.get("token") == token
 
 
 DOM0_NAME = "Domain-0"  # every host's Dom0 (xen-init-dom0), so no DomU may take it

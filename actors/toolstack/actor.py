@@ -1,14 +1,23 @@
-"""The toolstack agent of one host (Dom0's ``xl``/libxl): the Ray shell over its core.
+"""The toolstack agent of one host (Dom0's ``xl``/libxl): the shell over its core.
 
 :class:`~actors.toolstack.state.Toolstack` decides (records, the create pipeline and its undo,
-the ``on_*`` policy); this shell runs the pipeline's steps with the builder
+the ``on_*`` policy); :class:`ToolstackShell` runs the pipeline's steps with the builder
 (:mod:`actors.toolstack.builder`) and Dom0's clients, and carries out the core's effects: the
 cluster's name registry, xenstored's introduce and release, starting and killing a domain's
-actor (by kind, through :mod:`actors.transport.launch`).
+process through its :class:`Launcher`. It is a plain class, so the in-process test host runs
+this very shell (with a launcher that runs the domain in the test's process);
+:class:`ToolstackActor` is it as a Ray actor, whose launcher starts a ``DomainActor``.
 
 Shutdowns: xenstored fires ``@releaseDomain`` when the hypervisor raises ``VIRQ_DOM_EXC``;
 the agent reads the domain list and lets the core decide each newly shut-down domain's action.
-Reactions run on one thread, in order, so a restart never races the destroy before it.
+Reactions run on one thread (from the injected runtime), in order, so a domain's teardown is
+done before its restart begins; each domain's effects are carried out apart from the others',
+and a restart's rebuild runs on a thread of its own, so neither a failure nor a slow build
+holds up another domain's reaction.
+
+Undo is best-effort, as ``libxl_domain_destroy`` is: each effect of a teardown is tried on its
+own and a failure is logged, so the vCPUs' process is still killed and the name still given
+back when xenstored is down; a failed create then raises its own error, not the undo's.
 """
 
 from __future__ import annotations
@@ -16,52 +25,73 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import msgpack
 import ray
 
 from actors import log as xlog
+from actors.runtime import THREADS, Runtime
 from actors.toolstack import builder
 from actors.toolstack.devices import with_macs
 from actors.toolstack.effects import (ConfirmName, Create, DestroyDomain, Effect, KillVcpus, Note,
                                       Rebuild, ReleaseName, ReleaseXenstored, RenameDomain)
 from actors.toolstack.state import Phase, Record, Step, Toolstack, state_string
-from actors.transport import PeerGone, launch
-from actors.transport.clients import host_clients
+from actors.transport import Endpoint, PeerGone, launch
+from actors.transport.clients import HostClients, host_clients
 from actors.transport.naming import CLUSTER, actor_name
 from actors.transport.raycall import RayEndpoint
 from protocols.errno import Errno, XenError
 from protocols.hypercall import Domctl, Hypercall, ShutdownReason, Sysctl
 from protocols.libxl_types import DomainConfig
+from protocols.page import PAGES_PER_MIB
 from protocols.xenstore.paths import RELEASE_DOMAIN, domain_path
 
 SHUTDOWN_WORDS = {"poweroff": ShutdownReason.poweroff, "reboot": ShutdownReason.reboot}
 HOLDER_TIMEOUT_S = 5.0  # how long to wait for another host's agent to say if a name is its
 BUILD_WAIT_S = 120.0  # how long a destroy waits for a build of that domain to end
+RESERVE_TRIES = 3  # reserve, or take a stale holder over, again if the holder changed meanwhile
+_STOP = object()
 
 
-@ray.remote(max_restarts=0, max_concurrency=8)
-class ToolstackActor(RayEndpoint):
-    def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
-        self.host, self.log_dir = host, log_dir
-        self.log = xlog.setup(host=host, component="xl", log_dir=log_dir)
-        dom0 = host_clients(host, 0, dom0_secret, "xl", self.deliver, self.log)
-        self.transport, self.hv, self.xs = dom0.transport, dom0.hv, dom0.xs
+class Launcher(Protocol):
+    """Starts and kills the process that runs a domain's vCPUs (endpoint ``<host>/dom<domid>``)."""
+
+    def start(self, domid: int, secret: str, memory_path: str) -> int:
+        """Start domain ``domid``'s process, with its credential and memory file; its pid."""
+
+    def kill(self, domid: int) -> None:
+        """Stop it for good (nothing if there is none)."""
+
+
+class ToolstackShell(Endpoint):
+    """One host's xl over Dom0's ``clients`` (endpoint ``<host>/xl``). Commands may come from
+    several threads at once; the core is only touched under ``lock``."""
+
+    def __init__(self, host: str, clients: HostClients, log: Any, launcher: Launcher,
+                 runtime: Runtime = THREADS) -> None:
+        self.host, self.log, self.launcher, self.runtime = host, log, launcher, runtime
+        self.transport, self.hv, self.xs = clients.transport, clients.hv, clients.xs
         self.xenstored = actor_name(host, "xenstored")
         self.registry = actor_name(CLUSTER, "registry")
         self.core = Toolstack(host)
         self.lock = threading.Lock()
         self.built = threading.Condition(self.lock)  # notified when a build ends
-        self._steps = {Step.RESERVE: self._reserve, Step.CREATEDOMAIN: self._createdomain,
-                       Step.MEMORY: self._memory, Step.BOOT_PAGES: self._boot_pages,
-                       Step.XENSTORE: self._xenstore, Step.INTRODUCE: self._introduce,
-                       Step.VCPUS: self._vcpus, Step.BACKENDS: self._backends,
-                       Step.UNPAUSE: self._unpause, Step.INIT: self._init}
+        self._steps: dict[Step, Callable[[Record], dict[str, Any] | None]] = {
+            Step.RESERVE: self._reserve, Step.CREATEDOMAIN: self._createdomain,
+            Step.MEMORY: self._memory, Step.BOOT_PAGES: self._boot_pages,
+            Step.XENSTORE: self._xenstore, Step.INTRODUCE: self._introduce,
+            Step.VCPUS: self._vcpus, Step.BACKENDS: self._backends, Step.UNPAUSE: self._unpause,
+            Step.INIT: self._init}
         builder.init_dom0(self.xs)
-        self.reactions: queue.SimpleQueue[None] = queue.SimpleQueue()
-        threading.Thread(target=self._react, name="xl-reactions", daemon=True).start()
+        self.reactions: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        runtime.spawn(self._react, name="xl-reactions")
         self.xs.watch(RELEASE_DOMAIN, "xl-release", lambda path, token: self.reactions.put(None))
+
+    def close(self) -> None:
+        """Stop the reaction thread (the host is going away)."""
+        self.reactions.put(_STOP)
 
     # -- commands ------------------------------------------------------------------------
 
@@ -75,13 +105,16 @@ class ToolstackActor(RayEndpoint):
                 "kernel": cfg.kernel or f"built-in {cfg.type} kernel"}
 
     def on_destroy(self, name: str) -> None:
-        """``xl destroy``; a domain being (re)built is destroyed once its build ends."""
+        """``xl destroy``; a domain being (re)built is destroyed once its build ends. Every
+        part of the teardown is tried; the first that failed is raised afterwards."""
         with self.built:
             self.built.wait_for(lambda: name not in self.core.records or
                                 self.core.records[name].phase is not Phase.BUILDING,
                                 BUILD_WAIT_S)
             effects = self.core.destroy(name)
-        self._carry_out(effects)
+        error = self._carry_out_each(effects)
+        if error is not None:
+            raise error
 
     def on_pause(self, name: str) -> None:
         self.hv(Hypercall.domctl, Domctl.pausedomain, domain=self._domid(name))
@@ -108,7 +141,8 @@ class ToolstackActor(RayEndpoint):
             if domid != 0 and domid not in recs:
                 continue
             name, pid = recs.get(domid, ("Domain-0", os.getpid()))  # Dom0's pid: this agent
-            rows.append({"name": name, "domid": domid, "mem": info["tot_pages"] * 4096 >> 20,
+            rows.append({"name": name, "domid": domid,
+                         "mem": info["tot_pages"] // PAGES_PER_MIB,
                          "vcpus": info["nr_online_vcpus"], "state": state_string(info["flags"]),
                          "time": info["cpu_time"] / 1e9, "host": self.host, "pid": pid})
         return rows
@@ -117,10 +151,11 @@ class ToolstackActor(RayEndpoint):
         with self.lock:
             return self.core.names()
 
-    def on_holds(self, name: str) -> bool:
-        """Is ``name`` one of this host's domains (the registry asks, for a stale entry)?"""
+    def on_holds(self, token: str) -> bool:
+        """Does the record that reserved a name with ``token`` still exist here (the agent
+        of another host asks, for a holder it thinks stale)?"""
         with self.lock:
-            return name in self.core.records
+            return self.core.holds(token)
 
     def on_xs_event(self, data: bytes) -> None:
         self.xs.on_event(data)
@@ -131,7 +166,8 @@ class ToolstackActor(RayEndpoint):
     # -- the create pipeline ---------------------------------------------------------------
 
     def _build(self, rec: Record) -> None:
-        """Run the steps ``rec`` still needs, in order; on any failure undo what was done."""
+        """Run the steps ``rec`` still needs, in order; on any failure undo what was done
+        (best-effort) and raise the failure itself."""
         try:
             for step in self.core.pending(rec):
                 learnt = self._steps[step](rec) or {}
@@ -142,28 +178,35 @@ class ToolstackActor(RayEndpoint):
             with self.lock:
                 effects = self.core.abort(rec)
                 self.built.notify_all()
-            self._carry_out(effects)
+            self._carry_out_each(effects)
             raise
         with self.lock:
             effects = self.core.finish(rec)
             self.built.notify_all()
         self._carry_out(effects)
+        self.reactions.put(None)  # a shutdown while it was being built was not acted on yet
 
     def _reserve(self, rec: Record) -> None:
-        held = self._registry("reserve", rec.name, self.host)
-        if held is None:
-            return
-        if self._stale(rec.name, held) and self._registry("take_over", rec.name, held,
-                                                          self.host):
-            return
+        """The name, cluster-wide, for this record's token; a stale holder is taken over."""
+        for _ in range(RESERVE_TRIES):
+            held = self._registry("reserve", rec.name, self.host, rec.token)
+            if held is None:
+                return
+            if not self._stale(held):
+                break
+            if self._registry("take_over", rec.name, held, self.host, rec.token):
+                return
         raise XenError(Errno.EEXIST, f"a domain named {rec.name!r} already exists on "
                                      f"{held['host']}")
 
-    def _stale(self, name: str, held: dict) -> bool:
-        """Does the holder's host say it no longer has ``name``? (Not when it cannot say.)"""
+    def _stale(self, held: dict) -> bool:
+        """Does the holder's host say the record that reserved the name is gone? (Not when it
+        cannot say.) This host answers for its own records."""
+        if held["host"] == self.host:
+            return not self.on_holds(held["token"])
         try:
-            return not self.transport.call(actor_name(held["host"], "xl"), "holds", name,
-                                           timeout=HOLDER_TIMEOUT_S)
+            return not self.transport.call(actor_name(held["host"], "xl"), "holds",
+                                           held["token"], timeout=HOLDER_TIMEOUT_S)
         except (PeerGone, TimeoutError):
             return False
 
@@ -187,16 +230,14 @@ class ToolstackActor(RayEndpoint):
                             self._endpoint(rec.domid))
 
     def _vcpus(self, rec: Record) -> dict[str, Any]:
-        """Start the domain's actor (its vCPUs' process) and hand it over to the hypervisor;
-        an actor started by a failed step is killed here (the core only undoes done steps)."""
-        actor = launch.start("domain", self.host, f"dom{rec.domid}", self.host, rec.domid,
-                             rec.secret, rec.memory_path, self.log_dir)
+        """Start the domain's process (its vCPUs) and hand it over to the hypervisor; a
+        process started by a failed step is killed here (the core only undoes done steps)."""
         try:
-            pid = launch.ask(actor, "process")["pid"]
+            pid = self.launcher.start(rec.domid, rec.secret, rec.memory_path)
             self.hv(Hypercall.domctl, Domctl.setvcpucontext, domain=rec.domid, vcpu=0,
                     ctxt=msgpack.packb({"pid": pid, "endpoint": self._endpoint(rec.domid)}))
         except BaseException:
-            self._kill_vcpus(rec.domid)
+            self._carry_out_each([KillVcpus(rec.domid)])
             raise
         return {"pid": pid}
 
@@ -219,30 +260,55 @@ class ToolstackActor(RayEndpoint):
                 case ReleaseXenstored(domid):
                     self.transport.call(self.xenstored, "release", domid)
                 case KillVcpus(domid):
-                    self._kill_vcpus(domid)
-                case ReleaseName(name):
-                    self._registry("release", name, self.host, missing_ok=True)
-                case ConfirmName(name, domid):
-                    self._registry("confirm", name, self.host, domid, missing_ok=True)
-                case RenameDomain(domid, old, new):
-                    taken = self._registry("rename", old, new, self.host)
+                    self.launcher.kill(domid)
+                    self.transport.forget(self._endpoint(domid))
+                case ReleaseName(name, token):
+                    self._registry("release", name, self.host, token, missing_ok=True)
+                case ConfirmName(name, domid, token):
+                    self._registry("confirm", name, self.host, token, domid, missing_ok=True)
+                case RenameDomain(domid, old, new, token):
+                    taken = self._registry("rename", old, new, self.host, token)
                     if taken is None:
                         self.xs.write(f"{domain_path(domid)}/name", new)
                     with self.lock:
                         effects = self.core.renamed(old, new, ok=taken is None)
                     self._carry_out(effects)
                 case Rebuild(name):
-                    with self.lock:
-                        rec = self.core.records[name]
-                    self._build(rec)
+                    self._background(f"restart of {name}", self._rebuild, name)
                 case Create(name, config):
-                    self.on_create(config.to_dict(), name)
+                    self._background(f"create of {name}", self.on_create, config.to_dict(),
+                                     name)
                 case Note(what, fields):
                     self.log.info(what, **fields)
 
-    def _kill_vcpus(self, domid: int) -> None:
-        launch.kill(self.host, f"dom{domid}")
-        self.transport.forget(self._endpoint(domid))
+    def _carry_out_each(self, effects: list[Effect]) -> Exception | None:
+        """Carry out every effect on its own: one that fails is logged and the rest still
+        run (a teardown is best-effort). Returns the first failure."""
+        first = None
+        for e in effects:
+            try:
+                self._carry_out([e])
+            except Exception as err:
+                self.log.warning("effect failed", effect=repr(e), error=str(err))
+                first = first or err
+        return first
+
+    def _rebuild(self, name: str) -> None:
+        """``restart``: build the record again, under its still reserved name."""
+        with self.lock:
+            rec = self.core.records.get(name)
+        if rec is not None and rec.phase is Phase.BUILDING:
+            self._build(rec)
+
+    def _background(self, what: str, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` on a thread of its own (a build takes seconds); log a failure."""
+        def run() -> None:
+            try:
+                fn(*args)
+            except Exception as e:
+                self.log.warning(f"{what} failed", error=str(e))
+
+        self.runtime.spawn(run, name=f"xl-{what}")
 
     def _registry(self, kind: str, *args: Any, missing_ok: bool = False) -> Any:
         try:
@@ -257,16 +323,18 @@ class ToolstackActor(RayEndpoint):
     # -- shutdown reactions (xl_vmcontrol.c handle_domain_death) ----------------------------
 
     def _react(self) -> None:
-        while True:
-            self.reactions.get()
+        """One @releaseDomain at a time; each domain's effects apart from the others'."""
+        while self.reactions.get() is not _STOP:
             try:
                 infos = self.hv(Hypercall.sysctl, Sysctl.getdomaininfolist, first_domain=1,
                                 max_domains=1 << 15)
                 with self.lock:
-                    effects = self.core.shutdowns({i["domain"]: i["flags"] for i in infos})
-                self._carry_out(effects)
+                    groups = self.core.shutdowns({i["domain"]: i["flags"] for i in infos})
             except Exception:  # one bad reaction must not stop the agent
                 self.log.exception("reacting to @releaseDomain failed")
+                continue
+            for effects in groups:
+                self._carry_out_each(effects)
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -279,3 +347,26 @@ class ToolstackActor(RayEndpoint):
 
     def _endpoint(self, domid: int) -> str:
         return actor_name(self.host, f"dom{domid}")
+
+
+class DomainActors:
+    """The :class:`Launcher` of a Ray host: each domain in a ``DomainActor`` of its own."""
+
+    def __init__(self, host: str, log_dir: str | None) -> None:
+        self.host, self.log_dir = host, log_dir
+
+    def start(self, domid: int, secret: str, memory_path: str) -> int:
+        actor = launch.start("domain", self.host, f"dom{domid}", self.host, domid, secret,
+                             memory_path, self.log_dir)
+        return launch.ask(actor, "process")["pid"]
+
+    def kill(self, domid: int) -> None:
+        launch.kill(self.host, f"dom{domid}")
+
+
+@ray.remote(max_restarts=0, max_concurrency=8)
+class ToolstackActor(RayEndpoint, ToolstackShell):
+    def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
+        log = xlog.setup(host=host, component="xl", log_dir=log_dir)
+        super().__init__(host, host_clients(host, 0, dom0_secret, "xl", self.deliver, log), log,
+                         DomainActors(host, log_dir))

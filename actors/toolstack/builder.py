@@ -27,9 +27,11 @@ from protocols.errno import Errno, XenError
 from protocols.hypercall import (DOMID_ANY, Domctl, DomInfoFlag, EvtchnOp, Hypercall, MemoryOp,
                                  XenMapSpace)
 from protocols.libxl_types import DomainConfig
+from protocols.page import PAGES_PER_MIB
 from protocols.pv_layout import PFN_CONSOLE, PFN_FIRST_FREE, PFN_START_INFO
 from protocols.xenstore.paths import (INIT_STATUS, RELEASE_DOMAIN, backend_path, domain_path,
-                                      frontend_path, libxl_path, vm_path)
+                                      frontend_path, libxl_device_path, libxl_path, pool_path,
+                                      vm_path)
 
 XEN_LEGACY_MAX_VCPUS = 32  # vcpu_info slots in the shared-info page (xen.h)
 HOTPLUG_TIMEOUT_S = 40.0  # LIBXL_HOTPLUG_TIMEOUT
@@ -46,7 +48,7 @@ def init_dom0(xs: Any) -> None:
     def body(t: int) -> None:
         xs.write(f"{domain_path(0)}/domid", "0", tx_id=t)
         xs.write(f"{domain_path(0)}/name", "Domain-0", tx_id=t)
-        xs.write("/local/pool/0/name", "Pool-0", tx_id=t)
+        xs.write(f"{pool_path(0)}/name", "Pool-0", tx_id=t)
 
     xs.transact(body)
 
@@ -78,11 +80,11 @@ def populate(hv: Any, domid: int, cfg: DomainConfig, name: str) -> str:
     """``XEN_DOMCTL_max_mem`` then ``populate_physmap``: short of memory is -ENOMEM. Returns
     the domain's memory file (what a foreign map of its first page answers)."""
     hv(Hypercall.domctl, Domctl.max_mem, domain=domid, max_memkb=cfg.maxmem * 1024)
-    want = cfg.memory * 256
+    want = cfg.memory * PAGES_PER_MIB
     done = hv(Hypercall.memory_op, MemoryOp.populate_physmap, extent_start=[],
               nr_extents=want, extent_order=0, mem_flags=0, domid=domid)
     if done < want:
-        raise XenError(Errno.ENOMEM, f"host has memory for {done // 256} of the "
+        raise XenError(Errno.ENOMEM, f"host has memory for {done // PAGES_PER_MIB} of the "
                                      f"{cfg.memory} MiB domain {name!r} asks for")
     return hv(Hypercall.memory_op, MemoryOp.add_to_physmap_batch, domid=0,
               space=XenMapSpace.gmfn_foreign, size=1, foreign_domid=domid,
@@ -96,7 +98,7 @@ def write_boot_pages(hv: Any, domid: int, memory_path: str, cfg: DomainConfig) -
               remote_dom=0)["port"]
     mapping = Mapping(memory_path, 0, PFN_FIRST_FREE)
     try:
-        info = si.StartInfo(nr_pages=cfg.memory * 256, shared_info=0, flags=0,
+        info = si.StartInfo(nr_pages=cfg.memory * PAGES_PER_MIB, shared_info=0, flags=0,
                             store_mfn=0, store_evtchn=0, console_mfn=PFN_CONSOLE,
                             console_evtchn=port, cmd_line=cfg.cmdline or "")
         mapping.page(PFN_START_INFO)[:si.SIZE] = info.pack()
@@ -157,7 +159,7 @@ def add_device(xs: Any, t: int, domid: int, dtype: DeviceType, dev: Any) -> None
         xs.set_perms(base, perms, tx_id=t)  # first: the keys inherit these permissions
         for key, value in keys.items():
             xs.write(f"{base}/{key}", value, tx_id=t)
-    libxl = f"{libxl_path(domid)}/device/{dtype.kind}/{dev.devid}"
+    libxl = libxl_device_path(domid, dtype.kind, dev.devid)
     xs.write(f"{libxl}/frontend", fe, tx_id=t)
     xs.write(f"{libxl}/backend", be, tx_id=t)
 

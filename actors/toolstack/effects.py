@@ -1,7 +1,9 @@
 """What the toolstack's core asks its shell to do (effects are data).
 
-The core (:mod:`actors.toolstack.state`) decides; ``actor.py`` (and the in-process test host)
-carries these out in order, with the builder's steps and the clients it holds.
+The core (:mod:`actors.toolstack.state`) decides; the shell (``actor.py``, which the in-process
+test host runs too) carries these out in order, with the builder's steps and the clients it
+holds. Every effect on a name carries the reserving record's ``token``: the registry acts only
+for the reservation it was made for, never for a newer one of the same name.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ class KillVcpus:
 
 @dataclasses.dataclass(frozen=True)
 class ReleaseName:
-    """Give the name back to the cluster's registry."""
+    """Give the name back to the cluster's registry (if record ``token`` still holds it)."""
 
     name: str
+    token: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +50,7 @@ class ConfirmName:
 
     name: str
     domid: int
+    token: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +61,7 @@ class RenameDomain:
     domid: int
     old: str
     new: str
+    token: str
 
 
 @dataclasses.dataclass(frozen=True)

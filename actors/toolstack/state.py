@@ -4,7 +4,9 @@ undoes it, and what to do when a domain shuts down.
 * **Records and names.** One :class:`Record` per domain this host's agent created, by name.
   :meth:`Toolstack.begin_create` refuses a name it already has (EEXIST) in the same step that
   takes it, under the shell's lock, so two creates of one name at once never both start; the
-  cluster-wide reservation is the pipeline's first step (:attr:`Step.RESERVE`).
+  cluster-wide reservation is the pipeline's first step (:attr:`Step.RESERVE`). Each record
+  has a token of its own, which its reservation carries (``actors.registry.state``), so the
+  late release of a destroyed record cannot free the name of a newer record of that name.
 * **The pipeline** is libxl's ``domcreate``, in order (:class:`Step`); the shell runs each
   step (``actors.toolstack.builder``) and reports it done. If one fails, :meth:`Toolstack.abort`
   returns the effects that undo what was done, as libxl's error paths do
@@ -18,12 +20,16 @@ undoes it, and what to do when a domain shuts down.
 
 Events in, effects out: the shell calls these methods under one lock and carries out the
 effects they return (:mod:`actors.toolstack.effects`). Nothing else changes the state.
+:meth:`Toolstack.shutdowns` returns one group of effects per domain, so the shell can carry
+out each domain's apart: one that fails does not keep the others from theirs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import uuid
+from collections.abc import Callable
 from typing import Any
 
 from actors.toolstack.effects import (ConfirmName, Create, DestroyDomain, Effect, KillVcpus, Note,
@@ -73,14 +79,17 @@ class Record:
     memory_path: str = ""
     console_port: int = 0
     pid: int = 0
+    token: str = ""  # unique to this record: its reservation in the registry carries it
 
 
 class Toolstack:
     """One host's toolstack records. Call every method under the shell's one lock."""
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, new_token: Callable[[], str] = lambda: uuid.uuid4().hex
+                 ) -> None:
         self.host = host
         self.records: dict[str, Record] = {}
+        self._new_token = new_token
 
     # -- queries -----------------------------------------------------------------------
 
@@ -94,6 +103,11 @@ class Toolstack:
         """Every name this host holds and its domid (None while the first build runs)."""
         return {r.name: r.domid for r in self.records.values()}
 
+    def holds(self, token: str) -> bool:
+        """Does the record that made a reservation with ``token`` still exist? (Under that
+        name, or under the new one of a rename-restart whose registry rename is under way.)"""
+        return any(rec.token == token for rec in self.records.values())
+
     # -- the create pipeline -------------------------------------------------------------
 
     def begin_create(self, name: str, config: DomainConfig) -> Record:
@@ -101,7 +115,7 @@ class Toolstack:
         if name in self.records:
             raise XenError(Errno.EEXIST, f"a domain named {name!r} already exists on "
                                          f"{self.host}")
-        rec = self.records[name] = Record(name, config)
+        rec = self.records[name] = Record(name, config, token=self._new_token())
         return rec
 
     def pending(self, rec: Record) -> list[Step]:
@@ -117,15 +131,15 @@ class Toolstack:
     def finish(self, rec: Record) -> list[Effect]:
         """Every step done: the domain runs; the registry learns its domid."""
         rec.phase = Phase.RUNNING
-        return [ConfirmName(rec.name, rec.domid),
+        return [ConfirmName(rec.name, rec.domid, rec.token),
                 Note("domain created", {"domid": rec.domid, "name": rec.name})]
 
     def abort(self, rec: Record) -> list[Effect]:
         """A step failed: forget the record and undo every step done, newest resources
         first but the hypervisor's domain before its vCPUs' process (libxl's error path)."""
         self.records.pop(rec.name, None)
-        return self._teardown(rec) + ([ReleaseName(rec.name)] if Step.RESERVE in rec.done
-                                      else [])
+        return self._teardown(rec) + ([ReleaseName(rec.name, rec.token)]
+                                      if Step.RESERVE in rec.done else [])
 
     def _teardown(self, rec: Record) -> list[Effect]:
         """``libxl_domain_destroy`` for what ``rec`` has: destroydomain (so the vCPUs'
@@ -151,16 +165,17 @@ class Toolstack:
 
     # -- shutdown policy (xl_vmcontrol.c handle_domain_death) ----------------------------
 
-    def shutdowns(self, infos: dict[int, int]) -> list[Effect]:
+    def shutdowns(self, infos: dict[int, int]) -> list[list[Effect]]:
         """The hypervisor's domain list (domid -> getdomaininfo flags) after VIRQ_DOM_EXC:
-        each running domain newly shut down gets its ``on_*`` action."""
-        effects: list[Effect] = []
+        each running domain newly shut down gets its ``on_*`` action, one group of effects
+        per domain (each group in order; the groups independent of each other)."""
+        groups: list[list[Effect]] = []
         for rec in list(self.records.values()):
             flags = infos.get(rec.domid) if rec.domid is not None else None
             if rec.phase is Phase.RUNNING and flags is not None and \
                     flags & DomInfoFlag.shutdown:
-                effects += self._on_shutdown(rec, dominf_shutdown_code(flags))
-        return effects
+                groups.append(self._on_shutdown(rec, dominf_shutdown_code(flags)))
+        return groups
 
     def _on_shutdown(self, rec: Record, reason: int) -> list[Effect]:
         key = ON_SHUTDOWN.get(reason)
@@ -181,7 +196,7 @@ class Toolstack:
             new = f"{rec.name}-{rec.domid}"
             old = self.records.pop(rec.name)
             self.records[new] = dataclasses.replace(old, name=new)
-            return [note, RenameDomain(rec.domid, rec.name, new)]
+            return [note, RenameDomain(rec.domid, rec.name, new, rec.token)]
         return [note]  # PRESERVE: left shut down, for the user to inspect or destroy
 
     def renamed(self, old: str, new: str, ok: bool) -> list[Effect]:

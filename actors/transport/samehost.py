@@ -18,6 +18,12 @@ so no lock a handler waits on can stop a reply from being read.
 A hypercall whose result nobody reads (``HypercallClient.post``: an event-channel kick) goes
 up the pipe without waiting; the pipe keeps it in order with the caller's others.
 
+A pipe the hypervisor dropped (or that broke) is discarded and the next hypercall opens a new
+one. The old one is closed (its doorbells and its mapping) once nobody uses it: every
+read, write or look at its closed flag holds it (:meth:`SameHostTransport._hold`), and
+whichever of the discarding thread and the last holder comes last closes it. The reader may be
+blocked on its doorbell for up to ``LIVENESS_S`` before it lets go.
+
 The pipe is opened, over Ray, on the first hypercall: a DomU's endpoint and process are
 known to the hypervisor only once the toolstack has handed over its vCPUs. A refused open
 (another domain's endpoint, a wrong secret) leaves the client on Ray.
@@ -59,10 +65,11 @@ class SameHostTransport:
         self._open_lock = threading.Lock()
         self._write_lock = threading.Lock()
         self._seq = itertools.count(1)
-        self._cv = threading.Condition()  # guards the three below
+        self._cv = threading.Condition()  # guards the four below (and the switch of _pipe)
         self._reading = False  # a thread is waiting on the doorbell or receiving
         self._replies: dict[int, tuple[bool, Any] | None] = {}  # seq -> (ok, value) once here
         self._events: collections.deque[tuple[str, list]] = collections.deque()
+        self._holders: dict[HvPipe, int] = {}  # pipe -> the threads using it now
 
     # -- Transport ------------------------------------------------------------------------
 
@@ -103,12 +110,17 @@ class SameHostTransport:
 
     def _write(self, pipe: HvPipe, frame: memoryview, dest: str, kind: str,
                deadline: float | None) -> None:
-        with self._write_lock:  # the pieces of one frame must not interleave
-            while frame:
-                frame = frame[pipe.write(frame):]
-                if frame:
-                    self._check(pipe, dest, kind, deadline)
-                    time.sleep(FULL_RETRY_S)
+        if not self._hold(pipe):
+            raise PeerGone(dest)  # dropped since the caller took it
+        try:
+            with self._write_lock:  # the pieces of one frame must not interleave
+                while frame:
+                    frame = frame[pipe.write(frame):]
+                    if frame:
+                        self._check(pipe, dest, kind, deadline)
+                        time.sleep(FULL_RETRY_S)
+        finally:
+            self._let_go(pipe)
 
     def forget(self, dest: str) -> None:
         self.fallback.forget(dest)
@@ -129,8 +141,8 @@ class SameHostTransport:
                     return None
                 pipe = HvPipe(answer["path"], hypervisor=False)
                 self._hv_pid = answer["pid"]
-                self._pipe = pipe
                 with self._cv:
+                    self._pipe = pipe
                     self._cv.notify_all()
                 if not self._dispatching:
                     self._dispatching = True
@@ -144,18 +156,48 @@ class SameHostTransport:
             os.kill(self._hv_pid, 0)
         except ProcessLookupError:
             raise PeerGone(dest) from None
-        if pipe.closed or self._pipe is not pipe:
+        if not self._hold(pipe):
+            raise PeerGone(dest)
+        try:
+            closed = pipe.closed
+        finally:
+            self._let_go(pipe)
+        if closed:
             raise PeerGone(dest)
         if deadline is not None and time.monotonic() >= deadline:
             raise TimeoutError(f"{dest} did not answer {kind} in time")
 
     def _discard(self, pipe: HvPipe) -> None:
-        """Forget a dropped or broken pipe: the next hypercall opens a new one."""
-        with self._open_lock:
-            if self._pipe is pipe:
-                self._pipe = None
-        with self._cv:
+        """Forget a dropped or broken pipe: the next hypercall opens a new one. It is closed
+        now if nobody holds it, else by the last holder to let go."""
+        with self._open_lock, self._cv:
+            if self._pipe is not pipe:
+                return  # discarded already
+            self._pipe = None
+            unused = pipe not in self._holders
             self._cv.notify_all()
+        if unused:
+            pipe.close()
+
+    def _hold(self, pipe: HvPipe) -> bool:
+        """Keep ``pipe`` open while this thread uses it; False if it was discarded."""
+        with self._cv:
+            if self._pipe is not pipe:
+                return False
+            self._holders[pipe] = self._holders.get(pipe, 0) + 1
+            return True
+
+    def _let_go(self, pipe: HvPipe) -> None:
+        """Done with ``pipe``: the last holder of a discarded pipe closes it."""
+        with self._cv:
+            left = self._holders[pipe] - 1
+            if left:
+                self._holders[pipe] = left
+                return
+            del self._holders[pipe]
+            if self._pipe is pipe:
+                return
+        pipe.close()
 
     # -- reading: whoever needs to ---------------------------------------------------------
 
@@ -180,14 +222,19 @@ class SameHostTransport:
 
     def _read_once(self, pipe: HvPipe, timeout: float) -> bool:
         """Wait up to ``timeout`` for the doorbell and take what came (the caller set
-        ``_reading``): replies to their callers, upcalls to the dispatcher's queue."""
+        ``_reading``): replies to their callers, upcalls to the dispatcher's queue. False at
+        once for a pipe discarded meanwhile."""
         messages: list = []
+        held = dropped = False
         try:
-            pipe.wait(timeout)
-            messages = pipe.receive()
+            held = self._hold(pipe)
+            if held:
+                pipe.wait(timeout)
+                messages = pipe.receive()
+                dropped = pipe.closed
         except HvPipeBroken as e:
             self.log.error("hypervisor pipe broken", error=str(e))
-            self._discard(pipe)
+            dropped = True
         finally:
             with self._cv:
                 self._reading = False
@@ -198,7 +245,9 @@ class SameHostTransport:
                     else:
                         self._events.append((m[1], m[2]))
                 self._cv.notify_all()
-        if pipe.closed:
+            if held:
+                self._let_go(pipe)
+        if dropped:
             self._discard(pipe)
         return bool(messages)
 

@@ -67,8 +67,8 @@ from actors.xenbus.backend_events import (BackendChanged, BackendGone, Close, De
                                           Start)
 from protocols.errno import XenError
 from protocols.xenbus import BackendAction, XenbusState, backend_on_frontend_state
+from protocols.xenstore.paths import backend_kind_path, backend_path
 
-BACKEND = "/local/domain/0/backend"  # Dom0's backend directories, one per device type
 _S = XenbusState
 _STATS = ("scans", "connects", "disconnects", "errors", "hostile", "recovered")
 
@@ -112,7 +112,7 @@ class XenbusBackend:
 
     def __init__(self, driver: XenbusDriver) -> None:
         self.driver = driver
-        self.root = f"{BACKEND}/{driver.devicetype}"
+        self.root = backend_kind_path(driver.devicetype)  # Dom0's, as Dom0 runs the backends
         self.devices: dict[tuple[int, int], BackendDevice] = {}
         self.stats: Counter[str] = Counter()
         self._conns = itertools.count(1)
@@ -162,7 +162,7 @@ class XenbusBackend:
         return effects + [self._read_new(key) for key in new]
 
     def _read_new(self, key: tuple[int, int]) -> ReadDevice:
-        return ReadDevice(*key, f"{self.root}/{key[0]}/{key[1]}", None,
+        return ReadDevice(*key, backend_path(self.driver.devicetype, *key), None,
                           ("state", "frontend", "online", *self.driver.config_keys),
                           ("state", "event-channel"))
 
@@ -199,8 +199,8 @@ class XenbusBackend:
         if config is None:
             return []
         port = event.frontend.get("event-channel", "")
-        dev = BackendDevice(*key, f"{self.root}/{key[0]}/{key[1]}", backend["frontend"], config,
-                            found, backend.get("online") == "1",
+        dev = BackendDevice(*key, backend_path(self.driver.devicetype, *key), backend["frontend"],
+                            config, found, backend.get("online") == "1",
                             int(port) if port.isdigit() else None)
         self.devices[dev.key] = dev
         return [Probe(*dev.key, config)]

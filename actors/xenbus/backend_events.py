@@ -97,7 +97,8 @@ class RingConnected:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class RingConnectFailed:
-    """Connection ``conn``'s rings could not be mapped or its port bound; nothing is held."""
+    """Connection ``conn``'s rings could not be mapped, its port bound or the data path
+    serve them; nothing is held."""
 
     domid: int
     devid: int

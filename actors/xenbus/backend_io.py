@@ -71,6 +71,10 @@ class DataPath(Protocol):
     def statistics(self, key: Key) -> Mapping[str, int]:
         """The device's counters, closed connections' included."""
 
+    def upcall(self, ports: list[int]) -> None:
+        """Dom0's ``ports`` fired: serve the rings behind them (not under the executor's
+        lock: the shell calls it)."""
+
 
 class BackendIO:
     """Runs ``core`` for a driver over ``hv`` (Dom0's hypercalls) and ``xs`` (Dom0's xenstore
@@ -253,8 +257,13 @@ class BackendIO:
             grants, rings, port = map_rings(self.hv, e.domid, e.grefs, e.evtchn)
         except (XenError, OSError) as err:
             return RingConnectFailed(e.domid, e.devid, e.conn, str(err))
+        try:
+            self.data.connect(key, e.conn, rings, grants, port, e.params)
+        except Exception as err:  # noqa: BLE001 - the driver could not serve it: give it back
+            self.log.exception("data path refused the ring", domid=e.domid, devid=e.devid)
+            self._release(key, grants, rings, port)
+            return RingConnectFailed(e.domid, e.devid, e.conn, f"connect: {err!r}")
         self._held[key] = (e.conn, grants, rings, port)
-        self.data.connect(key, e.conn, rings, grants, port, e.params)
         return RingConnected(e.domid, e.devid, e.conn, port)
 
     def _disconnect(self, e: Disconnect) -> None:
@@ -264,6 +273,11 @@ class BackendIO:
             return
         del self._held[key]
         _, grants, rings, port = held
+        self._release(key, grants, rings, port)
+
+    def _release(self, key: Key, grants: GrantMaps, rings: Rings, port: int) -> None:
+        """Stop serving a connection (the data path may hold part of one it refused), close
+        Dom0's port, unmap the rings and every grant left mapped."""
         self.data.disconnect(key)
         self._close_port(port)
         unmap_rings(grants, rings)

@@ -15,6 +15,7 @@ from actors.memory import Mapping
 from protocols.errno import Errno, XenError
 from protocols.gnttab import GNTMAP, GNTST
 from protocols.hypercall import EvtchnOp, GnttabOp, Hypercall
+from protocols.page import PAGE_SHIFT
 
 Rings = tuple[tuple[int, memoryview], ...]  # (gref, page) of each mapped ring
 
@@ -33,7 +34,7 @@ class GrantMaps:
         if got["status"] != GNTST.okay:
             raise XenError(Errno.EINVAL, f"gref {gref} of domain {self.domid}: "
                                          f"GNTST {got['status']}")
-        frame = got["dev_bus_addr"] >> 12
+        frame = got["dev_bus_addr"] >> PAGE_SHIFT
         try:
             mapping = Mapping(got["path"], frame, 1, readonly=readonly)
         except BaseException:

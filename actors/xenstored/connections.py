@@ -38,11 +38,7 @@ class Connections:
     def handle(self, domid: int, secret: str, endpoint: str, data: bytes) -> bytes:
         """Serve ``data`` from ``domid``'s ``endpoint``; the replies, as bytes. EACCES for a
         domain that was not introduced, or the wrong secret."""
-        cred = self._creds.get(domid)
-        if cred is None or cred[0] != secret:
-            raise XenError(Errno.EACCES, f"xenstored: domain {domid} is not introduced")
-        endpoint = cred[1] or endpoint  # a DomU's endpoint is the one it was introduced with
-        conn_id = self._connection(domid, endpoint)
+        conn_id = self._connection(domid, secret, endpoint)
         self._replies.conn_id, self._replies.buf = conn_id, []
         try:
             self.server.handle(conn_id, data)
@@ -77,8 +73,16 @@ class Connections:
         for domid in dead:
             self.release(domid)
 
-    def _connection(self, domid: int, endpoint: str) -> int:
+    def _connection(self, domid: int, secret: str, endpoint: str) -> int:
+        """The caller's connection, made on its first request. The credential is checked
+        under the lock that :meth:`release` takes, so a request racing the release of its
+        domain either comes first (and ``release`` closes the connection) or is refused:
+        it never leaves a connection behind for a released domain."""
         with self._lock:
+            cred = self._creds.get(domid)
+            if cred is None or cred[0] != secret:
+                raise XenError(Errno.EACCES, f"xenstored: domain {domid} is not introduced")
+            endpoint = cred[1] or endpoint  # a DomU's endpoint is the one it was introduced with
             conn_id = self._conns.get((domid, endpoint))
             if conn_id is None:
                 holder: list[int] = []

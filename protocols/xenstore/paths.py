@@ -140,3 +140,26 @@ def vm_path(uuid: str) -> str:
 def libxl_path(domid: int) -> str:
     """``/libxl/<domid>``: libxl's private record of a domain (Dom0 only)."""
     return f"/libxl/{domid}"
+
+
+def pool_path(poolid: int) -> str:
+    """``/local/pool/<poolid>``: a cpupool's entry (``xen-init-dom0`` writes Pool-0's name)."""
+    return f"/local/pool/{poolid}"
+
+
+def libxl_device_path(domid: int, kind: str, devid: int) -> str:
+    """``/libxl/<domid>/device/<kind>/<devid>``: libxl's own record of a device's frontend
+    and backend (``libxl__domain_device_libxl_path``)."""
+    return f"{libxl_path(domid)}/device/{kind}/{devid}"
+
+
+def backend_kind_path(kind: str, backend_domid: int = 0) -> str:
+    """``<backend home>/backend/<kind>``: every device of that kind the domain serves, the
+    directory a backend driver watches (Linux ``xenbus_probe_backend``); the parent of each
+    :func:`backend_path` of that kind."""
+    return f"{domain_path(backend_domid)}/backend/{kind}"
+
+
+def tool_path(tool: str) -> str:
+    """``/tool/<tool>``: a tool's own records (xenstore-paths.pandoc ``/tool/$TOOL``)."""
+    return f"/tool/{tool}"

@@ -2,6 +2,7 @@
 per host, an uplink between hosts, real Ethernet frames a pcap capture shows to tshark, a
 netback restart the guests survive, and hostile frontends that harm nobody else."""
 
+import os
 import re
 import subprocess
 import threading
@@ -38,8 +39,25 @@ def result(xen, name, timeout=60):
     return xen.wait_for(lambda: xen.result(name), timeout, f"{name}'s result")
 
 
+def wait_vif_connected(xen, name, timeout=30):
+    """Until the domain's vif 0 is Connected at both ends (an idle guest's NIC comes up after
+    its init has started; a ping sent before would be lost, as on real hardware)."""
+    host, domid = xen.find(name)
+    sock = next(h["xenstored_socket"] for h in xen.info() if h["host"] == host)
+    paths = [f"/local/domain/0/backend/vif/{domid}/0/state",
+             f"/local/domain/{domid}/device/vif/0/state"]
+
+    def connected():
+        got = subprocess.run(["xenstore-read", *paths], capture_output=True, text=True,
+                             env={**os.environ, "XENSTORED_PATH": sock}, timeout=30)
+        return got.stdout.split() == ["4", "4"]
+
+    xen.wait_for(connected, timeout, f"{name}'s vif to connect")
+
+
 def test_ping_between_domains_on_one_host_and_across_hosts(xen, domains):
     domains("pong1", "10.1.0.1", "init=idle", "h1")
+    wait_vif_connected(xen, "pong1")
     domains("near", "10.1.0.2", "init=ping 10.1.0.1 count=4 interval=0.2", "h1")
     domains("far", "10.1.0.3", "init=ping 10.1.0.1 count=4 interval=0.2", "h2")
     for name in ("near", "far"):
@@ -53,8 +71,7 @@ def test_capture_of_a_ping_opens_in_tshark_with_arp_and_icmp(xen, domains, tmp_p
     """tshark comes from Debian (.ci/run installs it)."""
     pcap = tmp_path / "xenbr0.pcap"
     domains("pong2", "10.2.0.1", "init=idle", "h2")
-    xen.wait_for(lambda: any("netfront" in line for line in xen.console("pong2", 5)), 30,
-                 "pong2's NIC")
+    wait_vif_connected(xen, "pong2")
     captured = {}
     t = threading.Thread(target=lambda: captured.setdefault(
         "n", xen.capture("h2", "xenbr0", pcap, seconds=6.0)))
@@ -115,6 +132,7 @@ def test_link_latency_between_hosts_shows_in_the_rtt(xen, domains):
         assert {(r["from"], r["to"], r["latency_s"]) for r in xen.links()} >= {
             ("h1", "h2", 0.025), ("h2", "h1", 0.025)}
         domains("pong5", "10.5.0.1", "init=idle", "h1")
+        wait_vif_connected(xen, "pong5")
         domains("far5", "10.5.0.2", "init=ping 10.5.0.1 count=3 interval=0.1", "h2")
         r = result(xen, "far5")
         assert r["received"] == 3 and r["rtt_ms_min"] >= 50.0, r  # 25 ms each way

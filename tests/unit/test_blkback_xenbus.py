@@ -8,7 +8,9 @@ the guest, the kernel's block driver (``actors.domain.blkdev`` / ``Blkfront``). 
 the one-way messages (upcalls, watch events), as the actors' mailboxes would deliver them.
 """
 
+import itertools
 import os
+import random
 
 import pytest
 
@@ -16,19 +18,21 @@ from actors import memory
 from actors.blkback.actor import BlkbackShell
 from actors.blkback.vbd import create_image
 from actors.domain.blkdev import BlockDevices
-from actors.toolstack.builder import add_device
-from actors.toolstack.devices import VBD
 from actors.xenbus.backend_events import BackendChanged, OtherendChanged
-from cluster.xlcfg import parse_disk_spec
 from protocols import blkif
-from protocols.blkif import VDISK_READONLY, devid_to_vdev
+from protocols.blkif import SECTOR_SIZE, VDISK_READONLY, devid_to_vdev
 from protocols.evtchn import EvtchnStat
 from protocols.hypercall import EvtchnOp, Hypercall
+from protocols.libxl_types import DiskSpec, DomainConfig
+from protocols.page import PAGE_SIZE
+from protocols.xenstore.paths import backend_path, frontend_path
 from tests.inprocess import HOST, domain_endpoint
 
 BLKBACK = f"{HOST}/blkback"
-NR_PAGES = 512
+MEMORY_MIB = 2
+NR_PAGES = (MEMORY_MIB << 20) // PAGE_SIZE
 XVDA, XVDB = 51712, 51728
+_names = itertools.count(1)
 
 
 @pytest.fixture
@@ -66,29 +70,21 @@ class Guest:
 
 
 def create(host, disks: dict[int, tuple[str, str]]) -> Guest:
-    """A domain with ``disks`` {devid: (image, mode)}, added as the toolstack adds them
-    (reference 8.3, 10)."""
-    domid, secret = host.create_domain(NR_PAGES)
-
-    def body(t: int) -> None:
-        dom = f"/local/domain/{domid}"
-        host.xs.write(dom, "", tx_id=t)
-        host.xs.set_perms(dom, ["n0", f"r{domid}"], tx_id=t)
-        for devid, (image, mode) in disks.items():
-            add_device(host.xs, t, domid, VBD,
-                       parse_disk_spec(f"{image},raw,{devid_to_vdev(devid)},{mode}"))
-
-    host.xs.transact(body)
-    host.introduce(domid, secret)
-    return Guest(host, domid, secret)
+    """A domain with ``disks`` {devid: (image, mode)}, built as the toolstack builds it
+    (reference 8.3, 10): introduced, its vCPUs handed to this process."""
+    built = host.build(DomainConfig(
+        name=f"blk{next(_names)}", memory=MEMORY_MIB, maxmem=MEMORY_MIB,
+        disk=tuple(DiskSpec(vdev=devid_to_vdev(devid), devid=devid, target=image,
+                            readwrite=mode == "w") for devid, (image, mode) in disks.items())))
+    return Guest(host, built.domid, built.secret)
 
 
 def fe(domid: int, devid: int) -> str:
-    return f"/local/domain/{domid}/device/vbd/{devid}"
+    return frontend_path("vbd", domid, devid)
 
 
 def be(domid: int, devid: int) -> str:
-    return f"/local/domain/0/backend/vbd/{domid}/{devid}"
+    return backend_path("vbd", domid, devid)
 
 
 def read(host, path: str) -> str:
@@ -108,6 +104,14 @@ def connected(host, guest: Guest, *devids: int) -> None:
                "both ends Connected")
 
 
+def connected_guest(host, disks: dict[int, tuple[str, str]]) -> Guest:
+    """:func:`create`, then the guest's frontends probe and both ends reach Connected."""
+    guest = create(host, disks)
+    guest.probe()
+    connected(host, guest, *disks)
+    return guest
+
+
 def run(host, *reqs):
     host.until(lambda: all(r.done() for r in reqs), "requests to complete")
     return [r.result(0) for r in reqs]
@@ -120,7 +124,7 @@ def device(back: BlkbackShell, guest: Guest, devid: int) -> dict:
 
 def _image_bytes(path: str, sector: int, n: int) -> bytes:
     with open(path, "rb") as f:
-        f.seek(sector * 512)
+        f.seek(sector * SECTOR_SIZE)
         return f.read(n)
 
 
@@ -158,9 +162,7 @@ def test_blkback_8_4_handshake_to_connected_with_the_8_3_keys(host, blkback, tmp
 def test_blkback_8_1_write_read_round_trip_reaches_the_image(host, blkback, tmp_path):
     blkback()
     img = image(tmp_path, "a.img")
-    guest = create(host, {XVDA: (img, "w")})
-    guest.probe()
-    connected(host, guest, XVDA)
+    guest = connected_guest(host, {XVDA: (img, "w")})
     disk = guest.disk(XVDA)
     payload = os.urandom(64 * 1024)  # two ring requests (44 KiB max each)
     run(host, disk.submit_write(100, payload))
@@ -176,9 +178,7 @@ def test_blkback_8_1_write_to_read_only_vbd_fails_but_reads_work(host, blkback, 
     img = image(tmp_path, "ro.img")
     with open(img, "r+b") as f:
         f.write(b"x" * 512)
-    guest = create(host, {XVDA: (img, "r")})
-    guest.probe()
-    connected(host, guest, XVDA)
+    guest = connected_guest(host, {XVDA: (img, "r")})
     disk = guest.disk(XVDA)
     req = disk.submit_write(0, bytes(512))
     host.until(req.done, "the write to fail")
@@ -189,15 +189,10 @@ def test_blkback_8_1_write_to_read_only_vbd_fails_but_reads_work(host, blkback, 
 
 def test_blkback_19_2_hostile_ring_disconnects_that_device_only(host, blkback, tmp_path):
     back = blkback()
-    guest = create(host, {XVDA: (image(tmp_path, "a.img"), "w"),
+    guest = connected_guest(host, {XVDA: (image(tmp_path, "a.img"), "w"),
                           XVDB: (image(tmp_path, "b.img"), "w")})
-    guest.probe()
-    connected(host, guest, XVDA, XVDB)
     bad, good = guest.disk(XVDA), guest.disk(XVDB)
-    _, pfn = bad._ring_page
-    req_prod = guest.mapping.page(pfn).cast("I")
-    req_prod[0] = (req_prod[0] + 1000) & 0xFFFFFFFF  # far past RING_SIZE: overflow
-    guest.hv(Hypercall.event_channel_op, EvtchnOp.send, port=bad.evtchn)
+    bad.misbehave(overflow=4)  # four rings' worth past what was answered
     be_bad = be(guest.domid, XVDA)
     host.until(lambda: read(host, f"{be_bad}/state") == "6", "hostile device Closed")
     assert read(host, f"{fe(guest.domid, XVDA)}/state") == "6"
@@ -207,6 +202,44 @@ def test_blkback_19_2_hostile_ring_disconnects_that_device_only(host, blkback, t
     run(host, good.submit_write(8, data))
     assert run(host, good.submit_read(8, 8192)) == [data]
     assert read(host, f"{be(guest.domid, XVDB)}/state") == "4"
+
+
+def test_blkback_19_2_garbage_requests_each_get_an_error_and_touch_no_data(
+        host, blkback, tmp_path):
+    back = blkback()
+    img = image(tmp_path, "a.img")
+    guest = connected_guest(host, {XVDA: (img, "w")})
+    guest.disk(XVDA).misbehave(garbage=random.Random(1).randbytes(PAGE_SIZE))
+    host.until(lambda: device(back, guest, XVDA)["errors"] == blkif.RING_SIZE,
+               "an error for every garbage request")
+    assert back.on_statistics()["hostile"] == 0
+    assert _image_bytes(img, 0, 1 << 20) == bytes(1 << 20)
+
+
+def test_blkback_8_4_a_ring_the_data_path_refuses_is_released_and_the_backend_closing(
+        host, blkback, tmp_path):
+    """``xenbus_dev_fatal`` after the rings were mapped and the port bound: the executor gives
+    both back (no grant of the guest stays mapped, Dom0's port is closed) and the core hears
+    of it, so the device goes Closing with ``error``, as for a ring that could not be mapped."""
+    back = blkback()
+    guest = create(host, {XVDA: (image(tmp_path, "a.img"), "w")})
+    offered = []
+
+    def refuse(key, conn, rings, grants, port, params):
+        offered.append(port)
+        raise RuntimeError("no ring for you")
+
+    back.rings.connect = refuse
+    guest.probe()
+    be_a = be(guest.domid, XVDA)
+    host.until(lambda: read(host, f"{be_a}/error") != "\0", "the error")
+    assert "no ring for you" in read(host, f"{be_a}/error")
+    assert read(host, f"{be_a}/state") in ("5", "6")  # Closing; Closed once the frontend is
+    (port,) = offered
+    assert host.xl(Hypercall.event_channel_op, EvtchnOp.status, dom=0, port=port)["status"] \
+        == EvtchnStat.closed
+    assert not host.hypervisor.state.grants.in_use(guest.domid)
+    assert back.on_statistics()["errors"] == 1 and device(back, guest, XVDA)["local_port"] is None
 
 
 def test_blkback_10_missing_image_writes_hotplug_error_and_closes(host, blkback, tmp_path):
@@ -236,9 +269,7 @@ def test_blkback_8_3_unsupported_protocol_is_an_error_and_closing(host, blkback,
 
 def test_blkback_10_unplug_online_0_then_frontend_closed_unregisters(host, blkback, tmp_path):
     back = blkback()
-    guest = create(host, {XVDA: (image(tmp_path, "a.img"), "w")})
-    guest.probe()
-    connected(host, guest, XVDA)
+    guest = connected_guest(host, {XVDA: (image(tmp_path, "a.img"), "w")})
     be_a = be(guest.domid, XVDA)
 
     def unplug(t):  # libxl: online=0 and Closing in one transaction
@@ -258,9 +289,7 @@ def test_blkback_19_4_restarted_backend_reconnects_and_in_flight_requests_comple
         host, blkback, tmp_path):
     old = blkback()
     img = image(tmp_path, "a.img")
-    guest = create(host, {XVDA: (img, "w")})
-    guest.probe()
-    connected(host, guest, XVDA)
+    guest = connected_guest(host, {XVDA: (img, "w")})
     disk = guest.disk(XVDA)
     old_port = device(old, guest, XVDA)["local_port"]
     del host.endpoints[BLKBACK]  # the actor dies: its upcalls go nowhere

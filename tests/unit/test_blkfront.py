@@ -18,9 +18,9 @@ import threading
 
 import pytest
 
-from actors.domain.blkfront import MAX_REQUEST_BYTES, Blkfront, PagePool
+from actors.domain.blkfront import MAX_REQUEST_BYTES, Blkfront
 from actors.memory import Mapping
-from actors.xenbus.frontend import EventChannels
+from actors.xenbus.frontend import EventChannels, PagePool
 from actors.xenbus.grant_map import GrantMaps
 from protocols.blkif import (BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ,
                              BLKIF_OP_WRITE, BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, REQUEST_SIZE,
@@ -32,6 +32,7 @@ from protocols.hypercall import EvtchnOp, Hypercall
 from protocols.pv_layout import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES, PFN_FIRST_FREE
 from protocols.ring import BackRing
 from protocols.xenbus import XenbusState
+from protocols.xenstore.paths import backend_path, frontend_path
 from tests.inprocess import domain_endpoint
 
 VDEV = 51712
@@ -156,8 +157,8 @@ class Guest:
     def __init__(self, host, max_in_flight: int = RING_SIZE) -> None:
         self.host = host
         self.domid, secret = host.create_domain(MEM_PAGES)
-        self.fe = f"/local/domain/{self.domid}/device/vbd/{VDEV}"
-        self.be = f"/local/domain/0/backend/vbd/{self.domid}/{VDEV}"
+        self.fe = frontend_path("vbd", self.domid, VDEV)
+        self.be = backend_path("vbd", self.domid, VDEV)
         self.be_xs = host.xs  # Dom0's: the toolstack's and the backend's
         self._write_vbd_directories()
         host.introduce(self.domid, secret)

@@ -8,7 +8,6 @@ test_domain_kernel.py; here each timing (drain now, later, never, a lost signal)
 """
 
 import threading
-import time
 
 import pytest
 import structlog
@@ -19,6 +18,7 @@ from actors.domain.rungate import Halted, RunGate
 from protocols.console import OUT_SIZE, ConsoleInterface
 from protocols.hypercall import EvtchnOp, Hypercall, ShutdownReason
 from protocols.page import PAGE_SIZE
+from tests.waits import wait_until
 
 PORT = 2
 
@@ -77,13 +77,6 @@ def writer(hvc: HvcConsole, data: bytes) -> tuple[threading.Thread, list]:
     return thread, ended
 
 
-def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.002)
-
-
 def test_hvc_11_2_kicks_xenconsoled_after_each_piece_of_a_write_larger_than_the_ring():
     hvc, daemon, _ = console()
     data = bytes(range(256)) * 19 + b"tail"  # 4868 bytes: two full rings and a rest
@@ -98,7 +91,7 @@ def test_hvc_7_4_full_ring_blocks_the_writer_until_xenconsoled_signals_back():
     daemon.draining = False
     data = b"y" * (OUT_SIZE + 100)
     thread, ended = writer(hvc, data)
-    wait_for(lambda: hvc.stats["console_waits"] == 1 and gate.vcpu == "blocked", "a full ring")
+    wait_until(lambda: hvc.stats["console_waits"] == 1 and gate.vcpu == "blocked", "a full ring")
     assert daemon.kicks == [OUT_SIZE] and hvc.intf.out_ring.space() == 0 and ended == []
     daemon.drain()  # xenconsoled gets round to it: drains, signals back
     thread.join(10)
@@ -135,7 +128,7 @@ def test_hvc_printk_gives_up_on_a_writer_holding_the_console(monkeypatch):
     hvc, daemon, gate = console()
     daemon.draining = False
     writer(hvc, b"w" * (OUT_SIZE + 1))
-    wait_for(lambda: gate.vcpu == "blocked", "the writer to block")
+    wait_until(lambda: gate.vcpu == "blocked", "the writer to block")
     hvc.printk("late")  # returns: it does not wait for the stuck writer
     assert hvc.stats["console_dropped"] == 5
     gate.shut_down(ShutdownReason.poweroff)
@@ -145,7 +138,7 @@ def test_hvc_19_8_shutdown_unwinds_a_writer_waiting_for_space():
     hvc, daemon, gate = console()
     daemon.draining = False
     thread, ended = writer(hvc, b"v" * (OUT_SIZE + 1))
-    wait_for(lambda: gate.vcpu == "blocked", "the writer to block")
+    wait_until(lambda: gate.vcpu == "blocked", "the writer to block")
     gate.shut_down(ShutdownReason.crash)
     thread.join(10)
     assert len(ended) == 1 and isinstance(ended[0], Halted)
@@ -157,12 +150,12 @@ def test_hvc_interrupt_wakes_the_writer_only_through_an_open_gate(paused):
     hvc, daemon, gate = console()
     daemon.draining = False
     thread, ended = writer(hvc, b"p" * (OUT_SIZE + 1))
-    wait_for(lambda: gate.vcpu == "blocked", "the writer to block")
+    wait_until(lambda: gate.vcpu == "blocked", "the writer to block")
     if paused:
         gate.set_paused(True)
     daemon.drain()
     if paused:
-        wait_for(lambda: gate.vcpu == "gated", "the writer at the gate")
+        wait_until(lambda: gate.vcpu == "gated", "the writer at the gate")
         assert ended == [] and daemon.kicks == [OUT_SIZE]
         gate.set_paused(False)
     thread.join(10)

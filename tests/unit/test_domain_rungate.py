@@ -4,12 +4,12 @@ block; nothing else is needed.
 """
 
 import threading
-import time
 
 import pytest
 
 from actors.domain.rungate import GateChange, Halted, KernelState, RunGate
 from protocols.hypercall import ShutdownReason
+from tests.waits import wait_until
 
 
 def running_gate() -> RunGate:
@@ -25,13 +25,6 @@ def blocked_vcpu(gate: RunGate) -> threading.Thread:
     thread = threading.Thread(target=gate.wait_event, args=(lambda: False, 30), daemon=True)
     thread.start()
     return thread
-
-
-def wait_for(predicate, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.002)
 
 
 def test_rungate_12_2_creation_leaves_it_shut_and_only_the_first_unpause_boots():
@@ -59,7 +52,7 @@ def test_rungate_12_2_a_parked_vcpu_of_a_paused_domain_reads_as_paused():
     gate = running_gate()
     assert gate.status()["vcpu"] == "running"
     blocked_vcpu(gate)
-    wait_for(lambda: gate.vcpu == "blocked", "the vCPU to block")
+    wait_until(lambda: gate.vcpu == "blocked", "the vCPU to block")
     assert gate.status()["vcpu"] == "blocked"
     gate.set_paused(True)
     assert gate.status() == {"state": "running", "vcpu": "paused", "paused": True,
@@ -73,7 +66,7 @@ def test_rungate_12_2_a_shut_gate_holds_the_vcpu_until_reopened():
     passed = threading.Event()
     thread = threading.Thread(target=lambda: (gate.enter(), passed.set()), daemon=True)
     thread.start()
-    wait_for(lambda: gate.vcpu == "gated", "the vCPU at the gate")
+    wait_until(lambda: gate.vcpu == "gated", "the vCPU at the gate")
     assert not passed.is_set()
     gate.set_paused(False)
     assert passed.wait(10) and gate.vcpu == "running"
@@ -98,7 +91,7 @@ def test_rungate_19_8_shutdown_is_final_keeps_the_first_reason_and_halts_every_e
 def test_rungate_12_1_freeze_waits_for_the_vcpu_to_park_and_a_reopened_gate_resumes():
     gate = running_gate()
     blocked_vcpu(gate)
-    wait_for(lambda: gate.vcpu == "blocked", "the vCPU to block")
+    wait_until(lambda: gate.vcpu == "blocked", "the vCPU to block")
     assert gate.freeze(timeout=10) is True
     assert (gate.state, gate.reason) == (KernelState.SUSPENDED, ShutdownReason.suspend)
     assert not gate.runnable()

@@ -19,24 +19,6 @@ from tests.inprocess import HOST
 WATCHER = f"{HOST}/xenwatch-test"
 
 
-class Threads:
-    """The real runtime, keeping the threads it starts so the test can join them."""
-
-    def __init__(self) -> None:
-        self.started: list[threading.Thread] = []
-
-    def spawn(self, fn, *args, name: str) -> None:
-        thread = threading.Thread(target=fn, args=args, name=name, daemon=True)
-        self.started.append(thread)
-        thread.start()
-
-    def call_later(self, delay, fn, *args):
-        return THREADS.call_later(delay, fn, *args)
-
-    def monotonic(self) -> float:
-        return THREADS.monotonic()
-
-
 class Log:
     """Records ``log.exception`` calls."""
 
@@ -111,15 +93,15 @@ def test_xenwatch_12_2_runs_no_callback_while_the_gate_is_shut_then_the_pending_
 
 
 def test_xenwatch_19_8_a_shut_down_domain_runs_no_more_callbacks_and_the_thread_ends(host):
-    gate, threads = open_gate(), Threads()
-    xenwatch = start_xenwatch(host, gate, threads)
+    gate, before = open_gate(), set(threading.enumerate())
+    xenwatch = start_xenwatch(host, gate)
+    (thread,) = [t for t in threading.enumerate() if t not in before and t.name == "xenwatch"]
     calls = []
     xenwatch.register_watch("/test/a", "a", lambda: calls.append("a"))
     host.pump()
     host.until(lambda: calls == ["a"], "the firing on registration")
     gate.shut_down(ShutdownReason.poweroff)
     fire(host, "/test/a")
-    (thread,) = threads.started
     thread.join(10)
     assert not thread.is_alive() and thread.name == "xenwatch"
     assert calls == ["a"]

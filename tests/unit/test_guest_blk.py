@@ -179,8 +179,11 @@ def test_blkbench_stays_inside_a_disk_smaller_than_size():
 
 def test_blkbench_stops_at_runtime():
     kernel, result = run_blkbench("runtime=0.01", "iodepth=2")
-    # each submit and reap reads the 10 µs clock: a 10 ms run ends after a few hundred ios
-    assert 0 < result["ios"] < 1000 and result["seconds"] >= 0.01
+    issued = kernel.disk_.log[1:]  # after the connect probe
+    assert result["ios"] == len(issued) > 0  # every request issued completed and was counted
+    # on the virtual clock (10 µs a read): it ran its 10 ms and then stopped, within the
+    # few reads that reaping the requests in flight takes
+    assert 0.01 <= result["seconds"] < 0.011
 
 
 # --- xenray bench blk: the parts that need no Ray ----------------------------------------------
@@ -189,7 +192,7 @@ def test_bench_blk_raw_ring_baseline_passes_requests_between_two_processes():
     from cluster.bench.blk import bench_raw_ring
 
     out = bench_raw_ring(0.2)
-    assert out["ios"] > 100 and out["iops"] > 0
+    assert out["ios"] > 0 and out["iops"] > 0  # how many is the benchmark's business
     assert 0 < out["lat_us_p50"] <= out["lat_us_p99"]
     prefix = f"xenray-bench-ring-{os.getpid()}-"
     assert not [f for f in os.listdir("/dev/shm") if f.startswith(prefix)], "ring page left"

@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors.hostnet.bridge import Bridge
+from tests.clock import ManualRuntime
 
 MAC = {n: bytes.fromhex(f"00163e0000{n:02x}") for n in range(1, 8)}
 BCAST = b"\xff" * 6
@@ -31,20 +32,12 @@ def arp_request(src: bytes) -> bytes:
                                         data=arp))
 
 
-class Clock:
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
 class Net:
     """A bridge with ports whose deliveries are recorded per port."""
 
     def __init__(self, *ports, ageing_s=300.0):
-        self.clock = Clock()
-        self.br = Bridge("xenbr0", clock=self.clock, ageing_s=ageing_s)
+        self.clock = ManualRuntime()
+        self.br = Bridge("xenbr0", clock=self.clock.monotonic, ageing_s=ageing_s)
         self.out: dict[str, list[bytes]] = {}
         for p in ports:
             self.add(p)
@@ -124,16 +117,16 @@ def test_bridge_split_horizon_between_uplinks():
 def test_bridge_br_fdb_ageing_with_a_fake_clock():
     n = Net("a", "b", "c", ageing_s=300.0)
     n.send("a", frame(MAC[1], BCAST))
-    n.clock.now += 299.0
+    n.clock.advance(299.0)
     assert n.send("b", frame(MAC[2], MAC[1])) == ["a"]
     n.send("a", frame(MAC[1], BCAST))  # refreshed at +299
-    n.clock.now += 299.0
+    n.clock.advance(299.0)
     assert n.send("b", frame(MAC[2], MAC[1])) == ["a"]
-    n.clock.now += 1.0  # 300 s since MAC 1 was last seen: expired (updated + ageing <= now)
+    n.clock.advance(1.0)  # 300 s since MAC 1 was last seen: expired (updated + ageing <= now)
     assert n.send("c", frame(MAC[3], MAC[1])) == ["a", "b"]
     assert "00:16:3e:00:00:01" not in n.br.fdb()
     assert n.br.stats["aged"] >= 1
-    n.clock.now += 300.0
+    n.clock.advance(300.0)
     assert n.br.fdb() == {}
 
 
@@ -196,7 +189,7 @@ def test_bridge_a_failing_port_does_not_stop_the_flood():
 def test_bridge_invariants_no_hairpin_no_uplink_to_uplink(events):
     n = Net("a", "b", "uplink:x", "uplink:y", ageing_s=300.0)
     for port, src, dst, dt in events:
-        n.clock.now += dt
+        n.clock.advance(dt)
         out = n.send(port, frame(src, dst))
         assert port not in out
         if port.startswith("uplink:"):

@@ -3,7 +3,6 @@ the backlog bound, and the sender thread (on the ``clock`` fixture's time). Link
 itself is link.py's (tc netem)."""
 
 import random
-import time
 
 import pytest
 from hypothesis import given
@@ -11,6 +10,7 @@ from hypothesis import strategies as st
 
 from actors.hostnet.link import LinkSpec
 from actors.hostnet.uplink import PEERS, UplinkSchedule, UplinkSender, load_peers, save_peers
+from tests.waits import wait_until
 
 
 def _schedule(**specs: LinkSpec) -> UplinkSchedule:
@@ -89,14 +89,6 @@ def test_uplink_every_frame_is_sent_once_in_order_or_counted_dropped(offers, los
     assert stats["frames"] + dropped == len(offers) and stats["queued"] == 0
 
 
-def _until(predicate, what: str, timeout: float = 5.0) -> None:
-    """Poll until ``predicate()`` (the sender is a thread of its own)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.001)
-
-
 def test_uplink_sender_thread_sends_each_batch_when_due_and_survives_send_errors(clock):
     got = []
 
@@ -115,7 +107,7 @@ def test_uplink_sender_thread_sends_each_batch_when_due_and_survives_send_errors
         clock.advance(0.04)
         assert got == [] and sender.statistics()["queued"] == 2  # not before its link delivers
         clock.advance(0.02)
-        _until(lambda: got and sender.statistics()["send_errors"] == 1, "both batches")
+        wait_until(lambda: got and sender.statistics()["send_errors"] == 1, "both batches")
         host, bridge, frames, at = got[0]
         assert (host, bridge, frames) == ("h2", "xenbr1", [b"late"])
         assert at >= t0 + 0.05
@@ -131,7 +123,7 @@ def test_uplink_sender_sends_an_undelayed_frame_without_a_timer(clock):
     try:
         sender.set_links({"h2": LinkSpec()})
         sender.submit("h2", "xenbr0", b"now")
-        _until(lambda: got, "the frame")
+        wait_until(lambda: got, "the frame")
         assert got == [("h2", "xenbr0", [b"now"])] and clock.pending() == 0
     finally:
         sender.close()

@@ -11,29 +11,33 @@ uplinks send them. The test pumps the one-way messages (upcalls, watch events) a
 would.
 """
 
+import itertools
+
 import pytest
 
 from actors import memory
-from actors.domain.blkfront import PagePool
 from actors.domain.netfront import Netfront
 from actors.netback.actor import NetbackShell
 from actors.netback.xenbus import FEATURES
 from actors.runtime import THREADS
-from actors.toolstack.builder import add_device
-from actors.toolstack.devices import VIF
+from actors.xenbus.frontend import PagePool
 from protocols import netif
 from protocols.evtchn import EvtchnStat
 from protocols.gnttab import GrantRefAllocator, GrantTable
 from protocols.hypercall import DOMID_SELF, EvtchnOp, Hypercall
-from protocols.libxl_types import RateLimit, VifSpec
+from protocols.libxl_types import DomainConfig, RateLimit, VifSpec
+from protocols.page import PAGE_SIZE
 from protocols.pv_layout import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES, PFN_FIRST_FREE
+from protocols.xenstore.paths import backend_path, frontend_path
 from tests.inprocess import HOST, domain_endpoint
 
 NETBACK = f"{HOST}/netback"
-NR_PAGES = 1024  # each NIC grants 2 ring pages, 256 rx pages and TX_PAGES tx pages
+MEMORY_MIB = 4
+NR_PAGES = (MEMORY_MIB << 20) // PAGE_SIZE  # each NIC grants 2 ring pages, 256 rx and TX_PAGES tx
 TX_PAGES = 8
 ETHERTYPE = b"\x88\xb5"  # IEEE local experimental
 BROADCAST = "ff:ff:ff:ff:ff:ff"
+_guests = itertools.count(1)
 
 
 def frame(dst: str, src: str, payload: bytes = b"hello") -> bytes:
@@ -113,32 +117,25 @@ class Guest:
 
 
 def create(host, *bridges: str, probe: bool = True, rate: RateLimit | None = None) -> Guest:
-    """A domain with one vif per bridge named, as the toolstack builds one."""
-    domid, secret = host.create_domain(NR_PAGES)
-
-    def body(t: int) -> None:
-        dom = f"/local/domain/{domid}"
-        host.xs.write(dom, "", tx_id=t)
-        host.xs.set_perms(dom, ["n0", f"r{domid}"], tx_id=t)
-        for devid, bridge in enumerate(bridges):
-            add_device(host.xs, t, domid, VIF, VifSpec(
-                devid=devid, mac=f"00:16:3e:00:{domid:02x}:{devid:02x}", bridge=bridge,
-                rate=rate))
-
-    host.xs.transact(body)
-    host.introduce(domid, secret)
-    guest = Guest(host, domid, secret)
+    """A domain with one vif per bridge named, built as the toolstack builds one (introduced,
+    its vCPUs handed to this process); ``probe``: its NICs start their handshake."""
+    n = next(_guests)
+    built = host.build(DomainConfig(
+        name=f"net{n}", memory=MEMORY_MIB, maxmem=MEMORY_MIB,
+        vif=tuple(VifSpec(devid=devid, mac=f"00:16:3e:00:{n:02x}:{devid:02x}", bridge=bridge,
+                          rate=rate) for devid, bridge in enumerate(bridges))))
+    guest = Guest(host, built.domid, built.secret)
     if probe:
         guest.probe()
     return guest
 
 
 def fe(domid: int, devid: int = 0) -> str:
-    return f"/local/domain/{domid}/device/vif/{devid}"
+    return frontend_path("vif", domid, devid)
 
 
 def be(domid: int, devid: int = 0) -> str:
-    return f"/local/domain/0/backend/vif/{domid}/{devid}"
+    return backend_path("vif", domid, devid)
 
 
 def read(host, path: str) -> str:

@@ -13,10 +13,10 @@ the actors' mailboxes would.
 import dpkt
 import pytest
 
-from actors.domain.blkfront import PagePool
 from actors.domain.netdev import NetDevices
 from actors.toolstack.builder import add_device
 from actors.toolstack.devices import VIF
+from actors.xenbus.frontend import PagePool
 from cluster.xlcfg.vif import parse_vif_spec
 from protocols.errno import XenError
 from protocols.gnttab import GNTST, GTF, GrantRefAllocator, GrantTable
@@ -27,6 +27,7 @@ from protocols.netif import (NETIF_RSP_ERROR, NETIF_RSP_OKAY, RX_RING_SIZE, RX_S
 from protocols.page import PAGE_SIZE
 from protocols.ring import BackRing
 from protocols.xenbus import XenbusState
+from protocols.xenstore.paths import backend_path, domain_path, frontend_path
 from tests.inprocess import HOST, domain_endpoint
 
 S = XenbusState
@@ -41,8 +42,8 @@ class Netback:
 
     def __init__(self, w: "Guest", devid: int = 0) -> None:
         self.w, self.devid = w, devid
-        self.be = f"/local/domain/0/backend/vif/{w.domid}/{devid}"
-        self.fe = f"/local/domain/{w.domid}/device/vif/{devid}"
+        self.be = backend_path("vif", w.domid, devid)
+        self.fe = frontend_path("vif", w.domid, devid)
         self.hv, self.xs = w.hv0, w.xs0
         self.mapped: dict[int, memoryview] = {}
         self.tx: BackRing | None = None
@@ -149,7 +150,7 @@ class Guest:
         host.start(NETBACK, {"upcall": self._backend_upcall, "xs_event": self.xs0.on_event})
         self.backend_kicks = 0
         self.domid, secret = self.host.create_domain(64)
-        dom = f"/local/domain/{self.domid}"
+        dom = domain_path(self.domid)
 
         def body(t: int) -> None:
             self.xs0.write(dom, "", tx_id=t)
@@ -180,7 +181,7 @@ class Guest:
         return self.memory[pfn * PAGE_SIZE:(pfn + 1) * PAGE_SIZE]
 
     def fe(self, key: str, devid: int = 0) -> str | None:
-        return self.xs0.read_str(f"/local/domain/{self.domid}/device/vif/{devid}/{key}", "")
+        return self.xs0.read_str(f"{frontend_path('vif', self.domid, devid)}/{key}", "")
 
     def connected(self, devid: int = 0) -> Netback:
         """Both ends Connected; the gratuitous ARP the guest's stack then sends (Linux

@@ -1,65 +1,108 @@
-"""The cluster's name registry (actors.registry.state), without Ray: a name is held by one host
-at a time, and a stale holder is replaced only by compare-and-swap."""
+"""The cluster's name registry (actors.registry.state and its shell, without Ray): a name is
+held by one reservation at a time (a host and the token of its record), only that reservation
+confirms, releases or renames it, and a stale holder is replaced only by compare-and-swap."""
 
+import msgpack
 import pytest
 
+from actors.registry.actor import RegistryShell
 from actors.registry.state import NameRegistry
 from protocols.errno import Errno, XenError
 
 
 def test_registry_a_name_reserved_by_one_host_is_refused_to_another():
     reg = NameRegistry()
-    assert reg.reserve("web", "h1") is None
-    assert reg.reserve("web", "h2") == {"host": "h1", "domid": None}
-    assert reg.lookup("web") == {"host": "h1", "domid": None}
+    assert reg.reserve("web", "h1", "a") is None
+    assert reg.reserve("web", "h2", "b") == {"host": "h1", "domid": None, "token": "a"}
+    assert reg.lookup("web") == {"host": "h1", "domid": None, "token": "a"}
 
 
-def test_registry_reserve_is_idempotent_for_its_holder():
-    """Ray may retry a call: the holder asking again gets the name, nobody else does."""
+def test_registry_reserve_is_idempotent_for_its_token_only():
+    """Ray may retry a call: the same reservation asking again gets the name; the same host
+    with another record's token (a re-create after a destroy) is shown the holder."""
     reg = NameRegistry()
-    assert reg.reserve("web", "h1") is None and reg.reserve("web", "h1") is None
-    assert reg.names() == {"web": {"host": "h1", "domid": None}}
+    assert reg.reserve("web", "h1", "a") is None and reg.reserve("web", "h1", "a") is None
+    assert reg.reserve("web", "h1", "b") == {"host": "h1", "domid": None, "token": "a"}
+
+
+def test_registry_a_late_release_cannot_free_a_newer_reservation():
+    """The race of a destroy's late ReleaseName with a re-create of the name on that host:
+    the re-create takes the stale holder over, and the old token's release changes nothing."""
+    reg = NameRegistry()
+    reg.reserve("web", "h1", "old")
+    reg.confirm("web", "h1", "old", 3)
+    stale = reg.reserve("web", "h1", "new")
+    assert reg.take_over("web", stale, "h1", "new") is True
+    assert reg.release("web", "h1", "old") is False
+    with pytest.raises(XenError):
+        reg.confirm("web", "h1", "old", 3)
+    reg.confirm("web", "h1", "new", 5)
+    assert reg.lookup("web") == {"host": "h1", "domid": 5, "token": "new"}
 
 
 def test_registry_confirm_release_and_rename_belong_to_the_holder():
     reg = NameRegistry()
-    reg.reserve("web", "h1")
+    reg.reserve("web", "h1", "a")
     with pytest.raises(XenError) as e:
-        reg.confirm("web", "h2", 3)
+        reg.confirm("web", "h2", "a", 3)
     assert e.value.errno == Errno.ENOENT
-    reg.confirm("web", "h1", 3)
-    assert reg.release("web", "h2") is False and reg.lookup("web")["domid"] == 3
-    assert reg.rename("web", "web-3", "h1") is None
-    assert reg.names() == {"web-3": {"host": "h1", "domid": 3}}
-    assert reg.release("web-3", "h1") is True and reg.names() == {}
+    reg.confirm("web", "h1", "a", 3)
+    assert reg.release("web", "h2", "a") is False and reg.lookup("web")["domid"] == 3
+    with pytest.raises(XenError):
+        reg.rename("web", "web-3", "h1", "b")
+    assert reg.rename("web", "web-3", "h1", "a") is None
+    assert reg.rename("web", "web-3", "h1", "a") is None, "a retried rename"
+    assert reg.lookup("web") is None
+    assert reg.lookup("web-3") == {"host": "h1", "domid": 3, "token": "a"}
+    assert reg.release("web-3", "h1", "a") is True and reg.lookup("web-3") is None
 
 
 def test_registry_rename_onto_a_taken_name_changes_nothing():
     reg = NameRegistry()
-    reg.reserve("a", "h1")
-    reg.reserve("b", "h2")
-    assert reg.rename("a", "b", "h1") == {"host": "h2", "domid": None}
-    assert set(reg.names()) == {"a", "b"}
+    reg.reserve("a", "h1", "x")
+    reg.reserve("b", "h2", "y")
+    assert reg.rename("a", "b", "h1", "x") == {"host": "h2", "domid": None, "token": "y"}
+    assert reg.lookup("a")["host"] == "h1" and reg.lookup("b")["host"] == "h2"
 
 
 def test_registry_take_over_only_from_the_holder_that_was_checked():
     reg = NameRegistry()
-    reg.reserve("web", "h1")
+    reg.reserve("web", "h1", "a")
     stale = reg.lookup("web")
-    assert reg.take_over("web", stale, "h2") is True
-    assert reg.take_over("web", stale, "h3") is False, "h2 took it since h3 checked"
-    assert reg.lookup("web")["host"] == "h2"
+    assert reg.take_over("web", stale, "h2", "b") is True
+    assert reg.take_over("web", stale, "h2", "b") is True, "a retried take-over"
+    assert reg.take_over("web", stale, "h3", "c") is False, "h2 took it since h3 checked"
+    assert reg.lookup("web") == {"host": "h2", "domid": None, "token": "b"}
+
+
+def test_registry_take_over_compares_the_whole_holder():
+    """A holder that changed since it was checked (here: confirmed) is not taken over."""
+    reg = NameRegistry()
+    reg.reserve("web", "h1", "a")
+    stale = reg.lookup("web")
+    reg.confirm("web", "h1", "a", 4)
+    assert reg.take_over("web", stale, "h2", "b") is False
 
 
 @pytest.mark.parametrize("name", ["", "a/b", "nul\0", "Domain-0"])
 def test_registry_refuses_names_xl_would_not_take(name):
     with pytest.raises(XenError) as e:
-        NameRegistry().reserve(name, "h1")
+        NameRegistry().reserve(name, "h1", "a")
     assert e.value.errno in (Errno.EINVAL, Errno.EEXIST)
 
 
-def test_registry_names_by_host_and_restored_entries():
-    reg = NameRegistry({"x": {"host": "h2", "domid": 4}})
-    reg.reserve("y", "h1")
-    assert reg.names("h2") == {"x": {"host": "h2", "domid": 4}}
-    assert set(reg.names()) == {"x", "y"}
+def test_registry_shell_writes_every_change_through_to_its_store():
+    """A restarted registry (Ray re-runs its constructor over the GCS store) has every name."""
+    store: dict[str, bytes] = {}
+    shell = RegistryShell(store)
+    assert shell.deliver("reserve", "web", "h1", "a") is None
+    shell.deliver("confirm", "web", "h1", "a", 3)
+    shell.deliver("reserve", "db", "h2", "b")
+    shell.deliver("rename", "web", "web-3", "h1", "a")
+    shell.deliver("release", "db", "h2", "b")
+    assert {k: msgpack.unpackb(v) for k, v in store.items()} == \
+        {"web-3": {"host": "h1", "domid": 3, "token": "a"}}
+    again = RegistryShell(store)
+    assert again.deliver("lookup", "web-3") == {"host": "h1", "domid": 3, "token": "a"}
+    assert again.deliver("reserve", "web-3", "h2", "c") == {"host": "h1", "domid": 3,
+                                                             "token": "a"}

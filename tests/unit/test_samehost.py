@@ -5,6 +5,7 @@ The fallback transport stands in for Ray: it answers ``open_hvpipe`` the way the
 hypervisor's actor does and records whatever else it is asked to carry.
 """
 
+import os
 import threading
 import time
 import uuid
@@ -17,15 +18,9 @@ from actors.transport import PeerGone
 from actors.transport.hvpipe import RING_BYTES, HvPipe
 from actors.transport.hypercall_client import Credential
 from actors.transport.samehost import SameHostTransport
+from tests.waits import wait_until
 
 HV = "h1/hypervisor"
-
-
-def _until(predicate, what, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.002)
 
 
 class Host:
@@ -112,7 +107,7 @@ def test_samehost_upcalls_are_delivered_in_order(host):
     t.call(HV, "hypercall", 0, "secret", "h1/blkback", b"")  # opens the pipe
     for i in range(2000):
         assert host.server.send("h1/blkback", "upcall", 0, [i])
-    _until(lambda: len(events) == 2000, "2000 upcalls")
+    wait_until(lambda: len(events) == 2000, "2000 upcalls")
     assert events == [("upcall", (0, [i])) for i in range(2000)]
     assert not host.server.send("h1/nobody", "upcall", 0, [1]), "no pipe: caller uses Ray"
 
@@ -126,7 +121,7 @@ def test_samehost_a_handler_may_make_hypercalls(host):
     t, _ = host.client("h1/xenstored", deliver)
     t.call(HV, "hypercall", 0, "secret", "h1/xenstored", b"open")
     host.server.send("h1/xenstored", "upcall", 0, [1])
-    _until(lambda: answers, "the handler's own hypercall")
+    wait_until(lambda: answers, "the handler's own hypercall")
     assert answers == [["echo", [0, "secret", "h1/xenstored", b"from handler"]]]
 
 
@@ -171,14 +166,45 @@ def test_samehost_dropped_pipe_fails_the_waiting_call_then_reopens(host):
 
     th = threading.Thread(target=caller)
     th.start()
-    _until(lambda: host.served, "the call to reach the server")
+    wait_until(lambda: host.served, "the call to reach the server")
     host.server.drop(host.conns[0], "test")
-    _until(lambda: errors, "the waiting caller to learn the pipe is gone")
+    wait_until(lambda: errors, "the waiting caller to learn the pipe is gone")
     release.set()
     th.join(5)
     host.serve = lambda kind, args: "fresh"
     assert t.call(HV, "hypercall", 0, "secret", "h1/blkback", b"") == "fresh"
     assert host.server.statistics()["opened"] == 2
+
+
+def _still_open(path: str) -> list[str]:
+    """What this process (client and server alike) still holds of pipe ``path``: its
+    doorbells' fds and mappings of its file."""
+    names = {path, path + ".up", path + ".down"}
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue  # closed meanwhile
+        if target.removesuffix(" (deleted)") in names:
+            held.append(target)
+    with open("/proc/self/maps") as f:
+        held += [line for line in f
+                 if line.split(None, 5)[5:] and
+                 line.split(None, 5)[5].strip().removesuffix(" (deleted)") in names]
+    return held
+
+
+def test_samehost_a_dropped_pipe_is_closed_so_reconnects_leak_nothing(host):
+    t, _ = host.client()
+    for _ in range(3):
+        assert t.call(HV, "hypercall", 0, "secret", "h1/blkback", b"")[0] == "echo"
+        conn = host.conns[-1]
+        assert _still_open(conn.pipe.path)
+        host.server.drop(conn, "test")  # the client's dispatcher sees the closed flag at once
+        wait_until(lambda: not _still_open(conn.pipe.path), "the dropped pipe's fds and maps")
+    assert t.call(HV, "hypercall", 0, "secret", "h1/blkback", b"")[0] == "echo"
+    assert host.server.statistics()["opened"] == 4
 
 
 def test_samehost_call_times_out(host):
@@ -212,7 +238,7 @@ def test_samehost_hostile_client_loses_its_pipe_only(host):
     conn = host.server.open("h1/dom2", 2, 1)
     evil = HvPipe(conn.pipe.path, hypervisor=False)
     evil.write(evil.frame("not [seq, kind, args]"))
-    _until(lambda: host.server.statistics().get("dropped", 0) == 1, "the hostile pipe drop")
+    wait_until(lambda: host.server.statistics().get("dropped", 0) == 1, "the hostile pipe drop")
     assert evil.closed
     assert good.call(HV, "hypercall", 1, "s", "h1/dom1", b"still")[0] == "echo"
 

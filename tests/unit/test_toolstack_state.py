@@ -2,7 +2,7 @@
 the create pipeline's order and its undo (libxl_create.c domcreate error paths), and the
 on_* policy (reference 12.3, xl_vmcontrol.c handle_domain_death)."""
 
-import threading
+import itertools
 
 import pytest
 
@@ -16,6 +16,12 @@ from protocols.libxl_types import Action, DomainConfig
 
 def cfg(name="d", **kw) -> DomainConfig:
     return DomainConfig(name=name, **kw)
+
+
+def toolstack() -> Toolstack:
+    """A core whose records get tokens t1, t2, ... in the order they are made."""
+    counter = itertools.count(1)
+    return Toolstack("h1", new_token=lambda: f"t{next(counter)}")
 
 
 def built(ts: Toolstack, name="d", domid=5, **kw):
@@ -38,36 +44,27 @@ def effects_only(effects):
 # -- records and names ---------------------------------------------------------------------
 
 def test_libxl_create_a_name_is_taken_in_the_step_that_checks_it():
-    ts = Toolstack("h1")
+    ts = toolstack()
     ts.begin_create("web", cfg("web"))
     with pytest.raises(XenError) as e:
         ts.begin_create("web", cfg("web"))
     assert e.value.errno == Errno.EEXIST and "already exists on h1" in str(e.value)
 
 
-def test_libxl_create_two_creates_of_one_name_at_once_give_one_record():
-    """Eight threads race to take one name under one lock (the shell's): exactly one wins."""
-    ts, lock, won, lost = Toolstack("h1"), threading.Lock(), [], []
-    barrier = threading.Barrier(8)
-
-    def create():
-        barrier.wait()
-        try:
-            with lock:
-                won.append(ts.begin_create("race", cfg("race")))
-        except XenError:
-            lost.append(1)
-
-    threads = [threading.Thread(target=create) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert (len(won), len(lost)) == (1, 7) and list(ts.records) == ["race"]
+def test_libxl_create_each_record_reserves_with_a_token_of_its_own():
+    """A re-create of a destroyed name is a new record: its reservation is told apart from
+    the old one's, whose late release must not free the name (actors.registry.state)."""
+    ts = toolstack()
+    built(ts, domid=4)
+    assert ts.holds("t1") and not ts.holds("t2")
+    [release] = [e for e in ts.destroy("d") if isinstance(e, ReleaseName)]
+    assert release == ReleaseName("d", "t1") and not ts.holds("t1")
+    again = ts.begin_create("d", cfg())
+    assert again.token == "t2" and ts.holds("t2")
 
 
 def test_libxl_create_runs_its_steps_in_libxls_order():
-    ts = Toolstack("h1")
+    ts = toolstack()
     rec = ts.begin_create("d", cfg())
     assert ts.pending(rec) == list(Step)
     assert [s.name for s in Step] == ["RESERVE", "CREATEDOMAIN", "MEMORY", "BOOT_PAGES",
@@ -79,11 +76,11 @@ def test_libxl_create_runs_its_steps_in_libxls_order():
 
 
 def test_libxl_create_finish_confirms_the_name_with_its_domid():
-    ts = Toolstack("h1")
+    ts = toolstack()
     rec = ts.begin_create("d", cfg())
     for step in ts.pending(rec):
         ts.step_done(rec, step, **({"domid": 9} if step is Step.CREATEDOMAIN else {}))
-    assert effects_only(ts.finish(rec)) == [ConfirmName("d", 9)]
+    assert effects_only(ts.finish(rec)) == [ConfirmName("d", 9, "t1")]
     assert rec.phase is Phase.RUNNING and ts.names() == {"d": 9}
 
 
@@ -91,17 +88,17 @@ def test_libxl_create_finish_confirms_the_name_with_its_domid():
 
 @pytest.mark.parametrize("failed_at, undo", [
     (Step.RESERVE, []),
-    (Step.CREATEDOMAIN, [ReleaseName("d")]),
-    (Step.MEMORY, [DestroyDomain(5), ReleaseName("d")]),
-    (Step.XENSTORE, [DestroyDomain(5), ReleaseName("d")]),
-    (Step.INTRODUCE, [DestroyDomain(5), ReleaseName("d")]),
-    (Step.VCPUS, [DestroyDomain(5), ReleaseXenstored(5), ReleaseName("d")]),
-    (Step.BACKENDS, [DestroyDomain(5), ReleaseXenstored(5), KillVcpus(5), ReleaseName("d")]),
-    (Step.INIT, [DestroyDomain(5), ReleaseXenstored(5), KillVcpus(5), ReleaseName("d")]),
+    (Step.CREATEDOMAIN, [ReleaseName("d", "t1")]),
+    (Step.MEMORY, [DestroyDomain(5), ReleaseName("d", "t1")]),
+    (Step.XENSTORE, [DestroyDomain(5), ReleaseName("d", "t1")]),
+    (Step.INTRODUCE, [DestroyDomain(5), ReleaseName("d", "t1")]),
+    (Step.VCPUS, [DestroyDomain(5), ReleaseXenstored(5), ReleaseName("d", "t1")]),
+    (Step.BACKENDS, [DestroyDomain(5), ReleaseXenstored(5), KillVcpus(5), ReleaseName("d", "t1")]),
+    (Step.INIT, [DestroyDomain(5), ReleaseXenstored(5), KillVcpus(5), ReleaseName("d", "t1")]),
 ])
 def test_libxl_domcreate_error_path_undoes_every_step_done(failed_at, undo):
     """The hypervisor's domain goes first, so its vCPUs' process exiting is not a crash."""
-    ts = Toolstack("h1")
+    ts = toolstack()
     rec = ts.begin_create("d", cfg())
     for step in Step:
         if step is failed_at:
@@ -115,17 +112,17 @@ def test_libxl_domcreate_error_path_undoes_every_step_done(failed_at, undo):
 # -- destroy ----------------------------------------------------------------------------------
 
 def test_xl_destroy_tears_everything_down_and_gives_the_name_back():
-    ts = Toolstack("h1")
+    ts = toolstack()
     built(ts, domid=4)
     assert effects_only(ts.destroy("d")) == [DestroyDomain(4), ReleaseXenstored(4),
-                                             KillVcpus(4), ReleaseName("d")]
+                                             KillVcpus(4), ReleaseName("d", "t1")]
     with pytest.raises(XenError) as e:
         ts.destroy("d")
     assert e.value.errno == Errno.ESRCH
 
 
 def test_xl_destroy_of_a_domain_still_being_built_is_busy():
-    ts = Toolstack("h1")
+    ts = toolstack()
     ts.begin_create("d", cfg())
     with pytest.raises(XenError) as e:
         ts.destroy("d")
@@ -135,62 +132,77 @@ def test_xl_destroy_of_a_domain_still_being_built_is_busy():
 # -- on_* policy --------------------------------------------------------------------------------
 
 def test_xl_handle_domain_death_destroy_on_poweroff_by_default():
-    ts = Toolstack("h1")
+    ts = toolstack()
     built(ts, domid=3)
-    got = ts.shutdowns({3: shutdown_flags(ShutdownReason.poweroff)})
+    [got] = ts.shutdowns({3: shutdown_flags(ShutdownReason.poweroff)})
     assert effects_only(got) == [DestroyDomain(3), ReleaseXenstored(3), KillVcpus(3),
-                                 ReleaseName("d")]
+                                 ReleaseName("d", "t1")]
     assert got[0] == Note("domain shut down", {"domid": 3, "name": "d", "reason": "poweroff",
                                                "action": "destroy"})
 
 
 def test_xl_handle_domain_death_restart_keeps_the_name_and_rebuilds():
-    ts = Toolstack("h1")
+    ts = toolstack()
     rec = built(ts, domid=3)
-    got = effects_only(ts.shutdowns({3: shutdown_flags(ShutdownReason.reboot)}))
+    [got] = ts.shutdowns({3: shutdown_flags(ShutdownReason.reboot)})
+    got = effects_only(got)
     assert got == [DestroyDomain(3), ReleaseXenstored(3), KillVcpus(3), Rebuild("d")]
-    assert ReleaseName("d") not in got, "a restart keeps its name reserved"
+    assert ReleaseName("d", "t1") not in got, "a restart keeps its name reserved"
     assert rec.phase is Phase.BUILDING and rec.done == [Step.RESERVE] and rec.domid is None
     with pytest.raises(XenError):
         ts.begin_create("d", cfg())  # nobody can take the name meanwhile
 
 
 def test_xl_handle_domain_death_acts_once_per_shutdown():
-    ts = Toolstack("h1")
+    ts = toolstack()
     built(ts, domid=3, on_crash=Action.PRESERVE)
     flags = {3: shutdown_flags(ShutdownReason.crash)}
-    assert effects_only(ts.shutdowns(flags)) == []
+    [got] = ts.shutdowns(flags)
+    assert effects_only(got) == []
     assert ts.shutdowns(flags) == [], "@releaseDomain fires again: nothing new to do"
     assert ts.records["d"].phase is Phase.SHUTDOWN
 
 
 def test_xl_handle_domain_death_suspend_is_not_an_action():
-    ts = Toolstack("h1")
+    ts = toolstack()
     built(ts, domid=3)
     got = ts.shutdowns({3: shutdown_flags(ShutdownReason.suspend)})
-    assert got == [Note("domain has suspended", {"domid": 3, "name": "d"})]
+    assert got == [[Note("domain has suspended", {"domid": 3, "name": "d"})]]
 
 
 def test_xl_handle_domain_death_rename_restart_renames_then_creates_anew():
-    ts = Toolstack("h1")
+    ts = toolstack()
     built(ts, domid=8, on_crash=Action.RENAME_RESTART)
-    got = effects_only(ts.shutdowns({8: shutdown_flags(ShutdownReason.crash)}))
-    assert got == [RenameDomain(8, "d", "d-8")]
+    [got] = ts.shutdowns({8: shutdown_flags(ShutdownReason.crash)})
+    assert effects_only(got) == [RenameDomain(8, "d", "d-8", "t1")]
     assert list(ts.records) == ["d-8"]
     follow = effects_only(ts.renamed("d", "d-8", ok=True))
     assert follow == [Create("d", ts.records["d-8"].config)]
 
 
 def test_xl_handle_domain_death_rename_restart_with_the_new_name_taken_preserves():
-    ts = Toolstack("h1")
+    ts = toolstack()
     built(ts, domid=8, on_crash=Action.RENAME_RESTART)
     ts.shutdowns({8: shutdown_flags(ShutdownReason.crash)})
     assert effects_only(ts.renamed("d", "d-8", ok=False)) == []
     assert list(ts.records) == ["d"] and ts.records["d"].phase is Phase.SHUTDOWN
 
 
+def test_xl_handle_domain_death_gives_each_domain_its_own_group():
+    """One @releaseDomain covers every domain that shut down; the shell carries out each
+    domain's group apart, so one that fails (a restart) leaves the others' teardown."""
+    ts = toolstack()
+    built(ts, "a", domid=2, on_reboot=Action.RESTART)
+    built(ts, "b", domid=3)
+    groups = ts.shutdowns({2: shutdown_flags(ShutdownReason.reboot),
+                           3: shutdown_flags(ShutdownReason.poweroff)})
+    assert [effects_only(g) for g in groups] == [
+        [DestroyDomain(2), ReleaseXenstored(2), KillVcpus(2), Rebuild("a")],
+        [DestroyDomain(3), ReleaseXenstored(3), KillVcpus(3), ReleaseName("b", "t2")]]
+
+
 def test_xl_handle_domain_death_ignores_domains_being_built_and_running_ones():
-    ts = Toolstack("h1")
+    ts = toolstack()
     built(ts, "up", domid=2)
     ts.begin_create("new", cfg("new"))
     assert ts.shutdowns({2: dominf_flags(DomInfoFlag.running)}) == []

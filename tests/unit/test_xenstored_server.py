@@ -8,8 +8,9 @@ import threading
 import msgpack
 import pytest
 
+from actors.xenstored.connections import Connections
 from actors.xenstored.server import QUOTA_NAMES, STORE_FEATURES, XenstoredServer
-from protocols.errno import Errno
+from protocols.errno import Errno, XenError
 from protocols.xenstore.wire import (HEADER, DirectoryPart, XsDecoder, XsMessage, XsType,
                                      error_from_reply, make_request, parse_reply)
 
@@ -387,3 +388,53 @@ def test_xenstore_save_restore_keeps_the_store_and_drops_the_connections(server,
     assert tools.call(XsType.READ, "/a") == b"kept"
     tools.call(XsType.WRITE, "/a", b"changed")
     assert tools.events() == []
+
+
+# --- Connections: who may talk over the transport (actors.xenstored.connections) ----------
+
+def read_name(domid: int) -> bytes:
+    return make_request(XsType.READ, f"/local/domain/{domid}/name", req_id=1).pack()
+
+
+def test_xenstored_connections_serve_introduced_domains_only_until_released(server):
+    conns = Connections(server, push=lambda endpoint, data: None, dom0_secret="s0")
+    with pytest.raises(XenError, match="not introduced"):
+        conns.handle(5, "s5", "h1/dom5", read_name(5))
+    conns.introduce(5, "s5", "h1/dom5")
+    with pytest.raises(XenError, match="not introduced"):
+        conns.handle(5, "forged", "h1/dom5", read_name(5))
+    reply = XsDecoder().feed(conns.handle(5, "s5", "h1/dom5", read_name(5)))
+    assert [m.req_id for m in reply] == [1] and server.statistics().connections == 1
+    conns.release(5)
+    assert server.statistics().connections == 0
+    with pytest.raises(XenError, match="not introduced"):
+        conns.handle(5, "s5", "h1/dom5", read_name(5))
+
+
+def test_xenstored_a_request_racing_release_leaves_no_connection_behind(server):
+    """The release lands just after the request looked up its credential: the request must
+    not then make a connection that the release can no longer close."""
+    conns = Connections(server, push=lambda endpoint, data: None, dom0_secret="s0")
+    conns.introduce(5, "s5", "h1/dom5")
+    releases: list[threading.Thread] = []
+
+    class ReleasedOnLookup(dict):
+        def get(self, domid, default=None):
+            cred = super().get(domid, default)
+            if domid == 5 and not releases:
+                releases.append(threading.Thread(target=conns.release, args=(5,)))
+                releases[0].start()
+                if not conns._lock.locked():  # looked up outside the lock: release runs now
+                    releases[0].join()
+            return cred
+
+    conns._creds = ReleasedOnLookup(conns._creds)
+    try:
+        conns.handle(5, "s5", "h1/dom5", read_name(5))
+    except XenError:
+        pass  # refused: the release came first
+    releases[0].join(10)
+    assert not releases[0].is_alive()
+    assert server.statistics().connections == 0
+    with pytest.raises(XenError, match="not introduced"):
+        conns.handle(5, "s5", "h1/dom5", read_name(5))
