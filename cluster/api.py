@@ -249,18 +249,24 @@ class Cluster:
         self._check_host(host)
         return self._call(host, "xl", "create", cfg.to_dict(), name, timeout=CREATE_TIMEOUT_S)
 
+    def holder(self, name: str) -> tuple[str, int | None] | None:
+        """Who holds the name in the cluster's registry: ``(host, domid)``, domid None while
+        its create is still building it; None if the name is free."""
+        held = self._call(CLUSTER, "registry", "lookup", name)
+        return None if held is None else (held["host"], held["domid"])
+
     def find(self, name: str) -> tuple[str, int] | None:
         """``(host, domid)`` of the domain named ``name``, or None (also while its first
         create is still building it)."""
-        held = self._call(CLUSTER, "registry", "lookup", name)
-        return None if held is None or held["domid"] is None else (held["host"], held["domid"])
+        held = self.holder(name)
+        return None if held is None or held[1] is None else held
 
     def _where(self, name: str) -> str:
         """The host holding ``name`` (a domain being built there too)."""
-        held = self._call(CLUSTER, "registry", "lookup", name)
+        held = self.holder(name)
         if held is None:
             raise DomainNotFound(name)
-        return held["host"]
+        return held[0]
 
     def list(self, errors: dict[str, str] | None = None) -> list[dict[str, Any]]:
         """xl list's rows for every host (Name, ID, Mem, VCPUs, State, Time, host). Hosts
