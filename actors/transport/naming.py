@@ -23,8 +23,9 @@ ever kept in the environment of the processes that start and join it (or, for th
 its token in ``RAY_AUTH_TOKEN_PATH`` (or ``RAY_AUTH_TOKEN``).
 
 Noise: a DomU killed on purpose is a dead Ray worker, which Ray announces on the driver's
-stdout ("A worker died or was killed ..."); that one message is filtered (Ray's log dedup
-skip regex), nothing else.
+stdout ("A worker died or was killed ..."), and a host being stopped has one-way calls in
+flight to its restartable daemons, which Ray announces as retried; those two messages are
+filtered (Ray's log dedup skip regex), nothing else.
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ RAY_ENV = {
     "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",  # no re-packaging of this project per worker
     "RAY_worker_maximum_startup_concurrency": "64",
     "RAY_DEDUP_LOGS": "1",  # the skip regex below works only with dedup on
-    "RAY_DEDUP_LOGS_SKIP_REGEX": "A worker died or was killed while executing",
+    # Ray's words for what xenray does on purpose: a DomU's process killed (a crash), a
+    # restartable daemon's pending one-way calls retried while it is stopped.
+    "RAY_DEDUP_LOGS_SKIP_REGEX": ("A worker died or was killed while executing"
+                                  "|There are infinite retries remaining"),
 }
 LOCAL_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}  # this machine is 127.0.0.1 to Ray
 TOKEN_VARS = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
