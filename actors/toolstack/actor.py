@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -102,7 +103,8 @@ class ToolstackShell(Endpoint):
             rec = self.core.begin_create(name or cfg.name, cfg)
         self._build(rec)
         return {"name": rec.name, "domid": rec.domid, "host": self.host, "pid": rec.pid,
-                "kernel": cfg.kernel or f"built-in {cfg.type} kernel"}
+                "kernel": cfg.kernel or f"built-in {cfg.type} kernel",
+                "steps_ms": dict(rec.steps_ms)}
 
     def on_destroy(self, name: str) -> None:
         """``xl destroy``; a domain being (re)built is destroyed once its build ends. Every
@@ -170,9 +172,10 @@ class ToolstackShell(Endpoint):
         (best-effort) and raise the failure itself."""
         try:
             for step in self.core.pending(rec):
+                t0 = time.perf_counter()
                 learnt = self._steps[step](rec) or {}
                 with self.lock:
-                    self.core.step_done(rec, step, **learnt)
+                    self.core.step_done(rec, step, (time.perf_counter() - t0) * 1e3, **learnt)
         except BaseException as e:
             self.log.warning("create failed", name=rec.name, domid=rec.domid, error=str(e))
             with self.lock:

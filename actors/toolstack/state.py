@@ -79,6 +79,7 @@ class Record:
     memory_path: str = ""
     console_port: int = 0
     pid: int = 0
+    steps_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # what each step took
     token: str = ""  # unique to this record: its reservation in the registry carries it
 
 
@@ -122,11 +123,13 @@ class Toolstack:
         """The steps still to run for ``rec``, in order."""
         return [step for step in Step if step not in rec.done]
 
-    def step_done(self, rec: Record, step: Step, **learnt: Any) -> None:
-        """``step`` succeeded; ``learnt`` are the record fields it produced (domid, pid...)."""
+    def step_done(self, rec: Record, step: Step, took_ms: float = 0.0, **learnt: Any) -> None:
+        """``step`` succeeded in ``took_ms``; ``learnt`` are the record fields it produced
+        (domid, pid...)."""
         for key, value in learnt.items():
             setattr(rec, key, value)
         rec.done.append(step)
+        rec.steps_ms[step.name.lower()] = round(took_ms, 1)
 
     def finish(self, rec: Record) -> list[Effect]:
         """Every step done: the domain runs; the registry learns its domid."""
