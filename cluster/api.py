@@ -39,6 +39,7 @@ from cluster.xlcfg import DomainConfig, load_config, parse_config
 
 CALL_TIMEOUT_S = 30.0  # a host that takes longer than this to answer is reported unreachable
 CREATE_TIMEOUT_S = 300.0  # create waits for the backends (40 s) and the init (30 s) itself
+MIGRATE_TIMEOUT_S = 1800.0  # a save or migration of a large, busy domain takes long
 
 
 class DomainNotFound(KeyError):
@@ -312,9 +313,43 @@ class Cluster:
         if wait:  # xl -w: until that domain (this domid) is gone or replaced
             self.wait_for(lambda: self.find(name) != found, timeout, f"{name} to {word}")
 
-    def console(self, name: str, lines: int = 20) -> list[str]:
-        """The last ``lines`` lines the domain wrote on its console."""
-        return self._call(self._where(name), "xenconsoled", "tail", name, lines)
+    # -- save, restore, migrate (xl save / restore / migrate) ------------------------------
+
+    def migrate(self, name: str, host: str, *, live: bool = True, debug: bool = False,
+                max_iters: int = 5, dirty_threshold: int = 50,
+                policy: str = "libxc") -> dict[str, Any]:
+        """``xl migrate``: move a running domain to ``host`` (pre-copy over log-dirty unless
+        ``live`` is False; ``debug`` has the receiver verify every page). Returns Clark's
+        metrics: each round's pages, sent and dirtied, total time, downtime, bytes sent.
+        On any failure before the destination owns the domain, it runs on where it was."""
+        self._check_host(host)
+        options = {"live": live, "debug": debug, "max_iters": max_iters,
+                   "dirty_threshold": dirty_threshold, "policy": policy}
+        return self._call(self._where(name), "xl", "migrate", name, host, options,
+                          timeout=MIGRATE_TIMEOUT_S)
+
+    def save(self, name: str, path: str | os.PathLike, *,
+             checkpoint: bool = False) -> dict[str, Any]:
+        """``xl save [-c]``: write the domain to an xl save file, then destroy it (or, with
+        ``checkpoint``, let it run on). The file is written by the domain's host."""
+        return self._call(self._where(name), "xl", "save", name, os.path.abspath(path),
+                          checkpoint, timeout=MIGRATE_TIMEOUT_S)
+
+    def restore(self, path: str | os.PathLike, *, host: str | None = None,
+                paused: bool = False) -> dict[str, Any]:
+        """``xl restore [-p]``: the domain of a save file, on ``host`` (by default the
+        next in turn), running unless ``paused``."""
+        path = os.path.abspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no save file {path}")
+        host = host or self.hosts[next(self._rr) % len(self.hosts)]
+        self._check_host(host)
+        return self._call(host, "xl", "restore", path, paused, timeout=MIGRATE_TIMEOUT_S)
+
+    def console(self, name: str, lines: int = 20, *, host: str | None = None) -> list[str]:
+        """The last ``lines`` lines the domain wrote on its console; on ``host`` if given
+        (the log of a domain that ran there before it migrated), else where it runs."""
+        return self._call(host or self._where(name), "xenconsoled", "tail", name, lines)
 
     def result(self, name: str) -> dict[str, Any] | None:
         """The last result an init program published (a ``RESULT {json}`` console line)."""

@@ -185,6 +185,11 @@ OPS: dict[str, Op] = {
         args["a"], args["b"], bandwidth=args.get("bandwidth"), latency=args.get("latency"),
         loss=args.get("loss"), both_ways=args.get("both_ways", True)),
     "capture": _capture,
+    "migrate": lambda xen, args, emit: xen.migrate(args.pop("name"), args.pop("host"), **args),
+    "save": lambda xen, args, emit: xen.save(args["name"], args["path"],
+                                             checkpoint=args.get("checkpoint", False)),
+    "restore": lambda xen, args, emit: xen.restore(args["path"], host=args.get("host"),
+                                                   paused=args.get("paused", False)),
 }
 
 

@@ -19,7 +19,7 @@ from rich.markup import escape
 from actors.blkback.vbd import create_image
 from actors.guest.blk import verify_block
 from cluster.api import Cluster
-from cluster.report import domain_table
+from cluster.report import domain_table, migration_text
 from cluster.xlcfg import parse_config
 
 EXAMPLES = pathlib.Path(__file__).parent / "examples"
@@ -34,6 +34,12 @@ def last_count(xen: Cluster, name: str) -> int:
 def wait_count_above(xen: Cluster, name: str, value: int, timeout: float = 30) -> int:
     return xen.wait_for(lambda: (c := last_count(xen, name)) > value and c, timeout,
                         f"{name}'s counter to pass {value}")
+
+
+def counts_on(xen: Cluster, name: str, host: str) -> list[int]:
+    """Every count the domain printed on ``host`` (its log there, after it moved away)."""
+    return [int(m.group(1)) for line in xen.console(name, 10_000, host=host)
+            if (m := COUNT.search(line))]
 
 
 def show_list(out: Console, xen: Cluster) -> list[dict]:
@@ -119,7 +125,17 @@ def run(out: Console) -> int:
         for name in ("web1", "client1"):
             xen.destroy(name)
 
-        step("7. SIGKILL counter3: a crash; the others carry on")
+        step("7. Live-migrate counter4 from h2 to h1 (pre-copy over log-dirty)")
+        report = xen.migrate("counter4", "h1")
+        out.print(migration_text(report), markup=False, highlight=False)
+        before = counts_on(xen, "counter4", "h2")
+        after = xen.wait_for(lambda: counts_on(xen, "counter4", "h1"), 30,
+                             "counter4 to count on h1")
+        if after[0] != before[-1] + 1:
+            raise RuntimeError(f"counter4 printed {before[-1]} on h2, then {after[0]} on h1")
+        out.print(f"  counter4 printed {before[-1]} on h2 and goes on with {after[0]} on h1")
+
+        step("8. SIGKILL counter3: a crash; the others carry on")
         pid = next(r["pid"] for r in xen.list() if r["name"] == "counter3")
         survivors = {n: last_count(xen, n) for n in ("counter1", "counter4")}
         out.print(f"  kill -9 {pid}: the domain's process dies, which Xen calls a crash")
@@ -129,7 +145,7 @@ def run(out: Console) -> int:
             out.print(f"  {name} keeps counting: {count} -> {wait_count_above(xen, name, count)}")
         show_list(out, xen)
 
-        step("8. Destroy the rest and stop the cluster")
+        step("9. Destroy the rest and stop the cluster")
         for r in xen.list():
             if r["domid"] != 0:
                 xen.destroy(r["name"])

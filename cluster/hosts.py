@@ -77,7 +77,8 @@ def stop_host(host: str, *, run_id: str, run_dir: str | None = None) -> None:
         launch.kill(host, f"dom{domid}")
     for component in (*DOM0_COMPONENTS, "hypervisor"):
         launch.kill(host, component)
-    for pattern in ("d*", "pipe*"):  # domain memory; same-host pipes and their FIFOs
+    # domain memory; same-host pipes and their FIFOs; the dirty-logging handover socket
+    for pattern in ("d*", "pipe*", "logdirty"):
         for path in glob.glob(str(memory.SHM_DIR / f"xenray-{run_id}-{host}-{pattern}")):
             memory.remove(path)
     if run_dir is not None:

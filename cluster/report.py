@@ -60,3 +60,27 @@ def link_text(spec: dict[str, Any]) -> str:
     bw = spec.get("bandwidth_bps")
     return (f"bandwidth {'unlimited' if not bw else f'{bw / 1e6:g} Mbit/s'}, latency "
             f"{spec.get('latency_s', 0) * 1000:g} ms, loss {spec.get('loss', 0) * 100:g}%")
+
+
+ROUND_COLUMNS = (("Round", "right"), ("Pages sent", "right"), ("Dirtied meanwhile", "right"),
+                 ("Time (ms)", "right"), ("MiB/s", "right"), ("", "left"))
+
+
+def migration_text(report: dict[str, Any]) -> str:
+    """A migration's (or save's) rounds, Clark-style, and its totals."""
+    rows = [(str(r["round"]), f"{r['pages_sent']:,}", f"{r['pages_dirtied']:,}",
+             f"{r['duration_s'] * 1e3:.1f}", f"{r['mib_s']:.1f}",
+             "" if r["live"] else "stop-and-copy") for r in report["rounds"]]
+    lines = [text_table(ROUND_COLUMNS, rows)]
+    totals = [f"{report['bytes_sent'] / 2**20:.1f} MiB sent, {report['bytes_ratio']:.2f}x "
+              f"the guest's {report['ram_bytes'] / 2**20:.0f} MiB"]
+    if report.get("total_s") is not None:
+        totals.append(f"total {report['total_s']:.2f} s")
+    if report.get("downtime_ms") is not None:
+        totals.append(f"downtime {report['downtime_ms']:.1f} ms")
+    if report.get("resume_ms") is not None:
+        totals.append(f"devices reconnected and init resumed {report['resume_ms']:.0f} ms "
+                      "after the unpause")
+    if report.get("verify_mismatches") is not None:
+        totals.append(f"VERIFY: {report['verify_mismatches']} pages differ")
+    return "\n".join([*lines, "; ".join(totals)])

@@ -220,7 +220,9 @@ DOMCTL = {
     "getdomaininfo": _domctl(),
     "setvcpuaffinity": _domctl(**_AFFINITY, cpumap_hard=_CPUMAP, cpumap_soft=_CPUMAP),
     "getvcpuaffinity": _domctl(**_AFFINITY),
-    "shadow_op": _domctl(op=U32, mode=U32, mb=U32, pages=U64),
+    # The bitmap comes back in the result; ``mb`` (shadow memory of the allocation ops, which
+    # are not emulated) is not carried.
+    "shadow_op": _domctl(op=U32, mode=U32, pages=U64),
     "max_mem": _domctl(max_memkb=U64),
     "setvcpucontext": _domctl(vcpu=U32, ctxt=_BLOB),
     "getvcpucontext": _domctl(vcpu=U32),
@@ -235,6 +237,7 @@ DOMCTL = {
     "gethvmcontext": _domctl(),
     "sethvmcontext": _domctl(buffer=_BLOB),
     "set_target": _domctl(target=DOMID),
+    "gettscinfo": _domctl(),
     "soft_reset": _domctl(),
     "get_domain_state": _domctl(),
 }  # fmt: skip

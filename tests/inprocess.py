@@ -233,12 +233,12 @@ class InProcessLauncher:
         self.domains: dict[int, DomainShell] = {}
         self.secrets: dict[int, str] = {}  # every domain ever started: a test checks them
 
-    def start(self, domid: int, secret: str, memory_path: str) -> int:
+    def start(self, domid: int, secret: str, memory_path: str, resume: bool = False) -> int:
         endpoint = domain_endpoint(domid)
         self.secrets[domid] = secret
         self.domains[domid] = self.host.start(endpoint, DomainShell(
             domid, self.host.clients(endpoint, domid, secret), memory_path,
-            self.host.log.bind(domid=domid)))
+            self.host.log.bind(domid=domid), resume=resume))
         return os.getpid()
 
     def kill(self, domid: int) -> None:

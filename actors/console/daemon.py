@@ -304,18 +304,38 @@ class ConsoleDaemon:
                 return console
         return None
 
+    def _find(self, name: str) -> Console | None:
+        """The served console of domain ``name``; if none has that name, the names are read
+        again from xenstore first, since a domain can be renamed after its pick-up (a
+        migration's ``<name>--incoming`` takes ``<name>`` when it is unpaused). Its log file
+        keeps the name it was opened with."""
+        with self.lock:
+            console = self._served(name)
+            if console is not None:
+                return console
+            served = list(self.consoles.values())
+        for console in served:
+            current = self._read(f"{domain_path(console.domid)}/name")
+            if current:
+                console.name = current
+        with self.lock:
+            return self._served(name)
+
     def log_path(self, name: str) -> str:
         """Where domain ``name``'s console is logged (the file appears with its pick-up)."""
         if self.dir is None:
             raise RuntimeError(f"xenconsoled on {self.host} keeps no log files")
+        console = self._find(name)
+        if console is not None and console.log_file is not None:
+            return console.log_file.name
         return str(self.dir / log_file_name(name))
 
     def tail(self, name: str, n: int) -> list[str]:
         """The last ``n`` console lines of domain ``name``: from memory while it is served,
         else from its log file; none if it has written nothing (yet)."""
-        with self.lock:
-            console = self._served(name)
-            if console is not None:
+        console = self._find(name)
+        if console is not None:
+            with self.lock:
                 return console.tail(n)
         if self.dir is None or not (path := self.dir / log_file_name(name)).exists():
             return []

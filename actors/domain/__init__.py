@@ -1,8 +1,10 @@
 """A DomU: its PV guest kernel and the Ray shell around it (:mod:`.actor`, the only file using
 Ray). The kernel is split as Linux's is, one concept a module:
 
-* :mod:`.kernel`: boot from start_info, the vCPU running the init program, the guest's clock,
-  statistics and save/restore (``arch/x86/xen/enlighten_pv.c``, ``init/main.c``);
+* :mod:`.kernel`: boot from start_info (or resume in a new domain), the vCPU running the init
+  program, the guest's clock, statistics (``arch/x86/xen/enlighten_pv.c``, ``init/main.c``);
+* :mod:`.initmem`, :mod:`.kdata`: what a suspended guest keeps in its memory: the init's
+  memory regions, the kernel's clock;
 * :mod:`.rungate`: the run gate every kernel entry passes: pause, suspend's freezer, shutdown;
 * :mod:`.hvc`: the console driver and printk (``drivers/tty/hvc/hvc_xen.c``);
 * :mod:`.xenwatch`: the thread running xenstore watch callbacks (``xenbus_xs.c``);

@@ -20,6 +20,11 @@ injected, so the kernel wires it to the real ones and tests to fakes. It follows
   every grant are dropped; each request without a response is re-queued whole and re-issued on
   the new ring, with new grants and new ids, once the backend is Connected again. Responses
   left on the old ring are never read.
+* Suspend (issue 11): :meth:`~XenbusFrontend.suspend` stops issuing (requests queue) and the
+  kernel waits briefly for those in flight; a cancelled suspend issues what queued, on the same
+  ring. A resume in a new domain is a new kernel and a new Blkfront: what was queued or
+  unanswered in the old one is gone with its process, and the init program redoes its
+  unacknowledged step (Linux keeps the shadow in kernel memory and re-issues it instead).
 
 Threads: the init program submits and waits; the upcall path calls :meth:`on_event`; xenwatch
 calls :meth:`on_backend_state`. One lock guards the state; xenstore calls and notifications are
@@ -184,6 +189,7 @@ class Blkfront(XenbusFrontend):
             self._release_pages(part)
         self._queue.extendleft(reversed(inflight))
         self._shadow = [None] * RING_SIZE
+        self._quiet.notify_all()
         self._free_ids = list(range(self._max_in_flight - 1, -1, -1))
         for gref, pfn, _ in self._free_pages:  # persistent grants end with the connection
             if gref >= 0:
@@ -258,7 +264,7 @@ class Blkfront(XenbusFrontend):
         """Put queued parts on the ring while shadow entries are free; push. Lock held.
         Returns True if the backend must be notified."""
         ring = self._ring
-        if ring is None or not self._connected:
+        if ring is None or not self._connected or self.suspended:
             return False
         put = 0
         while self._queue and self._free_ids:
@@ -336,6 +342,7 @@ class Blkfront(XenbusFrontend):
                 self.stats["ring_errors"] += 1  # a hostile backend: wait for a reconnect
                 return
             kick = self._issue_queued()
+            self._quiet.notify_all()
         self._kick(kick)
 
     def _complete(self, rsp: BlkifResponse) -> None:
@@ -384,7 +391,18 @@ class Blkfront(XenbusFrontend):
         self._notify(port)
         return req_prod
 
+    def _in_flight(self) -> int:
+        return sum(p is not None for p in self._shadow)
+
+    @property
+    def max_pages(self) -> int:
+        """The ring, and a full request's data pages per shadow entry."""
+        return 1 + self._max_in_flight * BLKIF_MAX_SEGMENTS_PER_REQUEST
+
+    def _thaw(self) -> bool:
+        return self._issue_queued()
+
     def _device_statistics(self) -> dict[str, Any]:
-        return {"in_flight": sum(p is not None for p in self._shadow),
+        return {"in_flight": self._in_flight(), "suspended": self.suspended,
                 "queued": len(self._queue), "persistent": self._persistent,
                 "persistent_grants": sum(g >= 0 for g, _, _ in self._free_pages)}

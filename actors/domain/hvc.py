@@ -9,8 +9,10 @@ that finds the ring full waits for that signal, as the hvc tty waits for its int
 Decisions:
 
 * Program output (:meth:`HvcConsole.write_console`, the init's ``print``) never loses a
-  byte: on a full ring it blocks the vCPU, a state a pause or suspend accepts
-  (:mod:`.rungate`). Kernel messages (:meth:`HvcConsole.printk`) are best effort, as Linux's
+  byte: on a full ring it blocks the vCPU, a state a pause accepts (:mod:`.rungate`). A
+  suspend waits for the write to end (``RunGate.no_freeze``): the rest of the bytes are on the
+  vCPU's stack, which a migration does not carry, so a write is all before a suspend or all
+  after it. Kernel messages (:meth:`HvcConsole.printk`) are best effort, as Linux's
   printk to a stuck console: what does not fit is dropped and counted, and a writer holding
   the console longer than :data:`PRINTK_LOCK_TIMEOUT_S` makes the message be dropped rather
   than waited for.
@@ -32,15 +34,16 @@ PRINTK_LOCK_TIMEOUT_S = 1.0  # kernel messages give up rather than wait on a stu
 
 
 class HvcConsole:
-    """The console of one domU: ``intf`` over its console page, ``evtchn`` its console port.
+    """The console of one domU: ``intf`` over its console page, ``evtchn`` its console port
+    (the kernel sets both from start_info when it boots or resumes; None before).
 
     The vCPU calls :meth:`write_console`; any thread may call :meth:`printk`; the kernel's
     upcall path calls :meth:`interrupt` when the console port fires. ``stats`` counts
     ``console_bytes`` (put in the ring), ``console_waits`` (full ring) and ``console_dropped``
     (kernel messages that did not fit)."""
 
-    def __init__(self, intf: ConsoleInterface, evtchn: int, hypercall: Any, gate: RunGate,
-                 log: Any, *, recheck_s: float = CONSOLE_RECHECK_S) -> None:
+    def __init__(self, intf: ConsoleInterface, evtchn: int | None, hypercall: Any,
+                 gate: RunGate, log: Any, *, recheck_s: float = CONSOLE_RECHECK_S) -> None:
         self.intf, self.evtchn = intf, evtchn
         self.hypercall, self.gate, self.log = hypercall, gate, log
         self.recheck_s = recheck_s
@@ -52,7 +55,7 @@ class HvcConsole:
         """Put all of ``data`` in the ring, kicking xenconsoled after each piece; on a full
         ring, block until it drains (its signal back, or a re-check). vCPU only."""
         view = memoryview(data)
-        with self._lock:
+        with self.gate.no_freeze(), self._lock:  # a suspend never splits a write
             while view:
                 n = self.intf.write_out(view)
                 view = view[n:]

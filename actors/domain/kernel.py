@@ -8,12 +8,35 @@ init program (:mod:`actors.guest.api`) needs. Its parts, one module each:
 * :mod:`.rungate`: the run gate every kernel entry passes (pause, suspend, shutdown);
 * :mod:`.hvc`: the console driver (``drivers/tty/hvc/hvc_xen.c``) and printk;
 * :mod:`.xenwatch`: the thread running xenstore watch callbacks (``xenbus_xs.c``);
-* :mod:`.manage`: the PV control protocol on ``control/shutdown`` (``manage.c``);
-* :mod:`.blkdev`, :mod:`.netdev`: the block and network frontends, probed at boot.
+* :mod:`.manage`: the PV control protocol on ``control/shutdown`` (``manage.c``), suspend
+  included;
+* :mod:`.blkdev`, :mod:`.netdev`: the block and network frontends, probed at boot;
+* :mod:`.initmem`, :mod:`.kdata`: what lives in guest memory across a suspend (the init's
+  memory regions, the guest clock).
 
 The init runs on the vCPU thread, which the first unpause starts; threads come from the
 :class:`~actors.runtime.Runtime` the shell hands in, and so does the guest's clock: seconds
-since boot, carried over a save/restore, running on while the domain is paused.
+since boot, running on while the domain is paused, carried across a suspend in the kernel
+data page (it does not count the time the domain was suspended).
+
+Suspend and resume (issue 11, reference 12.1, 15.3; Linux ``manage.c`` ``do_suspend``):
+
+* ``control/shutdown`` = ``suspend``: :mod:`.manage` acks, freezes the init at a scheduling
+  point, then calls :meth:`PVKernel._pre_suspend`: the frontends stop issuing and requests in
+  flight get :data:`QUIESCE_TIMEOUT_S` to be answered; event-channel upcalls are then held
+  pending (Linux suspends with interrupts off) and the guest clock goes to the kernel data
+  page; then ``SCHEDOP_shutdown(suspend)``.
+* Cancelled (the toolstack's ``resumedomain`` reopens the gate; Xen's call returns 1): the
+  pending upcalls are delivered, the frontends issue what waited and everything runs on in
+  place.
+* Resumed in a new domain (the call returns 0 there): that is a new process, whose kernel is
+  built with ``resume=True`` over memory the toolstack copied. Its first unpause does not boot:
+  it takes the clock from the kernel data page and the init's regions from their directory,
+  zeroes the grant table (old grants mean nothing here), re-reads ``~/domid`` and ``~/name``,
+  re-registers the ``control/shutdown`` watch, uses the console port start_info now carries
+  (the toolstack rewrote it), probes every device afresh on new rings, grants and ports
+  (netfront then announces itself with a gratuitous ARP), writes ``running NAME`` to
+  ``~/data/init`` and runs the init again with ``os.resumed`` True.
 
 Decisions:
 
@@ -21,36 +44,49 @@ Decisions:
   on, as Linux boots on without xenbus (deaf to ``control/shutdown``).
 * Just before the init runs the kernel writes ``running NAME`` to ``~/data/init`` (the
   guest-writable area of reference 11.5; ``INIT_STATUS``), or ``panic: ...`` if there is no
-  such init: the toolstack's create waits for it (``builder.wait_init``).
+  such init: the toolstack's create waits for it (``builder.wait_init``), and so may a
+  restore.
 * An init that raises crashes the domain after printing the exception's last traceback line
   and Linux's "Attempted to kill init!" panic; an unknown init panics as Linux does when
-  ``init=`` cannot be run; an init that returns powers the domain off.
+  ``init=`` cannot be run; an init that returns powers the domain off. A resume from memory
+  without kernel data or with a corrupt init memory directory panics too.
 """
 
 from __future__ import annotations
 
-import copy
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from actors.domain.blkdev import BlockDevices
+from actors.domain.blkdev import BlockDevices, GuestDisk
 from actors.domain.hvc import HvcConsole
+from actors.domain.initmem import InitMemory
+from actors.domain.kdata import KernelData
 from actors.domain.manage import PVControl
 from actors.domain.netdev import NetDevices
-from actors.domain.rungate import GateChange, Halted, KernelState, RunGate
+from actors.domain.rungate import GateChange, Halted, RunGate
 from actors.domain.xenwatch import Xenwatch
 from actors.guest.api import GuestOS, parse_init
 from actors.guest.inits import INITS
 from actors.memory import Mapping
 from actors.runtime import THREADS, Runtime
+from actors.xenbus.frontend import PagePool
 from protocols.console import ConsoleInterface
 from protocols.errno import Errno, XenError
 from protocols.hypercall import Hypercall, SchedOp, ShutdownReason
+from protocols.page import PAGE_SIZE
+from protocols.pv_layout import (GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES, PFN_CONSOLE, PFN_FIRST_FREE,
+                                 PFN_KERNEL_DATA, PFN_START_INFO)
+from protocols.start_info import SIZE as START_INFO_SIZE
 from protocols.start_info import StartInfo
+from protocols.xenbus import XenbusState
 from protocols.xenstore.paths import INIT_STATUS
 
 NET_UP_TIMEOUT_S = 30.0  # how long GuestOS.net() waits for a vif's carrier
+DEVICE_WAIT_S = 30.0  # xenbus_probe_frontend.c: how long boot waits for devices to connect
+DEVICE_POLL_S = 0.005
+QUIESCE_TIMEOUT_S = 1.0  # how long a suspend waits for requests in flight to be answered
+DRIVER_HEADROOM_PAGES = 128  # pages the init's memory leaves the drivers beyond what they use
 
 _MESSAGES = {ShutdownReason.poweroff: "reboot: Power down",  # kernel/reboot.c
              ShutdownReason.reboot: "reboot: Restarting system"}
@@ -67,43 +103,54 @@ class XsLike(Protocol):
 
 
 class PVKernel:
-    """One DomU's PV kernel.
+    """One DomU's PV kernel; ``resume``: it continues a suspended guest whose memory this is
+    (module docstring), rather than booting.
 
     The domain's shell calls :meth:`vcpu_gate`, :meth:`upcall` and :meth:`xs_event` (from
-    any thread; each returns at once), :meth:`statistics` and :meth:`save`; :meth:`restore`
-    only before the first unpause. The init program reaches :meth:`console_write`,
-    :meth:`sleep`, :meth:`clock`, :meth:`disk` and :meth:`net` through its :class:`GuestOS`,
-    on the vCPU thread only. ``hypercall`` is a
+    any thread; each returns at once) and :meth:`statistics`. The init program reaches
+    :meth:`console_write`, :meth:`sleep`, :meth:`clock`, :meth:`init_memory`, :meth:`disk` and
+    :meth:`net` through its :class:`GuestOS`, on the vCPU thread only. ``hypercall`` is a
     :class:`actors.transport.hypercall_client.HypercallClient` (or alike).
     """
 
-    def __init__(self, start_info: StartInfo, memory: Mapping, hypercall: Callable[..., Any],
-                 xs: XsLike, log: Any, runtime: Runtime = THREADS) -> None:
-        self.start_info = start_info
+    def __init__(self, memory: Mapping, hypercall: Callable[..., Any], xs: XsLike, log: Any,
+                 runtime: Runtime = THREADS, *, resume: bool = False) -> None:
         self.memory = memory
         self.hypercall = hypercall
         self.xs = xs
         self.log = log
         self.runtime = runtime
+        self.resume = resume
         self.gate = RunGate()
-        self.hvc = HvcConsole(ConsoleInterface(memory.page(start_info.console_mfn)),
-                              start_info.console_evtchn, hypercall, self.gate, log)
+        # the console's page and port, and all start_info says, are read at the first unpause
+        self.start_info: StartInfo | None = None
+        self.hvc = HvcConsole(ConsoleInterface(memory.page(PFN_CONSOLE)), None, hypercall,
+                              self.gate, log)
         self.xenwatch = Xenwatch(xs, self.gate, runtime, log)
-        self.control = PVControl(xs, self.gate, hypercall, self.hvc.printk, self.power_off, log)
+        self.control = PVControl(xs, self.gate, hypercall, self.hvc.printk, self.power_off, log,
+                                 pre_suspend=self._pre_suspend,
+                                 suspend_failed=self._suspend_cancel)
+        self.pages: PagePool | None = None  # the drivers' free pages
+        self.initmem: InitMemory | None = None  # the init's memory regions
         self.blk: BlockDevices | None = None
         self.net_devices: NetDevices | None = None
-        self.init_name, self.argv = parse_init(start_info.cmd_line)
-        self.init_state: dict[str, Any] = {}
+        self.init_name: str | None = None
+        self.argv: tuple[str, ...] = ()
         self.domid: int | None = None
         self.name = ""
         self._clock_base = 0.0
         self._boot_time: float | None = None
-        self.stats = {"upcalls": 0}
+        self._suspends = 0
+        self._irqs_masked = False  # upcalls held pending (under gate.cv)
+        self._pending_ports: set[int] = set()
+        self._in_upcall = 0
+        self.stats = {"upcalls": 0, "upcalls_held": 0}
 
     # -- entry points for the shell ---------------------------------------------------------
 
     def vcpu_gate(self, paused: bool, seq: int = 0) -> None:
-        """The hypervisor stops (True) or restarts the vCPUs; the first restart boots.
+        """The hypervisor stops (True) or restarts the vCPUs; the first restart boots (or
+        resumes), a restart after SHUTDOWN_suspend is a cancelled suspend.
 
         ``seq`` orders the one-way gate messages: one older than the last applied is stale
         (it was overtaken in flight) and ignored. 0 means unordered (tests driving it directly).
@@ -113,12 +160,29 @@ class PVKernel:
             self.runtime.spawn(self._vcpu_main, name="vcpu0")
         elif change is GateChange.RESUMED:
             self.log.info("suspend cancelled: resuming in the same domain")
+            self._suspend_cancel()
 
     def upcall(self, domid: int, ports: list[int]) -> None:
-        """Event-channel ports that fired (already dequeued by the hypervisor)."""
+        """Event-channel ports that fired (already dequeued by the hypervisor); held pending
+        while a suspend has interrupts off."""
         with self.gate.cv:
             self.stats["upcalls"] += 1
-        if self.start_info.console_evtchn in ports:  # xenconsoled drained the ring
+            if self._irqs_masked:
+                self.stats["upcalls_held"] += 1
+                self._pending_ports.update(ports)
+                return
+            self._in_upcall += 1
+        try:
+            self._dispatch(ports)
+        finally:
+            with self.gate.cv:
+                self._in_upcall -= 1
+                if self._irqs_masked:
+                    self.gate.cv.notify_all()
+
+    def _dispatch(self, ports: Iterable[int]) -> None:
+        ports = list(ports)
+        if self.hvc.evtchn in ports:  # xenconsoled drained the ring
             self.hvc.interrupt()
         if self.blk is not None:
             self.blk.upcall(ports)
@@ -133,26 +197,11 @@ class PVKernel:
         with self.gate.cv:
             return {**self.stats, **self.xenwatch.stats, **self.hvc.stats, **self.control.stats,
                     **self.gate.status(), "domid": self.domid, "init": self.init_name,
+                    "clock": self._now(), "resumed": self.resume, "suspends": self._suspends,
+                    "init_memory": {} if self.initmem is None else {
+                        name: pages for name, (_, pages, _) in self.initmem.regions().items()},
                     "vbd": self.blk.statistics() if self.blk is not None else {},
                     "vif": self.net_devices.statistics() if self.net_devices else {}}
-
-    def save(self) -> dict[str, Any]:
-        """What a restored kernel needs to carry on: the init, its state, clock, console
-        position (plain data). Consistent once the vCPU is parked (paused or suspended)."""
-        with self.gate.cv:
-            return {"init": self.init_name, "argv": list(self.argv),
-                    "state": copy.deepcopy(self.init_state), "clock": self._now(),
-                    "console_bytes": self.hvc.stats["console_bytes"]}
-
-    def restore(self, saved: dict[str, Any]) -> None:
-        """Take over a saved kernel's init and state; only before the first unpause."""
-        with self.gate.cv:
-            if self.gate.state is not KernelState.CREATED:
-                raise RuntimeError("a kernel can only be restored before it boots")
-            self.init_name, self.argv = saved["init"], tuple(saved["argv"])
-            self.init_state = copy.deepcopy(saved["state"])
-            self._clock_base = float(saved["clock"])
-            self.hvc.stats["console_bytes"] = saved["console_bytes"]
 
     # -- GuestKernel: what GuestOS calls, on the vCPU thread ------------------------------
 
@@ -167,12 +216,18 @@ class PVKernel:
         self.gate.schedule_timeout(monotonic() + max(0.0, seconds), monotonic)
         self.gate.enter()
 
-    def disk(self, name: str) -> Any:
-        """The blkfront of a virtual disk, for the init program (vCPU thread)."""
+    def init_memory(self, name: str, nbytes: int) -> memoryview:
+        """Region ``name`` of the init's memory (:class:`InitMemory`), for the init program."""
+        self.gate.enter()
+        return self.initmem.region(name, nbytes)
+
+    def disk(self, name: str) -> GuestDisk:
+        """A virtual disk, for the init program (vCPU thread): its blkfront, every request
+        a scheduling point."""
         self.gate.enter()
         if self.blk is None:
             raise XenError(Errno.ENODEV, f"no virtual disk {name}")
-        return self.blk.disk(name)
+        return GuestDisk(self.blk.disk(name), self.gate.enter)
 
     def net(self, nic: int | str) -> Any:
         """The network stack on a vif (devid, or "ethN"), for the init program (vCPU thread),
@@ -192,22 +247,52 @@ class PVKernel:
             return self._now()
 
     def _now(self) -> float:
-        """Guest time: seconds since boot, from the saved clock after a restore."""
+        """Guest time: seconds since boot, from the suspended kernel's clock after a resume."""
         started = self._boot_time
         return self._clock_base + (self.runtime.monotonic() - started
                                    if started is not None else 0.0)
 
-    # -- the vCPU: boot, then init ------------------------------------------------------------
+    # -- the vCPU: boot or resume, then init ----------------------------------------------
 
     def _vcpu_main(self) -> None:
         try:
             self.gate.enter()
-            self._boot()
+            if not self._start_kernel():
+                return
+            if self.resume:
+                if not self._resume():
+                    return
+            else:
+                self._boot()
             self._run_init()
         except Halted:
             pass
         finally:
             self.gate.vcpu_stopped()
+
+    def _start_kernel(self) -> bool:
+        """``xen_start_kernel``: read start_info (the toolstack wrote it, or a restore brought
+        it and rewrote its console port) and set up the console, the drivers' page pool and
+        the init's memory over the pages it gives. False (the domain crashed) if there is no
+        start_info to boot from."""
+        memory = self.memory
+        try:
+            si = StartInfo.unpack(bytes(memory.page(PFN_START_INFO)[:START_INFO_SIZE]))
+            intf = ConsoleInterface(memory.page(si.console_mfn))
+            nr_pages = min(si.nr_pages, memory.first_frame + memory.nr_pages)
+            pages = PagePool(memory.page, PFN_FIRST_FREE, max(0, nr_pages - PFN_FIRST_FREE),
+                             headroom=DRIVER_HEADROOM_PAGES)
+            initmem = InitMemory(memory.pages, nr_pages, pages.reserve_above)
+        except (XenError, IndexError) as e:
+            self.log.warning("no start_info to boot from", error=str(e))
+            self._shutdown(ShutdownReason.crash)
+            return False
+        init_name, argv = parse_init(si.cmd_line)
+        with self.gate.cv:
+            self.start_info, self.pages, self.initmem = si, pages, initmem
+            self.init_name, self.argv = init_name, argv
+            self.hvc.intf, self.hvc.evtchn = intf, si.console_evtchn
+        return True
 
     def _boot(self) -> None:
         si = self.start_info
@@ -215,15 +300,45 @@ class PVKernel:
             self._boot_time = self.runtime.monotonic()
         self.hvc.printk("Booting paravirtualized kernel on Xen (xenray)")
         self.hvc.printk(f"Command line: {si.cmd_line}")
+        self.initmem.format()
         self.xenwatch.start()  # xs_init: before any watch is registered
+        self._xenbus_steps()
+        self.log.info("booted", init=self.init_name, argv=self.argv, name=self.name)
+
+    def _resume(self) -> bool:
+        """Go on from a suspended guest's memory in this new domain (module docstring);
+        False (the domain crashed) if the memory holds nothing to go on from."""
+        try:
+            saved = KernelData.read(self.memory.page(PFN_KERNEL_DATA))
+            self.initmem.load()
+        except XenError as e:
+            self.hvc.printk(f"Kernel panic - not syncing: cannot resume: {e.detail or e}")
+            self.log.warning("cannot resume", error=str(e))
+            self._shutdown(ShutdownReason.crash)
+            return False
+        with self.gate.cv:
+            self._clock_base, self._suspends = saved.clock, saved.suspends
+            self._boot_time = self.runtime.monotonic()
+        # gnttab_resume: the grants of the old domain mean nothing here
+        self.memory.pages(GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES)[:] = bytes(
+            NR_GNTTAB_FRAMES * PAGE_SIZE)
+        self.hvc.printk("xen:grant_table: Grant tables using version 1 layout")
+        self.xenwatch.start()
+        self._xenbus_steps()
+        self.hvc.printk(f"PM: resumed in domain {self.domid} ({self.name})")
+        self.hvc.printk("Restarting tasks ... done.")
+        self.log.info("resumed", init=self.init_name, name=self.name, clock=saved.clock,
+                      suspends=saved.suspends)
+        return True
+
+    def _xenbus_steps(self) -> None:
         for step in (self._read_identity, self._setup_shutdown_watcher,
-                     self._setup_devices):
+                     self._setup_devices, self._wait_for_devices):
             try:
                 step()
             except Exception as e:  # Linux boots on without xenbus, deaf to control/shutdown
                 self.log.exception("xenbus setup failed", step=step.__name__)
                 self.hvc.printk(f"xenbus: {step.__name__.lstrip('_')} failed: {e}")
-        self.log.info("booted", init=self.init_name, argv=self.argv, name=self.name)
 
     def _read_identity(self) -> None:
         """``~/domid`` and ``~/name`` (reference 11.5): start_info does not carry them."""
@@ -236,7 +351,8 @@ class PVKernel:
     def _setup_devices(self) -> None:
         """xen-blkfront's and xen-netfront's probes: a frontend per ``device/vbd`` and
         ``device/vif`` entry (none is fine), sharing the kernel's grant table and free pages."""
-        blk = BlockDevices(self.memory, self.start_info.nr_pages, self.hypercall, self.xs)
+        blk = BlockDevices(self.memory, self.start_info.nr_pages, self.hypercall, self.xs,
+                           pages=self.pages)
         self.blk = blk
         for devid in blk.probe(self.domid, self.xenwatch.register_watch):
             self.hvc.printk(f"blkfront: {devid}: probed")
@@ -247,6 +363,24 @@ class PVKernel:
         for devid in net.probe(self.domid, self.xenwatch.register_watch):
             vif = net.vif(devid)
             self.hvc.printk(f"netfront: vif {devid}: mac {vif.mac}, ip {vif.ip or 'none'}")
+        self.pages.keep = blk.pages_needed() + net.pages_needed()  # the init cannot take them
+
+    def _wait_for_devices(self) -> None:
+        """``wait_for_devices`` (``xenbus_probe_frontend.c``): before init runs, wait for
+        every probed frontend to connect, at most :data:`DEVICE_WAIT_S`; one that does not
+        is named ("Timeout connecting to device") and the boot goes on without it. An init
+        therefore starts with its disks and NICs up, and a suspend never catches it waiting
+        on a device that cannot connect while xenwatch runs the suspend."""
+        fronts = [*(self.blk.fronts.values() if self.blk is not None else ()),
+                  *(self.net_devices.fronts.values() if self.net_devices is not None else ())]
+        deadline = self._now() + DEVICE_WAIT_S
+        while any(f.state is not XenbusState.CONNECTED for f in fronts) and \
+                self._now() < deadline:
+            self.sleep(DEVICE_POLL_S)
+        for f in fronts:
+            if f.state is not XenbusState.CONNECTED:
+                self.hvc.printk(f"XENBUS: Timeout connecting to device: {f.nodename} "
+                                f"(local state {int(f.state)})")
 
     def _run_init(self) -> None:
         program = INITS.get(self.init_name)
@@ -257,7 +391,7 @@ class PVKernel:
             self._shutdown(ShutdownReason.crash)
             return
         guest = GuestOS(self, argv=self.argv, domid=self.domid, name=self.name,
-                        state=self.init_state)
+                        resumed=self.resume)
         self._init_status(f"running {self.init_name}")
         try:
             program(guest)
@@ -275,6 +409,34 @@ class PVKernel:
             self.xs.write(INIT_STATUS, status)
         except XenError as e:
             self.log.warning("cannot write the init status", error=str(e))
+
+    # -- suspend (the control protocol calls these on the xenwatch thread) -----------------
+
+    def _pre_suspend(self) -> None:
+        """The init is frozen: quiesce the frontends (``dpm_suspend_start``), hold upcalls
+        pending (interrupts off), save the clock (``xen_arch_pre_suspend``)."""
+        for devices in (self.blk, self.net_devices):
+            if devices is not None and not devices.suspend(QUIESCE_TIMEOUT_S):
+                self.log.warning("requests still in flight at suspend", type=devices.devicetype)
+        with self.gate.cv:
+            self._irqs_masked = True
+            if not self.gate.cv.wait_for(lambda: self._in_upcall == 0, QUIESCE_TIMEOUT_S):
+                self.log.warning("an upcall handler is still running at suspend")
+            self._suspends += 1
+            saved = KernelData(clock=self._now(), suspends=self._suspends)
+        saved.write(self.memory.page(PFN_KERNEL_DATA))
+
+    def _suspend_cancel(self) -> None:
+        """Run on in place after a suspend that did not happen or was cancelled: deliver the
+        upcalls held, let the frontends issue again (``xenbus_dev_cancel``)."""
+        with self.gate.cv:
+            self._irqs_masked = False
+            ports, self._pending_ports = self._pending_ports, set()
+        for devices in (self.blk, self.net_devices):
+            if devices is not None:
+                devices.suspend_cancel()
+        if ports:
+            self._dispatch(sorted(ports))
 
     # -- shutdown --------------------------------------------------------------------------
 

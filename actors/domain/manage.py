@@ -12,13 +12,16 @@ Decisions:
 * Commands are Linux's: ``poweroff`` and ``halt`` (poweroff), ``reboot``, ``suspend``;
   anything else is ignored and left unacked. Features written at boot: poweroff, reboot,
   suspend ("1").
-* Suspend (``do_suspend``) goes as far as the hypervisor does today: freeze the init at its
-  next scheduling point (:meth:`~.rungate.RunGate.freeze`, Linux's freezer), then
-  ``SCHEDOP_shutdown(suspend)``. Xen returns from that call only on resume, 1 if the suspend
-  was cancelled (``resumedomain``: the same domain runs on) and 0 in a new domain after a
-  restore (12.1). Here the call returns at once, so the kernel treats the hypervisor reopening
-  the gate as the return with 1 and carries on; a restore in a new domain is a new kernel
-  built with ``PVKernel.restore`` (migration work).
+* Suspend (``do_suspend``): freeze the init at its next scheduling point
+  (:meth:`~.rungate.RunGate.freeze`, Linux's freezer), then the kernel's ``pre_suspend``
+  (quiesce the devices, interrupts off, save the clock: ``dpm_suspend_start`` and
+  ``xen_arch_pre_suspend``), then ``SCHEDOP_shutdown(suspend)``. Xen returns from that call
+  only on resume, 1 if the suspend was cancelled (``resumedomain``: the same domain runs on)
+  and 0 in a new domain after a restore or migration (12.1, 15.3). Here the call returns at
+  once, so the kernel treats the hypervisor reopening the gate as the return with 1 and
+  carries on; the return with 0 is a new process, whose kernel is built with ``resume=True``
+  (``actors.domain.kernel``). If ``pre_suspend`` or the call fails, ``suspend_failed`` undoes
+  ``pre_suspend`` and the init is thawed.
 """
 
 from __future__ import annotations
@@ -53,9 +56,12 @@ class PVControl:
 
     def __init__(self, xs: XsControl, gate: RunGate, hypercall: Callable[..., Any],
                  printk: Callable[[str], None], power_off: Callable[[ShutdownReason], None],
-                 log: Any, *, freeze_timeout_s: float = FREEZE_TIMEOUT_S) -> None:
+                 log: Any, *, freeze_timeout_s: float = FREEZE_TIMEOUT_S,
+                 pre_suspend: Callable[[], None] = lambda: None,
+                 suspend_failed: Callable[[], None] = lambda: None) -> None:
         self.xs, self.gate, self.hypercall, self.log = xs, gate, hypercall, log
         self.printk, self.power_off = printk, power_off
+        self.pre_suspend, self.suspend_failed = pre_suspend, suspend_failed
         self.freeze_timeout_s = freeze_timeout_s
         self.stats = dict.fromkeys(("control_requests", "control_ignored"), 0)
         self._lock = threading.Lock()
@@ -105,7 +111,8 @@ class PVControl:
         self.power_off(ShutdownReason.reboot)
 
     def do_suspend(self) -> None:
-        """Freeze the init, then ``SCHEDOP_shutdown(suspend)`` (module docstring)."""
+        """Freeze the init, ``pre_suspend``, then ``SCHEDOP_shutdown(suspend)`` (module
+        docstring)."""
         frozen = self.gate.freeze(self.freeze_timeout_s)
         if frozen is None:
             return  # not running (shut down meanwhile)
@@ -114,10 +121,13 @@ class PVControl:
             return
         self.printk("PM: suspending")
         try:
+            self.pre_suspend()
             self.hypercall(Hypercall.sched_op, SchedOp.shutdown,
                            reason=int(ShutdownReason.suspend))
         except Exception:
-            self.log.exception("SCHEDOP_shutdown(suspend) failed")
+            self.log.exception("suspend failed")
+            self.printk("PM: suspend failed: resuming")
+            self.suspend_failed()
             self.gate.thaw()
             return
         self.log.info("suspended")

@@ -130,6 +130,11 @@ class Netfront(XenbusFrontend):
         self._kick(True)  # a send on a port not yet bound is dropped (19.1): harmless
 
     @property
+    def max_pages(self) -> int:
+        """Both rings, the tx pool and a page per rx slot."""
+        return 2 + self._nr_tx + RX_RING_SIZE
+
+    @property
     def carrier(self) -> bool:
         """Frames can flow: the backend is Connected to this end's rings (Linux
         ``netif_carrier_ok``)."""
@@ -180,7 +185,7 @@ class Netfront(XenbusFrontend):
         with self._lock:
             ring, free = self._tx, self._tx_free
             need = tx_slots_needed(n)
-            if ring is None or self._broken or len(free) < need:
+            if ring is None or self._broken or self.suspended or len(free) < need:
                 self.stats["tx_busy"] += 1
                 return False
             ids = [free.pop() for _ in range(need)]

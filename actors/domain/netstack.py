@@ -319,18 +319,22 @@ class NetStack:
                                             type=dpkt.ethernet.ETH_TYPE_IP, data=ip))
 
     def ping(self, ip: str, count: int = 4, interval: float = 1.0,
-             timeout: float = 1.0) -> list[float | None]:
+             timeout: float = 1.0, *, ident: int | None = None,
+             first_seq: int = 1) -> list[float | None]:
         """ICMP echo requests to ``ip``, ``interval`` seconds apart (from one send to the
         next); each waits at most ``timeout`` seconds for ARP and its reply. Returns each
-        round trip in seconds of ``clock``, None for a lost one."""
+        round trip in seconds of ``clock``, None for a lost one. ``ident`` (default: a new one
+        per call) and ``first_seq`` let a caller number a long run's requests itself."""
         dst = ip_bytes(ip)
-        ident = next(self._ping_ids) & 0xFFFF
+        if ident is None:
+            ident = next(self._ping_ids)
+        ident &= 0xFFFF
         rtts: list[float | None] = []
-        for seq in range(1, count + 1):  # ping's icmp_seq starts at 1
+        for seq in range(first_seq, first_seq + count):  # ping's icmp_seq starts at 1
             started = time.monotonic()
             rtts.append(self._ping_once(dst, ident, seq, started + timeout))
             rest = interval - (time.monotonic() - started)
-            if seq < count and rest > 0:
+            if seq < first_seq + count - 1 and rest > 0:
                 self._sleep(rest)
         return rtts
 

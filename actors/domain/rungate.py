@@ -21,13 +21,19 @@ Decisions:
 * ``freeze`` is Linux's ``freeze_processes``: the suspend waits until the vCPU is parked at a
   scheduling point or blocked (never in the middle of a kernel entry), at most the freezer's
   timeout, and otherwise gives up and lets it run on.
+* A kernel entry that must finish once begun (a console write: the rest of its bytes are on
+  the vCPU thread's stack, which does not move to a new domain) runs under
+  :meth:`RunGate.no_freeze`: a freeze waits it out, and it passes the gate of a suspend
+  in progress (not a pause). So an init program is only ever frozen before such a call or
+  after it, never half way through.
 """
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from protocols.hypercall import ShutdownReason
 
@@ -75,6 +81,7 @@ class RunGate:
         self.reason: ShutdownReason | None = None
         self.vcpu = "offline"
         self._seq = 0
+        self._no_freeze = 0  # the vCPU is in a no_freeze section
 
     # -- the hypervisor's side ---------------------------------------------------------------
 
@@ -106,11 +113,12 @@ class RunGate:
         if vcpu and self.vcpu == "running" and self.runnable():
             return  # the common case, without the lock: a pause is seen at the next entry
         with self.cv:
-            while not self.runnable():
+            while not (self.runnable() or (vcpu and self._no_freeze and not self.paused
+                                           and self.state is KernelState.SUSPENDING)):
                 if self.state is KernelState.SHUTDOWN:
                     raise Halted
                 if vcpu:
-                    self.vcpu = "gated"
+                    self._park("gated")
                 self.cv.wait()
             if vcpu:
                 self.vcpu = "running"
@@ -119,7 +127,7 @@ class RunGate:
         """Block the vCPU until ``deadline`` on ``monotonic`` (Linux ``schedule_timeout``);
         the domain may be paused meanwhile. Halted if it shuts down."""
         with self.cv:
-            self.vcpu = "blocked"
+            self._park("blocked")
             while (left := deadline - monotonic()) > 0:
                 if self.state is KernelState.SHUTDOWN:
                     raise Halted
@@ -130,7 +138,7 @@ class RunGate:
         calls :meth:`wake`) or shutdown, at most ``timeout`` seconds (Linux
         ``wait_event_timeout``). True unless it timed out."""
         with self.cv:
-            self.vcpu = "blocked"
+            self._park("blocked")
             return self.cv.wait_for(
                 lambda: condition() or self.state is KernelState.SHUTDOWN, timeout)
 
@@ -138,9 +146,27 @@ class RunGate:
         with self.cv:
             self.cv.notify_all()
 
+    @contextlib.contextmanager
+    def no_freeze(self) -> Iterator[None]:
+        """A section of the vCPU that a freeze waits for (module docstring). vCPU only."""
+        with self.cv:
+            self._no_freeze += 1
+        try:
+            yield
+        finally:
+            with self.cv:
+                self._no_freeze -= 1
+                self.cv.notify_all()
+
     def vcpu_stopped(self) -> None:
         with self.cv:
-            self.vcpu = "stopped"
+            self._park("stopped")
+
+    def _park(self, vcpu: str) -> None:
+        """The vCPU stops at a scheduling point; a freeze in progress hears of it. cv held."""
+        self.vcpu = vcpu
+        if self.state is KernelState.SUSPENDING:
+            self.cv.notify_all()
 
     # -- suspend and shutdown --------------------------------------------------------------
 
@@ -153,7 +179,8 @@ class RunGate:
                 return None
             self.state = KernelState.SUSPENDING
             self.cv.notify_all()
-            frozen = self.cv.wait_for(lambda: self.vcpu in PARKED, timeout)
+            frozen = self.cv.wait_for(lambda: self.vcpu in PARKED and not self._no_freeze,
+                                      timeout)
             self.state = KernelState.SUSPENDED if frozen else KernelState.RUNNING
             self.reason = ShutdownReason.suspend if frozen else None
             self.cv.notify_all()

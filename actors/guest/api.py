@@ -5,18 +5,29 @@ DESIGN.md "Guests": a domain runs an ``init`` program chosen on its kernel comma
 A program sees nothing but :class:`GuestOS`: the console, sleeping, a clock, its disks and
 NICs, its argv and who it is. The PV kernel provides it now and the HVM kernel will provide
 the same object, so a workload runs unchanged on both. Every GuestOS call enters the kernel
-and is a scheduling point of the vCPU: a paused domain stops at its next call.
+and is a scheduling point of the vCPU: a paused domain stops at its next call, and so does a
+suspending one (the kernel freezes the init there; a disk's ``submit_*`` and ``read``/
+``write``/``flush``/``discard`` are scheduling points too). A program that computes for long
+should call one now and then (``os.clock()``), as a Linux task reaches ``try_to_freeze``.
 
-Whatever a program must keep across a save/restore (and, later, a migration) lives in
-``os.state``, a dict of plain data that the kernel's ``save()`` carries and a restored kernel
-hands back; a program resumes from it rather than from Python locals.
+A migrated or restored guest is a new process (issue 11): its Python stack is gone, and the
+resumed kernel runs the init program again, with ``os.resumed`` True. So whatever a program
+must go on with lives in guest memory: ``os.memory(name, count, dtype)`` is an array over
+pages of the domain's own memory, found again by name after the resume with its contents.
+The program orders its work so that what its memory says has been done is what has been done
+at every scheduling point: a print is never split by a suspend (the vCPU is frozen before it
+or after it), and plain stores to its memory are not scheduling points, so "print, then
+record it was printed" leaves no line printed twice or lost.
 """
 
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol, TypeVar
+
+import numpy as np
 
 DEFAULT_INIT = "idle"  # what runs when the command line names no init= (Linux tries /sbin/init)
 
@@ -41,24 +52,42 @@ class GuestKernel(Protocol):
     def net(self, nic: int) -> Any:
         """The network stack on vif ``nic``; ENODEV if the domain has no such NIC."""
 
+    def init_memory(self, name: str, nbytes: int) -> memoryview:
+        """``nbytes`` of guest memory for the init, the same pages for the same name (also
+        after a resume in a new domain); zero when first made."""
+
 
 class GuestOS:
     """The API an init program gets. Only the vCPU thread running the program calls it.
 
     ``argv`` is the command line after ``init=NAME``; ``domid`` and ``name`` are the domain's,
-    as the kernel read them from xenstore at boot (``~/domid``, ``~/name``: reference 11.5;
-    None and "" if it could not); ``state`` is the program's saved state (see module docstring).
+    as the kernel read them from xenstore at boot or resume (``~/domid``, ``~/name``: reference
+    11.5; None and "" if it could not); ``resumed`` says this run continues an earlier one, in
+    a new domain (module docstring).
     """
 
-    __slots__ = ("_kernel", "argv", "domid", "name", "state")
+    __slots__ = ("_kernel", "argv", "domid", "name", "resumed")
 
     def __init__(self, kernel: GuestKernel, *, argv: Sequence[str], domid: int | None,
-                 name: str, state: dict[str, Any]) -> None:
+                 name: str, resumed: bool = False) -> None:
         self._kernel = kernel
         self.argv = tuple(argv)
         self.domid = domid
         self.name = name
-        self.state = state
+        self.resumed = resumed
+
+    def memory(self, name: str, count: int, dtype: Any = np.uint8) -> np.ndarray:
+        """``count`` items of ``dtype`` in guest memory, as a numpy array over the pages
+        themselves: region ``name`` of the init's memory, made zeroed on first use and the
+        same pages, contents kept, when asked for again, after a resume in a new domain too.
+        A structured ``dtype`` with ``count=1`` gives a record: ``os.memory("st", 1, DT)[0]``
+        reads and writes fields in place. XenError: EINVAL (a bad name, or another size than
+        the region has), ENOMEM (more than the domain has beside its drivers' pages)."""
+        dt = np.dtype(dtype)
+        count = operator.index(count)
+        if count <= 0 or dt.itemsize == 0:
+            raise ValueError(f"memory {name!r}: {count} items of {dt}")
+        return np.frombuffer(self._kernel.init_memory(name, count * dt.itemsize), dtype=dt)
 
     def print(self, *values: object, sep: str = " ", end: str = "\n") -> None:
         """Like the built-in ``print``, to the domain's console."""
@@ -86,10 +115,12 @@ class GuestOS:
         its ``ip`` and ``mac``."""
         return self._kernel.net(nic)
 
-    def result(self, data: dict) -> None:
+    def result(self, data: dict, *, text: str = "") -> None:
         """Publish a machine-readable result: a ``RESULT {json}`` console line, which
-        ``xenray result NAME`` collects."""
-        self.print("RESULT " + json.dumps(data, sort_keys=True))
+        ``xenray result NAME`` collects; ``text`` (lines for people) goes before it in the
+        same console write, so a suspend never separates the two."""
+        line = "RESULT " + json.dumps(data, sort_keys=True)
+        self.print(f"{text}\n{line}" if text else line)
 
     def options(self) -> dict[str, str]:
         """The ``key=value`` words of argv (other words are left out)."""

@@ -1,6 +1,7 @@
-"""Block-device init programs: ``blkverify`` (checksummed write, read back, verify),
-``blkbench`` (fio-like load, IOPS and latency percentiles) and ``blkhostile`` (a misbehaving
-block driver for fault injection). Each publishes its result (``GuestOS.result``)."""
+"""Block-device init programs: ``blkverify`` (checksummed write, read back, verify; its
+progress survives a migration), ``blkbench`` (fio-like load, IOPS and latency percentiles)
+and ``blkhostile`` (a misbehaving block driver for fault injection). Each publishes its
+result (``GuestOS.result``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import zlib
 from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
+
+import numpy as np
 
 from actors.guest.api import GuestOS, option
 from protocols.blkif import SECTOR_SIZE, parse_size
@@ -27,33 +30,62 @@ def verify_block(seed: int, index: int, bs: int) -> bytes:
     return body + struct.pack("<I", zlib.crc32(body))
 
 
+# blkverify's progress in guest memory: the phase, the first block of the step not yet
+# acknowledged, the bad blocks so far (the first 16 of them), its start on the guest clock
+BLKVERIFY = np.dtype([("phase", "<u8"), ("next", "<u8"), ("nbad", "<u8"), ("t0", "<f8"),
+                      ("bad", "<u8", (16,))])
+WRITING, VERIFYING, DONE = 1, 2, 3
+
+
 def blkverify(os: GuestOS) -> None:
     """Write ``blocks`` checksummed blocks of ``bs`` bytes to ``disk`` (default xvda) with
     ``iodepth`` requests in flight, flush, read them all back and verify each one.
-    Prints the counts and publishes them as a result."""
+    Prints the counts and publishes them as a result.
+
+    Its progress is in guest memory (region ``blkverify``): a step is one batch of
+    ``iodepth`` requests, recorded done only once every request of it is acknowledged. A
+    resumed run redoes the step that was not, which is idempotent (the same blocks written
+    with the same bytes, or read again), so requests left unanswered by the old domain need
+    no re-issuing."""
     disk = os.disk(os.options().get("disk", "xvda"))
     bs = option(os, "bs", 4096, int)
     blocks = option(os, "blocks", 256, int)
     depth = option(os, "iodepth", 8, int)
     seed = option(os, "seed", 1, int)
     sectors = bs // SECTOR_SIZE
-    t0 = os.clock()
-    for first in range(0, blocks, depth):
+    st = os.memory("blkverify", 1, BLKVERIFY)[0]
+    if st["phase"] == 0:
+        t0 = os.clock()
+        st["t0"], st["next"], st["phase"] = t0, 0, WRITING
+    while st["phase"] == WRITING and st["next"] < blocks:
+        first = int(st["next"])
         batch = [disk.submit_write(i * sectors, verify_block(seed, i, bs))
                  for i in range(first, min(first + depth, blocks))]
         for req in batch:
             req.result(timeout=60)
-    disk.flush(timeout=60)
-    bad = []
-    for first in range(0, blocks, depth):
+        st["next"] = first + len(batch)
+    if st["phase"] == WRITING:
+        disk.flush(timeout=60)
+        st["next"], st["nbad"], st["phase"] = 0, 0, VERIFYING
+    while st["phase"] == VERIFYING and st["next"] < blocks:
+        first = int(st["next"])
         reads = [(i, disk.submit_read(i * sectors, bs))
                  for i in range(first, min(first + depth, blocks))]
-        bad += [i for i, req in reads if req.result(timeout=60) != verify_block(seed, i, bs)]
-    elapsed = os.clock() - t0
-    os.print(f"blkverify: {blocks} blocks of {bs} bytes written, {blocks - len(bad)} "
-             f"verified, {len(bad)} bad, in {elapsed:.2f} s")
-    os.result({"init": "blkverify", "blocks": blocks, "bs": bs, "verified": blocks - len(bad),
-               "bad": bad[:16], "seconds": round(elapsed, 3)})
+        bad = [i for i, req in reads if req.result(timeout=60) != verify_block(seed, i, bs)]
+        for i in bad:  # stores only, with the step's end: no scheduling point among them
+            if st["nbad"] < len(st["bad"]):
+                st["bad"][st["nbad"]] = i
+            st["nbad"] += 1
+        st["next"] = first + len(reads)
+    if st["phase"] == VERIFYING:
+        nbad = int(st["nbad"])
+        elapsed = os.clock() - float(st["t0"])
+        os.result({"init": "blkverify", "blocks": blocks, "bs": bs, "verified": blocks - nbad,
+                   "bad": [int(b) for b in st["bad"][:min(nbad, 16)]],
+                   "seconds": round(elapsed, 3)},
+                  text=f"blkverify: {blocks} blocks of {bs} bytes written, {blocks - nbad} "
+                       f"verified, {nbad} bad, in {elapsed:.2f} s")
+        st["phase"] = DONE
     os.idle()
 
 
@@ -153,6 +185,9 @@ def blkbench(os: GuestOS) -> None:
     in flight, timing each with the guest clock; prints and publishes IOPS, MiB/s and
     latency percentiles, then idles."""
     spec = BlkbenchSpec.parse(os.options())
+    phase = os.memory("blkbench", 1, np.uint64)  # a resumed run that finished only idles
+    if phase[0] == DONE:
+        os.idle()
     disk = os.disk(spec.disk)
     disk.read(0, SECTOR_SIZE, timeout=60)  # waits for the backend to connect
     sectors = spec.sectors(disk.info.get("sectors", 0), seed=option(os, "seed", 1, int))
@@ -181,12 +216,13 @@ def blkbench(os: GuestOS) -> None:
             else:
                 in_flight.append((started, req))
     stats = io_summary(latencies, now - t0, spec.bs)
-    os.print(f"blkbench: {spec.rw} bs={spec.bs} iodepth={spec.iodepth}: {stats['ios']} ios in "
-             f"{stats['seconds']:.2f} s, {stats['iops']:.0f} IOPS, {stats['mib_s']:.2f} MiB/s, "
-             f"lat p50 {stats['lat_us_p50']:.0f} us, p90 {stats['lat_us_p90']:.0f} us, "
-             f"p99 {stats['lat_us_p99']:.0f} us")
     os.result({"init": "blkbench", "rw": spec.rw, "bs": spec.bs, "iodepth": spec.iodepth,
-               **stats})
+               **stats},
+              text=f"blkbench: {spec.rw} bs={spec.bs} iodepth={spec.iodepth}: {stats['ios']} "
+                   f"ios in {stats['seconds']:.2f} s, {stats['iops']:.0f} IOPS, "
+                   f"{stats['mib_s']:.2f} MiB/s, lat p50 {stats['lat_us_p50']:.0f} us, "
+                   f"p90 {stats['lat_us_p90']:.0f} us, p99 {stats['lat_us_p99']:.0f} us")
+    phase[0] = DONE  # with the result's print: no scheduling point between them
     os.idle()
 
 

@@ -5,18 +5,35 @@ and publishes its result (``GuestOS.result``), then stays up answering ARP and p
 
 Both run on the guest's own network stack (``actors.domain.netstack``) over netfront: the
 domain's IP comes from its vif's ``ip=`` (``GuestOS.net()``).
+
+``ping`` and ``udpstream`` keep their progress in guest memory (``GuestOS.memory``), so a
+migrated guest goes on where it was: ping with its next sequence number (the lost ones
+counted as lost) and its statistics so far; the sender with its next datagram number and its
+start time; the receiver with its counts, its highest number seen and its deadline. A
+datagram the old domain had received but not yet handed to the program is lost with the old
+process, and counted so. A finished program is not run again by a resume: it idles.
 """
 
 from __future__ import annotations
 
+import math
+import random
 import statistics
 import struct
+
+import numpy as np
 
 from actors.guest.api import GuestOS, option
 from protocols.netif import FATAL_SKB_SLOTS, NetifTxRequest, NetTxFlag
 
 UDP_PORT = 5001  # iperf's default
 _STREAM = struct.Struct("!Qd")  # sequence number, sender's clock (s)
+RECV_POLL_S = 0.05  # a receiver enters the kernel at least this often (a suspend waits that)
+RUNNING, ENDED, DONE = 1, 2, 3  # a program's phase in its memory
+PING = np.dtype([("phase", "<u8"), ("ident", "<u8"), ("seq", "<u8"), ("t0", "<f8")])
+UDP_SEND = np.dtype([("phase", "<u8"), ("sent", "<u8"), ("t0", "<f8"), ("elapsed", "<f8")])
+UDP_RECV = np.dtype([("phase", "<u8"), ("got", "<u8"), ("nbytes", "<u8"), ("highest", "<i8"),
+                     ("first", "<f8"), ("last", "<f8"), ("deadline", "<f8")])
 
 
 def _nic(os: GuestOS):
@@ -48,98 +65,140 @@ def ping(os: GuestOS) -> None:
     count = option(os, "count", 4, int)
     interval = option(os, "interval", 1.0, float)
     timeout = option(os, "timeout", 1.0, float)
+    if count <= 0:
+        raise ValueError(f"ping: count={count}: want 1 or more")
     net = _nic(os)
-    os.print(f"PING {dst} ({dst}) 56(84) bytes of data.")
-    rtts: list[float | None] = []
-    t0 = os.clock()
-    for seq in range(1, count + 1):
-        rtt = net.ping(dst, count=1, interval=0.0, timeout=timeout)[0]
-        rtts.append(rtt)
+    st = os.memory("ping", 1, PING)[0]
+    rtt_ms = os.memory("ping.rtt", count, np.float64)  # NaN: no answer
+    if st["phase"] == 0:
+        t0 = os.clock()
+        os.print(f"PING {dst} ({dst}) 56(84) bytes of data.")
+        st["t0"], st["ident"], st["phase"] = t0, random.randrange(1, 0x10000), RUNNING
+    while st["phase"] == RUNNING and st["seq"] < count:
+        seq = int(st["seq"]) + 1
+        rtt = net.ping(dst, count=1, interval=0.0, timeout=timeout, ident=int(st["ident"]),
+                       first_seq=seq)[0]
         if rtt is None:
             os.print(f"no answer from {dst}: icmp_seq={seq}")
         else:
             os.print(f"64 bytes from {dst}: icmp_seq={seq} ttl=64 time={rtt * 1000:.3f} ms")
+        rtt_ms[seq - 1] = math.nan if rtt is None else rtt  # with the line, as one step
+        st["seq"] = seq
         if seq < count:
             os.sleep(max(0.0, interval - (rtt or timeout)))
-    summary = rtt_summary(rtts)
-    os.print(f"--- {dst} ping statistics ---")
-    os.print(f"{summary['transmitted']} packets transmitted, {summary['received']} received, "
-             f"{summary['loss_pct']:g}% packet loss, time {(os.clock() - t0) * 1000:.0f}ms")
-    if summary["received"]:
-        os.print(f"rtt min/avg/max/mdev = {summary['rtt_ms_min']:.3f}/{summary['rtt_ms_avg']:.3f}"
-                 f"/{summary['rtt_ms_max']:.3f}/{summary['rtt_ms_mdev']:.3f} ms")
-    os.result({"init": "ping", "dst": dst, **summary})
+    if st["phase"] == RUNNING:
+        summary = rtt_summary([None if math.isnan(r) else float(r) for r in rtt_ms])
+        lines = [f"--- {dst} ping statistics ---",
+                 f"{summary['transmitted']} packets transmitted, {summary['received']} "
+                 f"received, {summary['loss_pct']:g}% packet loss, "
+                 f"time {(os.clock() - float(st['t0'])) * 1000:.0f}ms"]
+        if summary["received"]:
+            lines.append(f"rtt min/avg/max/mdev = {summary['rtt_ms_min']:.3f}/"
+                         f"{summary['rtt_ms_avg']:.3f}/{summary['rtt_ms_max']:.3f}/"
+                         f"{summary['rtt_ms_mdev']:.3f} ms")
+        os.result({"init": "ping", "dst": dst, **summary}, text="\n".join(lines))
+        st["phase"] = DONE
     os.idle()
 
 
 def udpstream(os: GuestOS) -> None:
     """``udpstream role=send dst=IP [port=5001] [size=1024] [seconds=5] [rate=0]`` or
-    ``udpstream role=recv [port=5001] [seconds=10]``. The sender numbers its datagrams
-    (``rate`` packets/s, 0 = as fast as the NIC takes them); the receiver counts them, and
-    reports loss from the numbers it missed, after ``seconds`` or 2 s without traffic."""
+    ``udpstream role=recv [port=5001] [seconds=10] [idle=2]``. The sender numbers its
+    datagrams (``rate`` packets/s, 0 = as fast as the NIC takes them); the receiver counts
+    them, and reports loss from the numbers it missed, after ``seconds`` or ``idle`` seconds
+    without traffic."""
     role = os.options().get("role", "recv")
     port = option(os, "port", UDP_PORT, int)
-    net = _nic(os)
     if role == "send":
-        result = _send(os, net, os.options().get("dst") or _target(os), port)
+        dst = os.options().get("dst") or _target(os)
+        size = option(os, "size", 1024, int)
+        if not _STREAM.size <= size <= 1472:
+            raise ValueError(f"size={size}: want {_STREAM.size}..1472 bytes (one Ethernet "
+                             f"frame)")
+        st = os.memory("udpstream", 1, UDP_SEND)[0]
+        if st["phase"] in (0, RUNNING):
+            _send(os, _nic(os), st, dst, port, size)
+        summary = lambda: _send_summary(st, size)  # noqa: E731
     elif role == "recv":
-        result = _receive(os, net, port)
+        st = os.memory("udpstream", 1, UDP_RECV)[0]
+        if st["phase"] in (0, RUNNING):
+            _receive(os, _nic(os), st, port)
+        summary = lambda: _recv_summary(st)  # noqa: E731
     else:
         raise ValueError(f"udpstream: role={role!r}: want send or recv")
-    os.print(f"udpstream {role}: {result['packets']} packets, {result['pps']:.0f} pkt/s, "
-             f"{result['mbit_s']:.2f} Mbit/s" +
-             (f", {result['lost']} lost ({result['loss_pct']:g}%)" if role == "recv" else ""))
-    os.result({"init": "udpstream", "role": role, **result})
+    if st["phase"] == ENDED:
+        result = summary()
+        os.result({"init": "udpstream", "role": role, **result},
+                  text=f"udpstream {role}: {result['packets']} packets, "
+                       f"{result['pps']:.0f} pkt/s, {result['mbit_s']:.2f} Mbit/s" +
+                       (f", {result['lost']} lost ({result['loss_pct']:g}%)" if role == "recv"
+                        else ""))
+        st["phase"] = DONE
     os.idle()
 
 
-def _send(os: GuestOS, net, dst: str, port: int) -> dict[str, float]:
-    size = option(os, "size", 1024, int)
+def _send(os: GuestOS, net, st, dst: str, port: int, size: int) -> None:
     seconds = option(os, "seconds", 5.0, float)
     rate = option(os, "rate", 0.0, float)
-    if not _STREAM.size <= size <= 1472:
-        raise ValueError(f"size={size}: want {_STREAM.size}..1472 bytes (one Ethernet frame)")
     pad = bytes(size - _STREAM.size)
-    sent = 0
-    t0 = now = os.clock()
+    now = os.clock()
+    if st["phase"] == 0:
+        st["t0"], st["sent"], st["phase"] = now, 0, RUNNING
+    t0 = float(st["t0"])
     while now - t0 < seconds:
+        sent = int(st["sent"])
         if net.udp_send(dst, port, port, _STREAM.pack(sent, now) + pad):
-            sent += 1
+            st["sent"] = sent + 1  # no scheduling point since the send
         else:
             os.sleep(0.0005)  # the NIC's tx ring is full: let it drain
         now = os.clock()
-        if rate > 0 and sent > rate * (now - t0):
-            os.sleep(sent / rate - (now - t0))
+        if rate > 0 and st["sent"] > rate * (now - t0):
+            os.sleep(int(st["sent"]) / rate - (now - t0))
             now = os.clock()
-    elapsed = max(now - t0, 1e-9)
+    st["elapsed"], st["phase"] = now - t0, ENDED
+
+
+def _send_summary(st, size: int) -> dict[str, float]:
+    sent, elapsed = int(st["sent"]), max(float(st["elapsed"]), 1e-9)
     return {"packets": sent, "bytes": sent * size, "seconds": round(elapsed, 3),
             "pps": round(sent / elapsed, 1), "mbit_s": round(sent * size * 8 / elapsed / 1e6, 3)}
 
 
-def _receive(os: GuestOS, net, port: int) -> dict[str, float]:
+def _receive(os: GuestOS, net, st, port: int) -> None:
     seconds = option(os, "seconds", 10.0, float)
+    idle = option(os, "idle", 2.0, float)
     sock = net.udp_bind(port)
-    got = nbytes = 0
-    highest = -1
-    first = last = None
-    deadline = os.clock() + seconds
-    while os.clock() < deadline:
-        msg = sock.recv(timeout=2.0 if first is not None else min(2.0, seconds))
-        if msg is None:
-            if first is not None:
-                break  # the stream has ended
-            continue
-        payload = msg[2]
-        if len(payload) < _STREAM.size:
-            continue
-        seq, _ = _STREAM.unpack_from(payload)
-        last = os.clock()
-        first = first if first is not None else last
-        got += 1
-        nbytes += len(payload)
-        highest = max(highest, seq)
-    elapsed = max((last or 0) - (first or 0), 1e-9)
-    expected = highest + 1
+    now = os.clock()
+    if st["phase"] == 0:
+        st["deadline"], st["highest"] = now + seconds, -1
+        st["first"] = st["last"] = math.nan
+        st["phase"] = RUNNING
+    quiet = 0.0  # seconds without a datagram, as the socket's timeouts count them
+    while now < st["deadline"]:
+        msg = sock.recv(timeout=RECV_POLL_S)
+        quiet = quiet + RECV_POLL_S if msg is None else 0.0
+        if msg is not None and len(msg[2]) >= _STREAM.size:
+            # counted before the next kernel entry, stamped with the last clock read (at most
+            # RECV_POLL_S old): a suspend never falls between taking a datagram and counting it
+            seq, _ = _STREAM.unpack_from(msg[2])
+            if math.isnan(st["first"]):
+                st["first"] = now
+            st["last"] = now
+            st["got"] += 1
+            st["nbytes"] += len(msg[2])
+            st["highest"] = max(int(st["highest"]), seq)
+        now = os.clock()
+        if quiet >= idle and not math.isnan(st["last"]):
+            break  # the stream has ended
+    sock.close()
+    st["phase"] = ENDED
+
+
+def _recv_summary(st) -> dict[str, float]:
+    got, nbytes = int(st["got"]), int(st["nbytes"])
+    first, last = float(st["first"]), float(st["last"])
+    elapsed = max(last - first, 1e-9) if got else 1e-9
+    expected = int(st["highest"]) + 1
     lost = max(0, expected - got)
     return {"packets": got, "bytes": nbytes, "seconds": round(elapsed, 3),
             "pps": round(got / elapsed, 1) if got > 1 else 0.0,

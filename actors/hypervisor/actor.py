@@ -4,8 +4,11 @@
 returned effects: upcalls and vCPU gates go out (down the endpoint's same-host pipe if it has
 one, else through the transport, one-way, like interrupts), memory files are sized and
 removed, and each domain's vCPU process is watched through a pidfd so that its death becomes a
-crash (``SHUTDOWN_crash``) exactly as if the guest had called it. It is a plain class, so the
-in-process test host runs this very shell; :class:`HypervisorActor` is it as a Ray actor.
+crash (``SHUTDOWN_crash``) exactly as if the guest had called it. It also listens on the
+dirty-logging handover socket next to its memory files (``actors.hypervisor.logdirty``) and
+hands the descriptors guest processes give it to the state machine's log-dirty mode. It is a
+plain class, so the in-process test host runs this very shell; :class:`HypervisorActor` is it
+as a Ray actor.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from typing import Any
 import ray
 
 from actors import log as xlog
-from actors import memory
+from actors import memory, uffd
 from actors.hypervisor.effects import (ConsoleLine, Deliver, Effect, GateVcpus, ReleaseMemory,
                                        SizeMemory, WatchVcpu)
 from actors.hypervisor.hvpipes import HvPipeServer
+from actors.hypervisor.logdirty import GuestTracker, HandoverServer, UffdDirtyLog
 from actors.hypervisor.state import Hypervisor
 from actors.runtime import THREADS, Runtime
 from actors.transport import Endpoint, Transport
@@ -53,9 +57,18 @@ class HypervisorShell(Endpoint):
         self.lock = threading.RLock()  # effects can re-enter (a vCPU already gone at watch)
         self._mem_prefix = mem_prefix
         self._maps: dict[str, memory.Mapping] = {}
+        self.dirtylog = UffdDirtyLog(log)
         self.state = Hypervisor(host, memory_mib=memory_mib, pcpus=pcpus, mem_prefix=mem_prefix,
                                 frames=self._frames,
-                                cpu_time_ns=lambda d: process_cpu_ns(self.state.vcpu_pids.get(d)))
+                                cpu_time_ns=lambda d: process_cpu_ns(self.state.vcpu_pids.get(d)),
+                                dirtylog=self.dirtylog)
+        self.handovers: HandoverServer | None = None
+        try:
+            self.handovers = HandoverServer(uffd.handover_path(mem_prefix), self._on_handover,
+                                            log, runtime)
+        except OSError as e:  # the host runs on; its domains just cannot be live-migrated
+            self.log.warning("no dirty-logging handover socket: log-dirty is unavailable",
+                             error=str(e))
         self.pipes: HvPipeServer | None = None  # made on the first open: most tests need none
         self._pidfds: dict[int, Callable[[], None]] = {}  # pidfd -> what its death means
         self._wake_r, self._wake_w = os.pipe()
@@ -94,7 +107,8 @@ class HypervisorShell(Endpoint):
     def on_statistics(self) -> dict:
         with self.lock:
             pipes = self.pipes.statistics() if self.pipes is not None else {"open": 0}
-            return {**self.state.statistics(), "pipes": pipes}
+            handovers = self.handovers.stats if self.handovers is not None else {}
+            return {**self.state.statistics(), "pipes": pipes, "logdirty_handovers": handovers}
 
     def close(self) -> None:
         """Stop the threads and drop the maps and pipes (the host is going away)."""
@@ -102,10 +116,24 @@ class HypervisorShell(Endpoint):
         os.write(self._wake_w, b"x")
         if self.pipes is not None:
             self.pipes.close()
+        if self.handovers is not None:
+            self.handovers.close()
         with self.lock:
+            self.dirtylog.close()
             for m in self._maps.values():
                 m.close()
             self._maps.clear()
+
+    def _on_handover(self, domid: int, secret: str, pid: int, tracker: GuestTracker) -> int:
+        """A guest process hands over its dirty logging (on the handover server's thread):
+        kept for its pid, the domain's at once if the toolstack already named that pid."""
+        with self.lock:
+            rc = self.state.authorize_dirtylog(domid, secret, pid)
+            if rc == 0:
+                self.dirtylog.offer(domid, tracker)
+                if self.state.vcpu_pids.get(domid) == pid:
+                    self.dirtylog.claim(domid, pid)
+            return rc
 
     # -- effects ----------------------------------------------------------------------
 

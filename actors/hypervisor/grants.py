@@ -7,6 +7,12 @@ granter writes entries with plain stores and the hypervisor reads them and sets
 successful map answers with the granter's memory file and the frame, which is all the mapper
 needs to ``mmap`` exactly that page. A destroyed domain whose pages are still mapped stays a
 zombie until the last mapping goes.
+
+Log-dirty (``gnttab_mark_dirty``): the hypervisor writes the granter's memory through its own
+mapping, which the granter's dirty logging does not see, so each operation reports the pages
+it wrote to ``mark_dirty(domid, pfn)``: the grant-table frame of every entry whose flags it
+may have changed, the destination of a copy, and the page of a writable mapping released.
+:meth:`Grants.writable_frames` lists the pages mapped writable right now.
 """
 
 from __future__ import annotations
@@ -16,18 +22,28 @@ from typing import Any
 
 from protocols import gnttab_ops as ops
 from protocols.errno import Errno, XenError
-from protocols.gnttab import (GNTST, GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef,
+from protocols.gnttab import (ENTRIES_PER_FRAME, GNTMAP, GNTST, GNTCOPY_dest_gref,
+                              GNTCOPY_source_gref, GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef,
                               GnttabUnmapGrantRef, GrantTable)
 from protocols.hypercall import DOMID_SELF, GnttabOp
 from protocols.pv_layout import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES
 
 Frames = Callable[[int, int, int], memoryview]  # (domid, first pfn, count) -> its pages
+MarkDirty = Callable[[int, int], None]  # (domid, pfn): the hypervisor dirtied this page
+_MAPPED, _READONLY = int(GNTMAP.host_map | GNTMAP.device_map), int(GNTMAP.readonly)
+
+
+def table_frame(ref: int) -> int:
+    """The pfn of the grant-table frame holding entry ``ref``."""
+    return GNTTAB_FIRST_PFN + ref // ENTRIES_PER_FRAME
 
 
 class Grants:
-    def __init__(self, frames: Frames, memory_path: Callable[[int], str]) -> None:
+    def __init__(self, frames: Frames, memory_path: Callable[[int], str],
+                 mark_dirty: MarkDirty = lambda domid, pfn: None) -> None:
         self._frames = frames
         self._memory_path = memory_path
+        self._mark_dirty = mark_dirty
         self._doms: dict[int, ops.DomainGrants] = {}
         self._pages: dict[int, int] = {}
         self._maptrack: dict[int, ops.Maptrack] = {}
@@ -56,8 +72,41 @@ class Grants:
 
     def release(self, domid: int) -> None:
         """``gnttab_release_mappings`` of a dying domain, then forget its maptrack."""
-        ops.release_mappings(self.lookup, self.maptrack(domid))
+        mt = self.maptrack(domid)
+        entries = [mt.entry(h) for h in mt.handles()]
+        self._unmapped(entries, ops.release_mappings(self.lookup, mt))
         self._maptrack.pop(domid, None)
+
+    def writable_frames(self, granter: int) -> set[int]:
+        """The granter's pages some domain has mapped writable now (a backend may write them
+        at any moment, unseen: dirty in every log-dirty round while mapped)."""
+        g = self._doms.get(granter)
+        if g is None:
+            return set()
+        out = set()
+        for mt in self._maptrack.values():
+            for h in mt.handles():
+                e = mt.entry(h)
+                if e.domid == granter and e.flags & _MAPPED and not e.flags & _READONLY:
+                    act = g.active.get(e.ref)
+                    if act is not None:
+                        out.add(act.frame)
+        return out
+
+    def _mark_entry(self, domid: int, ref: int) -> None:
+        """The hypervisor may have written entry ``ref`` of ``domid``'s table."""
+        if domid in self._pages and 0 <= ref < NR_GNTTAB_FRAMES * ENTRIES_PER_FRAME:
+            self._mark_dirty(domid, table_frame(ref))
+
+    def _unmapped(self, entries: list, results: list[ops.UnmapResult]) -> None:
+        """Mark what unmapping ``entries`` wrote: their table frames, and each page that was
+        mapped writable (``gnttab_mark_dirty`` in ``unmap_common_complete``)."""
+        for e, r in zip(entries, results):
+            if r.status == GNTST.okay:
+                if e is not None:
+                    self._mark_entry(e.domid, e.ref)
+                if r.dirty:
+                    self._mark_dirty(r.domid, r.frame)
 
     def forget(self, domid: int) -> None:
         self._pages.pop(domid, None)
@@ -72,20 +121,30 @@ class Grants:
         if sub == GnttabOp.map_grant_ref:
             reqs = [GnttabMapGrantRef(e["host_addr"], e["flags"], e["ref"], e["dom"])
                     for e in elems]
+            results = ops.map_batch(self.lookup, self.maptrack(caller), mapper=caller, ops=reqs)
+            for q in reqs:  # GTF_reading/GTF_writing set in its entry (or set and undone)
+                self._mark_entry(q.dom, q.ref)
             return [{"status": int(r.status), "handle": r.handle, "dev_bus_addr": r.dev_bus_addr,
                      "path": self._memory_path(q.dom) if r.status == GNTST.okay else None}
-                    for q, r in zip(reqs, ops.map_batch(self.lookup, self.maptrack(caller),
-                                                        mapper=caller, ops=reqs))]
+                    for q, r in zip(reqs, results)]
         if sub == GnttabOp.unmap_grant_ref:
             reqs = [GnttabUnmapGrantRef(e["host_addr"], e["dev_bus_addr"], e["handle"])
                     for e in elems]
-            return [{"status": int(r.status)}
-                    for r in ops.unmap_batch(self.lookup, self.maptrack(caller), ops=reqs)]
+            mt = self.maptrack(caller)
+            entries = [mt.entry(q.handle) for q in reqs]  # gone once unmapped
+            results = ops.unmap_batch(self.lookup, mt, ops=reqs)
+            self._unmapped(entries, results)
+            return [{"status": int(r.status)} for r in results]
         if sub == GnttabOp.copy:
             reqs = [GnttabCopy(GnttabCopyPtr(**e["source"]), GnttabCopyPtr(**e["dest"]),
                                e["len"], e["flags"]) for e in elems]
-            return [{"status": int(s)} for s in ops.copy_batch(
-                self.lookup, caller=caller, ops=reqs, memcpy=self._memcpy)]
+            statuses = ops.copy_batch(self.lookup, caller=caller, ops=reqs, memcpy=self._memcpy)
+            for q in reqs:  # a gref side's flags were set while pinned, then cleared
+                for ptr, gref in ((q.source, GNTCOPY_source_gref), (q.dest, GNTCOPY_dest_gref)):
+                    if q.flags & gref:
+                        domid = caller if ptr.domid == DOMID_SELF else ptr.domid
+                        self._mark_entry(domid, ptr.u & 0xFFFFFFFF)
+            return [{"status": int(s)} for s in statuses]
         if sub in (GnttabOp.setup_table, GnttabOp.query_size):
             return [self._table_info(caller, privileged, sub, e) for e in elems]
         raise XenError(Errno.ENOSYS)
@@ -109,3 +168,4 @@ class Grants:
         dst = self._frames(plan.dst_domid, plan.dst_frame, 1)
         dst[plan.dst_offset:plan.dst_offset + plan.len] = \
             src[plan.src_offset:plan.src_offset + plan.len]
+        self._mark_dirty(plan.dst_domid, plan.dst_frame)

@@ -12,39 +12,58 @@ toolstack when it sets the vCPU context. When an upcall is due the hypervisor pe
 guest's part of the 2-level protocol on the domain's behalf (clear ``evtchn_upcall_pending``,
 the selector, then each pending port, 19.1) and ships the dequeued ports with the upcall, so
 no two processes ever read-modify-write the same bitmap word.
+
+Log-dirty mode (``shadow_op``, reference 15.3): a guest's own writes are logged by the
+dirty-logging hardware its process handed over, reached through an injected
+:class:`~actors.hypervisor.logdirty.DirtyLog` (called in place, as ``frames`` is); what the
+hypervisor itself and other domains' grant mappings dirty is marked here (:meth:`mark_dirty`,
+``gnttab_mark_dirty``).
 """
 
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from actors.hypervisor.domains import Domain, DomainTable, Dying
 from actors.hypervisor.effects import (ConsoleLine, Deliver, Effect, GateVcpus, ReleaseMemory,
                                        SizeMemory, WatchVcpu)
 from actors.hypervisor.grants import Frames, Grants
+from actors.hypervisor.logdirty import DirtyLog, NoDirtyLog
 from protocols import evtchn as ev
 from protocols.errno import Errno, XenError
-from protocols.hypercall import (DOMID_SELF, ConsoleIO, CreateDomainFlag, Domctl, EvtchnOp,
-                                 Hypercall, MemoryOp, Runstate, SchedOp, ShutdownReason, Sysctl,
-                                 VcpuOp, Virq, XenMapSpace, XenVersion, decode_call, encode_result)
+from protocols.hypercall import (DOMID_SELF, SHADOW_LOGDIRTY_FINAL, ConsoleIO, CreateDomainFlag,
+                                 Domctl, EvtchnOp, Hypercall, MemoryOp, Runstate, SchedOp,
+                                 ShadowMode, ShadowOp, ShutdownReason, Sysctl, VcpuOp, Virq,
+                                 XenMapSpace, XenVersion, decode_call, encode_result)
+from protocols.migration.vcpu import VGCF_IN_KERNEL, VGCF_ONLINE, VcpuContext
 from protocols.page import PAGE_SIZE
 
 XEN_VERSION = (4, 22)
+GTSC_KHZ = 1_000_000  # the guest's TSC counts nanoseconds: a 1 GHz clock
 
 
 class Hypervisor:
     def __init__(self, host: str, *, memory_mib: int, pcpus: int, mem_prefix: str,
-                 frames: Frames, cpu_time_ns: Callable[[int], int] = lambda domid: 0) -> None:
+                 frames: Frames, cpu_time_ns: Callable[[int], int] = lambda domid: 0,
+                 dirtylog: DirtyLog | None = None,
+                 clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
         self.host = host
         self.pcpus = pcpus
         self.mem_prefix = mem_prefix
         self.table = DomainTable(host_pages=memory_mib * 1024 * 1024 // PAGE_SIZE)
         self.evtchn = ev.EventChannels(hardware_domid=0)
-        self.grants = Grants(frames, self.memory_path)
+        self.grants = Grants(frames, self.memory_path, self.mark_dirty)
+        self.dirtylog = dirtylog if dirtylog is not None else NoDirtyLog()
+        self._clock_ns = clock_ns
+        self._created_ns: dict[int, int] = {}
+        self._logdirty: dict[int, set[int]] = {}  # domains in log-dirty mode: pfns marked
+        self._foreign: dict[int, set[int]] = {}  # pfns Dom0 mapped with add_to_physmap_batch
         self.zombies: set[int] = set()
         self._gate_seq = 0
         self._cpu_time_ns = cpu_time_ns
@@ -72,6 +91,7 @@ class Hypervisor:
         self.table.set_max_pages(0, memory_mib * 256)
         self.table.populate(0, memory_mib * 256)
         dom0.pause_count = 0
+        self._created_ns[0] = self._clock_ns()
         self.evtchn.add_domain(0, privileged=True, max_vcpus=vcpus)
         return dom0
 
@@ -111,6 +131,25 @@ class Hypervisor:
                                    or self.vcpu_pids.get(domid) != pid):
             return -Errno.EPERM
         return 0
+
+    def authorize_dirtylog(self, domid: int, secret: str, pid: int) -> int:
+        """May process ``pid`` hand over the dirty logging of ``domid`` (``actors.uffd``)? 0,
+        or -EPERM. Only a live DomU's own credential, and once the toolstack has named the
+        vCPU process only that process; before, the handover waits for it (``claim``)."""
+        dom = self.table.domains.get(domid)
+        if dom is None or dom.dying is not Dying.ALIVE or dom.privileged or \
+                not isinstance(secret, str) or not hmac.compare_digest(dom.secret, secret):
+            return -Errno.EPERM
+        if self.vcpu_pids.get(domid, pid) != pid:
+            return -Errno.EPERM
+        return 0
+
+    def mark_dirty(self, domid: int, pfn: int) -> None:
+        """``paging_mark_dirty``: the hypervisor (or a grant mapping) dirtied this page through
+        a mapping the guest's own logging does not see. Nothing unless in log-dirty mode."""
+        marked = self._logdirty.get(domid)
+        if marked is not None:
+            marked.add(pfn)
 
     def vcpu_exited(self, domid: int) -> list[Effect]:
         """The process running a domain's vCPUs died: unless it was being destroyed, crash."""
@@ -261,6 +300,8 @@ class Hypervisor:
                 raise XenError(Errno.EINVAL, "only XENMAPSPACE_gmfn_foreign is emulated")
             foreign = self.table.get(a["foreign_domid"])
             errs = [0 if i < foreign.tot_pages else -Errno.EINVAL for i in a["idxs"]]
+            self._foreign.setdefault(foreign.domid, set()).update(
+                i for i in a["idxs"] if i < foreign.tot_pages)
             return {"errs": errs, "path": self.memory_path(foreign.domid)}, []
         raise XenError(Errno.ENOSYS)
 
@@ -296,6 +337,7 @@ class Hypervisor:
                                     max_vcpus=a["max_vcpus"] or 1, handle=a["handle"])
             max_port = a["max_evtchn_port"] or ev.MAX_EVENT_CHANNELS_DEFAULT
             self.evtchn.add_domain(new.domid, max_port=max_port, max_vcpus=new.max_vcpus)
+            self._created_ns[new.domid] = self._clock_ns()
             return {"domain": new.domid, "secret": new.secret}, []
         target = self.table.get(a["domain"])
         d = target.domid
@@ -317,7 +359,101 @@ class Hypervisor:
             return 0, self._gate(target)
         if sub == Domctl.destroydomain:
             return 0, self._destroy(target)
+        if sub == Domctl.shadow_op:
+            return self._shadow_op(dom, target, a), []
+        if sub == Domctl.getvcpucontext:
+            return self._get_vcpu_context(dom, target, a["vcpu"]), []
+        if sub == Domctl.gettscinfo:
+            if target is dom:
+                raise XenError(Errno.EINVAL, "gettscinfo on itself")
+            now = self._clock_ns()
+            return {"tsc_mode": 0, "gtsc_khz": GTSC_KHZ, "incarnation": 0,
+                    "elapsed_nsec": max(0, now - self._created_ns.get(d, now))}, []
         raise XenError(Errno.ENOSYS)
+
+    # -- log-dirty (XEN_DOMCTL_shadow_op, xen/arch/x86/mm/paging.c) ----------------------
+
+    def _shadow_op(self, dom: Domain, target: Domain, a: dict) -> Any:
+        """``paging_domctl``: ENABLE_LOGDIRTY (or ENABLE with LOG_DIRTY), OFF, CLEAN, PEEK.
+
+        Xen's refusals: a paging op on itself or on a dying domain, ENABLE when already on,
+        CLEAN/PEEK mode bits other than ``LOGDIRTY_FINAL``: -EINVAL. Shadow-paging ops
+        (ENABLE_TEST, the allocation ops, ENABLE without LOG_DIRTY) are not emulated: -EINVAL.
+        A domain whose process handed over no dirty logging: -EOPNOTSUPP. One deviation:
+        CLEAN/PEEK when log-dirty is off is -EINVAL here, where Xen answers an all-clear
+        bitmap; a saver that forgot ENABLE would otherwise miss every page silently."""
+        d, op, mode = target.domid, a["op"], a["mode"]
+        if target is dom:
+            raise XenError(Errno.EINVAL, "a paging op on itself")
+        if target.dying is not Dying.ALIVE:
+            raise XenError(Errno.EINVAL, f"a paging op on dying domain {d}")
+        if op == ShadowOp.ENABLE_LOGDIRTY or (op == ShadowOp.ENABLE
+                                              and mode & ShadowMode.LOG_DIRTY):
+            if d in self._logdirty:
+                raise XenError(Errno.EINVAL, f"domain {d} is already in log-dirty mode")
+            self.dirtylog.enable(d)  # -EOPNOTSUPP without the guest's descriptors
+            self._logdirty[d] = set()
+            return 0
+        if op == ShadowOp.OFF:
+            if self._logdirty.pop(d, None) is not None:
+                self.dirtylog.disable(d)
+            return 0
+        if op in (ShadowOp.CLEAN, ShadowOp.PEEK):
+            if mode & ~SHADOW_LOGDIRTY_FINAL:
+                raise XenError(Errno.EINVAL, f"log-dirty mode {mode:#x}")
+            if d not in self._logdirty:
+                raise XenError(Errno.EINVAL, f"domain {d} is not in log-dirty mode")
+            return self._log_dirty_op(target, a["pages"], clean=op == ShadowOp.CLEAN)
+        raise XenError(Errno.EINVAL, f"shadow op {op} is not emulated")
+
+    def _log_dirty_op(self, target: Domain, pages: int, *, clean: bool) -> dict[str, Any]:
+        """``paging_log_dirty_op``: the bitmap of the first ``pages`` pfns (bit i of byte i//8,
+        LSB first; ``pages`` comes back as the size returned, at most the domain's) and the
+        stats since the last CLEAN; CLEAN starts a new round.
+
+        Dirty = written by the guest's process (its write-protect faults: ``fault_count``),
+        marked by the hypervisor since the last CLEAN (its writes to grant-table frames and
+        ``gnttab_copy`` destinations, pages a backend unmapped after mapping them writable:
+        ``gnttab_mark_dirty``), mapped writable through a grant right now (the backend may
+        write at any time without the hypervisor seeing it), or mapped by Dom0 through
+        ``add_to_physmap_batch`` (xenconsoled's console ring: Dom0 unmaps without telling the
+        hypervisor, so such a page counts in every round while log-dirty is on; a handful of
+        pages). ``LOGDIRTY_FINAL`` adds nothing: those are in every round already."""
+        d, nr = target.domid, target.tot_pages
+        written = self.dirtylog.scan(d, clean)
+        bits = np.zeros(nr, dtype=bool)
+        m = min(nr, len(written))
+        bits[:m] = written[:m]
+        fault_count = int(np.count_nonzero(bits))
+        marked = self._logdirty[d]
+        extra = [p for p in (*marked, *self.grants.writable_frames(d),
+                             *self._foreign.get(d, ())) if 0 <= p < nr]
+        bits[extra] = True
+        dirty_count = int(np.count_nonzero(bits))
+        if clean:
+            marked.clear()
+        n = min(pages, nr)
+        return {"pages": n, "dirty_bitmap": np.packbits(bits[:n], bitorder="little").tobytes(),
+                "stats": {"fault_count": min(fault_count, 0xFFFFFFFF),
+                          "dirty_count": min(dirty_count, 0xFFFFFFFF)}}
+
+    def _get_vcpu_context(self, dom: Domain, target: Domain, vcpu: int) -> dict[str, bytes]:
+        """``XEN_DOMCTL_getvcpucontext``: vCPU ``vcpu``'s ``vcpu_guest_context`` (x86_64).
+
+        A vCPU here is a process with no register file the hypervisor could read; what the
+        migration stream needs of it is that it is online and in the guest kernel, with
+        ``rax`` (the suspend hypercall's return value) 0. Xen pauses the vCPU itself; this
+        answers only for a domain that is paused or shut down (else -EBUSY), as the saver asks
+        after the guest suspended. Xen's refusals: vCPU beyond max or the caller itself
+        -EINVAL, a vCPU never initialised (no process handed over) -ENODATA."""
+        if vcpu >= target.max_vcpus or target is dom:
+            raise XenError(Errno.EINVAL, f"no vCPU {vcpu} to read")
+        if not (target.paused or target.is_shutdown):
+            raise XenError(Errno.EBUSY, f"domain {target.domid} is running")
+        if target.domid not in self.vcpu_pids:
+            raise XenError(Errno.ENODATA, f"vCPU {vcpu} was never initialised")
+        flags = VGCF_IN_KERNEL | (VGCF_ONLINE if vcpu < target.online_vcpus else 0)
+        return {"ctxt": VcpuContext(flags=flags, rax=0).pack()}
 
     def _set_vcpu_context(self, target: Domain, ctxt: bytes) -> list[Effect]:
         """The toolstack hands over the process that runs the vCPUs, and its endpoint."""
@@ -330,6 +466,7 @@ class Hypervisor:
         for key in [k for k in self._port_endpoint if k[0] == target.domid]:
             self._port_endpoint[key] = endpoint
         self.vcpu_pids[target.domid] = pid
+        self.dirtylog.claim(target.domid, pid)
         return [WatchVcpu(target.domid, pid)]
 
     def _gate(self, target: Domain) -> list[Effect]:
@@ -350,6 +487,10 @@ class Hypervisor:
         self._port_endpoint = {k: v for k, v in self._port_endpoint.items() if k[0] != d}
         self._domu_endpoint.pop(d, None)
         self.vcpu_pids.pop(d, None)
+        self._logdirty.pop(d, None)
+        self._foreign.pop(d, None)
+        self._created_ns.pop(d, None)
+        self.dirtylog.forget(d)
         self.grants.release(d)
         zombie = self.grants.in_use(d)  # its pages are still mapped by others
         self.table.reap(d, zombie=zombie)

@@ -38,6 +38,7 @@ from actors.toolstack import builder
 from actors.toolstack.devices import with_macs
 from actors.toolstack.effects import (ConfirmName, Create, DestroyDomain, Effect, KillVcpus, Note,
                                       Rebuild, ReleaseName, ReleaseXenstored, RenameDomain)
+from actors.toolstack.migration import MigrationShell
 from actors.toolstack.state import Phase, Record, Step, Toolstack, state_string
 from actors.transport import Endpoint, PeerGone, launch
 from actors.transport.clients import HostClients, host_clients
@@ -59,14 +60,15 @@ _STOP = object()
 class Launcher(Protocol):
     """Starts and kills the process that runs a domain's vCPUs (endpoint ``<host>/dom<domid>``)."""
 
-    def start(self, domid: int, secret: str, memory_path: str) -> int:
-        """Start domain ``domid``'s process, with its credential and memory file; its pid."""
+    def start(self, domid: int, secret: str, memory_path: str, resume: bool = False) -> int:
+        """Start domain ``domid``'s process, with its credential and memory file; its pid.
+        ``resume``: its kernel resumes a saved domain (a restore) rather than boots."""
 
     def kill(self, domid: int) -> None:
         """Stop it for good (nothing if there is none)."""
 
 
-class ToolstackShell(Endpoint):
+class ToolstackShell(MigrationShell, Endpoint):
     """One host's xl over Dom0's ``clients`` (endpoint ``<host>/xl``). Commands may come from
     several threads at once; the core is only touched under ``lock``."""
 
@@ -82,9 +84,11 @@ class ToolstackShell(Endpoint):
         self._steps: dict[Step, Callable[[Record], dict[str, Any] | None]] = {
             Step.RESERVE: self._reserve, Step.CREATEDOMAIN: self._createdomain,
             Step.MEMORY: self._memory, Step.BOOT_PAGES: self._boot_pages,
-            Step.XENSTORE: self._xenstore, Step.INTRODUCE: self._introduce,
-            Step.VCPUS: self._vcpus, Step.BACKENDS: self._backends, Step.UNPAUSE: self._unpause,
-            Step.INIT: self._init}
+            Step.CONSOLE_PORT: self._console_port, Step.XENSTORE: self._xenstore,
+            Step.INTRODUCE: self._introduce, Step.VCPUS: self._vcpus,
+            Step.BACKENDS: self._backends, Step.STREAM: self._stream,
+            Step.UNPAUSE: self._unpause, Step.INIT: self._init}
+        self._init_migration()
         builder.init_dom0(self.xs)
         self.reactions: queue.SimpleQueue[Any] = queue.SimpleQueue()
         runtime.spawn(self._react, name="xl-reactions")
@@ -236,7 +240,7 @@ class ToolstackShell(Endpoint):
         """Start the domain's process (its vCPUs) and hand it over to the hypervisor; a
         process started by a failed step is killed here (the core only undoes done steps)."""
         try:
-            pid = self.launcher.start(rec.domid, rec.secret, rec.memory_path)
+            pid = self.launcher.start(rec.domid, rec.secret, rec.memory_path, rec.resume)
             self.hv(Hypercall.domctl, Domctl.setvcpucontext, domain=rec.domid, vcpu=0,
                     ctxt=msgpack.packb({"pid": pid, "endpoint": self._endpoint(rec.domid)}))
         except BaseException:
@@ -358,9 +362,9 @@ class DomainActors:
     def __init__(self, host: str, log_dir: str | None) -> None:
         self.host, self.log_dir = host, log_dir
 
-    def start(self, domid: int, secret: str, memory_path: str) -> int:
+    def start(self, domid: int, secret: str, memory_path: str, resume: bool = False) -> int:
         actor = launch.start("domain", self.host, f"dom{domid}", self.host, domid, secret,
-                             memory_path, self.log_dir)
+                             memory_path, self.log_dir, resume)
         return launch.ask(actor, "process")["pid"]
 
     def kill(self, domid: int) -> None:

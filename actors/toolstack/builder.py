@@ -14,6 +14,7 @@ The PV memory map (pfn 0 start_info, 3 the console ring, 16.. free for the guest
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid as uuidlib
@@ -25,7 +26,7 @@ from actors.toolstack.devices import DEVICE_TYPES, DeviceType, devices_of
 from protocols import start_info as si
 from protocols.errno import Errno, XenError
 from protocols.hypercall import (DOMID_ANY, Domctl, DomInfoFlag, EvtchnOp, Hypercall, MemoryOp,
-                                 XenMapSpace)
+                                 ShutdownReason, XenMapSpace, dominf_shutdown_code)
 from protocols.libxl_types import DomainConfig
 from protocols.page import PAGES_PER_MIB
 from protocols.pv_layout import PFN_CONSOLE, PFN_FIRST_FREE, PFN_START_INFO
@@ -91,20 +92,49 @@ def populate(hv: Any, domid: int, cfg: DomainConfig, name: str) -> str:
               idxs=[PFN_START_INFO], gpfns=[0])["path"]
 
 
+def alloc_console_port(hv: Any, domid: int) -> int:
+    """The console's event channel, unbound, for xenconsoled in Dom0 to bind."""
+    return hv(Hypercall.event_channel_op, EvtchnOp.alloc_unbound, dom=domid,
+              remote_dom=0)["port"]
+
+
 def write_boot_pages(hv: Any, domid: int, memory_path: str, cfg: DomainConfig) -> int:
     """The console event channel, then the start-info page and the console page in the
     guest's memory (a fresh page is zero, which is XENCONSOLE_CONNECTED). Returns the port."""
-    port = hv(Hypercall.event_channel_op, EvtchnOp.alloc_unbound, dom=domid,
-              remote_dom=0)["port"]
+    port = alloc_console_port(hv, domid)
+    info = si.StartInfo(nr_pages=cfg.memory * PAGES_PER_MIB, shared_info=0, flags=0,
+                        store_mfn=0, store_evtchn=0, console_mfn=PFN_CONSOLE,
+                        console_evtchn=port, cmd_line=cfg.cmdline or "")
+    _write_start_info(memory_path, info)
+    return port
+
+
+def rewrite_start_info(memory_path: str, console_port: int, nr_pages: int) -> si.StartInfo:
+    """A restore's start_info (it came in the stream): the new domain's console port, as
+    libxc's ``process_start_info`` (``xg_sr_restore_x86_pv.c``) rewrites the store and console
+    fields; EINVAL if the stream's page 0 is no start_info of a domain this size."""
     mapping = Mapping(memory_path, 0, PFN_FIRST_FREE)
     try:
-        info = si.StartInfo(nr_pages=cfg.memory * PAGES_PER_MIB, shared_info=0, flags=0,
-                            store_mfn=0, store_evtchn=0, console_mfn=PFN_CONSOLE,
-                            console_evtchn=port, cmd_line=cfg.cmdline or "")
+        info = si.StartInfo.unpack(bytes(mapping.page(PFN_START_INFO)[:si.SIZE]))
+    except XenError as e:
+        raise XenError(Errno.EINVAL, f"the stream's start_info page: {e.detail}") from None
+    finally:
+        mapping.close()
+    if info.nr_pages != nr_pages:
+        raise XenError(Errno.EINVAL, f"the stream's start_info is of a {info.nr_pages}-page "
+                                     f"domain, not of this {nr_pages}-page one")
+    info = dataclasses.replace(info, console_mfn=PFN_CONSOLE, console_evtchn=console_port,
+                               store_mfn=0, store_evtchn=0)
+    _write_start_info(memory_path, info)
+    return info
+
+
+def _write_start_info(memory_path: str, info: si.StartInfo) -> None:
+    mapping = Mapping(memory_path, 0, PFN_FIRST_FREE)
+    try:
         mapping.page(PFN_START_INFO)[:si.SIZE] = info.pack()
     finally:
         mapping.close()
-    return port
 
 
 def write_xenstore(xs: Any, domid: int, dom_uuid: str, name: str, cfg: DomainConfig,
@@ -238,6 +268,47 @@ def wait_xenstore(xs: Any, paths: list[str], ready: Callable[[], T | None], time
                 xs.unwatch(path, token)
             except XenError:
                 pass
+
+
+# -- suspend (libxl_dom_suspend.c) ---------------------------------------------------------
+
+SUSPEND_ACK_TIMEOUT_S = 60.0  # libxl's suspend_common_wait_guest and the ack wait
+
+
+def suspend_domain(xs: Any, hv: Any, domid: int,
+                   timeout: float = SUSPEND_ACK_TIMEOUT_S) -> None:
+    """libxl's ``domain_suspend_callback_common`` for a PV guest: write ``suspend`` to
+    ``control/shutdown``, wait for the guest to ack it (it writes ""), then for the domain to
+    shut down with reason suspend (a watch on ``@releaseDomain``). A guest that never acks
+    has the request taken back (libxl: "guest didn't acknowledge suspend, cancelling
+    request") and the save fails; one that shuts down otherwise fails it too."""
+    node = f"{domain_path(domid)}/control/shutdown"
+    xs.write(node, "suspend")
+
+    def acked() -> bool | None:
+        return True if xs.read_str(node, default="") != "suspend" else None
+
+    try:
+        wait_xenstore(xs, [node], acked, timeout, "the guest to acknowledge the suspend")
+    except XenError:
+        def take_back(t: int) -> None:
+            if xs.read_str(node, default="", tx_id=t) == "suspend":
+                xs.write(node, "", tx_id=t)
+
+        xs.transact(take_back)
+        raise
+
+    def suspended() -> bool | None:
+        flags = hv(Hypercall.domctl, Domctl.getdomaininfo, domain=domid)["flags"]
+        if not flags & DomInfoFlag.shutdown:
+            return None
+        reason = dominf_shutdown_code(flags)
+        if reason != ShutdownReason.suspend:
+            raise XenError(Errno.EIO, f"the guest shut down ({ShutdownReason(reason).name}) "
+                                      "instead of suspending")
+        return True
+
+    wait_xenstore(xs, [RELEASE_DOMAIN], suspended, timeout, "the guest to suspend")
 
 
 # -- destruction ------------------------------------------------------------------------------

@@ -51,18 +51,29 @@ class Step(enum.Enum):
     CREATEDOMAIN = "createdomain"
     MEMORY = "max_mem and populate_physmap"
     BOOT_PAGES = "console event channel, start_info and console pages"
+    CONSOLE_PORT = "console event channel (a restore: the pages come in the stream)"
     XENSTORE = "xenstore directories"
     INTRODUCE = "introduce to xenstored"
     VCPUS = "start the vCPUs' process"
     BACKENDS = "wait for the backends"
+    STREAM = "read the migration stream into memory"
     UNPAUSE = "unpausedomain"
     INIT = "wait for the guest's init"
+
+
+CREATE_STEPS = tuple(s for s in Step if s not in (Step.CONSOLE_PORT, Step.STREAM))
+# A restore (libxl's domcreate with a restore stream) builds everything the domain needs
+# before the stream ends, so that a migration's downtime is its last round plus the unpause:
+# the vCPUs' process is started, paused, and told it resumes; the stream fills the memory.
+RESTORE_STEPS = (Step.RESERVE, Step.CREATEDOMAIN, Step.MEMORY, Step.CONSOLE_PORT,
+                 Step.XENSTORE, Step.INTRODUCE, Step.VCPUS, Step.BACKENDS, Step.STREAM)
 
 
 class Phase(enum.Enum):
     BUILDING = "building"  # the pipeline runs (first create, or a restart's rebuild)
     RUNNING = "running"  # built: xl list shows it, its shutdowns get their on_* action
     SHUTDOWN = "shutdown"  # its shutdown was handled and it is preserved (or suspended)
+    MIGRATING = "migrating"  # being saved or migrated: its suspend is the toolstack's own
 
 
 @dataclasses.dataclass
@@ -81,6 +92,9 @@ class Record:
     pid: int = 0
     steps_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # what each step took
     token: str = ""  # unique to this record: its reservation in the registry carries it
+    steps: tuple[Step, ...] = CREATE_STEPS  # the pipeline this record's build runs
+    resume: bool = False  # its vCPUs resume a saved domain (a restore) rather than boot
+    restored: dict[str, Any] = dataclasses.field(default_factory=dict)  # what the stream held
 
 
 class Toolstack:
@@ -119,9 +133,18 @@ class Toolstack:
         rec = self.records[name] = Record(name, config, token=self._new_token())
         return rec
 
+    def begin_restore(self, name: str, config: DomainConfig, *, unpause: bool) -> Record:
+        """Take ``name`` for a domain restored from a stream: :data:`RESTORE_STEPS`, then,
+        if ``unpause``, the unpause and the wait for its init (``xl restore`` without
+        ``-p``); a migration's receiver unpauses later, once the sender says so."""
+        rec = self.begin_create(name, config)
+        rec.steps = RESTORE_STEPS + ((Step.UNPAUSE, Step.INIT) if unpause else ())
+        rec.resume = True
+        return rec
+
     def pending(self, rec: Record) -> list[Step]:
         """The steps still to run for ``rec``, in order."""
-        return [step for step in Step if step not in rec.done]
+        return [step for step in rec.steps if step not in rec.done]
 
     def step_done(self, rec: Record, step: Step, took_ms: float = 0.0, **learnt: Any) -> None:
         """``step`` succeeded in ``took_ms``; ``learnt`` are the record fields it produced
@@ -156,14 +179,49 @@ class Toolstack:
             effects.append(KillVcpus(rec.domid))
         return effects
 
+    # -- save and migration (xl save, xl migrate) -----------------------------------------
+
+    def begin_migrate(self, name: str) -> Record:
+        """The domain is to be saved or migrated: it must be running (EBUSY while it is being
+        built, migrated already, or shut down). Its suspend is then no ``on_*`` matter."""
+        rec = self.record(name)
+        if rec.phase is not Phase.RUNNING:
+            raise XenError(Errno.EBUSY, f"{name!r} is {rec.phase.value}; only a running "
+                                        "domain can be saved or migrated")
+        rec.phase = Phase.MIGRATING
+        return rec
+
+    def migrate_cancelled(self, rec: Record) -> None:
+        """The save or migration failed and the domain runs on here (suspend cancelled)."""
+        if self.records.get(rec.name) is rec:
+            rec.phase = Phase.RUNNING
+
+    def rename(self, old: str, new: str) -> Record:
+        """xl's ``libxl_domain_rename`` of a record (the registry and ``~/name`` are the
+        shell's): EEXIST if ``new`` is taken here."""
+        if new in self.records:
+            raise XenError(Errno.EEXIST, f"a domain named {new!r} already exists on "
+                                         f"{self.host}")
+        rec = self.records.pop(old)
+        rec.name = new
+        self.records[new] = rec
+        return rec
+
+    def migrated_away(self, rec: Record) -> list[Effect]:
+        """The domain runs elsewhere now (or was saved): destroy this copy, give its name
+        back."""
+        return self.abort(rec) + [Note("domain migrated away",
+                                       {"domid": rec.domid, "name": rec.name})]
+
     # -- destroy --------------------------------------------------------------------------
 
     def destroy(self, name: str) -> list[Effect]:
         """``xl destroy``: tear the domain down and give its name back."""
         rec = self.record(name)
-        if rec.phase is Phase.BUILDING:
-            raise XenError(Errno.EBUSY, f"{name!r} is being built; destroy it once create "
-                                        "has returned")
+        if rec.phase in (Phase.BUILDING, Phase.MIGRATING):
+            doing = "built" if rec.phase is Phase.BUILDING else "saved or migrated"
+            raise XenError(Errno.EBUSY, f"{name!r} is being {doing}; destroy it once that "
+                                        "has ended")
         return self.abort(rec) + [Note("domain destroyed", {"domid": rec.domid, "name": name})]
 
     # -- shutdown policy (xl_vmcontrol.c handle_domain_death) ----------------------------

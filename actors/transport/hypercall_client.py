@@ -39,14 +39,14 @@ class HypercallClient:
         res = decode_result(reply)
         return res.rc, res.result
 
-    def post(self, op: int, subop: int, **args: Any) -> None:
+    def post(self, op: int, subop: int, /, **args: Any) -> None:
         """Issue a hypercall whose result nobody reads, without waiting for it: an event-channel
         notification, which Linux's ``notify_remote_via_evtchn`` also fires and forgets. The
         hypervisor still runs it, after every hypercall this caller issued before."""
         self.transport.send(self.hypervisor, "hypercall", self.cred.domid, self.cred.secret,
                             self.cred.endpoint, encode_call(op, subop, args))
 
-    def __call__(self, op: int, subop: int, **args: Any) -> Any:
+    def __call__(self, op: int, subop: int, /, **args: Any) -> Any:
         """Issue a hypercall; a negative rc raises :class:`XenError` with Xen's errno."""
         rc, result = self.raw(op, subop, args)
         if rc < 0:

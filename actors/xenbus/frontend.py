@@ -12,11 +12,17 @@ devices (``xenbus_register_frontend`` and ``xenbus_probe_devices``), subclassed 
 
 Grants the backend still maps when a connection ends cannot be reused: they are *retired*
 and ended at the next ring setup (Linux ``gnttab_end_foreign_access`` defers them likewise).
+
+A suspend (issue 11) freezes every frontend: nothing new goes on its rings while the kernel
+waits briefly for what is in flight (``suspend``, ``wait_quiet``); a cancelled suspend runs on
+on the same rings (``suspend_cancel``). A resume in a new domain is a new kernel whose
+frontends probe afresh, on new rings, grants and ports (reference 15.3).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
@@ -41,20 +47,54 @@ class PageAllocator(Protocol):
 
 class PagePool:
     """A :class:`PageAllocator` over ``count`` pfns from ``first`` (e.g. the free pages from
-    pfn 16, ``protocols.pv_layout.PFN_FIRST_FREE``); ``page_of`` is ``Mapping.page``."""
+    pfn 16, ``protocols.pv_layout.PFN_FIRST_FREE``); ``page_of`` is ``Mapping.page``.
 
-    def __init__(self, page_of: Callable[[int], memoryview], first: int, count: int) -> None:
+    It hands out the lowest page never used, or the page freed last, so it grows from
+    ``first`` up; the kernel gives the top of memory to the init program
+    (:meth:`reserve_above`, ``actors.domain.initmem``) and the two never meet. The pool keeps
+    at least ``keep`` pages (what its drivers may take at most) and ``headroom`` pages more
+    than it has handed out."""
+
+    def __init__(self, page_of: Callable[[int], memoryview], first: int, count: int,
+                 *, headroom: int = 0) -> None:
         self.page = page_of
-        self._free = list(range(first + count - 1, first - 1, -1))  # pop() gives the lowest
+        self.headroom = headroom
+        self.keep = 0
+        self._lock = threading.Lock()
+        self._first = first
+        self._next = first  # the lowest pfn never handed out
+        self._ceiling = first + count  # the first pfn not the pool's
+        self._freed: list[int] = []
 
     def alloc(self) -> int:
-        try:
-            return self._free.pop()  # one atomic step: blkfront and netfront share the pool
-        except IndexError:
-            raise XenError(Errno.ENOSPC, "no free guest page") from None
+        with self._lock:  # blkfront and netfront share the pool
+            if self._freed:
+                return self._freed.pop()
+            if self._next >= self._ceiling:
+                raise XenError(Errno.ENOSPC, "no free guest page")
+            self._next += 1
+            return self._next - 1
 
     def free(self, pfn: int) -> None:
-        self._free.append(pfn)
+        with self._lock:
+            self._freed.append(pfn)
+
+    def reserve_above(self, pfn: int) -> None:
+        """Take every page from ``pfn`` up out of the pool for good; ENOMEM if the pool would
+        keep fewer than ``keep`` pages, or than ``headroom`` pages beyond those it handed
+        out."""
+        with self._lock:
+            if pfn >= self._ceiling:
+                return
+            floor = max(self._next + self.headroom, self._first + self.keep)
+            if pfn < floor:
+                raise XenError(Errno.ENOMEM, f"pages from {pfn} up: the drivers keep the "
+                                             f"pages below {floor}")
+            self._ceiling = pfn
+
+    @property
+    def ceiling(self) -> int:
+        return self._ceiling
 
 
 class XsLike(Protocol):
@@ -103,9 +143,11 @@ class XenbusFrontend:
         self._pages, self._gnttab, self._grefs, self._xs = pages, gnttab, grefs, xs
         self._alloc_unbound, self._notify, self._close = evtchn_alloc_unbound, notify, evtchn_close
         self._lock = threading.Lock()
+        self._quiet = threading.Condition(self._lock)  # notified as requests are answered
         self.state = XenbusState.INITIALISING
         self.evtchn: int | None = None
         self._retired: list[tuple[int, int]] = []  # (gref, pfn) the backend may still map
+        self.suspended = False  # frozen for a suspend: nothing new goes on the rings
         self.stats = dict.fromkeys(("notifies", "reconnects", *self.counters), 0)
 
     # -- the driver's part -----------------------------------------------------------------
@@ -127,6 +169,42 @@ class XenbusFrontend:
     def _device_statistics(self) -> dict[str, Any]:
         """The driver's gauges for :meth:`statistics`. Lock held."""
         return {}
+
+    def _in_flight(self) -> int:
+        """Requests on the ring without a response, which a suspend waits for. Lock held."""
+        return 0
+
+    @property
+    def max_pages(self) -> int:
+        """The most guest pages the driver holds at once (its rings and buffers)."""
+        return 0
+
+    def _thaw(self) -> bool:
+        """A cancelled suspend: put on the ring what waited; True if the backend must be
+        kicked. Lock held."""
+        return False
+
+    # -- suspend (Linux xenbus_dev_suspend / xenbus_dev_cancel) ----------------------------
+
+    def suspend(self) -> None:
+        """Freeze for a suspend: no new request goes on the rings; responses are still taken.
+        A resume in a new domain is a new kernel, whose frontends probe afresh (15.3)."""
+        with self._lock:
+            self.suspended = True
+
+    def wait_quiet(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the requests in flight to be answered (the
+        upcall path answers them); True if none is left."""
+        with self._quiet:
+            return self._quiet.wait_for(lambda: self._in_flight() == 0, max(0.0, timeout))
+
+    def suspend_cancel(self) -> None:
+        """The suspend was cancelled (``SCHEDOP_shutdown`` returned 1): carry on, on the same
+        rings, grants and port."""
+        with self._lock:
+            self.suspended = False
+            kick = self._thaw()
+        self._kick(kick)
 
     # -- xenbus_probe_frontend.c -----------------------------------------------------------
 
@@ -282,3 +360,20 @@ class FrontendDevices:
         for front in self.fronts.values():
             if front.evtchn is not None and front.evtchn in ports:
                 front.on_event()
+
+    def pages_needed(self) -> int:
+        """The most guest pages these frontends hold at once."""
+        return sum(front.max_pages for front in self.fronts.values())
+
+    def suspend(self, timeout: float) -> bool:
+        """Freeze every frontend, then wait up to ``timeout`` seconds in all for what they
+        have in flight; True if nothing is left in flight."""
+        for front in self.fronts.values():
+            front.suspend()
+        deadline = time.monotonic() + timeout
+        return all([front.wait_quiet(deadline - time.monotonic())
+                    for front in self.fronts.values()])
+
+    def suspend_cancel(self) -> None:
+        for front in self.fronts.values():
+            front.suspend_cancel()

@@ -19,6 +19,7 @@ BENCHMARKS = {
     "blk": "cluster.bench.blk:bench_blk",
     "net": "cluster.bench.net:bench_net",
     "cli": "cluster.bench.cli:bench_cli",
+    "migrate": "cluster.bench.migrate:bench_migrate",
 }
 
 

@@ -15,7 +15,7 @@ import sys
 from typing import Any
 
 from cluster.cli.client import ask
-from cluster.report import domain_table, host_table, link_text, sockets_text
+from cluster.report import domain_table, host_table, link_text, migration_text, sockets_text
 
 
 def _warn(command: str, errors: dict[str, str]) -> int:
@@ -99,6 +99,46 @@ def cmd_result(a: argparse.Namespace) -> int:
     else:
         for key, value in result.items():
             print(f"{key:>12}: {value}")
+    return 0
+
+
+def cmd_migrate(a: argparse.Namespace) -> int:
+    """``xenray migrate NAME HOST``: the rounds as a table (or JSON), and ``--report DIR``."""
+    from rich.console import Console
+
+    with Console(stderr=True).status(f"migrating {a.name} to {a.host}..."):
+        report = ask("migrate", name=a.name, host=a.host, live=not a.no_live, debug=a.debug,
+                     max_iters=a.max_iters, dirty_threshold=a.dirty_threshold,
+                     policy=a.policy)
+    if a.json:
+        print(json.dumps(report))
+    else:
+        print(f"migrated {report['name']} from {report['from']} to {report['to']} "
+              f"(now domid {report['domid']})")
+        print(migration_text(report))
+    if a.report:
+        from cluster.plots import write_migration_report
+
+        for path in write_migration_report(report, a.report):
+            print(f"wrote {path}", file=sys.stderr)
+    return 1 if report.get("verify_mismatches") else 0
+
+
+def cmd_save(a: argparse.Namespace) -> int:
+    path = os.path.abspath(a.file)
+    report = ask("save", name=a.name, path=path, checkpoint=a.checkpoint)
+    if a.json:
+        print(json.dumps(report))
+    else:
+        after = "left running" if a.checkpoint else "destroyed"
+        print(f"saved {a.name} to {a.file} ({report['bytes'] / 2**20:.1f} MiB); {after}")
+    return 0
+
+
+def cmd_restore(a: argparse.Namespace) -> int:
+    info = ask("restore", path=os.path.abspath(a.file), host=a.host, paused=a.paused)
+    state = "paused" if a.paused else "running"
+    print(f"restored {info['name']} (domid {info['domid']}) on {info['host']}, {state}")
     return 0
 
 

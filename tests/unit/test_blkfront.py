@@ -498,3 +498,44 @@ def test_blkfront_8_blocking_helpers_with_backend_and_upcalls_on_other_threads(g
         stop.set()
         t.join(10)
     assert guest.front.statistics()["in_flight"] == 0
+
+
+# -- issue 11: suspend -------------------------------------------------------------------------
+
+def test_blkfront_11_suspend_stops_issuing_waits_for_the_answers_and_a_cancel_issues_the_rest(
+        guest):
+    backend = guest.handshake()
+    first = [guest.front.submit_write(8 * i, bytes(4096)) for i in range(3)]
+    assert len(backend.take()) == 3  # on the ring, not yet answered
+    guest.front.suspend()
+    assert not guest.front.wait_quiet(0)  # three in flight
+    later = [guest.front.submit_write(100 + 8 * i, bytes([i + 1]) * 4096) for i in range(2)]
+    assert not backend.ring.has_unconsumed_requests()  # queued, not issued
+    assert guest.front.statistics()["queued"] == 2 and guest.front.statistics()["suspended"]
+    backend.answer(backend.seen[-3:])
+    guest.front.on_event()  # the upcall path still takes the answers
+    assert guest.front.wait_quiet(0) and all(r.done() for r in first)
+    assert not backend.ring.has_unconsumed_requests()  # and still issues nothing
+    ring_ref = guest.fe_key("ring-ref")
+    guest.front.suspend_cancel()  # resumed in place: the same ring, port and grants
+    assert backend.ring.has_unconsumed_requests() and guest.fe_key("ring-ref") == ring_ref
+    guest.run(backend, later)
+    assert guest.disk[100 * 512:101 * 512] == b"\x01" * 512
+    stats = guest.front.statistics()
+    assert (stats["suspended"], stats["queued"], stats["reconnects"]) == (False, 0, 0)
+
+
+def test_blkfront_11_wait_quiet_wakes_when_the_last_answer_comes(guest):
+    """The wait ends on the answer (the upcall path notifies), not on its timeout."""
+    backend = guest.handshake()
+    req = guest.front.submit_read(0, 512)
+    backend.take()
+    guest.front.suspend()
+    quiet: list = []
+    waiter = threading.Thread(target=lambda: quiet.append(guest.front.wait_quiet(3600)),
+                              daemon=True)
+    waiter.start()
+    backend.answer(backend.seen[-1:])
+    guest.front.on_event()
+    waiter.join(30)
+    assert quiet == [True] and req.done()

@@ -9,18 +9,38 @@ small :class:`Xl` below; the fixture pauses every guest at the end, so no vCPU r
 """
 
 import contextlib
+import dataclasses
+import json
 import pathlib
+from collections.abc import Callable
 
+import numpy as np
 import pytest
 
+from actors.blkback.actor import BlkbackShell
+from actors.blkback.vbd import create_image
 from actors.console.actor import ConsoleShell
 from actors.domain.actor import DomainShell
-from actors.guest.inits import INITS
+from actors.domain.initmem import InitMemory
+from actors.guest.blk import BLKVERIFY, verify_block
+from actors.guest.blk import DONE as BLK_DONE
+from actors.guest.inits import COUNTER, INITS
+from actors.guest.memdirty import META as MEMDIRTY
+from actors.memory import Mapping
+from actors.netback.actor import NetbackShell
 from actors.runtime import THREADS
+from protocols.errno import XenError
 from protocols.hypercall import Domctl, DomInfoFlag, Hypercall, ShutdownReason, dominf_shutdown_code
-from protocols.libxl_types import DomainConfig
+from protocols.libxl_types import DiskSpec, DomainConfig, VifSpec
+from protocols.page import PAGE_SIZE
+from protocols.pv_layout import PFN_START_INFO
+from protocols.start_info import SIZE as START_INFO_SIZE
+from protocols.start_info import StartInfo
 from protocols.xenstore.paths import INIT_STATUS
 from tests.inprocess import HOST, domain_endpoint
+
+BLKBACK, NETBACK = f"{HOST}/blkback", f"{HOST}/netback"
+XVDA = 51712
 
 CONSOLED = f"{HOST}/xenconsoled"
 FAST = "interval=0.02"  # a counter that prints 50 lines a second
@@ -40,24 +60,56 @@ class Xl:
         self.consoled = self.host.start(CONSOLED, ConsoleShell(
             HOST, self.host.clients(CONSOLED), self.host.log, str(self.log_dir)))
 
-    def create(self, cmdline: str, *, saved: dict | None = None, control: str | None = None,
-               runtime=THREADS) -> "Guest":
-        """Build, start the domain's shell and unpause; ``saved`` restores the kernel first,
-        ``control`` is written to ``control/shutdown`` just before the unpause."""
-        name = f"guest{len(self.guests)}"
-        built = self.host.build(DomainConfig(name=name, memory=8, maxmem=8, cmdline=cmdline))
+    def create(self, cmdline: str, *, control: str | None = None, runtime=THREADS,
+               **config) -> "Guest":
+        """Build, start the domain's shell and unpause; ``control`` is written to
+        ``control/shutdown`` just before the unpause; ``config``: more DomainConfig fields."""
+        cfg = DomainConfig(name=f"guest{len(self.guests)}", memory=8, maxmem=8,
+                           cmdline=cmdline, **config)
+        return self._start(cfg, control=control, runtime=runtime)
+
+    def _start(self, cfg: DomainConfig, *, control: str | None = None, runtime=THREADS,
+               resume: bool = False, resume_from: "Guest | None" = None,
+               alter: Callable[[Mapping], None] | None = None) -> "Guest":
+        built = self.host.build(cfg)
         endpoint = domain_endpoint(built.domid)
         shell = self.host.start(endpoint, DomainShell(
             built.domid, self.host.clients(endpoint, built.domid, built.secret),
-            built.memory_path, self.host.log.bind(domid=built.domid), runtime))
-        if saved is not None:
-            shell.kernel.restore(saved)
-        guest = Guest(self, built.domid, name, shell)
+            built.memory_path, self.host.log.bind(domid=built.domid), runtime,
+            resume=resume or resume_from is not None))
+        if resume_from is not None:  # as libxl: the domain's vCPUs exist, then the memory
+            self._restore_memory(resume_from, built, alter)
+        guest = Guest(self, built.domid, cfg, shell, built.memory_path)
         self.guests.append(guest)
         if control is not None:
             self.xs.write(f"/local/domain/{built.domid}/control/shutdown", control)
         self.domctl(Domctl.unpausedomain, built.domid)
         return guest
+
+    def resume(self, old: "Guest", *, name: str | None = None, runtime=THREADS,
+               alter: Callable[[Mapping], None] | None = None) -> "Guest":
+        """What a restore does with a suspended guest, in-process: a new domain built from
+        the same config (``name``: another name than the old one's), the old memory copied
+        into it page for page (then ``alter``-ed: a test's damage), start_info's console port
+        rewritten to the new domain's (Xen's ``process_start_info``), the shell built with
+        ``resume=True``, unpaused."""
+        assert old.shutdown_code() == ShutdownReason.suspend, "resume a suspended guest"
+        cfg = old.cfg if name is None else dataclasses.replace(old.cfg, name=name)
+        return self._start(cfg, runtime=runtime, resume_from=old, alter=alter)
+
+    @staticmethod
+    def _restore_memory(old: "Guest", built, alter) -> None:
+        src, dst = Mapping(old.memory_path, readonly=True), Mapping(built.memory_path)
+        try:
+            dst.view[:] = src.view
+            info = StartInfo.unpack(dst.page(PFN_START_INFO))
+            dst.page(PFN_START_INFO)[:START_INFO_SIZE] = dataclasses.replace(
+                info, console_evtchn=built.console_port).pack()
+            if alter is not None:
+                alter(dst)
+        finally:
+            src.close()
+            dst.close()
 
     def domctl(self, op: Domctl, domid: int):
         return self.host.xl(Hypercall.domctl, op, domain=domid)
@@ -71,8 +123,10 @@ class Xl:
 class Guest:
     """One guest, seen from Dom0: its shell's statistics, its console log, its domain info."""
 
-    def __init__(self, xl: Xl, domid: int, name: str, shell: DomainShell) -> None:
-        self.xl, self.domid, self.name, self.shell = xl, domid, name, shell
+    def __init__(self, xl: Xl, domid: int, cfg: DomainConfig, shell: DomainShell,
+                 memory_path: str) -> None:
+        self.xl, self.domid, self.cfg, self.shell = xl, domid, cfg, shell
+        self.name, self.memory_path = cfg.name, memory_path
         self.kernel = shell.kernel
 
     def stats(self) -> dict:
@@ -112,6 +166,48 @@ class Guest:
 
     def wait_control_watch(self) -> None:
         self.xl.until(lambda: self.control("feature-poweroff") == b"1", "the control watch")
+
+    def results(self) -> list[dict]:
+        return [json.loads(line[len("RESULT "):]) for line in self.lines()
+                if line.startswith("RESULT ")]
+
+    def suspend(self) -> None:
+        """``control/shutdown`` = ``suspend``, as libxl's save does, until the domain has shut
+        down with reason suspend and xenconsoled has logged all it printed."""
+        self.wait_control_watch()
+        self.xl.xs.write(f"/local/domain/{self.domid}/control/shutdown", "suspend")
+        assert self.wait_shutdown() == ShutdownReason.suspend
+        self.xl.until(lambda: "PM: suspending" in self.lines(), "the console drained")
+
+    def regions(self) -> dict[str, tuple[int, int, int]]:
+        """The init memory directory, as the guest's memory holds it (Dom0's map of it);
+        none before the kernel has booted."""
+        def read(mapping: Mapping) -> dict[str, tuple[int, int, int]]:
+            try:
+                return _directory(mapping).regions()
+            except XenError:
+                return {}
+        return self._with_memory(read)
+
+    def region(self, name: str, dtype) -> np.ndarray:
+        """A copy of the init's memory region ``name``, from the guest's memory."""
+        def read(mapping: Mapping) -> np.ndarray:
+            first, _, nbytes = _directory(mapping).regions()[name]
+            return np.frombuffer(bytes(mapping.view[first * PAGE_SIZE:][:nbytes]), dtype)
+        return self._with_memory(read)
+
+    def _with_memory(self, fn):
+        mapping = Mapping(self.memory_path, readonly=True)
+        try:
+            return fn(mapping)
+        finally:
+            mapping.close()
+
+
+def _directory(mapping: Mapping) -> InitMemory:
+    directory = InitMemory(mapping.pages, mapping.nr_pages)
+    directory.load()
+    return directory
 
 
 @contextlib.contextmanager
@@ -326,34 +422,211 @@ def test_console_full_ring_blocks_the_writer_until_xenconsoled_drains_it(threade
         assert guest.lines()[2:-1] == lines
 
 
-def test_save_then_restore_carries_the_counter_on_in_a_new_domain(xl):
+# -- issue 11: suspend, and resume in place or in a new domain (reference 12.1, 15.3) ------------
+
+def test_11_counter_resumed_in_a_new_domain_goes_on_with_the_next_number_twice_over(xl):
+    """The new domain has the old one's name, so xenconsoled logs both in one file."""
     old = xl.create(f"init=counter {FAST}")
     old.wait_counts(3)
-    xl.domctl(Domctl.pausedomain, old.domid)
-    old.wait_vcpu("paused")
-    saved = old.shell.deliver("save")
+    old.suspend()
     last = old.counts()[-1]
-    assert saved["init"] == "counter" and saved["argv"] == [FAST]
-    assert saved["state"] == {"count": last}
-    xl.until(lambda: len(old.output()) == saved["console_bytes"], "every byte in the log")
-    new = xl.create("init=idle", saved=saved)  # the saved init wins over the command line
-    counts = new.wait_counts(last + 2)
-    assert counts[0] == last + 1
-    assert new.kernel.clock() >= saved["clock"]
+    assert old.region("counter", COUNTER)[0]["count"] == last  # memory says what was printed
+    new = xl.resume(old)
+    counts = new.wait_counts(last + 3)
+    assert counts == list(range(1, len(counts) + 1))  # no repeat, no gap
+    lines = new.lines()
+    i = lines.index("PM: suspending")
+    assert lines[i + 1:i + 4] == ["xen:grant_table: Grant tables using version 1 layout",
+                                  f"PM: resumed in domain {new.domid} ({new.name})",
+                                  "Restarting tasks ... done."]
+    stats = new.stats()
+    assert (stats["resumed"], stats["suspends"], stats["domid"], stats["state"]) == \
+        (True, 1, new.domid, "running")
+    assert xl.xs.read(f"/local/domain/{new.domid}/{INIT_STATUS}") == b"running counter"
+    new.suspend()  # its control/shutdown watch is set again: and once more
+    last = new.counts()[-1]
+    newer = xl.resume(new)
+    counts = newer.wait_counts(last + 2)
+    assert counts == list(range(1, len(counts) + 1))
+    assert newer.stats()["suspends"] == 2
 
 
-def test_guest_clock_counts_from_boot_runs_on_while_paused_and_survives_restore(xl, clock):
-    """The kernel's clock is the runtime's (here the test's): guest seconds since boot."""
+def test_11_init_memory_is_found_again_by_the_resumed_kernel(xl, monkeypatch):
+    seen = []
+
+    def probe(os):
+        a, b = os.memory("a", 3, np.uint64), os.memory("b", 5000)
+        if not os.resumed:
+            a[:], b[:] = [1, 2, 3], 7
+        seen.append((os.resumed, a.tolist(), int(b.sum())))
+        os.idle()
+
+    monkeypatch.setitem(INITS, "probe", probe)
+    old = xl.create("init=probe")
+    xl.until(lambda: len(seen) == 1, "the init")
+    top = 8 * 256  # the domain's pages: regions come from the top down
+    assert old.regions() == {"a": (top - 1, 1, 24), "b": (top - 3, 2, 5000)}
+    old.suspend()
+    new = xl.resume(old)
+    xl.until(lambda: len(seen) == 2, "the resumed init")
+    assert seen == [(False, [1, 2, 3], 35000), (True, [1, 2, 3], 35000)]
+    assert new.regions() == old.regions()
+    assert new.stats()["init_memory"] == {"a": 1, "b": 2}
+
+
+def test_11_an_init_asking_for_more_memory_than_the_domain_has_crashes_with_enomem(xl):
+    guest = xl.create("init=memdirty wss=8")  # all of the domain's 8 MiB
+    assert guest.wait_shutdown() == ShutdownReason.crash
+    xl.until(lambda: any(line.startswith("protocols.errno.XenError: ENOMEM")
+                         for line in guest.lines()), "the error")
+
+
+def test_11_guest_clock_runs_on_while_paused_and_resumes_from_the_clock_at_suspend(xl, clock):
+    """The kernel's clock is the runtime's (here the test's): guest seconds since boot; the
+    time a domain spends suspended (saved, in transit) is not counted."""
     old = xl.create("init=idle", runtime=clock)
     old.wait_vcpu("blocked")  # booted, asleep in idle
     clock.advance(5)
-    assert old.shell.deliver("save")["clock"] == 5.0
+    assert old.stats()["clock"] == 5.0
     xl.domctl(Domctl.pausedomain, old.domid)
     old.wait_vcpu("paused")
     clock.advance(3)
-    saved = old.shell.deliver("save")
-    assert saved["clock"] == 8.0  # it ran on while paused
-    new = xl.create("init=idle", saved=saved, runtime=clock)
+    assert old.stats()["clock"] == 8.0  # it ran on while paused
+    xl.domctl(Domctl.unpausedomain, old.domid)
+    old.suspend()
+    clock.advance(100)  # suspended: in a file, or on its way to another host
+    new = xl.resume(old, runtime=clock)
     new.wait_vcpu("blocked")
+    assert new.stats()["clock"] == 8.0
     clock.advance(2)
-    assert new.shell.deliver("save")["clock"] == 10.0
+    assert new.stats()["clock"] == 10.0
+
+
+def test_11_a_resume_without_a_start_info_crashes(xl):
+    old = xl.create("init=idle")
+    old.suspend()
+
+    def lose_start_info(mapping: Mapping) -> None:
+        mapping.page(PFN_START_INFO)[:] = bytes(PAGE_SIZE)
+
+    new = xl.resume(old, name="lost", alter=lose_start_info)
+    assert new.wait_shutdown() == ShutdownReason.crash
+    assert new.stats()["init"] is None  # it never got as far as its command line
+
+
+def test_11_a_resume_from_memory_that_never_suspended_panics(xl):
+    guest = xl._start(DomainConfig(name="fresh", memory=8, maxmem=8, cmdline="init=idle"),
+                      resume=True)
+    assert guest.wait_shutdown() == ShutdownReason.crash
+    panic = ("Kernel panic - not syncing: cannot resume: no kernel data: this memory was "
+             "never suspended")
+    xl.until(lambda: panic in guest.lines(), "the panic")
+
+
+# -- memdirty: its pages arrive intact, or the check says which did not ---------------------------
+
+def test_11_memdirty_verifies_an_intact_copy_and_catches_a_corrupted_page(xl):
+    old = xl.create("init=memdirty wss=0.5 verify=1")  # 128 pages, flat out
+    xl.until(lambda: "memdirty" in old.regions() and
+             old.region("memdirty", MEMDIRTY)[0]["dirtied"] > 300, "pages dirtied")
+    old.suspend()
+    dirtied = int(old.region("memdirty", MEMDIRTY)[0]["dirtied"])
+
+    def corrupt(mapping: Mapping) -> None:
+        first, _, _ = _directory(mapping).regions()["memdirty.pages"]
+        mapping.page(first + 7)[100] ^= 0x40
+
+    intact = xl.resume(old, name="intact")
+    damaged = xl.resume(old, name="damaged", alter=corrupt)
+    for guest, bad in ((intact, []), (damaged, [7])):
+        result = xl.until(lambda g=guest: g.results(), "the check")[0]
+        assert (result["bad_pages"], result["bad"]) == (bad, len(bad))
+        assert result["resumed"] and result["dirtied"] == dirtied and result["pages"] == 128
+    assert "memdirty: verify: 128 pages, 1 bad: pages 7" in damaged.lines()
+
+
+# -- disks: quiesced at suspend, running on after a cancel, reconnected after a resume ----------
+
+@pytest.fixture
+def blkback(threaded_host):
+    back = threaded_host.start(BLKBACK, BlkbackShell(HOST, threaded_host.clients(BLKBACK),
+                                                     threaded_host.log))
+    yield back
+    assert back.backend.effect_errors == 0
+
+
+def _blkverify_guest(xl, tmp_path, blocks: int):
+    img = tmp_path / "disk.img"
+    create_image(img, "8M")
+    guest = xl.create(f"init=blkverify blocks={blocks} iodepth=8",
+                      disk=(DiskSpec("xvda", XVDA, target=str(img)),))
+    xl.until(lambda: "blkverify" in guest.regions() and
+             guest.region("blkverify", BLKVERIFY)[0]["next"] >= 64, "blkverify under way",
+             timeout=30)
+    return guest, img
+
+
+def _image_verifies(img, blocks: int) -> bool:
+    data = img.read_bytes()
+    return all(data[i * 4096:(i + 1) * 4096] == verify_block(1, i, 4096) for i in range(blocks))
+
+
+def test_11_blkverify_suspended_mid_stream_resumes_in_a_new_domain_and_verifies(
+        xl, blkback, tmp_path):
+    old, img = _blkverify_guest(xl, tmp_path, blocks=1024)
+    old.suspend()
+    at_suspend = old.region("blkverify", BLKVERIFY)[0]
+    assert at_suspend["phase"] != BLK_DONE, "the suspend came after the end: no test"
+    assert old.stats()["vbd"][XVDA]["in_flight"] == 0  # quiesced
+    new = xl.resume(old)
+    [result] = xl.until(new.results, "the result", timeout=60)
+    assert (result["verified"], result["bad"]) == (1024, [])
+    assert _image_verifies(img, 1024)
+    vbd = new.stats()["vbd"][XVDA]
+    assert vbd["state"] == "CONNECTED" and vbd["issued"] < 2 * 1024 + 1  # not from scratch
+    assert sum(line.startswith("blkverify: ") for line in new.lines()) == 1
+
+
+def test_11_a_cancelled_suspend_runs_on_in_place_with_the_same_disk_ring(xl, blkback, tmp_path):
+    guest, img = _blkverify_guest(xl, tmp_path, blocks=512)
+    guest.suspend()
+    assert guest.stats()["vbd"][XVDA]["suspended"] is True
+    xl.domctl(Domctl.resumedomain, guest.domid)  # the stream broke: SCHEDOP returns 1
+    [result] = xl.until(guest.results, "the result", timeout=60)
+    assert (result["verified"], result["bad"]) == (512, [])
+    assert _image_verifies(img, 512)
+    stats = guest.stats()
+    assert (stats["state"], stats["resumed"], stats["suspends"]) == ("running", False, 1)
+    assert stats["vbd"][XVDA]["reconnects"] == 0 and stats["vbd"][XVDA]["suspended"] is False
+
+
+# -- network: ping goes on, and the bridge learns where the MAC went -----------------------------
+
+PINGER_MAC, TARGET_MAC = "00:16:3e:11:00:01", "00:16:3e:11:00:02"
+
+
+@pytest.fixture
+def netback(threaded_host):
+    back = threaded_host.start(NETBACK, NetbackShell(HOST, threaded_host.clients(NETBACK),
+                                                     threaded_host.log))
+    yield back
+    assert back.backend.effect_errors == 0
+
+
+def test_11_ping_resumed_in_a_new_domain_keeps_its_sequence_and_the_bridge_relearns(
+        xl, netback):
+    xl.create("init=idle", vif=(VifSpec(devid=0, mac=TARGET_MAC, ip="10.0.0.1"),))
+    old = xl.create("init=ping 10.0.0.1 count=30 interval=0.05 timeout=5",
+                    vif=(VifSpec(devid=0, mac=PINGER_MAC, ip="10.0.0.2"),))
+    xl.until(lambda: sum("icmp_seq=" in line for line in old.lines()) >= 5, "replies")
+    old.suspend()
+    new = xl.resume(old)
+    [result] = xl.until(new.results, "the summary", timeout=60)
+    seqs = [int(line.split("icmp_seq=")[1].split()[0]) for line in new.lines()
+            if "icmp_seq=" in line]
+    assert seqs == list(range(1, 31))  # one line each, none lost or repeated
+    assert (result["transmitted"], result["received"]) == (30, 30)
+    fdb = netback.bridges.bridges["xenbr0"].fdb()
+    assert fdb[PINGER_MAC] == f"vif{new.domid}.0"  # moved to the new domain's port
+    stack = new.stats()["vif"][0]["stack"]
+    assert stack["arp_gratuitous_tx"] >= 1 and stack["mac"] == PINGER_MAC

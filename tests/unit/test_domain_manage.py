@@ -99,3 +99,39 @@ def test_manage_12_1_a_failed_suspend_hypercall_thaws_and_the_domain_runs_on(hos
     pv.shutdown_handler()
     assert len(kernel.hypercalls) == 1
     assert (gate.state, gate.reason) == (KernelState.RUNNING, None) and gate.runnable()
+
+
+def test_manage_11_suspend_runs_pre_suspend_after_the_freeze_and_before_the_hypercall(host):
+    gate, kernel = booted(), Kernel()
+    order = []
+
+    def hypercall(op, sub, **args):
+        order.append("hypercall")
+        kernel.hypercall(op, sub, **args)
+
+    pv = PVControl(host.xs, gate, hypercall, kernel.printk.append, kernel.power_off.append,
+                   host.log, pre_suspend=lambda: order.append(("pre_suspend", gate.state)),
+                   suspend_failed=lambda: order.append("suspend_failed"))
+    host.xs.write(NODE, "suspend")
+    pv.shutdown_handler()
+    assert order == [("pre_suspend", KernelState.SUSPENDED), "hypercall"]
+
+
+@pytest.mark.parametrize("failing", ["pre_suspend", "hypercall"])
+def test_manage_11_a_failed_suspend_undoes_pre_suspend_and_thaws(host, failing):
+    gate = booted()
+    kernel = Kernel(fail_hypercall=failing == "hypercall")
+    undone = []
+
+    def pre_suspend():
+        if failing == "pre_suspend":
+            raise XenError(Errno.EIO, "a device would not quiesce")
+
+    pv = control(host, gate, kernel, pre_suspend=pre_suspend,
+                 suspend_failed=lambda: undone.append(gate.state))
+    host.xs.write(NODE, "suspend")
+    pv.shutdown_handler()
+    assert undone == [KernelState.SUSPENDED]  # undone before the gate reopens
+    assert kernel.printk == ["PM: suspending", "PM: suspend failed: resuming"]
+    assert len(kernel.hypercalls) == (failing == "hypercall")
+    assert gate.state is KernelState.RUNNING and gate.runnable()

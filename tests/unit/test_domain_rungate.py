@@ -3,6 +3,7 @@
 block; nothing else is needed.
 """
 
+import contextlib
 import threading
 
 import pytest
@@ -123,3 +124,85 @@ def test_rungate_12_1_thaw_after_a_failed_suspend_runs_on_unless_shut_down_meanw
     gate.shut_down(ShutdownReason.crash)
     gate.thaw()
     assert gate.state is KernelState.SHUTDOWN and gate.reason is ShutdownReason.crash
+
+
+def test_rungate_11_a_freeze_waits_out_a_no_freeze_section_which_passes_the_suspending_gate():
+    """A console write is all before a suspend or all after it: the freezer waits for it, and
+    its own kernel entries inside let it through while the suspend is in progress."""
+    gate = running_gate()
+    inside, leave, passed = threading.Event(), threading.Event(), threading.Event()
+
+    def writer() -> None:  # the vCPU, in a write that blocks (a full ring) then goes on
+        gate.enter()
+        with gate.no_freeze():
+            inside.set()
+            gate.wait_event(leave.is_set, 30)
+            gate.enter()  # its re-check after the wait: a suspend in progress lets it by
+            passed.set()
+        with contextlib.suppress(Halted):
+            gate.enter()  # the next scheduling point: frozen here, until the shutdown
+
+    gate.vcpu = "offline"  # the writer thread is the vCPU from now on
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    assert inside.wait(10)
+    wait_until(lambda: gate.vcpu == "blocked", "the writer to block")
+    frozen: list = []
+    freezer = threading.Thread(target=lambda: frozen.append(gate.freeze(timeout=30)),
+                               daemon=True)
+    freezer.start()
+    wait_until(lambda: gate.state is KernelState.SUSPENDING, "the freeze to start")
+    assert frozen == []  # blocked, but inside the section: not frozen
+    leave.set()
+    gate.wake()
+    freezer.join(10)
+    assert frozen == [True] and passed.is_set()
+    assert gate.vcpu == "gated" and gate.state is KernelState.SUSPENDED
+    gate.shut_down(ShutdownReason.poweroff)
+    thread.join(10)
+
+
+def test_rungate_11_a_no_freeze_section_still_stops_at_a_pause():
+    gate = running_gate()
+    gate.set_paused(True)
+    passed = threading.Event()
+
+    def enter() -> None:
+        with gate.no_freeze():
+            gate.enter()
+            passed.set()
+
+    thread = threading.Thread(target=enter, daemon=True)
+    thread.start()
+    wait_until(lambda: gate.vcpu == "gated", "the vCPU at the gate")
+    assert not passed.is_set()
+    gate.set_paused(False)
+    assert passed.wait(10)
+    thread.join(10)
+
+
+def test_rungate_11_a_freeze_hears_at_once_of_a_running_vcpu_reaching_its_next_entry():
+    """No waiting out the freezer's timeout: parking at the gate wakes the freezer."""
+    gate = running_gate()
+    go = threading.Event()
+
+    def vcpu() -> None:
+        gate.enter()
+        go.wait(30)  # computing, between kernel entries
+        with contextlib.suppress(Halted):
+            gate.enter()
+
+    gate.vcpu = "offline"
+    thread = threading.Thread(target=vcpu, daemon=True)
+    thread.start()
+    wait_until(lambda: gate.vcpu == "running", "the vCPU running")
+    frozen: list = []
+    freezer = threading.Thread(target=lambda: frozen.append(gate.freeze(timeout=3600)),
+                               daemon=True)
+    freezer.start()
+    wait_until(lambda: gate.state is KernelState.SUSPENDING, "the freeze to start")
+    go.set()
+    freezer.join(30)
+    assert frozen == [True]
+    gate.shut_down(ShutdownReason.poweroff)
+    thread.join(10)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from actors.guest.api import GuestOS
 from actors.guest.blk import BlkbenchSpec, io_summary, percentile
 from actors.guest.inits import INITS
+from tests.guestmem import GuestMemory
 
 # --- options ---------------------------------------------------------------------------------
 
@@ -130,14 +131,16 @@ class FakeDisk:
         return Done(None)
 
 
-class Kernel:
-    """Each clock read advances 10 µs; the first sleep (blkbench's idle) ends the run."""
+class Kernel(GuestMemory):
+    """Each clock read advances 10 µs; the first sleep (blkbench's idle) ends the run.
+    ``out``: the console's lines."""
 
     def __init__(self, disk):
+        super().__init__()
         self.now, self.disk_, self.out = 0.0, disk, []
 
     def console_write(self, data):
-        self.out.append(data.decode())
+        self.out += data.decode().splitlines()
 
     def sleep(self, seconds):
         raise Idle
@@ -154,7 +157,7 @@ class Kernel:
 def run_blkbench(*argv, sectors=2048):
     kernel = Kernel(FakeDisk(sectors))
     with pytest.raises(Idle):
-        INITS["blkbench"](GuestOS(kernel, argv=argv, domid=3, name="b", state={}))
+        INITS["blkbench"](GuestOS(kernel, argv=argv, domid=3, name="b"))
     line = next(x for x in kernel.out if x.startswith("RESULT "))
     return kernel, json.loads(line[len("RESULT "):])
 
@@ -184,6 +187,90 @@ def test_blkbench_stops_at_runtime():
     # on the virtual clock (10 µs a read): it ran its 10 ms and then stopped, within the
     # few reads that reaping the requests in flight takes
     assert 0.01 <= result["seconds"] < 0.011
+
+
+# --- blkverify across a migration --------------------------------------------------------------
+
+class Frozen(Exception):
+    """The vCPU was frozen at a kernel entry, and the domain moved: this run is over."""
+
+
+class FreezingDisk(FakeDisk):
+    """Freezes the vCPU at the ``at``-th request (each request is a kernel entry); flush is
+    a request too."""
+
+    def __init__(self, sectors, at=None):
+        super().__init__(sectors)
+        self.at, self.calls = at, 0
+
+    def _entry(self):
+        self.calls += 1
+        if self.calls == self.at:
+            raise Frozen
+
+    def submit_read(self, sector, nbytes):
+        self._entry()
+        return super().submit_read(sector, nbytes)
+
+    def submit_write(self, sector, data):
+        self._entry()
+        return super().submit_write(sector, data)
+
+    def flush(self, timeout=None):
+        self._entry()
+        self.log.append(("flush", 0, 0))
+
+
+def run_blkverify(disk, *argv, resume_from=None):
+    kernel = Kernel(disk)
+    if resume_from is not None:
+        GuestMemory.__init__(kernel, data=bytes(resume_from.buf))
+    with pytest.raises((Idle, Frozen)):
+        INITS["blkverify"](GuestOS(kernel, argv=argv, domid=3, name="b",
+                                   resumed=resume_from is not None))
+    return kernel
+
+
+# frozen at: mid-write, a batch's last write, the flush, the first read, mid-verify
+@pytest.mark.parametrize("at", [3, 12, 17, 18, 25])
+def test_blkverify_frozen_anywhere_resumes_redoing_only_its_unacknowledged_step(at):
+    """Requests 1..16 are the writes (4 batches of 4), 17 the flush, 18.. the reads."""
+    argv = ("blocks=16", "iodepth=4", "bs=1024")
+    disk = FreezingDisk(sectors=64, at=at)
+    before = run_blkverify(disk, *argv)
+    assert not any(x.startswith("RESULT ") for x in before.out)
+    done_before = len(disk.log)
+    disk.at = None
+    after = run_blkverify(disk, *argv, resume_from=before)
+    result = json.loads(next(x for x in after.out if x.startswith("RESULT "))[7:])
+    assert (result["verified"], result["bad"]) == (16, [])
+    redone = disk.log[done_before:]
+    writes = [s // 2 for op, s, _ in redone if op == "write"]
+    # what was acknowledged is not done again: at most the interrupted batch of 4
+    if at <= 16:
+        assert writes == list(range(((at - 1) // 4) * 4, 16))
+    else:
+        assert writes == []
+    assert after.out[0].startswith("blkverify: 16 blocks of 1024 bytes written, 16 verified")
+
+
+def test_blkverify_a_finished_run_resumed_only_idles():
+    disk = FreezingDisk(sectors=64)
+    done = run_blkverify(disk, "blocks=8")
+    n = len(disk.log)
+    again = run_blkverify(disk, "blocks=8", resume_from=done)
+    assert len(disk.log) == n and again.out == []
+
+
+def test_blkverify_reports_blocks_that_do_not_read_back():
+    class Rotten(FreezingDisk):
+        def submit_read(self, sector, nbytes):
+            done = super().submit_read(sector, nbytes)
+            return Done(bytes(nbytes)) if sector // 8 in (2, 5) else done
+
+    kernel = run_blkverify(Rotten(sectors=128), "blocks=8")
+    result = json.loads(next(x for x in kernel.out if x.startswith("RESULT "))[7:])
+    assert (result["verified"], result["bad"]) == (6, [2, 5])
 
 
 # --- xenray bench blk: the parts that need no Ray ----------------------------------------------

@@ -11,6 +11,7 @@ import pytest
 from actors.guest.api import GuestOS
 from actors.guest.inits import INITS
 from actors.guest.net import rtt_summary
+from tests.guestmem import GuestMemory
 from tests.netwire import IPS, Wire
 
 
@@ -18,11 +19,12 @@ class Idle(Exception):
     """The program finished and went idle."""
 
 
-class Kernel:
+class Kernel(GuestMemory):
     """A GuestKernel with virtual time (``sleep`` advances it at once) whose NIC 0 is
     ``stack``; going idle (sleeping an hour) ends the run. The stacks' own timeouts are real."""
 
     def __init__(self, stack) -> None:
+        super().__init__()
         self.stack = stack
         self.lines: list[str] = []
         self.now = 0.0
@@ -48,7 +50,7 @@ class Kernel:
 
 def run(kernel: Kernel, name: str, *argv: str) -> Kernel:
     with pytest.raises(Idle):
-        INITS[name](GuestOS(kernel, argv=argv, domid=1, name="vm", state={}))
+        INITS[name](GuestOS(kernel, argv=argv, domid=1, name="vm"))
     return kernel
 
 
@@ -76,8 +78,7 @@ def test_ping_counts_loss_when_nobody_answers():
 def test_ping_without_a_target_is_a_usage_error():
     wire = Wire()
     with pytest.raises(ValueError, match="usage"):
-        INITS["ping"](GuestOS(Kernel(wire.stack(1)), argv=("count=1",), domid=1, name="vm",
-                              state={}))
+        INITS["ping"](GuestOS(Kernel(wire.stack(1)), argv=("count=1",), domid=1, name="vm"))
 
 
 def test_udpstream_receiver_counts_what_the_sender_sent():
@@ -101,11 +102,11 @@ def test_udpstream_bad_role_and_size_are_refused():
     wire = Wire()
     with pytest.raises(ValueError, match="role"):
         INITS["udpstream"](GuestOS(Kernel(wire.stack(1)), argv=("role=both",), domid=1,
-                                   name="vm", state={}))
+                                   name="vm"))
     with pytest.raises(ValueError, match="size"):
         INITS["udpstream"](GuestOS(Kernel(wire.stack(1)), argv=("role=send", "dst=10.0.0.1",
                                                                 "size=9000"),
-                                   domid=1, name="vm", state={}))
+                                   domid=1, name="vm"))
 
 
 def test_rtt_summary_is_iputils_arithmetic():
@@ -114,3 +115,69 @@ def test_rtt_summary_is_iputils_arithmetic():
     assert (s["rtt_ms_min"], s["rtt_ms_avg"], s["rtt_ms_max"], s["rtt_ms_mdev"]) == \
         (1.0, 2.0, 3.0, 1.0)
     assert rtt_summary([]) == {"transmitted": 0, "received": 0, "loss_pct": 0.0}
+
+
+# --- across a migration: the programs go on from their memory ------------------------------------
+
+class Frozen(Exception):
+    """The vCPU was frozen at a kernel entry and the domain moved: this run is over."""
+
+
+def freezing(kernel: Kernel, method: str, at: int) -> Kernel:
+    """Make the ``at``-th call of ``kernel.method`` (a kernel entry) the one frozen."""
+    real, calls = getattr(kernel, method), [0]
+
+    def entry(*args):
+        calls[0] += 1
+        if calls[0] == at:
+            raise Frozen
+        return real(*args)
+
+    setattr(kernel, method, entry)
+    return kernel
+
+
+def resumed(before: Kernel, stack) -> Kernel:
+    """A new kernel on a copy of ``before``'s memory, as the resumed domain gets it."""
+    kernel = Kernel(stack)
+    GuestMemory.__init__(kernel, data=bytes(before.buf))
+    return kernel
+
+
+def test_ping_resumed_goes_on_with_its_next_sequence_number_and_counts_them_all():
+    wire = Wire(threaded=True)
+    try:
+        wire.stack(0)
+        argv = (IPS[0], "count=6", "interval=0.01")
+        before = freezing(Kernel(wire.stack(1)), "console_write", at=4)  # at seq 3's line
+        with pytest.raises(Frozen):
+            INITS["ping"](GuestOS(before, argv=argv, domid=1, name="vm"))
+        after = run(resumed(before, wire.stack(2, ip=IPS[1])), "ping", *argv)
+    finally:
+        wire.stop()
+    seqs = [int(l.split("icmp_seq=")[1].split()[0]) for l in before.lines + after.lines
+            if "icmp_seq=" in l]
+    assert seqs == [1, 2, 3, 4, 5, 6]  # seq 3's line was not printed before: once, after
+    assert not any(l.startswith("PING") for l in after.lines)
+    assert "6 packets transmitted, 6 received, 0% packet loss" in "\n".join(after.lines)
+    assert after.result()["transmitted"] == 6
+
+
+def test_udpstream_sender_resumed_numbers_on_and_the_receiver_counts_no_loss():
+    wire = Wire(threaded=True)
+    try:
+        receiver = Kernel(wire.stack(0))
+        t = threading.Thread(target=run, args=(receiver, "udpstream", "role=recv",
+                                               "seconds=20", "idle=0.5"))
+        t.start()
+        argv = ("role=send", f"dst={IPS[0]}", "size=100", "seconds=0.2", "rate=1000")
+        before = freezing(Kernel(wire.stack(1)), "clock", at=50)
+        with pytest.raises(Frozen):
+            INITS["udpstream"](GuestOS(before, argv=argv, domid=1, name="vm"))
+        after = run(resumed(before, wire.stack(2, ip=IPS[1])), "udpstream", *argv)
+        t.join(10)
+    finally:
+        wire.stop()
+    sent, got = after.result(), receiver.result()
+    assert sent["packets"] >= 50 and got["packets"] == sent["packets"]
+    assert got["lost"] == 0

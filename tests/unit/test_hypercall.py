@@ -154,7 +154,8 @@ SERVED = {
         Domctl.setvcpucontext, Domctl.getvcpucontext, Domctl.getvcpuinfo, Domctl.max_vcpus,
         Domctl.scheduler_op, Domctl.setdomainhandle, Domctl.settimeoffset,
         Domctl.getvcpuaffinity, Domctl.resumedomain, Domctl.subscribe, Domctl.gethvmcontext,
-        Domctl.sethvmcontext, Domctl.set_target, Domctl.soft_reset, Domctl.get_domain_state,
+        Domctl.sethvmcontext, Domctl.set_target, Domctl.gettscinfo, Domctl.soft_reset,
+        Domctl.get_domain_state,
     },
     Hypercall.sysctl: {Sysctl.getdomaininfolist, Sysctl.physinfo},
 }  # fmt: skip
@@ -234,7 +235,7 @@ def test_hypercall_unknown_or_unserved_op_is_enosys(op):
         (Hypercall.event_channel_op, EvtchnOp.init_control),  # FIFO ABI: not served
         (Hypercall.grant_table_op, GnttabOp.transfer),
         (Hypercall.domctl, 0),
-        (Hypercall.domctl, Domctl.gettscinfo),
+        (Hypercall.domctl, Domctl.settscinfo),
         (Hypercall.sched_op, -1),
         (Hypercall.sysctl, Sysctl.readconsole),
     ],

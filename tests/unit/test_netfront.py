@@ -420,3 +420,13 @@ def test_netfront_9_stack_answers_ping_through_the_rings(guest):
     assert reply.data.data.type == dpkt.icmp.ICMP_ECHOREPLY
     assert reply.data.data.data.id == 7 and reply.data.data.data.data == b"abc"
     assert guest.net.nic(0).statistics()["icmp_echo_replies_tx"] == 1
+
+
+def test_netfront_11_a_suspended_vif_sends_nothing_and_a_cancel_sends_again(guest):
+    front = guest.net.vif(0)
+    back = guest.connected()
+    assert guest.net.suspend(0)  # nothing to wait for: frames in flight may be lost
+    assert not front.send(_frame(60)) and back.tx_requests() == []
+    assert front.statistics()["tx_busy"] == 1
+    guest.net.suspend_cancel()
+    assert front.send(_frame(60)) and len(back.tx_requests()) == 1

@@ -258,7 +258,7 @@ def test_xl_handle_domain_death_a_failing_rebuild_does_not_stop_the_others_teard
         host, monkeypatch):
     a, b = create(host, "a"), create(host, "b")  # a restarts on reboot, b is destroyed
 
-    def cannot_start(domid, secret, memory_path):
+    def cannot_start(domid, secret, memory_path, resume=False):
         raise OSError("no room for another process")
 
     monkeypatch.setattr(host.toolstack.launcher, "start", cannot_start)
@@ -282,10 +282,10 @@ def test_xl_handle_domain_death_a_rebuild_does_not_hold_up_other_reactions(host,
     building, go = threading.Event(), threading.Event()
     real_start = launcher.start
 
-    def slow_start(domid, secret, memory_path):
+    def slow_start(domid, secret, memory_path, resume=False):
         building.set()
         go.wait(WAIT_S)
-        return real_start(domid, secret, memory_path)
+        return real_start(domid, secret, memory_path, resume)
 
     monkeypatch.setattr(launcher, "start", slow_start)
     try:

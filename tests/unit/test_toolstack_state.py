@@ -66,10 +66,9 @@ def test_libxl_create_each_record_reserves_with_a_token_of_its_own():
 def test_libxl_create_runs_its_steps_in_libxls_order():
     ts = toolstack()
     rec = ts.begin_create("d", cfg())
-    assert ts.pending(rec) == list(Step)
-    assert [s.name for s in Step] == ["RESERVE", "CREATEDOMAIN", "MEMORY", "BOOT_PAGES",
-                                      "XENSTORE", "INTRODUCE", "VCPUS", "BACKENDS", "UNPAUSE",
-                                      "INIT"]
+    assert [s.name for s in ts.pending(rec)] == ["RESERVE", "CREATEDOMAIN", "MEMORY",
+                                                 "BOOT_PAGES", "XENSTORE", "INTRODUCE", "VCPUS",
+                                                 "BACKENDS", "UNPAUSE", "INIT"]
     ts.step_done(rec, Step.RESERVE)
     ts.step_done(rec, Step.CREATEDOMAIN, domid=7, secret="s")
     assert (rec.domid, rec.secret) == (7, "s") and ts.pending(rec)[0] is Step.MEMORY
@@ -212,3 +211,48 @@ def test_xl_info_c_state_string_letters():
     assert state_string(dominf_flags(DomInfoFlag.running)) == "r-----"
     assert state_string(shutdown_flags(ShutdownReason.crash)) == "--psc-"
     assert state_string(dominf_flags(DomInfoFlag.dying)) == "-----d"
+
+
+# -- save, restore and migrate ---------------------------------------------------------------
+
+def test_a_restore_builds_everything_before_its_stream_and_unpauses_only_if_asked():
+    ts = toolstack()
+    incoming = ts.begin_restore("d--incoming", cfg("d"), unpause=False)
+    assert [s.name for s in ts.pending(incoming)] == [
+        "RESERVE", "CREATEDOMAIN", "MEMORY", "CONSOLE_PORT", "XENSTORE", "INTRODUCE", "VCPUS",
+        "BACKENDS", "STREAM"]
+    assert incoming.resume
+    restored = ts.begin_restore("e", cfg("e"), unpause=True)
+    assert ts.pending(restored)[-2:] == [Step.UNPAUSE, Step.INIT]
+
+
+def test_a_migrating_domains_suspend_is_no_on_star_matter_and_a_cancel_runs_it_on():
+    ts = toolstack()
+    rec = built(ts, on_poweroff=Action.DESTROY)
+    assert ts.begin_migrate("d") is rec
+    assert ts.shutdowns({5: shutdown_flags(ShutdownReason.suspend)}) == []
+    with pytest.raises(XenError) as e:
+        ts.begin_migrate("d")
+    assert e.value.errno == Errno.EBUSY
+    with pytest.raises(XenError) as e:
+        ts.destroy("d")
+    assert e.value.errno == Errno.EBUSY and "saved or migrated" in str(e.value)
+    ts.migrate_cancelled(rec)
+    assert rec.phase is Phase.RUNNING
+    [group] = ts.shutdowns({5: shutdown_flags(ShutdownReason.poweroff)})
+    assert effects_only(group) == [
+        DestroyDomain(5), ReleaseXenstored(5), KillVcpus(5), ReleaseName("d", "t1")]
+
+
+def test_a_migrated_domain_is_renamed_then_destroyed_here_and_gives_its_name_back():
+    ts = toolstack()
+    rec = built(ts)
+    ts.begin_migrate("d")
+    ts.rename("d", "d--migratedaway")
+    assert ts.names() == {"d--migratedaway": 5}
+    with pytest.raises(XenError) as e:
+        ts.rename("d--migratedaway", "d--migratedaway")
+    assert e.value.errno == Errno.EEXIST
+    assert effects_only(ts.migrated_away(rec)) == [DestroyDomain(5), ReleaseXenstored(5), KillVcpus(5),
+                                                   ReleaseName("d--migratedaway", "t1")]
+    assert ts.names() == {}

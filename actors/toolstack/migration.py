@@ -1,0 +1,406 @@
+"""xl's save, restore and migrate, as the part of the toolstack agent's shell that runs them.
+
+``xl migrate`` (``tools/xl/xl_migrate.c``, reference 15.2) runs the save on the source and
+``xl migrate-receive`` the restore on the destination, and the two talk through a handshake
+so that the domain always has exactly one owner:
+
+1. the receiver creates ``<name>--incoming``, paused (:meth:`MigrationShell.on_migrate_receive`
+   starts the restore pipeline, which builds everything up front and then reads the stream);
+2. the sender writes the stream (:mod:`.save`, in chunks: :mod:`.channel`);
+3. the receiver says "domain received, ready to unpause" (:meth:`on_migrate_received`);
+4. the sender renames its copy ``<name>--migratedaway`` and says "domain is yours, you are
+   cleared to unpause" (:meth:`on_migrate_go`): the receiver renames its domain ``<name>``
+   and unpauses it;
+5. the sender destroys its copy.
+
+Until step 4 has been answered, any failure (the destination dying, the stream breaking, the
+receiver refusing it) cancels the migration: the receiver's copy is destroyed, the sender's
+name given back, and the suspended domain resumed in place (``XEN_DOMCTL_resumedomain``; the
+guest's suspend hypercall returns 1). If step 4 itself fails, the sender asks the receiver
+whether its copy runs and resumes its own only if not, so no migration leaves two live copies
+or none.
+
+``xl save`` and ``xl restore`` are the same two halves joined by a file: xl's header, the
+domain's configuration, then the libxl stream (:mod:`protocols.migration.savefile`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from actors.toolstack import builder
+from actors.toolstack.channel import CHUNK_BYTES, ChunkReceiver, ChunkSender
+from actors.toolstack.precopy import policy_named
+from actors.toolstack.restore import DomainRestorer
+from actors.toolstack.save import DomainSaver
+from actors.toolstack.state import Record
+from actors.transport import PeerGone
+from actors.transport.naming import actor_name
+from protocols.errno import Errno, XenError
+from protocols.hypercall import Domctl, DomInfoFlag, Hypercall, ShutdownReason, \
+    dominf_shutdown_code
+from protocols.libxl_types import DomainConfig
+from protocols.migration import savefile
+from protocols.page import PAGES_PER_MIB
+from protocols.xenstore.paths import domain_path
+
+INCOMING, MIGRATEDAWAY = "--incoming", "--migratedaway"  # xl_migrate.c's suffixes
+HANDSHAKE_TIMEOUT_S = 120.0  # a step of the handshake that takes longer has failed
+CHUNK_CALL_TIMEOUT_S = 60.0
+
+
+@dataclasses.dataclass
+class MigrateOptions:
+    """``xl migrate``'s options (and xenray's: the precopy policy and its knobs)."""
+
+    live: bool = True
+    debug: bool = False
+    max_iters: int = 5
+    dirty_threshold: int = 50
+    policy: str = "libxc"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MigrateOptions:
+        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise XenError(Errno.EINVAL, f"unknown migrate options {sorted(unknown)}")
+        opts = cls(**d)
+        try:
+            policy_named(opts.policy, opts.max_iters, opts.dirty_threshold)
+        except (ValueError, TypeError) as e:
+            raise XenError(Errno.EINVAL, str(e)) from None
+        return opts
+
+
+@dataclasses.dataclass
+class Incoming:
+    """A domain this host is receiving: its record, its stream, and the build's outcome."""
+
+    session: str
+    name: str  # the name it will take once the sender clears it
+    rec: Record
+    chunks: ChunkReceiver
+    built: threading.Event = dataclasses.field(default_factory=threading.Event)
+    error: BaseException | None = None
+    unpaused_at: float = 0.0
+
+
+class MigrationShell:
+    """Mixed into :class:`~actors.toolstack.actor.ToolstackShell`: the commands and handshake
+    handlers of save, restore and migrate, and the two restore-only pipeline steps."""
+
+    # provided by ToolstackShell
+    host: str
+    hv: Any
+    xs: Any
+    transport: Any
+    core: Any
+    lock: threading.Lock
+    log: Any
+    runtime: Any
+    registry: str
+    _build: Callable[[Record], None]
+    _carry_out_each: Callable[[list], Exception | None]
+    on_destroy: Callable[[str], None]
+
+    def _init_migration(self) -> None:
+        self._incoming: dict[str, Incoming] = {}
+        self._streams: dict[str, Callable[[], bytes]] = {}  # record token -> its stream
+
+    # -- xl migrate: the sender ------------------------------------------------------------
+
+    def on_migrate(self, name: str, host: str, options: dict[str, Any]) -> dict[str, Any]:
+        """Migrate ``name`` to ``host``; the metrics of the migration."""
+        opts = MigrateOptions.from_dict(options)
+        with self.lock:
+            rec = self.core.begin_migrate(name)
+        dest, session = actor_name(host, "xl"), uuid.uuid4().hex
+        t0 = time.perf_counter()
+        saver = None
+        cleared = False
+        try:
+            self.transport.call(dest, "migrate_receive", session, name, rec.config.to_dict(),
+                                timeout=HANDSHAKE_TIMEOUT_S)
+            sender = ChunkSender(lambda seq, data: self.transport.call(
+                dest, "migrate_chunk", session, seq, data, timeout=CHUNK_CALL_TIMEOUT_S))
+            saver = self._saver(rec, sender.write, opts)
+            try:
+                report = saver.run()
+                sender.close()
+            finally:
+                saver.close()
+            self.transport.call(dest, "migrate_end", session, sender.chunks_sent,
+                                timeout=HANDSHAKE_TIMEOUT_S)
+            received = self.transport.call(dest, "migrate_received", session,
+                                           timeout=HANDSHAKE_TIMEOUT_S)
+            self._rename(rec.name, name + MIGRATEDAWAY)
+            cleared = True
+            self._go(dest, session)
+            unpaused = time.perf_counter()
+        except BaseException as e:
+            self.log.warning("migration failed", name=name, dest=host, error=str(e))
+            self._cancel(rec, name, dest, session, renamed=cleared)
+            raise
+        with self.lock:
+            effects = self.core.migrated_away(rec)
+        self._carry_out_each(effects)
+        resumed = self._ask_resumed(dest, session)
+        return {"name": name, "from": self.host, "to": host, "domid": received["domid"],
+                "live": opts.live, "policy": opts.policy, **report.as_dict(),
+                "total_s": round(unpaused - t0, 4),
+                "downtime_ms": round((unpaused - report.suspended_at) * 1e3, 2),
+                "resume_ms": resumed, "verify_mismatches": received.get("verify_mismatches"),
+                "restore_steps_ms": received["steps_ms"]}
+
+    def _saver(self, rec: Record, sink: Callable[[bytes], None],
+               opts: MigrateOptions) -> DomainSaver:
+        return DomainSaver(self.hv, rec.domid, rec.memory_path,
+                           rec.config.memory * PAGES_PER_MIB, sink,
+                           lambda: builder.suspend_domain(self.xs, self.hv, rec.domid),
+                           live=opts.live, debug=opts.debug,
+                           policy=policy_named(opts.policy, opts.max_iters,
+                                               opts.dirty_threshold))
+
+    def _go(self, dest: str, session: str) -> None:
+        """"you are cleared to unpause"; if the answer is lost, ask whether the copy runs."""
+        try:
+            self.transport.call(dest, "migrate_go", session, timeout=HANDSHAKE_TIMEOUT_S)
+        except (PeerGone, TimeoutError) as e:
+            try:
+                runs = self.transport.call(dest, "migrate_runs", session, timeout=10.0)
+            except (PeerGone, TimeoutError):
+                runs = False  # the destination is gone, and its copy with it
+            if not runs:
+                raise XenError(Errno.EIO, f"the destination did not take the domain: {e}") \
+                    from None
+
+    def _ask_resumed(self, dest: str, session: str) -> float | None:
+        """How long the guest took, once unpaused, to reconnect and re-run its init (ms)."""
+        try:
+            return self.transport.call(dest, "migrate_resumed", session,
+                                       timeout=HANDSHAKE_TIMEOUT_S)
+        except (PeerGone, TimeoutError, XenError) as e:
+            self.log.warning("the migrated guest did not report its resume", error=str(e))
+            return None
+
+    def _cancel(self, rec: Record, name: str, dest: str, session: str, *,
+                renamed: bool) -> None:
+        """The migration failed before the destination owned the domain: drop its copy, take
+        the name back, resume the domain here (best-effort, each part on its own)."""
+        for what, undo in (("abort the receiver", lambda: self.transport.call(
+                               dest, "migrate_abort", session, timeout=HANDSHAKE_TIMEOUT_S)),
+                           ("take the name back",
+                            lambda: renamed and self._rename(rec.name, name)),
+                           ("resume the domain", lambda: self._resume_suspended(rec))):
+            try:
+                undo()
+            except Exception as e:  # noqa: BLE001 - the others still run
+                self.log.warning(f"cancelling the migration: could not {what}", error=str(e))
+        with self.lock:
+            self.core.migrate_cancelled(rec)
+
+    def _resume_suspended(self, rec: Record) -> None:
+        """``XEN_DOMCTL_resumedomain`` if the domain is suspended: the guest runs on in
+        place, its suspend hypercall returning 1 (cancelled)."""
+        flags = self.hv(Hypercall.domctl, Domctl.getdomaininfo, domain=rec.domid)["flags"]
+        if flags & DomInfoFlag.shutdown and \
+                dominf_shutdown_code(flags) == ShutdownReason.suspend:
+            self.hv(Hypercall.domctl, Domctl.resumedomain, domain=rec.domid)
+
+    def _rename(self, old: str, new: str) -> None:
+        """``libxl_domain_rename``: the registry, the record, then ``~/name``."""
+        with self.lock:
+            rec = self.core.record(old)
+        taken = self.transport.call(self.registry, "rename", old, new, self.host, rec.token)
+        if taken is not None:
+            raise XenError(Errno.EEXIST, f"a domain named {new!r} already exists on "
+                                         f"{taken['host']}")
+        with self.lock:
+            self.core.rename(old, new)
+        self.xs.write(f"{domain_path(rec.domid)}/name", new)
+
+    # -- xl migrate-receive: the receiver ---------------------------------------------------
+
+    def on_migrate_receive(self, session: str, name: str, config: dict[str, Any]) -> dict:
+        """Start restoring ``<name>--incoming`` from the stream the sender is about to send."""
+        cfg = DomainConfig.from_dict(config)
+        builder.check_config(cfg)
+        with self.lock:
+            rec = self.core.begin_restore(name + INCOMING, cfg, unpause=False)
+        inc = self._incoming[session] = Incoming(session, name, rec, ChunkReceiver())
+        self._streams[rec.token] = inc.chunks.read
+        self.runtime.spawn(self._receive, inc, name=f"xl-receive-{name}")
+        return {"name": rec.name}
+
+    def _receive(self, inc: Incoming) -> None:
+        try:
+            self._build(inc.rec)
+        except BaseException as e:  # noqa: BLE001 - the sender learns it from received
+            inc.error = e
+            inc.chunks.fail(str(e))
+        finally:
+            self._streams.pop(inc.rec.token, None)
+            inc.built.set()
+
+    def on_migrate_chunk(self, session: str, seq: int, data: bytes) -> None:
+        self._session(session).chunks.put(seq, data)
+
+    def on_migrate_end(self, session: str, count: int) -> None:
+        self._session(session).chunks.end(count)
+
+    def on_migrate_received(self, session: str) -> dict[str, Any]:
+        """"domain received, ready to unpause" once the restore is built, or its error."""
+        inc = self._session(session)
+        if not inc.built.wait(HANDSHAKE_TIMEOUT_S):
+            raise XenError(Errno.ETIMEDOUT, "the restore did not finish")
+        if inc.error is not None:
+            self._incoming.pop(session, None)
+            raise inc.error
+        return {"domid": inc.rec.domid, "steps_ms": dict(inc.rec.steps_ms),
+                "verify_mismatches": inc.rec.restored.get("verify_mismatches")}
+
+    def on_migrate_go(self, session: str) -> None:
+        """"you are cleared to unpause": take the domain's name, unpause it."""
+        inc = self._session(session)
+        self._rename(inc.rec.name, inc.name)
+        self.hv(Hypercall.domctl, Domctl.unpausedomain, domain=inc.rec.domid)
+        inc.unpaused_at = time.perf_counter()
+
+    def on_migrate_runs(self, session: str) -> bool:
+        """Does this host run the domain it received (was it unpaused)?"""
+        inc = self._incoming.get(session)
+        return inc is not None and inc.unpaused_at > 0
+
+    def on_migrate_resumed(self, session: str) -> float:
+        """Wait for the resumed guest's init; milliseconds from the unpause."""
+        inc = self._incoming.pop(session, None)
+        if inc is None or not inc.unpaused_at:
+            raise XenError(Errno.ESRCH, "no unpaused incoming domain for this migration")
+        builder.wait_init(self.xs, self.hv, inc.rec.domid)
+        return round((time.perf_counter() - inc.unpaused_at) * 1e3, 2)
+
+    def on_migrate_abort(self, session: str) -> None:
+        """The sender cancelled: break the stream and destroy what was built."""
+        inc = self._incoming.pop(session, None)
+        if inc is None:
+            return
+        inc.chunks.fail("the sender cancelled the migration")
+        inc.built.wait(HANDSHAKE_TIMEOUT_S)
+        with self.lock:
+            exists = self.core.records.get(inc.rec.name) is inc.rec
+        if exists and inc.error is None:
+            self.on_destroy(inc.rec.name)
+
+    def _session(self, session: str) -> Incoming:
+        inc = self._incoming.get(session)
+        if inc is None:
+            raise XenError(Errno.ESRCH, "no such incoming migration")
+        return inc
+
+    # -- xl save and xl restore -------------------------------------------------------------
+
+    def on_save(self, name: str, path: str, checkpoint: bool = False) -> dict[str, Any]:
+        """``xl save [-c]``: suspend, write xl's save file; then destroy the domain, or with
+        ``checkpoint`` let it run on (its suspend cancelled)."""
+        with self.lock:
+            rec = self.core.begin_migrate(name)
+        tmp = f"{path}.{uuid.uuid4().hex[:8]}.part"
+        try:
+            with open(tmp, "xb") as f:
+                f.write(savefile.encode(json.dumps(rec.config.to_dict()), json=True))
+                saver = self._saver(rec, f.write, MigrateOptions(live=False))
+                try:
+                    report = saver.run()
+                finally:
+                    saver.close()
+            os.replace(tmp, path)
+        except BaseException:
+            _remove(tmp)
+            self._cancel_save(rec)
+            raise
+        if checkpoint:
+            self._cancel_save(rec)
+        else:
+            with self.lock:
+                effects = self.core.migrated_away(rec)
+            self._carry_out_each(effects)
+        return {"name": name, "path": path, "bytes": os.path.getsize(path),
+                "downtime_ms": None if not checkpoint else
+                round((time.perf_counter() - report.suspended_at) * 1e3, 2),
+                **report.as_dict()}
+
+    def _cancel_save(self, rec: Record) -> None:
+        try:
+            self._resume_suspended(rec)
+        finally:
+            with self.lock:
+                self.core.migrate_cancelled(rec)
+
+    def on_restore(self, path: str, paused: bool = False) -> dict[str, Any]:
+        """``xl restore [-p]``: rebuild the domain of a save file on this host."""
+        try:
+            f = open(path, "rb")
+        except OSError as e:
+            raise XenError(Errno.ENOENT, f"cannot open {path}: {e.strerror}") from None
+        with f:
+            header = _read_header(f, path)
+            try:
+                cfg = DomainConfig.from_dict(json.loads(header.config))
+            except (ValueError, TypeError, KeyError) as e:
+                raise XenError(Errno.EINVAL, f"{path}: the saved configuration is not "
+                                             f"valid: {e}") from None
+            builder.check_config(cfg)
+            with self.lock:
+                rec = self.core.begin_restore(cfg.name, cfg, unpause=not paused)
+            self._streams[rec.token] = lambda: f.read(CHUNK_BYTES)
+            try:
+                self._build(rec)
+            finally:
+                self._streams.pop(rec.token, None)
+        return {"name": rec.name, "domid": rec.domid, "host": self.host,
+                "steps_ms": dict(rec.steps_ms)}
+
+    # -- the restore pipeline's own steps -----------------------------------------------------
+
+    def _console_port(self, rec: Record) -> dict[str, Any]:
+        return {"console_port": builder.alloc_console_port(self.hv, rec.domid)}
+
+    def _stream(self, rec: Record) -> dict[str, Any]:
+        """Read the stream into the new domain's memory, then give its start_info the new
+        console port."""
+        read = self._streams.get(rec.token)
+        if read is None:
+            raise XenError(Errno.EIO, "the record has no stream to restore from")
+        nr_pages = rec.config.memory * PAGES_PER_MIB
+        restored = DomainRestorer(rec.memory_path, nr_pages, rec.config.maxvcpus).run(read)
+        builder.rewrite_start_info(rec.memory_path, rec.console_port, nr_pages)
+        flags = self.hv(Hypercall.domctl, Domctl.getdomaininfo, domain=rec.domid)["flags"]
+        if flags & DomInfoFlag.shutdown:  # its vCPUs' process died while the stream came
+            raise XenError(Errno.EIO, "the restored domain crashed before it could resume")
+        return {"restored": restored}
+
+
+def _read_header(f: Any, path: str) -> savefile.SaveFileHeader:
+    """xl's save-file header and the configuration in it; the file is left at the stream."""
+    prefix = f.read(savefile.FIXED_SIZE)
+    size = savefile.header_size(prefix)
+    if size is None:
+        raise XenError(Errno.EINVAL, f"{path}: too short for an xl save file")
+    header = savefile.decode(prefix + f.read(size - len(prefix)))
+    if not header.json:
+        raise XenError(Errno.EINVAL, f"{path}: its configuration is not libxl JSON")
+    return header
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

@@ -1,0 +1,202 @@
+"""Writing a domain's save stream: libxl's stream v2 around libxc's stream v3 (``xc_domain_save``).
+
+``tools/libs/light/libxl_stream_write.c`` writes the libxl header and a LIBXC_CONTEXT record;
+then libxc (``tools/libs/guest/xg_sr_save.c``, ``xg_sr_save_x86_pv.c``) writes its own stream
+inline, for x86 PV in this order (reference 15.1): the image and domain headers, X86_PV_INFO,
+the CPUID and MSR policies, STATIC_DATA_END, X86_PV_P2M_FRAMES, PAGE_DATA records of at most
+1024 pages, X86_TSC_INFO, SHARED_INFO, each online vCPU's context, END; libxl ends with its own
+END. A live save (a migration) enables log-dirty mode and pre-copies (:mod:`.precopy`) before
+it suspends the domain; a plain save suspends first. A debug save (``--debug``) sends VERIFY
+after the last pass and every page again, for the receiver to compare.
+
+The saver reads the guest's pages through Dom0's mapping of its memory file and asks the
+hypervisor only for what Xen's toolstack asks it: log-dirty (``XEN_DOMCTL_shadow_op``), the
+domain's state (``getdomaininfo``), its vCPUs' contexts and its TSC information. It writes
+bytes to a sink and never knows whether they go to a file or to another host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from actors.memory import Mapping
+from actors.toolstack.precopy import Round, SimplePolicy, send_memory_live
+from protocols.errno import Errno, XenError
+from protocols.hypercall import (SHADOW_LOGDIRTY_FINAL, Domctl, DomInfoFlag, Hypercall, ShadowOp,
+                                 ShutdownReason, XenVersion, dominf_shutdown_code)
+from protocols.migration import libxc, libxl
+from protocols.page import PAGE_SIZE
+
+MAX_BATCH_SIZE = libxc.MAX_BATCH_SIZE
+
+
+@dataclasses.dataclass
+class SaveReport:
+    """What a save or migration cost (Clark's metrics): each pass, the bytes of the stream, and
+    when the domain was suspended (``perf_counter`` time) so the caller can end the downtime."""
+
+    rounds: list[Round]
+    nr_pages: int
+    bytes_sent: int = 0
+    suspended_at: float = 0.0
+    started_at: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rounds": [r.as_dict() for r in self.rounds], "nr_pages": self.nr_pages,
+                "bytes_sent": self.bytes_sent,
+                "ram_bytes": self.nr_pages * PAGE_SIZE,
+                "bytes_ratio": round(self.bytes_sent / (self.nr_pages * PAGE_SIZE), 3),
+                "pages_sent": sum(r.pages_sent for r in self.rounds)}
+
+
+class DomainSaver:
+    """One save of domain ``domid`` (``nr_pages`` frames in ``memory_path``) to ``sink``.
+
+    ``suspend()`` is libxl's suspend callback: it asks the guest to suspend and returns once
+    the domain is shut down with reason suspend (or raises). ``clock`` is what rounds are
+    timed with."""
+
+    def __init__(self, hv: Any, domid: int, memory_path: str, nr_pages: int,
+                 sink: Callable[[bytes], None], suspend: Callable[[], None], *,
+                 live: bool, policy: SimplePolicy | None = None, debug: bool = False,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.hv, self.domid, self.nr_pages = hv, domid, nr_pages
+        self.sink, self.suspend = sink, suspend
+        self.live, self.debug = live, debug
+        self.policy = policy or SimplePolicy()
+        self.clock = clock
+        self._memory = Mapping(memory_path, 0, nr_pages, readonly=True)
+        self._pages = np.frombuffer(self._memory.mm, dtype=np.uint8).reshape(nr_pages,
+                                                                             PAGE_SIZE)
+        self.report = SaveReport([], nr_pages)
+
+    def close(self) -> None:
+        del self._pages
+        self._memory.close()
+
+    # -- the stream ------------------------------------------------------------------------
+
+    def run(self) -> SaveReport:
+        """``xc_domain_save``'s ``save()`` inside libxl's stream; log-dirty is always turned
+        off again."""
+        self.report.started_at = self.clock()
+        self._emit(libxl.header())
+        self._emit(libxl.libxc_context())
+        self._emit(libxc.image_header())
+        version = self.hv(Hypercall.xen_version, XenVersion.version)
+        self._emit(libxc.domain_header(libxc.DHDR_TYPE_X86_PV, xen_major=version >> 16,
+                                       xen_minor=version & 0xFFFF))
+        self._static_data()
+        try:
+            if self.live:
+                self._logdirty_on()
+                self.report.rounds = send_memory_live(self.nr_pages, self.policy,
+                                                      self._send_pages, self._clean,
+                                                      self.clock)
+                self._suspend_and_send_dirty()
+            else:
+                self._suspend()
+                t0 = self.clock()
+                self._send_pages(range(self.nr_pages))
+                self.report.rounds = [Round(0, self.nr_pages, 0, self.clock() - t0, live=False)]
+            self._check_suspended()
+            self._end_of_checkpoint()
+            self._emit(libxc.end())
+            self._emit(libxl.end())
+        finally:
+            if self.live:
+                self._shadow(ShadowOp.OFF)
+        return self.report
+
+    def _emit(self, data: bytes) -> None:
+        self.report.bytes_sent += len(data)
+        self.sink(data)
+
+    def _static_data(self) -> None:
+        """X86_PV_INFO, STATIC_DATA_END, then the p2m frames (``x86_pv_start_of_stream``).
+        The CPUID and MSR policies are left out, as libxc leaves out empty ones: a xenray
+        guest executes no CPUID. Nor does it keep a p2m in its memory (its pfns index its
+        memory file directly), so the frames that would hold it are given as pfn 0."""
+        self._emit(libxc.x86_pv_info())
+        self._emit(libxc.static_data_end())
+        end_pfn = self.nr_pages - 1
+        self._emit(libxc.x86_pv_p2m_frames(end_pfn, [0] * libxc.p2m_frame_count(0, end_pfn)))
+
+    def _send_pages(self, pfns: Sequence[int], rate_limit: float | None = None) -> None:
+        """PAGE_DATA records of at most 1024 pages; ``rate_limit`` bytes/s (Clark's policy)."""
+        pfns = np.asarray(pfns if not isinstance(pfns, range) else np.arange(
+            pfns.start, pfns.stop), dtype=np.int64)
+        t0 = self.clock()
+        for i in range(0, len(pfns), MAX_BATCH_SIZE):
+            batch = pfns[i:i + MAX_BATCH_SIZE]
+            self._emit(libxc.page_data(batch, self._pages[batch].tobytes()))
+            if rate_limit:
+                ahead = (i + len(batch)) * PAGE_SIZE / rate_limit - (self.clock() - t0)
+                if ahead > 0:
+                    time.sleep(ahead)
+
+    # -- log-dirty (reference 15.3) ----------------------------------------------------------
+
+    def _shadow(self, op: ShadowOp, mode: int = 0) -> dict[str, Any]:
+        return self.hv(Hypercall.domctl, Domctl.shadow_op, domain=self.domid, op=int(op),
+                       mode=mode, pages=self.nr_pages)
+
+    def _logdirty_on(self) -> None:
+        """``enable_logdirty``: on failure, OFF then ENABLE again (a previous save may have
+        left it on)."""
+        try:
+            self._shadow(ShadowOp.ENABLE_LOGDIRTY)
+        except XenError:
+            self._shadow(ShadowOp.OFF)
+            self._shadow(ShadowOp.ENABLE_LOGDIRTY)
+
+    def _clean(self, mode: int = 0) -> list[int]:
+        reply = self._shadow(ShadowOp.CLEAN, mode)
+        bits = np.unpackbits(np.frombuffer(reply["dirty_bitmap"], dtype=np.uint8),
+                             bitorder="little")[:self.nr_pages]
+        return np.flatnonzero(bits).tolist()
+
+    def _suspend_and_send_dirty(self) -> None:
+        """Suspend, then the pages dirtied since the last CLEAN (``LOGDIRTY_FINAL``); in debug
+        mode, VERIFY and every page again."""
+        self._suspend()
+        t0 = self.clock()
+        dirty = self._clean(SHADOW_LOGDIRTY_FINAL)
+        if self.report.rounds:
+            self.report.rounds[-1].pages_dirtied = len(dirty)
+        self._send_pages(dirty)
+        self.report.rounds.append(Round(len(self.report.rounds), len(dirty), 0,
+                                        self.clock() - t0, live=False))
+        if self.debug:
+            self._emit(libxc.verify())
+            self._send_pages(range(self.nr_pages))
+
+    def _suspend(self) -> None:
+        self.report.suspended_at = self.clock()
+        self.suspend()
+
+    def _check_suspended(self) -> None:
+        """libxc fails a save whose domain is not shut down with reason suspend."""
+        info = self.hv(Hypercall.domctl, Domctl.getdomaininfo, domain=self.domid)
+        flags = info["flags"]
+        if not flags & DomInfoFlag.shutdown or \
+                dominf_shutdown_code(flags) != ShutdownReason.suspend:
+            raise XenError(Errno.EINVAL, "the domain is not suspended at the end of the save")
+
+    def _end_of_checkpoint(self) -> None:
+        """X86_TSC_INFO, SHARED_INFO, then each online vCPU's context
+        (``x86_pv_end_of_checkpoint``)."""
+        tsc = self.hv(Hypercall.domctl, Domctl.gettscinfo, domain=self.domid)
+        self._emit(libxc.x86_tsc_info(tsc["tsc_mode"], tsc["gtsc_khz"], tsc["elapsed_nsec"],
+                                      tsc["incarnation"]))
+        self._emit(libxc.shared_info(bytes(PAGE_SIZE)))
+        info = self.hv(Hypercall.domctl, Domctl.getdomaininfo, domain=self.domid)
+        for vcpu in range(info["max_vcpu_id"] + 1):
+            ctxt = self.hv(Hypercall.domctl, Domctl.getvcpucontext, domain=self.domid,
+                           vcpu=vcpu)["ctxt"]
+            self._emit(libxc.x86_pv_vcpu_basic(vcpu, ctxt))
