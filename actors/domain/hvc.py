@@ -65,6 +65,15 @@ class HvcConsole:
                 if view:
                     self._wait_for_space()
 
+    def flush(self, timeout: float) -> bool:
+        """Wait, at most ``timeout`` s, until xenconsoled has taken every byte of the ring
+        (its signal back wakes the wait). A suspend does this first, so the lines printed
+        before it are logged on this host and not again, from the migrated ring, on the
+        destination. True if the ring is empty."""
+        ring = self.intf.out_ring
+        with self.gate.cv:
+            return self.gate.cv.wait_for(lambda: ring.cons == ring.prod, timeout)
+
     def printk(self, text: str) -> None:
         """A kernel message: best effort, never waits for ring space or a stuck writer."""
         data = (text + "\n").encode()

@@ -85,7 +85,8 @@ from protocols.xenstore.paths import INIT_STATUS
 NET_UP_TIMEOUT_S = 30.0  # how long GuestOS.net() waits for a vif's carrier
 DEVICE_WAIT_S = 30.0  # xenbus_probe_frontend.c: how long boot waits for devices to connect
 DEVICE_POLL_S = 0.005
-QUIESCE_TIMEOUT_S = 1.0  # how long a suspend waits for requests in flight to be answered
+QUIESCE_TIMEOUT_S = 1.0
+CONSOLE_FLUSH_S = 0.5  # how long a suspend waits for xenconsoled to take the console's output  # how long a suspend waits for requests in flight to be answered
 DRIVER_HEADROOM_PAGES = 128  # pages the init's memory leaves the drivers beyond what they use
 
 _MESSAGES = {ShutdownReason.poweroff: "reboot: Power down",  # kernel/reboot.c
@@ -414,7 +415,10 @@ class PVKernel:
 
     def _pre_suspend(self) -> None:
         """The init is frozen: quiesce the frontends (``dpm_suspend_start``), hold upcalls
-        pending (interrupts off), save the clock (``xen_arch_pre_suspend``)."""
+        pending (interrupts off), save the clock (``xen_arch_pre_suspend``). The console is
+        flushed first, while its interrupt still comes (:meth:`HvcConsole.flush`)."""
+        if not self.hvc.flush(CONSOLE_FLUSH_S):
+            self.log.info("console output not yet taken at suspend")
         for devices in (self.blk, self.net_devices):
             if devices is not None and not devices.suspend(QUIESCE_TIMEOUT_S):
                 self.log.warning("requests still in flight at suspend", type=devices.devicetype)

@@ -172,3 +172,37 @@ def test_the_cli_migrates_and_writes_a_report(cluster_home, xen, domains, tmp_pa
     bad = cli(cluster_home, "migrate", "cli-mig", "h9")
     assert bad.returncode != 0 and "no host 'h9'" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+SEQ = re.compile(r"icmp_seq=(\d+)")
+
+
+def test_a_ping_goes_on_as_its_target_and_then_the_pinger_migrate(xen, domains):
+    """The target moves next to the pinger (the bridges relearn its MAC from its gratuitous
+    ARP), then the pinger moves (its sequence numbers go on); replies resume after each."""
+    count = 120
+    domains(parse_config('name = "mig-pong"\nmemory = 32\nvif = [ "ip=10.9.0.1" ]\n'
+                         'extra = "init=idle"\n')[0], "h1")
+    domains(parse_config('name = "mig-ping"\nmemory = 32\nvif = [ "ip=10.9.0.2" ]\n'
+                         f'extra = "init=ping 10.9.0.1 count={count} interval=0.1 '
+                         'timeout=0.5"\n')[0], "h2")
+
+    def replies(host=None):
+        return [int(m.group(1)) for line in xen.console("mig-ping", 10_000, host=host)
+                if "bytes from" in line and (m := SEQ.search(line))]
+
+    xen.wait_for(lambda: len(replies()) >= 5, 60, "the first replies")
+    xen.migrate("mig-pong", "h2")
+    seen = max(replies())
+    xen.wait_for(lambda: max(replies()) >= seen + 5, 60, "replies after the target moved")
+    xen.migrate("mig-ping", "h1")
+    result = xen.wait_for(lambda: xen.result("mig-ping"), 120, "the ping to finish")
+    assert result["transmitted"] == count
+    after = replies()  # on h1, where the pinger ran last
+    before = replies(host="h2")
+    seqs = [int(m.group(1)) for host in ("h2", None) for line in
+            xen.console("mig-ping", 10_000, host=host) if (m := SEQ.search(line))]
+    assert sorted(set(seqs)) == list(range(1, count + 1))  # each sequence number once
+    assert len(seqs) == count
+    assert after and min(after) > max(before)  # the pinger went on where it was
+    assert set(range(count - 9, count + 1)) <= set(after)  # replies resumed

@@ -9,6 +9,7 @@ import pytest
 
 from tests.clock import ManualRuntime
 from tests.inprocess import InProcessHost
+from tests.xen_tools import require_xen_tools
 
 
 def _host(threaded: bool):
@@ -31,3 +32,9 @@ def threaded_host():
 def clock():
     """A runtime whose time the test advances (``tests/clock.py``)."""
     return ManualRuntime()
+
+
+@pytest.fixture(scope="session")
+def xen_tools():
+    """Xen's verify-stream-v2 (``tests.xen_tools``); the test fails if it is missing."""
+    return require_xen_tools()

@@ -10,13 +10,9 @@ verifier accepts it too.
 
 from __future__ import annotations
 
-import glob
 import io
-import os
-import pathlib
 import random
 import struct
-import subprocess
 import sys
 
 import pytest
@@ -31,8 +27,9 @@ from protocols.migration.libxc import PageType, RecType
 from protocols.migration.libxl import LibxlRecType
 from protocols.migration.record import REC_TYPE_OPTIONAL
 from protocols.migration.vcpu import (SIZE, VGCF_FAILSAFE_DISABLES_EVENTS, VGCF_I387_VALID,
-                                      VGCF_IN_KERNEL, VGCF_ONLINE,
-                                      VGCF_SYSCALL_DISABLES_EVENTS, TrapInfo, VcpuContext)
+                                      VGCF_IN_KERNEL, VGCF_ONLINE, VGCF_SYSCALL_DISABLES_EVENTS,
+                                      TrapInfo, VcpuContext)
+from tests.xen_tools import verify_stream_v2
 
 PAGE = 4096
 
@@ -767,36 +764,8 @@ def test_fuzz_mutated_streams(muts, chunk):
 # ------------------------------------------------------------------------------------------
 # The judge: Xen's verify-stream-v2
 
-def _xen_tools() -> tuple[str, str] | None:
-    """(verify-stream-v2, its python dir) from xen-utils-4.17, or None."""
-    for script in sorted(glob.glob("/usr/lib/xen-*/bin/verify-stream-v2"), reverse=True):
-        pydir = str(pathlib.Path(script).parents[1] / "lib" / "python")
-        if os.path.isfile(os.path.join(pydir, "xen", "migration", "libxc.py")):
-            return script, pydir
-    return None
-
-
-@pytest.fixture(scope="module")
-def xen_tools():
-    tools = _xen_tools()
-    if tools is None:  # the judge is required, as xenstore-utils is: .ci/run installs it
-        pytest.fail("Xen's verify-stream-v2 is missing: apt-get install --no-install-recommends "
-                    "xen-utils-4.17 (as .ci/run does)")
-    return tools
-
-
-def _verify_stream_v2(tools, data: bytes, fmt: str, tmp_path) -> subprocess.CompletedProcess:
-    script, pydir = tools
-    path = tmp_path / f"stream.{fmt}"
-    path.write_bytes(data)
-    env = dict(os.environ, PYTHONPATH=pydir)
-    return subprocess.run([sys.executable, script, "-v", "-f", fmt, "-i", str(path)],
-                          capture_output=True, text=True, env=env, timeout=120,
-                          check=False)
-
-
 def test_xen_verifier_accepts_our_save_file(xen_tools, tmp_path):
-    result = _verify_stream_v2(xen_tools, _save_file(nr_pages=1100, batch=1024, verify=True),
+    result = verify_stream_v2(xen_tools, _save_file(nr_pages=1100, batch=1024, verify=True),
                                "xl", tmp_path)
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -818,7 +787,7 @@ def test_xen_verifier_accepts_our_libxc_stream(xen_tools, tmp_path):
     recs = _libxc_records(nr_pages=3, vcpus=(0,))
     recs.insert(-6, xc.page_data([0, 1, 2, 3], _page(0) + _page(3), types=[
         PageType.L4TAB_PIN, PageType.XTAB, PageType.BROKEN, PageType.L1TAB]))
-    result = _verify_stream_v2(xen_tools, b"".join(recs), "libxc", tmp_path)
+    result = verify_stream_v2(xen_tools, b"".join(recs), "libxc", tmp_path)
     assert result.returncode == 0, result.stderr
 
 
@@ -828,7 +797,7 @@ def test_xen_verifier_catches_what_we_refuse(xen_tools, tmp_path):
     pos = stream.index(xc.x86_cpuid_policy([xc.CpuidLeaf(0, 0xFFFFFFFF, 0xD, 1, 2, 3)]))
     stream[pos + 4] = 20                               # body_length 24 -> 20: 4 bytes padding
     stream[pos + 8 + 20] = 1
-    assert _verify_stream_v2(xen_tools, bytes(stream), "libxl", tmp_path).returncode == 1
+    assert verify_stream_v2(xen_tools, bytes(stream), "libxl", tmp_path).returncode == 1
     _einval(_read_save, bytes(stream))
 
 

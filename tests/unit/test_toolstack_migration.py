@@ -15,6 +15,7 @@ from protocols.errno import Errno, XenError
 from protocols.libxl_types import DomainConfig
 from protocols.migration import savefile
 from tests.inprocess import HOST, XL
+from tests.xen_tools import verify_stream_v2
 
 CONSOLED = f"{HOST}/xenconsoled"
 COUNT = re.compile(r"^counter (\d+)$")
@@ -52,7 +53,8 @@ def domids(host):
     return sorted(host.hypervisor.state.table.domains)
 
 
-def test_xl_save_then_restore_continues_the_counter_with_the_next_number(host, tmp_path):
+def test_xl_save_then_restore_continues_the_counter_with_the_next_number(host, tmp_path,
+                                                                      xen_tools):
     create(host, "c", "init=counter interval=0.01")
     wait_counts(host, "c", 3)
     path = tmp_path / "c.save"
@@ -63,6 +65,8 @@ def test_xl_save_then_restore_continues_the_counter_with_the_next_number(host, t
     with open(path, "rb") as f:
         header = savefile.decode(f.read(64 << 10))
     assert header.json and b'"name": "c"' in header.config
+    judged = verify_stream_v2(xen_tools, path.read_bytes(), "xl", tmp_path)
+    assert judged.returncode == 0, judged.stdout + judged.stderr
     restored = host.call(XL, "restore", str(path), False)
     after = wait_counts(host, "c", 3, after=before[-1])
     new = [c for c in after if c > before[-1]]
