@@ -77,7 +77,9 @@ def migration_text(report: dict[str, Any]) -> str:
     if report.get("total_s") is not None:
         totals.append(f"total {report['total_s']:.2f} s")
     if report.get("downtime_ms") is not None:
-        totals.append(f"downtime {report['downtime_ms']:.1f} ms")
+        parts = report.get("downtime_parts_ms") or {}
+        totals.append(f"downtime {report['downtime_ms']:.1f} ms" + (" (" + ", ".join(
+            f"{k} {v:.1f}" for k, v in parts.items()) + ")" if parts else ""))
     if report.get("resume_ms") is not None:
         totals.append(f"devices reconnected and init resumed {report['resume_ms']:.0f} ms "
                       "after the unpause")

@@ -127,6 +127,9 @@ class InProcessHost:
     def forget(self, dest: str) -> None:
         pass
 
+    def prefetch(self, dest: str) -> None:
+        pass  # every endpoint is a dict lookup away
+
     # -- delivery -------------------------------------------------------------------------
 
     def _deliver(self, dest: str, kind: str, args: tuple) -> None:

@@ -150,7 +150,9 @@ class HypervisorShell(Endpoint):
                     if (m := self._maps.pop(path, None)) is not None:
                         m.close()
                     memory.remove(path)
-                case WatchVcpu(domid, pid):
+                case WatchVcpu(domid, pid, endpoint):
+                    if endpoint:
+                        self.transport.prefetch(endpoint)
                     self._watch(pid, lambda d=domid: self._vcpu_exited(d))
                 case ConsoleLine(domid, text):
                     self.log.info("console_io", domid=domid, text=text.rstrip("\n"))

@@ -45,10 +45,12 @@ class ReleaseMemory:
 
 @dataclasses.dataclass(frozen=True)
 class WatchVcpu:
-    """Watch the process running a domain's vCPUs: its death is the domain crashing."""
+    """Watch the process running a domain's vCPUs: its death is the domain crashing. Its
+    ``endpoint`` gets the domain's upcalls and gates from now on (find its route now)."""
 
     domid: int
     pid: int
+    endpoint: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -467,7 +467,7 @@ class Hypervisor:
             self._port_endpoint[key] = endpoint
         self.vcpu_pids[target.domid] = pid
         self.dirtylog.claim(target.domid, pid)
-        return [WatchVcpu(target.domid, pid)]
+        return [WatchVcpu(target.domid, pid, endpoint)]
 
     def _gate(self, target: Domain) -> list[Effect]:
         ep = self._domu_endpoint.get(target.domid)

@@ -78,6 +78,7 @@ class ToolstackShell(MigrationShell, Endpoint):
         self.transport, self.hv, self.xs = clients.transport, clients.hv, clients.xs
         self.xenstored = actor_name(host, "xenstored")
         self.registry = actor_name(CLUSTER, "registry")
+        self.transport.prefetch(self.registry)  # a migration's rename must not wait for it
         self.core = Toolstack(host)
         self.lock = threading.Lock()
         self.built = threading.Condition(self.lock)  # notified when a build ends
@@ -86,7 +87,8 @@ class ToolstackShell(MigrationShell, Endpoint):
             Step.MEMORY: self._memory, Step.BOOT_PAGES: self._boot_pages,
             Step.CONSOLE_PORT: self._console_port, Step.XENSTORE: self._xenstore,
             Step.INTRODUCE: self._introduce, Step.VCPUS: self._vcpus,
-            Step.BACKENDS: self._backends, Step.STREAM: self._stream,
+            Step.BACKENDS: self._backends, Step.STREAM_START: self._stream_start,
+            Step.STREAM: self._stream,
             Step.UNPAUSE: self._unpause, Step.INIT: self._init}
         self._init_migration()
         builder.init_dom0(self.xs)

@@ -18,6 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from protocols.errno import Errno, XenError
 
 WINDOW = 3  # chunk calls in flight
@@ -32,7 +34,7 @@ class ChunkSender:
     flushes and waits for every call. The first failed call is raised by the next
     write/flush/close."""
 
-    def __init__(self, call: Callable[[int, bytes], Any], window: int = WINDOW,
+    def __init__(self, call: Callable[[int, bytes | np.ndarray], Any], window: int = WINDOW,
                  chunk_bytes: int = CHUNK_BYTES) -> None:
         self._call, self._chunk_bytes = call, chunk_bytes
         self._pool = concurrent.futures.ThreadPoolExecutor(window, "migrate-send")
@@ -43,7 +45,9 @@ class ChunkSender:
         self._seq = 0
         self.bytes_sent = 0
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | np.ndarray) -> None:
+        """Queue ``data`` (bytes, or a uint8 array: Ray carries an array without copying it
+        through pickle) for the next chunk."""
         self._pending.append(data)
         self._pending_bytes += len(data)
         if self._pending_bytes >= self._chunk_bytes:
@@ -53,7 +57,8 @@ class ChunkSender:
         self._raise_failed()
         if not self._pending:
             return
-        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        data = self._pending[0] if len(self._pending) == 1 else np.concatenate(
+            [np.frombuffer(p, dtype=np.uint8) for p in self._pending])
         self._pending, self._pending_bytes = [], 0
         self._slots.acquire()
         seq, self._seq = self._seq, self._seq + 1
@@ -97,7 +102,11 @@ class ChunkReceiver:
 
     def put(self, seq: int, data: bytes) -> None:
         """Chunk ``seq``; waits while ``buffered`` chunks are held ahead of the reader."""
-        if not isinstance(seq, int) or seq < 0 or not isinstance(data, bytes | bytearray):
+        try:
+            data = memoryview(data).cast("B")
+        except TypeError:
+            data = None
+        if not isinstance(seq, int) or seq < 0 or data is None:
             raise XenError(Errno.EINVAL, "a migration chunk is a sequence number and bytes")
         with self._cv:
             if not self._cv.wait_for(lambda: self._error is not None or
@@ -106,7 +115,7 @@ class ChunkReceiver:
             self._check()
             if seq < self._next or seq in self._chunks:
                 raise XenError(Errno.EINVAL, f"migration chunk {seq} was sent twice")
-            self._chunks[seq] = bytes(data)
+            self._chunks[seq] = data
             self.bytes_received += len(data)
             self._cv.notify_all()
 
@@ -116,7 +125,7 @@ class ChunkReceiver:
             self._end = count
             self._cv.notify_all()
 
-    def read(self) -> bytes:
+    def read(self) -> memoryview | bytes:
         """The next chunk in order; ``b""`` at the end; ETIMEDOUT if the sender goes quiet,
         EIO if the stream was failed."""
         with self._cv:

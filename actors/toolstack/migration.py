@@ -88,6 +88,7 @@ class Incoming:
     rec: Record
     chunks: ChunkReceiver
     built: threading.Event = dataclasses.field(default_factory=threading.Event)
+    prepared: threading.Event = dataclasses.field(default_factory=threading.Event)
     error: BaseException | None = None
     unpaused_at: float = 0.0
 
@@ -113,6 +114,7 @@ class MigrationShell:
     def _init_migration(self) -> None:
         self._incoming: dict[str, Incoming] = {}
         self._streams: dict[str, Callable[[], bytes]] = {}  # record token -> its stream
+        self._readings: dict[str, StreamReading] = {}  # record token -> its reader
 
     # -- xl migrate: the sender ------------------------------------------------------------
 
@@ -130,7 +132,8 @@ class MigrationShell:
                                 timeout=HANDSHAKE_TIMEOUT_S)
             sender = ChunkSender(lambda seq, data: self.transport.call(
                 dest, "migrate_chunk", session, seq, data, timeout=CHUNK_CALL_TIMEOUT_S))
-            saver = self._saver(rec, sender.write, opts)
+            saver = self._saver(rec, sender.write, opts, ready=lambda: self.transport.call(
+                dest, "migrate_prepared", session, timeout=HANDSHAKE_TIMEOUT_S))
             try:
                 report = saver.run()
                 sender.close()
@@ -138,8 +141,10 @@ class MigrationShell:
                 saver.close()
             self.transport.call(dest, "migrate_end", session, sender.chunks_sent,
                                 timeout=HANDSHAKE_TIMEOUT_S)
+            sent = time.perf_counter()
             received = self.transport.call(dest, "migrate_received", session,
                                            timeout=HANDSHAKE_TIMEOUT_S)
+            ready = time.perf_counter()
             self._rename(rec.name, name + MIGRATEDAWAY)
             cleared = True
             self._go(dest, session)
@@ -156,15 +161,19 @@ class MigrationShell:
                 "live": opts.live, "policy": opts.policy, **report.as_dict(),
                 "total_s": round(unpaused - t0, 4),
                 "downtime_ms": round((unpaused - report.suspended_at) * 1e3, 2),
+                "downtime_parts_ms": _ms({
+                    "guest suspends": report.guest_suspended_at - report.suspended_at,
+                    "last round": sent - report.guest_suspended_at,
+                    "receiver ready": ready - sent, "renames and unpause": unpaused - ready}),
                 "resume_ms": resumed, "verify_mismatches": received.get("verify_mismatches"),
                 "restore_steps_ms": received["steps_ms"]}
 
-    def _saver(self, rec: Record, sink: Callable[[bytes], None],
-               opts: MigrateOptions) -> DomainSaver:
+    def _saver(self, rec: Record, sink: Callable[[Any], None], opts: MigrateOptions,
+               ready: Callable[[], Any] = lambda: None) -> DomainSaver:
         return DomainSaver(self.hv, rec.domid, rec.memory_path,
                            rec.config.memory * PAGES_PER_MIB, sink,
                            lambda: builder.suspend_domain(self.xs, self.hv, rec.domid),
-                           live=opts.live, debug=opts.debug,
+                           live=opts.live, debug=opts.debug, ready=ready,
                            policy=policy_named(opts.policy, opts.max_iters,
                                                opts.dirty_threshold))
 
@@ -246,14 +255,24 @@ class MigrationShell:
             inc.error = e
             inc.chunks.fail(str(e))
         finally:
-            self._streams.pop(inc.rec.token, None)
+            self._end_stream(inc.rec)
             inc.built.set()
+            inc.prepared.set()  # a sender waiting to suspend learns the outcome
 
     def on_migrate_chunk(self, session: str, seq: int, data: bytes) -> None:
         self._session(session).chunks.put(seq, data)
 
     def on_migrate_end(self, session: str, count: int) -> None:
         self._session(session).chunks.end(count)
+
+    def on_migrate_prepared(self, session: str) -> None:
+        """Is everything but the stream's end built (the sender suspends the domain only
+        then)? Waits for it; the build's error if it failed."""
+        inc = self._session(session)
+        if not inc.prepared.wait(HANDSHAKE_TIMEOUT_S):
+            raise XenError(Errno.ETIMEDOUT, "the destination was not built in time")
+        if inc.error is not None:
+            raise inc.error
 
     def on_migrate_received(self, session: str) -> dict[str, Any]:
         """"domain received, ready to unpause" once the restore is built, or its error."""
@@ -363,7 +382,7 @@ class MigrationShell:
             try:
                 self._build(rec)
             finally:
-                self._streams.pop(rec.token, None)
+                self._end_stream(rec)
         return {"name": rec.name, "domid": rec.domid, "host": self.host,
                 "steps_ms": dict(rec.steps_ms)}
 
@@ -372,19 +391,74 @@ class MigrationShell:
     def _console_port(self, rec: Record) -> dict[str, Any]:
         return {"console_port": builder.alloc_console_port(self.hv, rec.domid)}
 
-    def _stream(self, rec: Record) -> dict[str, Any]:
-        """Read the stream into the new domain's memory, then give its start_info the new
-        console port."""
+    def _stream_start(self, rec: Record) -> None:
+        """Start reading the stream into the new domain's memory, on a thread of its own, so
+        that the sender's round 0 goes on while the rest of the domain is built."""
         read = self._streams.get(rec.token)
         if read is None:
             raise XenError(Errno.EIO, "the record has no stream to restore from")
+        reading = self._readings[rec.token] = StreamReading(DomainRestorer(
+            rec.memory_path, rec.config.memory * PAGES_PER_MIB, rec.config.maxvcpus))
+        self.runtime.spawn(reading.run, read, name=f"xl-restore-{rec.name}")
+
+    def _stream(self, rec: Record) -> dict[str, Any]:
+        """Wait for the rest of the stream, then give the new domain's start_info its new
+        console port (and check the domain did not die meanwhile)."""
+        for inc in list(self._incoming.values()):
+            if inc.rec is rec:
+                inc.prepared.set()  # the sender may suspend the domain now
+        restored = self._readings[rec.token].result()
         nr_pages = rec.config.memory * PAGES_PER_MIB
-        restored = DomainRestorer(rec.memory_path, nr_pages, rec.config.maxvcpus).run(read)
         builder.rewrite_start_info(rec.memory_path, rec.console_port, nr_pages)
         flags = self.hv(Hypercall.domctl, Domctl.getdomaininfo, domain=rec.domid)["flags"]
         if flags & DomInfoFlag.shutdown:  # its vCPUs' process died while the stream came
             raise XenError(Errno.EIO, "the restored domain crashed before it could resume")
         return {"restored": restored}
+
+    def _end_stream(self, rec: Record) -> None:
+        """The restore is over, built or undone: stop a reader still running and forget it."""
+        self._streams.pop(rec.token, None)
+        reading = self._readings.pop(rec.token, None)
+        if reading is not None:
+            reading.cancel()
+
+
+class StreamReading:
+    """A :class:`DomainRestorer` running on its own thread: its outcome, or cancel it."""
+
+    def __init__(self, restorer: DomainRestorer) -> None:
+        self.restorer = restorer
+        self._done = threading.Event()
+        self._cancelled = threading.Event()
+        self._value: dict[str, Any] | None = None
+        self._error: BaseException | None = None
+
+    def run(self, read: Callable[[], bytes]) -> None:
+        def checked() -> bytes:
+            if self._cancelled.is_set():
+                raise XenError(Errno.EINTR, "the restore was cancelled")
+            return read()
+
+        try:
+            self._value = self.restorer.run(checked)
+        except BaseException as e:  # noqa: BLE001 - handed to whoever waits for it
+            self._error = e
+        finally:
+            self._done.set()
+
+    def result(self) -> dict[str, Any]:
+        """Wait for the end of the stream (the reader's own timeouts bound the wait)."""
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+
+def _ms(seconds: dict[str, float]) -> dict[str, float]:
+    return {k: round(v * 1e3, 2) for k, v in seconds.items()}
 
 
 def _read_header(f: Any, path: str) -> savefile.SaveFileHeader:

@@ -43,7 +43,8 @@ class SaveReport:
     rounds: list[Round]
     nr_pages: int
     bytes_sent: int = 0
-    suspended_at: float = 0.0
+    suspended_at: float = 0.0  # when the suspend was asked for
+    guest_suspended_at: float = 0.0  # when the domain was seen shut down (suspend)
     started_at: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
@@ -64,10 +65,11 @@ class DomainSaver:
     def __init__(self, hv: Any, domid: int, memory_path: str, nr_pages: int,
                  sink: Callable[[bytes], None], suspend: Callable[[], None], *,
                  live: bool, policy: SimplePolicy | None = None, debug: bool = False,
+                 ready: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
         self.hv, self.domid, self.nr_pages = hv, domid, nr_pages
         self.sink, self.suspend = sink, suspend
-        self.live, self.debug = live, debug
+        self.live, self.debug, self.ready = live, debug, ready
         self.policy = policy or SimplePolicy()
         self.clock = clock
         self._memory = Mapping(memory_path, 0, nr_pages, readonly=True)
@@ -113,7 +115,7 @@ class DomainSaver:
                 self._shadow(ShadowOp.OFF)
         return self.report
 
-    def _emit(self, data: bytes) -> None:
+    def _emit(self, data: bytes | np.ndarray) -> None:
         self.report.bytes_sent += len(data)
         self.sink(data)
 
@@ -134,7 +136,7 @@ class DomainSaver:
         t0 = self.clock()
         for i in range(0, len(pfns), MAX_BATCH_SIZE):
             batch = pfns[i:i + MAX_BATCH_SIZE]
-            self._emit(libxc.page_data(batch, self._pages[batch].tobytes()))
+            self._emit(libxc.page_data_gather(self._pages, batch))
             if rate_limit:
                 ahead = (i + len(batch)) * PAGE_SIZE / rate_limit - (self.clock() - t0)
                 if ahead > 0:
@@ -163,7 +165,10 @@ class DomainSaver:
 
     def _suspend_and_send_dirty(self) -> None:
         """Suspend, then the pages dirtied since the last CLEAN (``LOGDIRTY_FINAL``); in debug
-        mode, VERIFY and every page again."""
+        mode, VERIFY and every page again. The receiver is asked first whether it is ready
+        for the last round (``ready()``), so the domain is not suspended while the
+        destination is still being built."""
+        self.ready()
         self._suspend()
         t0 = self.clock()
         dirty = self._clean(SHADOW_LOGDIRTY_FINAL)
@@ -179,6 +184,7 @@ class DomainSaver:
     def _suspend(self) -> None:
         self.report.suspended_at = self.clock()
         self.suspend()
+        self.report.guest_suspended_at = self.clock()
 
     def _check_suspended(self) -> None:
         """libxc fails a save whose domain is not shut down with reason suspend."""

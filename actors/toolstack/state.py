@@ -56,17 +56,21 @@ class Step(enum.Enum):
     INTRODUCE = "introduce to xenstored"
     VCPUS = "start the vCPUs' process"
     BACKENDS = "wait for the backends"
-    STREAM = "read the migration stream into memory"
+    STREAM_START = "start reading the stream into memory (while the rest is built)"
+    STREAM = "the rest of the stream: the last pages, the vCPU context"
     UNPAUSE = "unpausedomain"
     INIT = "wait for the guest's init"
 
 
-CREATE_STEPS = tuple(s for s in Step if s not in (Step.CONSOLE_PORT, Step.STREAM))
-# A restore (libxl's domcreate with a restore stream) builds everything the domain needs
-# before the stream ends, so that a migration's downtime is its last round plus the unpause:
-# the vCPUs' process is started, paused, and told it resumes; the stream fills the memory.
-RESTORE_STEPS = (Step.RESERVE, Step.CREATEDOMAIN, Step.MEMORY, Step.CONSOLE_PORT,
-                 Step.XENSTORE, Step.INTRODUCE, Step.VCPUS, Step.BACKENDS, Step.STREAM)
+CREATE_STEPS = tuple(s for s in Step
+                     if s not in (Step.CONSOLE_PORT, Step.STREAM_START, Step.STREAM))
+# A restore (libxl's domcreate with a restore stream) reads the stream into memory from the
+# moment the memory exists, while it builds everything else the domain needs (the vCPUs'
+# process is started, paused, and told it resumes), so that a migration's round 0 is not
+# held up by the build and its downtime is its last round plus the unpause.
+RESTORE_STEPS = (Step.RESERVE, Step.CREATEDOMAIN, Step.MEMORY, Step.STREAM_START,
+                 Step.CONSOLE_PORT, Step.XENSTORE, Step.INTRODUCE, Step.VCPUS, Step.BACKENDS,
+                 Step.STREAM)
 
 
 class Phase(enum.Enum):

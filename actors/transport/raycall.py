@@ -4,6 +4,7 @@ actor mixes in. About 1 ms a round trip on these machines (ray-notes.md)."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import ray
@@ -12,6 +13,10 @@ from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutErr
 
 from actors.transport import Endpoint, PeerGone
 from actors.transport.naming import NAMESPACE
+
+
+PREFETCH_S = 60.0  # how long a prefetch waits for its destination to come into being
+PREFETCH_RETRY_S = 0.1
 
 
 class RayTransport:
@@ -58,6 +63,20 @@ class RayTransport:
     def forget(self, dest: str) -> None:
         with self._lock:
             self._handles.pop(dest, None)
+
+    def prefetch(self, dest: str) -> None:
+        """Look ``dest`` up on a thread, again while it does not exist yet (for at most
+        :data:`PREFETCH_S`: xenstored learns a domain's endpoint before its actor starts)."""
+        def lookup() -> None:
+            deadline = time.monotonic() + PREFETCH_S
+            while time.monotonic() < deadline:
+                try:
+                    self._handle(dest)
+                    return
+                except PeerGone:
+                    time.sleep(PREFETCH_RETRY_S)
+
+        threading.Thread(target=lookup, name=f"prefetch-{dest}", daemon=True).start()
 
 
 class RayEndpoint(Endpoint):

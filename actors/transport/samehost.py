@@ -125,6 +125,9 @@ class SameHostTransport:
     def forget(self, dest: str) -> None:
         self.fallback.forget(dest)
 
+    def prefetch(self, dest: str) -> None:
+        self.fallback.prefetch(dest)
+
     # -- the pipe ----------------------------------------------------------------------
 
     def _open(self) -> HvPipe | None:

@@ -34,7 +34,7 @@ class XenstoredShell(Endpoint):
 
     def __init__(self, host: str, clients: HostClients, dom0_secret: str,
                  socket_path: str | None, log: Any) -> None:
-        self.log, self.hv = log, clients.hv
+        self.log, self.hv, self.transport = log, clients.hv, clients.transport
         self.server = XenstoredServer(log=log)
         self.unix = UnixSocketServer(self.server, socket_path).start() if socket_path else None
         self.connections = Connections(
@@ -49,6 +49,7 @@ class XenstoredShell(Endpoint):
 
     def on_introduce(self, domid: int, secret: str, endpoint: str) -> None:
         self.connections.introduce(domid, secret, endpoint)
+        self.transport.prefetch(endpoint)  # its watch events must not wait for the lookup
 
     def on_release(self, domid: int) -> None:
         self.connections.release(domid)

@@ -7,6 +7,7 @@ import argparse
 import statistics
 import time
 
+import numpy as np
 import ray
 from rich.console import Console
 
@@ -27,7 +28,7 @@ CASES = (  # (case, init command line): Clark's workload knob, memdirty's rate
 class _Sink:
     """The raw baseline's receiver: takes chunks, as the receiving agent does."""
 
-    def take(self, seq: int, data: bytes) -> int:
+    def take(self, seq: int, data: np.ndarray) -> int:
         return len(data)
 
 
@@ -37,7 +38,7 @@ class _Source:
     migration, through the same object store."""
 
     def send(self, sink, nbytes: int) -> float:
-        data = bytes(CHUNK_BYTES)
+        data = np.ones(CHUNK_BYTES, dtype=np.uint8)  # as the saver sends its records
         t0 = time.perf_counter()
         inflight = []
         for seq in range(nbytes // CHUNK_BYTES):

@@ -24,10 +24,12 @@ import enum
 import struct
 from collections.abc import Iterator, Sequence
 
+import numpy as np
+
 from protocols.errno import XenError
 from protocols.migration import vcpu as _vcpu
-from protocols.migration.record import (REC_TYPE_OPTIONAL, Input, RecordFramer, err,
-                                        record, record_parts)
+from protocols.migration.record import (REC_TYPE_OPTIONAL, RHDR, Input, RecordFramer, err, record,
+                                        record_parts)
 
 # Image header (xg_sr_stream_format.h struct xc_sr_ihdr), always big-endian.
 IHDR = struct.Struct(">QIIHHI")
@@ -326,6 +328,22 @@ def page_data_parts(pfns: Sequence[int], data, types: Sequence[int] | None = Non
 def page_data(pfns: Sequence[int], data, types: Sequence[int] | None = None) -> bytes:
     """One PAGE_DATA record (see :func:`page_data_parts`)."""
     return b"".join(page_data_parts(pfns, data, types))
+
+
+def page_data_gather(pages: np.ndarray, pfns: np.ndarray) -> np.ndarray:
+    """The PAGE_DATA record of pages ``pfns`` (all NOTAB) of ``pages`` (a ``(nr_pages, 4096)``
+    uint8 array over guest memory), built in one buffer with one copy of the data: what a
+    saver sends, 4 MiB at a time, as fast as memory copies."""
+    count = len(pfns)
+    if not 1 <= count <= MAX_BATCH_SIZE:
+        raise err(f"PAGE_DATA needs 1..{MAX_BATCH_SIZE} pfns, got {count}")
+    head = RHDR.size + _PAGE_DATA_HDR.size + 8 * count
+    out = np.empty(head + count * PAGE_SIZE, dtype=np.uint8)
+    RHDR.pack_into(out, 0, RecType.PAGE_DATA, len(out) - RHDR.size)
+    _PAGE_DATA_HDR.pack_into(out, RHDR.size, count, 0)
+    out[RHDR.size + _PAGE_DATA_HDR.size:head].view("<u8")[:] = pfns
+    np.take(pages, pfns, axis=0, out=out[head:].reshape(count, PAGE_SIZE))
+    return out
 
 
 def x86_pv_info(guest_width: int = GUEST_WIDTH, pt_levels: int = PT_LEVELS) -> bytes:

@@ -58,6 +58,9 @@ class Host:
     def forget(self, dest):
         pass
 
+    def prefetch(self, dest):
+        pass
+
     def client(self, endpoint="h1/blkback", deliver=None):
         events = []
         t = SameHostTransport(HV, Credential(0, "secret", endpoint),

@@ -219,8 +219,8 @@ def test_a_restore_builds_everything_before_its_stream_and_unpauses_only_if_aske
     ts = toolstack()
     incoming = ts.begin_restore("d--incoming", cfg("d"), unpause=False)
     assert [s.name for s in ts.pending(incoming)] == [
-        "RESERVE", "CREATEDOMAIN", "MEMORY", "CONSOLE_PORT", "XENSTORE", "INTRODUCE", "VCPUS",
-        "BACKENDS", "STREAM"]
+        "RESERVE", "CREATEDOMAIN", "MEMORY", "STREAM_START", "CONSOLE_PORT", "XENSTORE",
+        "INTRODUCE", "VCPUS", "BACKENDS", "STREAM"]
     assert incoming.resume
     restored = ts.begin_restore("e", cfg("e"), unpause=True)
     assert ts.pending(restored)[-2:] == [Step.UNPAUSE, Step.INIT]
