@@ -71,6 +71,11 @@ class ChunkSender:
     def chunks_sent(self) -> int:
         return self._seq
 
+    def abandon(self) -> None:
+        """The stream failed: send nothing more; calls in flight end on their own."""
+        self._pending.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
     def close(self) -> None:
         """Flush, then wait for every chunk to be taken."""
         try:

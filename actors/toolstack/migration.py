@@ -107,6 +107,7 @@ class MigrationShell:
     log: Any
     runtime: Any
     registry: str
+    reactions: Any
     _build: Callable[[Record], None]
     _carry_out_each: Callable[[list], Exception | None]
     on_destroy: Callable[[str], None]
@@ -125,10 +126,10 @@ class MigrationShell:
             rec = self.core.begin_migrate(name)
         dest, session = actor_name(host, "xl"), uuid.uuid4().hex
         t0 = time.perf_counter()
-        saver = None
-        cleared = False
+        sender = None
         try:
-            self.transport.call(dest, "migrate_receive", session, name, rec.config.to_dict(),
+            config = dataclasses.replace(rec.config, uuid=rec.uuid)  # libxl keeps the UUID
+            self.transport.call(dest, "migrate_receive", session, name, config.to_dict(),
                                 timeout=HANDSHAKE_TIMEOUT_S)
             sender = ChunkSender(lambda seq, data: self.transport.call(
                 dest, "migrate_chunk", session, seq, data, timeout=CHUNK_CALL_TIMEOUT_S))
@@ -146,13 +147,21 @@ class MigrationShell:
                                            timeout=HANDSHAKE_TIMEOUT_S)
             ready = time.perf_counter()
             self._rename(rec.name, name + MIGRATEDAWAY)
-            cleared = True
-            self._go(dest, session)
+            self._go(dest, session, name)
             unpaused = time.perf_counter()
         except BaseException as e:
             self.log.warning("migration failed", name=name, dest=host, error=str(e))
-            self._cancel(rec, name, dest, session, renamed=cleared)
-            raise
+            if sender is not None:
+                sender.abandon()
+            if isinstance(e, Undefined):
+                raise XenError(Errno.EIO, str(e)) from None
+            resumed = self._cancel(rec, name, dest, session)
+            where = (f"{name} runs on {self.host}" if resumed else
+                     f"{rec.name} stays suspended on {self.host}: check both hosts")
+            if isinstance(e, XenError):
+                raise XenError(e.errno, f"migration to {host} failed: {e.detail or e}; "
+                                        f"{where}") from None
+            raise XenError(Errno.EIO, f"migration to {host} failed: {e}; {where}") from None
         with self.lock:
             effects = self.core.migrated_away(rec)
         self._carry_out_each(effects)
@@ -177,15 +186,19 @@ class MigrationShell:
                            policy=policy_named(opts.policy, opts.max_iters,
                                                opts.dirty_threshold))
 
-    def _go(self, dest: str, session: str) -> None:
-        """"you are cleared to unpause"; if the answer is lost, ask whether the copy runs."""
+    def _go(self, dest: str, session: str, name: str) -> None:
+        """"you are cleared to unpause". If the answer is lost, ask whether the copy runs;
+        if nobody can say, the domain's state is undefined, as xl's ``failed_badly``: the
+        source copy stays suspended (never two running copies)."""
         try:
             self.transport.call(dest, "migrate_go", session, timeout=HANDSHAKE_TIMEOUT_S)
         except (PeerGone, TimeoutError) as e:
             try:
                 runs = self.transport.call(dest, "migrate_runs", session, timeout=10.0)
             except (PeerGone, TimeoutError):
-                runs = False  # the destination is gone, and its copy with it
+                raise Undefined(f"the destination did not answer 'cleared to unpause' ({e}); "
+                                f"{name}'s state is undefined: its copy here stays suspended "
+                                f"as {name}{MIGRATEDAWAY}, check both hosts") from None
             if not runs:
                 raise XenError(Errno.EIO, f"the destination did not take the domain: {e}") \
                     from None
@@ -199,21 +212,29 @@ class MigrationShell:
             self.log.warning("the migrated guest did not report its resume", error=str(e))
             return None
 
-    def _cancel(self, rec: Record, name: str, dest: str, session: str, *,
-                renamed: bool) -> None:
+    def _cancel(self, rec: Record, name: str, dest: str, session: str) -> bool:
         """The migration failed before the destination owned the domain: drop its copy, take
-        the name back, resume the domain here (best-effort, each part on its own)."""
-        for what, undo in (("abort the receiver", lambda: self.transport.call(
-                               dest, "migrate_abort", session, timeout=HANDSHAKE_TIMEOUT_S)),
-                           ("take the name back",
-                            lambda: renamed and self._rename(rec.name, name)),
-                           ("resume the domain", lambda: self._resume_suspended(rec))):
-            try:
-                undo()
-            except Exception as e:  # noqa: BLE001 - the others still run
-                self.log.warning(f"cancelling the migration: could not {what}", error=str(e))
-        with self.lock:
-            self.core.migrate_cancelled(rec)
+        the name back, resume the domain here. The name is the commit point: a domain whose
+        name could not be taken back is not resumed (the destination may hold it). True if
+        the domain runs here again."""
+        try:
+            self.transport.call(dest, "migrate_abort", session, timeout=HANDSHAKE_TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001 - a dead receiver's copy died with it
+            self.log.warning("cancelling the migration: could not abort the receiver",
+                             error=str(e))
+        try:
+            if rec.name != name:
+                self._rename(rec.name, name)
+            self._resume_suspended(rec)
+        except Exception as e:  # noqa: BLE001 - said in the error the user gets
+            self.log.warning("cancelling the migration: the domain stays suspended",
+                             error=str(e))
+            return False
+        finally:
+            with self.lock:
+                self.core.migrate_cancelled(rec)
+            self.reactions.put(None)  # a shutdown meanwhile was not acted on
+        return True
 
     def _resume_suspended(self, rec: Record) -> None:
         """``XEN_DOMCTL_resumedomain`` if the domain is suspended: the guest runs on in
@@ -282,6 +303,9 @@ class MigrationShell:
         if inc.error is not None:
             self._incoming.pop(session, None)
             raise inc.error
+        # xl migrate-receive destroys its copy when the sender goes away: so here, if no
+        # "cleared to unpause" (nor abort) comes in time
+        self.runtime.call_later(HANDSHAKE_TIMEOUT_S, self._give_up, session)
         return {"domid": inc.rec.domid, "steps_ms": dict(inc.rec.steps_ms),
                 "verify_mismatches": inc.rec.restored.get("verify_mismatches")}
 
@@ -291,6 +315,17 @@ class MigrationShell:
         self._rename(inc.rec.name, inc.name)
         self.hv(Hypercall.domctl, Domctl.unpausedomain, domain=inc.rec.domid)
         inc.unpaused_at = time.perf_counter()
+
+    def _give_up(self, session: str) -> None:
+        inc = self._incoming.get(session)
+        if inc is not None and not inc.unpaused_at:
+            self.log.warning("the sender never cleared the incoming domain: destroying it",
+                             name=inc.rec.name)
+            try:
+                self.on_migrate_abort(session)
+            except Exception as e:  # noqa: BLE001 - on a timer thread
+                self.log.warning("destroying an abandoned incoming domain failed",
+                                 error=str(e))
 
     def on_migrate_runs(self, session: str) -> bool:
         """Does this host run the domain it received (was it unpaused)?"""
@@ -361,6 +396,7 @@ class MigrationShell:
         finally:
             with self.lock:
                 self.core.migrate_cancelled(rec)
+            self.reactions.put(None)  # a shutdown meanwhile was not acted on
 
     def on_restore(self, path: str, paused: bool = False) -> dict[str, Any]:
         """``xl restore [-p]``: rebuild the domain of a save file on this host."""
@@ -372,10 +408,11 @@ class MigrationShell:
             header = _read_header(f, path)
             try:
                 cfg = DomainConfig.from_dict(json.loads(header.config))
-            except (ValueError, TypeError, KeyError) as e:
+                _check_types(cfg)
+                builder.check_config(cfg)
+            except (ValueError, TypeError, KeyError, AttributeError) as e:
                 raise XenError(Errno.EINVAL, f"{path}: the saved configuration is not "
                                              f"valid: {e}") from None
-            builder.check_config(cfg)
             with self.lock:
                 rec = self.core.begin_restore(cfg.name, cfg, unpause=not paused)
             self._streams[rec.token] = lambda: f.read(CHUNK_BYTES)
@@ -397,8 +434,10 @@ class MigrationShell:
         read = self._streams.get(rec.token)
         if read is None:
             raise XenError(Errno.EIO, "the record has no stream to restore from")
+        fail = next((inc.chunks.fail for inc in self._incoming.values() if inc.rec is rec),
+                    lambda why: None)
         reading = self._readings[rec.token] = StreamReading(DomainRestorer(
-            rec.memory_path, rec.config.memory * PAGES_PER_MIB, rec.config.maxvcpus))
+            rec.memory_path, rec.config.memory * PAGES_PER_MIB, rec.config.maxvcpus), fail)
         self.runtime.spawn(reading.run, read, name=f"xl-restore-{rec.name}")
 
     def _stream(self, rec: Record) -> dict[str, Any]:
@@ -426,8 +465,8 @@ class MigrationShell:
 class StreamReading:
     """A :class:`DomainRestorer` running on its own thread: its outcome, or cancel it."""
 
-    def __init__(self, restorer: DomainRestorer) -> None:
-        self.restorer = restorer
+    def __init__(self, restorer: DomainRestorer, fail: Callable[[str], None]) -> None:
+        self.restorer, self._fail = restorer, fail  # fail: break the stream's source
         self._done = threading.Event()
         self._cancelled = threading.Event()
         self._value: dict[str, Any] | None = None
@@ -443,6 +482,7 @@ class StreamReading:
             self._value = self.restorer.run(checked)
         except BaseException as e:  # noqa: BLE001 - handed to whoever waits for it
             self._error = e
+            self._fail(str(e))  # the sender hears it now, not at its next timeout
         finally:
             self._done.set()
 
@@ -455,6 +495,21 @@ class StreamReading:
 
     def cancel(self) -> None:
         self._cancelled.set()
+
+
+class Undefined(Exception):
+    """Neither side can say whether the destination took the domain (xl: failed_badly)."""
+
+
+def _check_types(cfg: DomainConfig) -> None:
+    """A saved configuration came from a file anyone could have written: its name is text and
+    its sizes are positive integers (TypeError/ValueError otherwise)."""
+    if not isinstance(cfg.name, str) or not cfg.name:
+        raise TypeError(f"name {cfg.name!r} is not a domain name")
+    for key in ("memory", "maxmem", "vcpus", "maxvcpus"):
+        value = getattr(cfg, key)
+        if type(value) is not int or value < 1:
+            raise ValueError(f"{key} {value!r} is not a positive integer")
 
 
 def _ms(seconds: dict[str, float]) -> dict[str, float]:

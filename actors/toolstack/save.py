@@ -102,6 +102,7 @@ class DomainSaver:
                                                       self.clock)
                 self._suspend_and_send_dirty()
             else:
+                self.ready()
                 self._suspend()
                 t0 = self.clock()
                 self._send_pages(range(self.nr_pages))
@@ -112,7 +113,10 @@ class DomainSaver:
             self._emit(libxl.end())
         finally:
             if self.live:
-                self._shadow(ShadowOp.OFF)
+                try:
+                    self._shadow(ShadowOp.OFF)
+                except XenError:
+                    pass  # the domain went away, and its log-dirty mode with it
         return self.report
 
     def _emit(self, data: bytes | np.ndarray) -> None:

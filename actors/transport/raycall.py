@@ -24,18 +24,27 @@ class RayTransport:
 
     def __init__(self) -> None:
         self._handles: dict[str, Any] = {}
+        self._lookups: dict[str, threading.Lock] = {}  # one name lookup at a time per dest
         self._lock = threading.Lock()
 
     def _handle(self, dest: str) -> Any:
+        """The actor's handle: cached, or looked up once (a caller finding a lookup of the
+        same name under way, a prefetch's, waits for it rather than starting another)."""
         with self._lock:
             h = self._handles.get(dest)
-        if h is None:
-            try:
-                h = ray.get_actor(dest, namespace=NAMESPACE)
-            except ValueError as e:
-                raise PeerGone(dest) from e
+            lookup = self._lookups.setdefault(dest, threading.Lock())
+        if h is not None:
+            return h
+        with lookup:
             with self._lock:
-                self._handles[dest] = h
+                h = self._handles.get(dest)
+            if h is None:
+                try:
+                    h = ray.get_actor(dest, namespace=NAMESPACE)
+                except ValueError as e:
+                    raise PeerGone(dest) from e
+                with self._lock:
+                    self._handles[dest] = h
         return h
 
     def call(self, dest: str, kind: str, *args: Any, timeout: float | None = None) -> Any:
@@ -66,15 +75,19 @@ class RayTransport:
 
     def prefetch(self, dest: str) -> None:
         """Look ``dest`` up on a thread, again while it does not exist yet (for at most
-        :data:`PREFETCH_S`: xenstored learns a domain's endpoint before its actor starts)."""
+        :data:`PREFETCH_S`: xenstored learns a domain's endpoint before its actor starts),
+        then call it once (``process``), which opens Ray's connection to its worker: the
+        first call on a new route costs tens to hundreds of ms more than the next."""
         def lookup() -> None:
             deadline = time.monotonic() + PREFETCH_S
             while time.monotonic() < deadline:
                 try:
-                    self._handle(dest)
+                    ray.get(self._handle(dest).deliver.remote("process"), timeout=PREFETCH_S)
                     return
                 except PeerGone:
                     time.sleep(PREFETCH_RETRY_S)
+                except Exception:  # noqa: BLE001 - a warm-up only: the real call will tell
+                    return
 
         threading.Thread(target=lookup, name=f"prefetch-{dest}", daemon=True).start()
 

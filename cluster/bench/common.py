@@ -41,7 +41,8 @@ class BenchResult:
         columns = [(heading, "left" if i == 0 else "right")
                    for i, (_, heading, _) in enumerate(self.columns)]
         cells = [[_cell(row.get(key), fmt) for key, _, fmt in self.columns] for row in self.rows]
-        out.print(f"{self.title}\n{text_table(columns, cells)}", markup=False, highlight=False)
+        out.print(f"{self.title}\n{text_table(columns, cells)}", markup=False, highlight=False,
+                  soft_wrap=True)  # a narrow terminal folds long rows itself; rich must not
         for note in self.notes:
             out.print(note, markup=False, highlight=False)
 
