@@ -24,9 +24,10 @@ from actors.domain import dirtylog
 from actors.domain.kernel import PVKernel
 from actors.memory import Mapping
 from actors.runtime import THREADS, Runtime
-from actors.transport.clients import HostClients, host_clients
 from actors.transport import Endpoint
+from actors.transport.clients import HostClients, host_clients
 from actors.transport.raycall import RayEndpoint
+from protocols.hypercall import Hypercall, XenVersion
 
 
 class DomainShell(Endpoint):
@@ -38,9 +39,17 @@ class DomainShell(Endpoint):
         self.log = log
         self.memory = Mapping(memory_path)
         dirtylog.hand_over(domid, clients.hv.cred.secret, self.memory, log)  # best-effort
+        self.hv = clients.hv
         self.kernel = PVKernel(self.memory, clients.hv, clients.xs, log, runtime,
                                resume=resume)
         self.log.info("domain actor up", memory_path=memory_path, resume=resume)
+
+    def on_connect(self) -> None:
+        """The toolstack has handed this process's vCPUs to the hypervisor: make a null
+        hypercall now, which opens the same-host pipe (the hypervisor now knows this process),
+        so the first vCPU gate and upcall come down the pipe rather than through a Ray name
+        lookup (0.1-0.4 s for a new actor)."""
+        self.hv(Hypercall.xen_version, XenVersion.version)
 
     def on_vcpu_gate(self, paused: bool, seq: int = 0) -> None:
         self.kernel.vcpu_gate(paused, seq)

@@ -245,6 +245,7 @@ class ToolstackShell(MigrationShell, Endpoint):
             pid = self.launcher.start(rec.domid, rec.secret, rec.memory_path, rec.resume)
             self.hv(Hypercall.domctl, Domctl.setvcpucontext, domain=rec.domid, vcpu=0,
                     ctxt=msgpack.packb({"pid": pid, "endpoint": self._endpoint(rec.domid)}))
+            self.transport.call(self._endpoint(rec.domid), "connect")
         except BaseException:
             self._carry_out_each([KillVcpus(rec.domid)])
             raise

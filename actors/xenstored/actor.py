@@ -21,6 +21,7 @@ import ray
 from actors import log as xlog
 from actors.transport import Endpoint
 from actors.transport.clients import HostClients, host_clients
+from actors.transport.naming import actor_name
 from actors.transport.raycall import RayEndpoint
 from actors.xenstored.connections import Connections
 from actors.xenstored.server import XenstoredServer
@@ -42,6 +43,7 @@ class XenstoredShell(Endpoint):
                                                                         data), dom0_secret)
         self.dom_exc_port = self.hv(Hypercall.event_channel_op, EvtchnOp.bind_virq,
                                     virq=Virq.DOM_EXC, vcpu=0)["port"]
+        self.transport.prefetch(actor_name(host, "xl"))  # its first name lookup, paid now
         self.log.info("xenstored up", socket=socket_path)
 
     def on_xs(self, domid: int, secret: str, endpoint: str, data: bytes) -> bytes:
