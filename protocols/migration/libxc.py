@@ -28,8 +28,8 @@ import numpy as np
 
 from protocols.errno import XenError
 from protocols.migration import vcpu as _vcpu
-from protocols.migration.record import (REC_TYPE_OPTIONAL, RHDR, Input, RecordFramer, err, record,
-                                        record_parts)
+from protocols.migration.record import (REC_TYPE_OPTIONAL, RHDR, Input, RecordFramer, StreamDecoder,
+                                        err, record, record_parts)
 
 # Image header (xg_sr_stream_format.h struct xc_sr_ihdr), always big-endian.
 IHDR = struct.Struct(">QIIHHI")
@@ -751,7 +751,7 @@ class X86HvmOrder:
             raise err("END before the stream was complete")
 
 
-class StreamReader:
+class StreamReader(StreamDecoder):
     """Incremental decoder of a libxc stream: ``feed(chunk)`` returns the records completed
     by it, decoded and checked (:class:`Record`); ``close()`` raises if the stream stopped
     before its END. After the first error every call raises it again.
@@ -762,10 +762,13 @@ class StreamReader:
     Optional records of unknown type are skipped (counted in ``skipped``).
     """
 
+    _what = "libxc stream"
+
     def __init__(self, *, p2m_size: int | None = None, max_vcpus: int | None = None,
                  domain_type: int | None = None, checkpointed: bool = False,
                  check_order: bool = True, _input: Input | None = None,
                  _nested: bool = False) -> None:
+        super().__init__()
         self.p2m_size = p2m_size
         self.max_vcpus = max_vcpus
         self.domain_type = domain_type
@@ -778,12 +781,10 @@ class StreamReader:
         self.domain_header: DomainHeader | None = None
         self.order: X86PvOrder | X86HvmOrder | None = None
         self.p2m_end_pfn: int | None = None
-        self.done = False
         # Inside a libxl stream, a CHECKPOINT hands the stream back to libxl until
         # its CHECKPOINT_END (libxl_stream_read.c); the outer reader then calls resume().
         self._pause_at_checkpoint = _nested
         self.at_checkpoint = False
-        self._error: XenError | None = None
 
     def resume(self) -> None:
         self.at_checkpoint = False
@@ -792,34 +793,15 @@ class StreamReader:
     def skipped(self) -> int:
         return self._framer.skipped
 
-    def feed(self, data) -> list[Record]:
-        if self._error is not None:
-            raise self._error
-        if self.done and len(data):
-            self._error = err("libxc stream: data after END")
-            raise self._error
-        self._input.feed(data)
-        return self.poll()
-
     def poll(self) -> list[Record]:
         """Decode what is buffered (for a shared input fed by an outer reader)."""
-        if self._error is not None:
-            raise self._error
-        try:
-            return self._poll()
-        except XenError as e:
-            self._error = e
-            raise
+        return self._guarded()
 
-    def close(self) -> None:
-        if self._error is not None:
-            raise self._error
-        if not self.done:
-            where = ("image header" if self.image_header is None else
-                     "domain header" if self.domain_header is None else
-                     "record body" if self._framer.mid_record else "record")
-            self._error = err(f"libxc stream truncated in a {where} (no END record)")
-            raise self._error
+    def _truncated(self) -> str:
+        where = ("image header" if self.image_header is None else
+                 "domain header" if self.domain_header is None else
+                 "record body" if self._framer.mid_record else "record")
+        return f"libxc stream truncated in a {where} (no END record)"
 
     def _poll(self) -> list[Record]:
         out: list[Record] = []

@@ -19,10 +19,10 @@ from __future__ import annotations
 import enum
 import struct
 
-from protocols.errno import XenError
 from protocols.migration import libxc
 from protocols.migration.libxc import Record
-from protocols.migration.record import REC_LENGTH_MAX, Input, RecordFramer, err, record
+from protocols.migration.record import (REC_LENGTH_MAX, Input, RecordFramer, StreamDecoder, err,
+                                        record)
 
 HDR = struct.Struct(">QII")
 IDENT = 0x4C6962786C466D74  # "LibxlFmt"
@@ -157,7 +157,7 @@ def parse_emulator_xenstore_data(body) -> tuple[int, int, tuple[tuple[str, str],
     return emu_id, index, tuple(zip(strs[0::2], strs[1::2]))
 
 
-class SaveStreamReader:
+class SaveStreamReader(StreamDecoder):
     """Incremental decoder of a whole libxl stream with its inline libxc stream.
 
     ``feed(chunk)`` returns the records completed by the chunk, in stream order: libxl ones
@@ -172,7 +172,10 @@ class SaveStreamReader:
     libxl refuses every record type it does not know, optional bit or not.
     """
 
+    _what = "libxl stream"
+
     def __init__(self, *, hvm: bool = False, checkpointed: bool = False, **libxc_kwargs) -> None:
+        super().__init__()
         self._input = Input()
         self._framer = RecordFramer(self._input, self._limit, "libxl")
         self.hvm = hvm
@@ -182,30 +185,11 @@ class SaveStreamReader:
         self.libxc: libxc.StreamReader | None = None   # the inline stream being read
         self._phase = "context"   # context -> libxc -> tail -> done
         self._emulator_context = False
-        self.done = False
-        self._error: XenError | None = None
 
-    def feed(self, data) -> list[Record]:
-        if self._error is not None:
-            raise self._error
-        if self.done and len(data):
-            self._error = err("libxl stream: data after END")
-            raise self._error
-        self._input.feed(data)
-        try:
-            return self._poll()
-        except XenError as e:
-            self._error = e
-            raise
-
-    def close(self) -> None:
-        if self._error is not None:
-            raise self._error
-        if not self.done:
-            where = ("header" if self.options is None else
-                     "libxc stream" if self._phase == "libxc" else "libxl records")
-            self._error = err(f"save stream truncated in the {where} (no libxl END)")
-            raise self._error
+    def _truncated(self) -> str:
+        where = ("header" if self.options is None else
+                 "libxc stream" if self._phase == "libxc" else "libxl records")
+        return f"save stream truncated in the {where} (no libxl END)"
 
     def _limit(self, rtype: int, length: int) -> int:
         try:

@@ -159,3 +159,52 @@ class RecordFramer:
         if raw[length:].count(0) != len(raw) - length:
             raise err(f"{self._what} record 0x{rtype:x}: non-zero padding")
         return rtype, (raw[:length] if len(raw) != length else raw)
+
+
+class StreamDecoder:
+    """What both streams' readers share: ``feed(chunk)`` returns the records it completed,
+    ``close()`` refuses a stream that stopped early, and the first error sticks (every later
+    call raises it again: a broken stream stays broken). A subclass sets ``_input`` and
+    ``done``, names its stream in ``_what``, and provides ``_poll`` and ``_truncated``."""
+
+    _what = "stream"
+
+    def __init__(self) -> None:
+        self.done = False
+        self._error: XenError | None = None
+
+    def feed(self, data) -> list:
+        self._check()
+        if self.done and len(data):
+            self._fail(err(f"{self._what}: data after END"))
+        self._input.feed(data)
+        return self._guarded()
+
+    def close(self) -> None:
+        self._check()
+        if not self.done:
+            self._fail(err(self._truncated()))
+
+    def _guarded(self) -> list:
+        self._check()
+        try:
+            return self._poll()
+        except XenError as e:
+            self._error = e
+            raise
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _fail(self, e: XenError) -> None:
+        self._error = e
+        raise e
+
+    def _poll(self) -> list:
+        raise NotImplementedError
+
+    def _truncated(self) -> str:
+        """Where the stream stopped, for the error of a stream cut short."""
+        raise NotImplementedError
+

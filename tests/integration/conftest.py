@@ -55,3 +55,19 @@ def xen(cluster_home):
     cluster = Cluster.running()
     yield cluster
     cluster.stop()  # joined: this only leaves it
+
+
+@pytest.fixture
+def domains(xen):
+    """``domains(config, host)``: create a domain; destroyed after the test if it still is."""
+    made = []
+
+    def make(config, host):
+        info = xen.create(config, host=host)
+        made.append(info["name"])
+        return info
+
+    yield make
+    for name in made:
+        if xen.find(name) is not None:
+            xen.destroy(name)

@@ -30,21 +30,6 @@ def counts_past(xen, name: str, value: int, timeout: float = 30) -> int:
                         f"{name} to count past {value}")
 
 
-@pytest.fixture
-def domains(xen):
-    made = []
-
-    def make(cfg, host):
-        info = xen.create(cfg, host=host)
-        made.append(info["name"])
-        return info
-
-    yield make
-    for name in made:
-        if xen.find(name) is not None:
-            xen.destroy(name)
-
-
 def test_create_from_shipped_xl_cfg_and_read_its_console(xen, domains):
     info = domains(EXAMPLES / "counter1.cfg", "h1")
     assert info["host"] == "h1" and info["domid"] >= 1

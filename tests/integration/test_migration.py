@@ -28,21 +28,6 @@ def counts(lines) -> list[int]:
     return [int(m.group(1)) for line in lines if (m := COUNT.match(line.strip()))]
 
 
-@pytest.fixture
-def domains(xen):
-    made = []
-
-    def make(config, host):
-        info = xen.create(config, host=host)
-        made.append(info["name"])
-        return info
-
-    yield make
-    for name in made:
-        if xen.find(name) is not None:
-            xen.destroy(name)
-
-
 def test_a_counter_continues_on_the_other_host_with_the_next_number(xen, domains):
     domains(cfg("mig-counter", "counter interval=0.05"), "h1")
     xen.wait_for(lambda: len(counts(xen.console("mig-counter", 50))) >= 5, 30, "counting")

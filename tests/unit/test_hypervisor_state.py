@@ -126,7 +126,7 @@ def test_hypervisor_event_channel_upcall_goes_to_the_binding_endpoint(hv):
     xl = dom0(hv)
     xl(Hypercall.domctl, Domctl.setvcpucontext, domain=domid, vcpu=0,
        ctxt=msgpack.packb({"pid": 4242, "endpoint": "h1/dom1"}))
-    assert [(e.domid, e.pid) for e in xl.effects] == [(domid, 4242)]
+    assert xl.effects == [WatchVcpu(domid, 4242, "h1/dom1")]
     guest = Caller(hv, domid, secret, "ignored-for-domu")
     rc, res = guest(Hypercall.event_channel_op, EvtchnOp.alloc_unbound, dom=DOMID_SELF,
                     remote_dom=0)
