@@ -374,7 +374,7 @@ class DomainActors:
         launch.kill(self.host, f"dom{domid}")
 
 
-@ray.remote(max_restarts=0, max_concurrency=8)
+@ray.remote(max_restarts=0, max_concurrency=32)  # migrations hold threads for their length
 class ToolstackActor(RayEndpoint, ToolstackShell):
     def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
         log = xlog.setup(host=host, component="xl", log_dir=log_dir)

@@ -25,7 +25,8 @@ from protocols.errno import Errno, XenError
 WINDOW = 3  # chunk calls in flight
 BUFFERED = 8  # chunks a receiver holds before it makes the sender wait
 CHUNK_BYTES = 4 << 20  # small records are gathered up to about this much per call
-CHUNK_TIMEOUT_S = 60.0
+CHUNK_TIMEOUT_S = 300.0  # the sender may be silent this long: waiting for the receiver to be
+# built (120 s at most), then for the guest to ack and to suspend (60 s each, as libxl)
 
 
 class ChunkSender:

@@ -30,10 +30,17 @@ def test_chunks_arrive_in_order_whatever_order_the_calls_run_in():
 def test_a_sender_gathers_small_writes_and_keeps_a_window_in_flight():
     rx = ChunkReceiver(timeout=10)
     calls = []
+    inflight, most = [0], [0]
+    lock = threading.Lock()
 
     def call(seq, data):
+        with lock:
+            inflight[0] += 1
+            most[0] = max(most[0], inflight[0])
         calls.append(seq)
         rx.put(seq, data)
+        with lock:
+            inflight[0] -= 1
 
     got = []
     reader = threading.Thread(target=lambda: got.extend(iter(rx.read, b"")))
@@ -47,6 +54,7 @@ def test_a_sender_gathers_small_writes_and_keeps_a_window_in_flight():
     reader.join()
     assert b"".join(got) == data and tx.bytes_sent == len(data)
     assert tx.chunks_sent == len(calls) < 50  # gathered, not one call per write
+    assert 1 <= most[0] <= 3  # never more calls in flight than the window
 
 
 def test_a_failed_call_is_raised_by_the_sender():
