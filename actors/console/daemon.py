@@ -203,6 +203,8 @@ class ConsoleDaemon:
                 self._refused.add(domid)
                 log.warning("cannot connect console", error=str(e))
             return
+        except FileNotFoundError:  # destroyed between the map's answer and the mmap
+            return
         self.consoles[domid] = console
         self._by_port[console.local_port] = console
         self.stats["connected"] += 1

@@ -163,3 +163,24 @@ def test_a_blkverify_guest_migrated_mid_stream_verifies_every_block(host, tmp_pa
     assert '"bad": []' in result and '"verified": 1024' in result
     with open(image, "rb") as f:
         assert all(f.read(4096) == verify_block(5, i, 4096) for i in range(1024))
+
+
+@pytest.mark.parametrize("stream", [b"\xff" * 64, b"", b"LibxlFmt" + bytes(100)])
+def test_a_hostile_migration_stream_is_refused_and_the_receiver_leaves_nothing(host, stream):
+    """The receiver's side of xl migrate, driven by a hostile sender: whatever it sends,
+    the receiver says why in one line and destroys what it built."""
+    before = domids(host)
+    cfg = DomainConfig(name="evil", memory=8, maxmem=8, cmdline="init=idle")
+    host.call(XL, "migrate_receive", "s1", "evil", cfg.to_dict())
+    if stream:
+        host.call(XL, "migrate_chunk", "s1", 0, stream)
+    host.call(XL, "migrate_end", "s1", 1 if stream else 0)
+    with pytest.raises(XenError) as e:
+        host.call(XL, "migrate_received", "s1")
+    assert e.value.errno == Errno.EINVAL and len(str(e.value).splitlines()) == 1
+    host.until(lambda: domids(host) == before, "the incoming domain to be destroyed")
+    assert "evil--incoming" not in host.toolstack.core.records
+    assert host.call("cluster/registry", "lookup", "evil--incoming") is None
+    with pytest.raises(XenError) as e:  # and the session is gone
+        host.call(XL, "migrate_go", "s1")
+    assert e.value.errno == Errno.ESRCH
