@@ -11,6 +11,7 @@ import struct
 import pytest
 
 from actors.console.actor import ConsoleShell
+from actors.transport import PeerGone
 from protocols.errno import Errno, XenError
 from protocols.libxl_types import DomainConfig
 from protocols.migration import savefile
@@ -184,3 +185,37 @@ def test_a_hostile_migration_stream_is_refused_and_the_receiver_leaves_nothing(h
     with pytest.raises(XenError) as e:  # and the session is gone
         host.call(XL, "migrate_go", "s1")
     assert e.value.errno == Errno.ESRCH
+
+
+@pytest.mark.parametrize("dies_at", ["migrate_chunk", "migrate_received"])
+def test_a_receiver_that_dies_mid_migration_leaves_the_domain_running_where_it_was(host,
+                                                                                 dies_at):
+    """The receiving agent (here a stand-in for "h2/xl" in front of the real shell) dies in
+    round 0, or after the domain was suspended and the stream sent: the sender gets the
+    domain back (its suspend cancelled) and it counts on, under its own name."""
+    made = create(host, "d", "init=counter interval=0.01")
+    wait_counts(host, "d", 3)
+    real = host.toolstack.deliver
+
+    def dying(kind):
+        def handler(*args):
+            if kind == dies_at and (kind != "migrate_chunk" or args[1] >= 1):
+                host.endpoints.pop("h2/xl", None)
+                raise PeerGone("h2/xl")
+            return real(kind, *args)
+        return handler
+
+    host.start("h2/xl", {kind: dying(kind) for kind in (
+        "migrate_receive", "migrate_prepared", "migrate_chunk", "migrate_end",
+        "migrate_received", "migrate_go", "migrate_runs", "migrate_abort")})
+    with pytest.raises(XenError) as e:
+        host.call(XL, "migrate", "d", "h2", {})
+    assert "migration to h2 failed" in str(e.value) and "d runs on h1" in str(e.value)
+    rec = host.toolstack.core.records["d"]
+    assert rec.domid == made["domid"] and rec.phase.value == "running"
+    assert host.call("cluster/registry", "lookup", "d")["domid"] == made["domid"]
+    last = counts(host, "d")[-1]
+    wait_counts(host, "d", 3, after=last)  # resumed in place
+    for session in list(host.toolstack._incoming):  # what the receiver's restart would undo
+        host.toolstack.on_migrate_abort(session)
+    assert domids(host) == [0, made["domid"]]
