@@ -11,10 +11,11 @@ Layout (``tools/libs/guest/xg_sr_stream_format.h``)::
 
 Everything after the image header is in the stream's byte order: little-endian (x86).
 The encoders here return ``bytes`` (or a list of buffers, ``*_parts``, for a single join or
-writev); :class:`StreamReader` decodes incrementally, refusing with ``XenError(EINVAL)``
+writev); the record bodies decode here, and :class:`~.libxc_reader.StreamReader` reads a
+stream incrementally, refusing with ``XenError(EINVAL)``
 whatever Xen's restorer (``xg_sr_restore.c``, ``xg_sr_restore_x86_pv.c``,
 ``xg_sr_common_x86.c``) or its verifier (``tools/python/xen/migration/libxc.py``) refuses,
-plus out-of-order records (:class:`X86PvOrder`) and oversized ones.
+plus out-of-order records and oversized ones (:mod:`.libxc_reader`).
 """
 
 from __future__ import annotations
@@ -26,10 +27,8 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from protocols.errno import XenError
 from protocols.migration import vcpu as _vcpu
-from protocols.migration.record import (REC_TYPE_OPTIONAL, RHDR, Input, RecordFramer, StreamDecoder,
-                                        err, record, record_parts)
+from protocols.migration.record import RHDR, err, record, record_parts
 
 # Image header (xg_sr_stream_format.h struct xc_sr_ihdr), always big-endian.
 IHDR = struct.Struct(">QIIHHI")
@@ -355,6 +354,11 @@ def p2m_frame_count(start_pfn: int, end_pfn: int) -> int:
     return end_pfn // P2M_FPP - start_pfn // P2M_FPP + 1
 
 
+def p2m_frames_length(start_pfn: int, end_pfn: int) -> int:
+    """The body length of an X86_PV_P2M_FRAMES record for pfns start_pfn..end_pfn."""
+    return _P2M_HDR.size + 8 * p2m_frame_count(start_pfn, end_pfn)
+
+
 def x86_pv_p2m_frames(end_pfn: int, frames: Sequence[int], start_pfn: int = 0) -> bytes:
     """X86_PV_P2M_FRAMES; the saver writes ``start_pfn`` 0 and ``end_pfn`` = max_pfn."""
     if not 0 <= start_pfn <= end_pfn <= 0xFFFFFFFF:
@@ -519,8 +523,9 @@ def parse_x86_pv_p2m_frames(body, p2m_size: int | None = None) -> P2mFrames:
         raise err(f"X86_PV_P2M_FRAMES end_pfn 0x{end_pfn:x} beyond the p2m size "
                   f"0x{p2m_size:x}")
     n = p2m_frame_count(start, end_pfn)
-    if len(body) != _P2M_HDR.size + 8 * n:
-        raise err(f"X86_PV_P2M_FRAMES length {len(body)}, expected {_P2M_HDR.size + 8 * n} "
+    if len(body) != p2m_frames_length(start, end_pfn):
+        raise err(f"X86_PV_P2M_FRAMES length {len(body)}, expected "
+                  f"{p2m_frames_length(start, end_pfn)} "
                   f"for pfns 0x{start:x}..0x{end_pfn:x}")
     return P2mFrames(start, end_pfn, struct.unpack_from(f"<{n}Q", body, _P2M_HDR.size))
 
@@ -581,12 +586,12 @@ def parse_hvm_params(body) -> tuple[tuple[int, int], ...]:
 
 # Fixed body lengths, and caps for the rest (checked on the record header, before the body
 # is buffered).
-_EXACT = {
+BODY_EXACT = {
     RecType.END: 0, RecType.STATIC_DATA_END: 0, RecType.VERIFY: 0, RecType.CHECKPOINT: 0,
     RecType.X86_PV_INFO: _PV_INFO.size, RecType.X86_TSC_INFO: _TSC.size,
     RecType.SHARED_INFO: PAGE_SIZE, RecType.X86_PV_VCPU_BASIC: _VCPU_HDR.size + _vcpu.SIZE,
 }
-_CAP = {
+BODY_CAP = {
     RecType.PAGE_DATA: _PAGE_DATA_HDR.size + MAX_BATCH_SIZE * (8 + PAGE_SIZE),
     RecType.X86_PV_VCPU_EXTENDED: _VCPU_HDR.size + EXT_VCPUCONTEXT_MAX,
     RecType.X86_PV_VCPU_XSAVE: _VCPU_HDR.size + XSAVE_MAX,
@@ -599,306 +604,4 @@ _CAP = {
 # Types that never belong in a forward stream: Xen's restorer leaves them unprocessed,
 # which fails a mandatory record (TOOLSTACK is deprecated; the dirty pfn list only flows
 # back from a COLO secondary).
-_REFUSED = frozenset({RecType.TOOLSTACK, RecType.CHECKPOINT_DIRTY_PFN_LIST})
-
-
-# The order of a vCPU's records (X86PvOrder).
-_VCPU_STAGE = {RecType.X86_PV_VCPU_BASIC: 1, RecType.X86_PV_VCPU_EXTENDED: 2,
-               RecType.X86_PV_VCPU_XSAVE: 3, RecType.X86_PV_VCPU_MSRS: 4}
-
-
-class X86PvOrder:
-    """The record order of an x86 PV stream, as ``xg_sr_save.c`` + ``xg_sr_save_x86_pv.c``
-    write it, refusing any other::
-
-        X86_PV_INFO, [X86_CPUID_POLICY], [X86_MSR_POLICY], STATIC_DATA_END,
-        X86_PV_P2M_FRAMES, PAGE_DATA*, [VERIFY, PAGE_DATA*], X86_TSC_INFO, SHARED_INFO,
-        for each online vCPU in increasing id: BASIC, [EXTENDED], [XSAVE], [MSRS],
-        END                       (or CHECKPOINT, then PAGE_DATA* ... again, if checkpointed)
-
-    The saver leaves out a vCPU record with nothing in it, and an offline vCPU entirely;
-    vCPU 0's BASIC is required (restore: "Sender didn't send vcpu0's basic state").
-    Xen's restorer is laxer (it needs only PV_INFO and STATIC_DATA_END before P2M_FRAMES,
-    and P2M_FRAMES before PAGE_DATA), but we read only streams our saver wrote.
-    """
-
-    def __init__(self, checkpointed: bool = False) -> None:
-        self.checkpointed = checkpointed
-        self.state = "info"
-        self._policy = 0      # 1 after CPUID policy, 2 after MSR policy
-        self._verify = False
-        self._vcpu = -1       # last vCPU whose BASIC was seen this round
-        self._stage = 0
-        self._vcpu0 = False
-        self.done = False
-
-    def _refuse(self, rtype: int, expected: str) -> XenError:
-        return err(f"{RecType(rtype).name} out of order: expected {expected}")
-
-    def check(self, rtype: int, value=None) -> None:
-        s = self.state
-        if self.done:
-            raise err(f"{RecType(rtype).name} after END")
-        if s == "info":
-            if rtype != RecType.X86_PV_INFO:
-                raise self._refuse(rtype, "X86_PV_INFO")
-            self.state = "static"
-        elif s == "static":
-            if rtype == RecType.X86_CPUID_POLICY and self._policy == 0:
-                self._policy = 1
-            elif rtype == RecType.X86_MSR_POLICY and self._policy < 2:
-                self._policy = 2
-            elif rtype == RecType.STATIC_DATA_END:
-                self.state = "p2m"
-            else:
-                raise self._refuse(rtype, "X86_CPUID_POLICY, X86_MSR_POLICY or "
-                                   "STATIC_DATA_END")
-        elif s == "p2m":
-            if rtype != RecType.X86_PV_P2M_FRAMES:
-                raise self._refuse(rtype, "X86_PV_P2M_FRAMES")
-            self.state = "memory"
-        elif s == "memory":
-            if rtype == RecType.PAGE_DATA:
-                pass
-            elif rtype == RecType.VERIFY and not self._verify:
-                self._verify = True
-            elif rtype == RecType.X86_TSC_INFO:
-                self.state = "shinfo"
-            else:
-                raise self._refuse(rtype, "PAGE_DATA, VERIFY or X86_TSC_INFO")
-        elif s == "shinfo":
-            if rtype != RecType.SHARED_INFO:
-                raise self._refuse(rtype, "SHARED_INFO")
-            self.state = "vcpus"
-            self._vcpu, self._stage = -1, 0
-        elif s == "vcpus":
-            stage = _VCPU_STAGE.get(rtype)
-            if stage == 1 and value.vcpu_id > self._vcpu:
-                self._vcpu, self._stage = value.vcpu_id, 1
-                self._vcpu0 = self._vcpu0 or value.vcpu_id == 0
-            elif stage and stage > 1 and value.vcpu_id == self._vcpu and stage > self._stage:
-                self._stage = stage
-            elif rtype in (RecType.END, RecType.CHECKPOINT) and self._vcpu0:
-                if rtype == RecType.END:
-                    self.done = True
-                elif not self.checkpointed:
-                    raise err("CHECKPOINT in a stream that is not checkpointed")
-                self.state = "memory"
-                self._verify = False
-            elif rtype in (RecType.END, RecType.CHECKPOINT):
-                raise err(f"{RecType(rtype).name} before vCPU 0's X86_PV_VCPU_BASIC")
-            elif stage:
-                raise err(f"{RecType(rtype).name} for vCPU {value.vcpu_id} out of order "
-                          f"(after vCPU {self._vcpu} stage {self._stage})")
-            else:
-                raise self._refuse(rtype, "vCPU records or END")
-        if rtype == RecType.END and not self.done:
-            raise err("END before the stream was complete")
-
-
-class X86HvmOrder:
-    """The record order of an x86 HVM stream (``xg_sr_save_x86_hvm.c``)::
-
-        [X86_CPUID_POLICY], [X86_MSR_POLICY], STATIC_DATA_END, PAGE_DATA*, [VERIFY ...],
-        X86_TSC_INFO, HVM_CONTEXT and HVM_PARAMS (each once, either order), END
-
-    The spec says HVM_PARAMS precedes HVM_CONTEXT, but Xen's saver writes HVM_CONTEXT
-    first and the restorer applies both at the end, so both orders are accepted.
-    """
-
-    def __init__(self, checkpointed: bool = False) -> None:
-        self.checkpointed = checkpointed
-        self.state = "static"
-        self._policy = 0
-        self._verify = False
-        self._tail: set[int] = set()
-        self.done = False
-
-    def check(self, rtype: int, value=None) -> None:
-        name = RecType(rtype).name
-        if self.done:
-            raise err(f"{name} after END")
-        s = self.state
-        if s == "static":
-            if rtype == RecType.X86_CPUID_POLICY and self._policy == 0:
-                self._policy = 1
-            elif rtype == RecType.X86_MSR_POLICY and self._policy < 2:
-                self._policy = 2
-            elif rtype == RecType.STATIC_DATA_END:
-                self.state = "memory"
-            else:
-                raise err(f"{name} out of order: expected policy records or STATIC_DATA_END")
-        elif s == "memory":
-            if rtype == RecType.PAGE_DATA:
-                pass
-            elif rtype == RecType.VERIFY and not self._verify:
-                self._verify = True
-            elif rtype == RecType.X86_TSC_INFO:
-                self.state, self._tail = "context", set()
-            else:
-                raise err(f"{name} out of order: expected PAGE_DATA, VERIFY or X86_TSC_INFO")
-        elif s == "context":
-            if rtype in (RecType.HVM_CONTEXT, RecType.HVM_PARAMS) and rtype not in self._tail:
-                self._tail.add(rtype)
-            elif rtype in (RecType.END, RecType.CHECKPOINT) and RecType.HVM_CONTEXT in self._tail:
-                if rtype == RecType.CHECKPOINT and not self.checkpointed:
-                    raise err("CHECKPOINT in a stream that is not checkpointed")
-                self.done = rtype == RecType.END
-                self.state, self._verify = "memory", False
-            else:
-                raise err(f"{name} out of order: expected HVM_CONTEXT, HVM_PARAMS or END")
-        if rtype == RecType.END and not self.done:
-            raise err("END before the stream was complete")
-
-
-class StreamReader(StreamDecoder):
-    """Incremental decoder of a libxc stream: ``feed(chunk)`` returns the records completed
-    by it, decoded and checked (:class:`Record`); ``close()`` raises if the stream stopped
-    before its END. After the first error every call raises it again.
-
-    ``p2m_size``: the destination's number of pfns (PAGE_DATA and P2M_FRAMES must stay
-    below it; without it, pfns must stay within the stream's own P2M_FRAMES range).
-    ``max_vcpus``: vCPU ids must be below it. ``domain_type``: the DHDR type expected.
-    Optional records of unknown type are skipped (counted in ``skipped``).
-    """
-
-    _what = "libxc stream"
-
-    def __init__(self, *, p2m_size: int | None = None, max_vcpus: int | None = None,
-                 domain_type: int | None = None, checkpointed: bool = False,
-                 check_order: bool = True, _input: Input | None = None,
-                 _nested: bool = False) -> None:
-        super().__init__()
-        self.p2m_size = p2m_size
-        self.max_vcpus = max_vcpus
-        self.domain_type = domain_type
-        self.checkpointed = checkpointed
-        self.check_order = check_order
-        self._input = _input if _input is not None else Input()
-        self._own_input = _input is None
-        self._framer = RecordFramer(self._input, self._limit, "libxc")
-        self.image_header: ImageHeader | None = None
-        self.domain_header: DomainHeader | None = None
-        self.order: X86PvOrder | X86HvmOrder | None = None
-        self.p2m_end_pfn: int | None = None
-        # Inside a libxl stream, a CHECKPOINT hands the stream back to libxl until
-        # its CHECKPOINT_END (libxl_stream_read.c); the outer reader then calls resume().
-        self._pause_at_checkpoint = _nested
-        self.at_checkpoint = False
-
-    def resume(self) -> None:
-        self.at_checkpoint = False
-
-    @property
-    def skipped(self) -> int:
-        return self._framer.skipped
-
-    def poll(self) -> list[Record]:
-        """Decode what is buffered (for a shared input fed by an outer reader)."""
-        return self._guarded()
-
-    def _truncated(self) -> str:
-        where = ("image header" if self.image_header is None else
-                 "domain header" if self.domain_header is None else
-                 "record body" if self._framer.mid_record else "record")
-        return f"libxc stream truncated in a {where} (no END record)"
-
-    def _poll(self) -> list[Record]:
-        out: list[Record] = []
-        inp = self._input
-        while not self.done and not self.at_checkpoint:
-            if self.image_header is None:
-                raw = inp.take(IHDR.size)
-                if raw is None:
-                    break
-                self.image_header = parse_image_header(raw)
-                continue
-            if self.domain_header is None:
-                raw = inp.take(DHDR.size)
-                if raw is None:
-                    break
-                dh = parse_domain_header(raw)
-                if self.domain_type is not None and dh.type != self.domain_type:
-                    raise err(f"libxc domain header: domain type {dh.type}, expected "
-                              f"{self.domain_type}")
-                self.domain_header = dh
-                if self.check_order:
-                    cls = X86PvOrder if dh.type == DHDR_TYPE_X86_PV else X86HvmOrder
-                    self.order = cls(self.checkpointed)
-                continue
-            got = self._framer.next()
-            if got is None:
-                break
-            if got is RecordFramer.SKIPPED:
-                continue
-            rtype, body = got
-            value = self._decode(rtype, body)
-            if self.order is not None:
-                self.order.check(rtype, value)
-            if rtype == RecType.END:
-                self.done = True
-            elif rtype == RecType.CHECKPOINT and self._pause_at_checkpoint:
-                self.at_checkpoint = True
-            out.append(Record(RecType(rtype), body, value))
-        if self.done and self._own_input and len(inp):
-            raise err("libxc stream: data after END")
-        return out
-
-    def _limit(self, rtype: int, length: int) -> int | None:
-        try:
-            t = RecType(rtype)
-        except ValueError:
-            if rtype & REC_TYPE_OPTIONAL:
-                return None
-            raise err(f"libxc: unknown mandatory record type 0x{rtype:08x}") from None
-        if t in _REFUSED:
-            raise err(f"libxc: {t.name} record not accepted in a forward stream")
-        exact = _EXACT.get(t)
-        if exact is not None:
-            if length != exact:
-                raise err(f"{t.name} length {length}, expected {exact}")
-            return exact
-        if t == RecType.X86_PV_P2M_FRAMES:
-            last = 0xFFFFFFFF if self.p2m_size is None else max(self.p2m_size - 1, 0)
-            return _P2M_HDR.size + 8 * p2m_frame_count(0, last)
-        return _CAP[t]
-
-    def _decode(self, rtype: int, body: bytes):
-        if rtype == RecType.PAGE_DATA:
-            limits = [n for n in (self.p2m_size, self.p2m_end_pfn) if n is not None]
-            if self.p2m_end_pfn is not None:
-                limits[-1] += 1  # end_pfn is inclusive
-            return parse_page_data(body, min(limits) if limits else None)
-        if rtype == RecType.X86_PV_INFO:
-            return parse_x86_pv_info(body)
-        if rtype == RecType.X86_PV_P2M_FRAMES:
-            frames = parse_x86_pv_p2m_frames(body, self.p2m_size)
-            self.p2m_end_pfn = frames.end_pfn
-            return frames
-        if rtype == RecType.X86_TSC_INFO:
-            return parse_x86_tsc_info(body)
-        if rtype in (RecType.X86_PV_VCPU_BASIC, RecType.X86_PV_VCPU_EXTENDED,
-                     RecType.X86_PV_VCPU_XSAVE, RecType.X86_PV_VCPU_MSRS):
-            return parse_vcpu_blob(rtype, body, self.max_vcpus)
-        if rtype == RecType.X86_CPUID_POLICY:
-            return parse_x86_cpuid_policy(body)
-        if rtype == RecType.X86_MSR_POLICY:
-            return parse_x86_msr_policy(body)
-        if rtype == RecType.HVM_PARAMS:
-            return parse_hvm_params(body)
-        if rtype == RecType.HVM_CONTEXT:
-            if not body:
-                raise err("HVM_CONTEXT is empty")
-            return bytes(body)
-        if rtype == RecType.SHARED_INFO:
-            return bytes(body)
-        return None
-
-
-def read_stream(data, **kwargs) -> tuple[StreamReader, list[Record]]:
-    """Decode a whole libxc stream held in memory (``kwargs`` as for :class:`StreamReader`);
-    bytes after END are refused."""
-    reader = StreamReader(**kwargs)
-    records = reader.feed(data)
-    reader.close()
-    return reader, records
+REFUSED = frozenset({RecType.TOOLSTACK, RecType.CHECKPOINT_DIRTY_PFN_LIST})

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import struct
 
-from protocols.migration import libxc
+from protocols.migration import libxc_reader
 from protocols.migration.libxc import Record
 from protocols.migration.record import (REC_LENGTH_MAX, Input, RecordFramer, StreamDecoder, err,
                                         record)
@@ -163,7 +163,7 @@ class SaveStreamReader(StreamDecoder):
     ``feed(chunk)`` returns the records completed by the chunk, in stream order: libxl ones
     (``layer == "libxl"``, type :class:`LibxlRecType`) and libxc ones (``layer ==
     "libxc"``, type ``libxc.RecType``), all checked; ``close()`` raises if the stream
-    ended early. Keyword arguments go to the libxc :class:`~.libxc.StreamReader`.
+    ended early. Keyword arguments go to the libxc :class:`~.libxc_reader.StreamReader`.
     ``hvm`` allows the emulator records (libxl refuses them for a PV domain).
 
     Order (``libxl_stream_read.c``): LIBXC_CONTEXT first; after the libxc END, for HVM the
@@ -182,7 +182,7 @@ class SaveStreamReader(StreamDecoder):
         self.checkpointed = checkpointed
         self._libxc_kwargs = dict(libxc_kwargs, checkpointed=checkpointed)
         self.options: int | None = None
-        self.libxc: libxc.StreamReader | None = None   # the inline stream being read
+        self.libxc: libxc_reader.StreamReader | None = None   # the inline stream being read
         self._phase = "context"   # context -> libxc -> tail -> done
         self._emulator_context = False
 
@@ -233,7 +233,7 @@ class SaveStreamReader(StreamDecoder):
         if t == LibxlRecType.LIBXC_CONTEXT:
             if phase != "context":
                 raise err("libxl: LIBXC_CONTEXT out of order")
-            self.libxc = libxc.StreamReader(_input=self._input, _nested=True,
+            self.libxc = libxc_reader.StreamReader(_input=self._input, _nested=True,
                                             **self._libxc_kwargs)
             self._phase = "libxc"
         elif t in (LibxlRecType.EMULATOR_XENSTORE_DATA, LibxlRecType.EMULATOR_CONTEXT):

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 from protocols.errno import Errno, XenError
 from protocols.migration import libxc as xc
+from protocols.migration import libxc_reader as xr
 from protocols.migration import libxl as xl
 from protocols.migration import savefile
 from protocols.migration.libxc import PageType, RecType
@@ -81,7 +82,7 @@ def _save_file(**kwargs) -> bytes:
 
 
 def _read(data: bytes, **kwargs):
-    return xc.read_stream(data, **kwargs)
+    return xr.read_stream(data, **kwargs)
 
 
 def _read_save(data: bytes, **kwargs):
@@ -306,7 +307,7 @@ def test_reader_full_batch_of_1024_pages():
 def test_reader_any_chunking_gives_the_same_records(cuts):
     stream = _libxc_stream(nr_pages=8, vcpus=(0,))
     want = [(r.type, r.body) for r in _read(stream)[1]]
-    reader, got, pos = xc.StreamReader(), [], 0
+    reader, got, pos = xr.StreamReader(), [], 0
     for n in cuts:
         got += reader.feed(stream[pos:pos + n])
         pos += n
@@ -317,7 +318,7 @@ def test_reader_any_chunking_gives_the_same_records(cuts):
 
 def test_reader_byte_by_byte():
     stream = _libxc_stream(nr_pages=2, vcpus=(0,), batch=2)
-    reader = xc.StreamReader()
+    reader = xr.StreamReader()
     got = [r for i in range(len(stream)) for r in reader.feed(stream[i:i + 1])]
     reader.close()
     assert [r.type for r in got] == [r.type for r in _read(stream)[1]]
@@ -350,7 +351,7 @@ def _prefix() -> bytes:
 
 
 def test_unknown_mandatory_record_refused_on_its_header():
-    reader = xc.StreamReader()
+    reader = xr.StreamReader()
     reader.feed(_prefix())
     e = _einval(reader.feed, struct.pack("<II", 0x13, 64))   # body not even sent
     assert "unknown mandatory record type 0x00000013" in str(e)
@@ -359,7 +360,7 @@ def test_unknown_mandatory_record_refused_on_its_header():
 
 
 def test_unknown_optional_record_is_skipped_without_buffering():
-    reader = xc.StreamReader()
+    reader = xr.StreamReader()
     reader.feed(_prefix())
     reader.feed(struct.pack("<II", REC_TYPE_OPTIONAL | 0x42, 100 << 20))  # 100 MiB announced
     assert reader.skipped == 1 and len(reader._input) == 0
@@ -383,13 +384,13 @@ def test_unknown_optional_record_is_skipped_without_buffering():
     (RecType.X86_PV_INFO, (128 << 20) + 8),
 ])
 def test_record_length_caps_refused_on_the_header(rtype, length):
-    reader = xc.StreamReader()
+    reader = xr.StreamReader()
     reader.feed(xc.stream_start())
     _einval(reader.feed, struct.pack("<II", rtype, length))
 
 
 def test_p2m_frames_cap_follows_p2m_size():
-    reader = xc.StreamReader(p2m_size=1024)
+    reader = xr.StreamReader(p2m_size=1024)
     reader.feed(_prefix())
     _einval(reader.feed, struct.pack("<II", RecType.X86_PV_P2M_FRAMES, 8 + 3 * 8))
 
@@ -408,8 +409,8 @@ def _page_data_body(count, words, data=b"", res=0):
     return struct.pack("<II", RecType.PAGE_DATA, len(body)) + body + bytes(-len(body) % 8)
 
 
-def _after_p2m(p2m_end=63) -> xc.StreamReader:
-    reader = xc.StreamReader()
+def _after_p2m(p2m_end=63) -> xr.StreamReader:
+    reader = xr.StreamReader()
     reader.feed(_prefix() + xc.x86_pv_p2m_frames(p2m_end, [1]))
     return reader
 
@@ -432,10 +433,10 @@ def test_page_data_refusals(record, what):
 
 
 def test_page_data_pfn_limit_from_p2m_size():
-    reader = xc.StreamReader(p2m_size=32)
+    reader = xr.StreamReader(p2m_size=32)
     reader.feed(_prefix())
     _einval(reader.feed, xc.x86_pv_p2m_frames(63, [1]))     # end_pfn beyond the domain
-    reader = xc.StreamReader(p2m_size=32)
+    reader = xr.StreamReader(p2m_size=32)
     reader.feed(_prefix() + xc.x86_pv_p2m_frames(31, [1]))
     reader.feed(xc.page_data([31], _page(31)))
     _einval(reader.feed, xc.page_data([32], _page(32)))
@@ -454,16 +455,16 @@ def test_page_types_without_data_are_accepted():
     (xc.record(RecType.X86_PV_INFO, struct.pack("<BBHI", 8, 4, 1, 0)), "reserved"),
 ])
 def test_pv_info_refusals(body, what):
-    reader = xc.StreamReader()
+    reader = xr.StreamReader()
     reader.feed(xc.stream_start())
     assert what in str(_einval(reader.feed, body))
 
 
 def test_policy_records_must_not_be_empty():
-    reader = xc.StreamReader()
+    reader = xr.StreamReader()
     reader.feed(xc.stream_start() + xc.x86_pv_info())
     _einval(reader.feed, xc.record(RecType.X86_CPUID_POLICY))
-    reader = xc.StreamReader()
+    reader = xr.StreamReader()
     reader.feed(xc.stream_start() + xc.x86_pv_info())
     _einval(reader.feed, xc.record(RecType.X86_MSR_POLICY, struct.pack("<IIQ", 1, 1, 0)))
 
@@ -474,13 +475,13 @@ def _to_vcpus() -> bytes:
 
 
 def test_vcpu_record_checks():
-    reader = xc.StreamReader(max_vcpus=2)
+    reader = xr.StreamReader(max_vcpus=2)
     reader.feed(_to_vcpus())
     _einval(reader.feed, xc.x86_pv_vcpu_basic(2, VcpuContext()))
-    reader = xc.StreamReader()
+    reader = xr.StreamReader()
     reader.feed(_to_vcpus())
     _einval(reader.feed, xc.record(RecType.X86_PV_VCPU_BASIC, struct.pack("<II", 0, 0)))
-    reader = xc.StreamReader()
+    reader = xr.StreamReader()
     reader.feed(_to_vcpus() + xc.x86_pv_vcpu_basic(0, VcpuContext()))
     _einval(reader.feed, xc.record(RecType.X86_PV_VCPU_MSRS, struct.pack("<II", 0, 0),
                                    bytes(24)))
@@ -489,7 +490,7 @@ def test_vcpu_record_checks():
 def test_truncated_stream_refused_at_close():
     stream = _libxc_stream(nr_pages=2, vcpus=(0,))
     for cut in (0, 10, 24, 30, 40, len(stream) // 2, len(stream) - 8, len(stream) - 1):
-        reader = xc.StreamReader()
+        reader = xr.StreamReader()
         reader.feed(stream[:cut])
         assert "truncated" in str(_einval(reader.close))
 
@@ -497,7 +498,7 @@ def test_truncated_stream_refused_at_close():
 def test_data_after_end_refused():
     stream = _libxc_stream(nr_pages=2, vcpus=(0,))
     _einval(_read, stream + xc.end())
-    reader = xc.StreamReader()
+    reader = xr.StreamReader()
     reader.feed(stream)
     _einval(reader.feed, b"\0")
 
@@ -542,7 +543,7 @@ _BAD_ORDERS.update({
 
 @pytest.mark.parametrize("name", sorted(_BAD_ORDERS))
 def test_out_of_order_records_refused(name):
-    reader = xc.StreamReader()
+    reader = xr.StreamReader()
     reader.feed(xc.stream_start())
     recs = _BAD_ORDERS[name]
     for rec in recs[:-1]:
@@ -724,8 +725,8 @@ def _feed_all(reader, chunks):
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.binary(max_size=64), max_size=8))
 def test_fuzz_random_bytes(chunks):
-    _feed_all(xc.StreamReader(), [xc.stream_start()] + chunks)
-    _feed_all(xc.StreamReader(), chunks)
+    _feed_all(xr.StreamReader(), [xc.stream_start()] + chunks)
+    _feed_all(xr.StreamReader(), chunks)
     _feed_all(xl.SaveStreamReader(), [xl.header() + xl.libxc_context() + xc.stream_start()]
               + chunks)
 
