@@ -14,6 +14,7 @@ import structlog
 from cluster.api import DomainNotFound
 from cluster.control import ControlError, ControlServer, DaemonGone, request
 from protocols.errno import Errno, XenError
+from tests.waits import wait_until
 
 
 class Answers:
@@ -40,8 +41,7 @@ class Answers:
 
     def follow_console(self, name, lines=20, poll=0.25, stop=lambda: False):
         yield "last line"
-        while not stop():  # an idle domain: nothing more to print
-            time.sleep(0.01)
+        wait_until(stop, "the client to hang up", timeout=30)  # an idle domain prints nothing
         self.stopped_follow.set()
 
     def capture(self, host, bridge, out, seconds=None, progress=None):
