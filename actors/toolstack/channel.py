@@ -104,7 +104,6 @@ class ChunkReceiver:
         self._end: int | None = None
         self._error: str | None = None
         self._buffered, self._timeout = buffered, timeout
-        self.bytes_received = 0
 
     def put(self, seq: int, data: bytes) -> None:
         """Chunk ``seq``; waits while ``buffered`` chunks are held ahead of the reader."""
@@ -122,7 +121,6 @@ class ChunkReceiver:
             if seq < self._next or seq in self._chunks:
                 raise XenError(Errno.EINVAL, f"migration chunk {seq} was sent twice")
             self._chunks[seq] = data
-            self.bytes_received += len(data)
             self._cv.notify_all()
 
     def end(self, count: int) -> None:

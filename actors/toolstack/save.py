@@ -45,7 +45,6 @@ class SaveReport:
     bytes_sent: int = 0
     suspended_at: float = 0.0  # when the suspend was asked for
     guest_suspended_at: float = 0.0  # when the domain was seen shut down (suspend)
-    started_at: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"rounds": [r.as_dict() for r in self.rounds], "nr_pages": self.nr_pages,
@@ -86,7 +85,6 @@ class DomainSaver:
     def run(self) -> SaveReport:
         """``xc_domain_save``'s ``save()`` inside libxl's stream; log-dirty is always turned
         off again."""
-        self.report.started_at = self.clock()
         self._emit(libxl.header())
         self._emit(libxl.libxc_context())
         self._emit(libxc.image_header())
