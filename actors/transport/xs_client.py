@@ -5,31 +5,44 @@ is one transport call returning the reply bytes; watch events arrive separately,
 the owning actor, which hands them to :meth:`XsClient.on_event`. Like libxenstore it hides
 req_id matching and turns ERROR replies into :class:`XenError`; like libxl it retries a
 transaction on EAGAIN (:meth:`XsClient.transact`).
+
+xenstored is restartable (``actors.xenstored.durable``): a request that finds it gone (killed,
+being started again by Ray) is sent again, the same bytes, until it answers or
+``reconnect_s`` passes. The new xenstored has this client's connection back, with its watches
+(each fires once, as on registration: callbacks must bear a spurious call), so nothing needs
+registering again; it answers a request the old one had served from its journal rather than
+run it twice, and a transaction that was open answers EAGAIN at its commit, so
+:meth:`XsClient.transact` runs it again.
 """
 
 from __future__ import annotations
 
 import itertools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from actors.transport import Transport
+from actors.transport import PeerGone, Transport
 from actors.transport.naming import actor_name
 from protocols.errno import Errno, XenError
 from protocols.xenstore.wire import XsDecoder, XsType, make_request, parse_reply
 
 WatchCallback = Callable[[str, str], None]  # (event path, token)
 MAX_TRANSACTION_RETRIES = 50
+RECONNECT_S = 60.0  # how long a request waits for a restarted xenstored
+RECONNECT_POLL_S = 0.05
 
 
 class XsClient:
     def __init__(self, transport: Transport, host: str, domid: int, secret: str,
-                 endpoint: str) -> None:
+                 endpoint: str, *, reconnect_s: float = RECONNECT_S) -> None:
         self.transport = transport
         self.xenstored = actor_name(host, "xenstored")
         self.domid, self.secret, self.endpoint = domid, secret, endpoint
+        self.reconnect_s = reconnect_s
+        self.reconnects = 0  # requests sent again because xenstored was gone
         self._req_ids = itertools.count(1)
         self._watches: dict[str, WatchCallback] = {}
         self._lock = threading.Lock()
@@ -38,9 +51,7 @@ class XsClient:
 
     def request(self, type_: XsType, *args: Any, tx_id: int = 0) -> Any:
         req_id = next(self._req_ids) & 0xFFFFFFFF
-        msg = make_request(type_, *args, req_id=req_id, tx_id=tx_id)
-        data = self.transport.call(self.xenstored, "xs", self.domid, self.secret,
-                                   self.endpoint, msg.pack())
+        data = self._call(make_request(type_, *args, req_id=req_id, tx_id=tx_id).pack())
         answer: Any = None
         found = False
         for reply in XsDecoder().feed(data):
@@ -51,6 +62,22 @@ class XsClient:
         if not found:
             raise XenError(Errno.EIO, f"no reply to xenstore request {req_id}")
         return parse_reply(answer)
+
+    def _call(self, request: bytes) -> bytes:
+        """One round trip; while xenstored is gone, the same bytes again until it answers."""
+        deadline = None
+        while True:
+            try:
+                return self.transport.call(self.xenstored, "xs", self.domid, self.secret,
+                                           self.endpoint, request)
+            except PeerGone:
+                now = time.monotonic()
+                deadline = deadline or now + self.reconnect_s
+                if now >= deadline:
+                    raise
+            with self._lock:
+                self.reconnects += 1
+            time.sleep(RECONNECT_POLL_S)
 
     def read(self, path: str, tx_id: int = 0) -> bytes:
         return self.request(XsType.READ, path, tx_id=tx_id)

@@ -9,6 +9,11 @@ carried it; everything else the server sends that connection later (watch events
 its endpoint. When the hypervisor raises ``VIRQ_DOM_EXC``, :meth:`Connections.domains_changed`
 fires ``@releaseDomain`` for the domains newly shut down and forgets the dead ones.
 
+Given ``record``, each credential introduced or forgotten is recorded too (the server records
+the rest), and a restarted xenstored gets its connections back: ``credentials`` from the
+checkpoint, :meth:`Connections.replay` of the records since, then :meth:`Connections.reconnect`,
+which serves every connection the old process had on its endpoint again.
+
 No Ray: the shell (``actor.py``) and the in-process test host both use this class.
 """
 
@@ -16,8 +21,9 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
+from typing import Any
 
-from actors.xenstored.server import XenstoredServer
+from actors.xenstored.server import Record, XenstoredServer
 from protocols.errno import Errno, XenError
 from protocols.hypercall import DomInfoFlag
 
@@ -27,10 +33,13 @@ Push = Callable[[str, bytes], None]  # (endpoint, xs_wire bytes): one-way to an 
 class Connections:
     """The transport side of one host's xenstored. Thread-safe."""
 
-    def __init__(self, server: XenstoredServer, push: Push, dom0_secret: str) -> None:
+    def __init__(self, server: XenstoredServer, push: Push, dom0_secret: str, *,
+                 record: Record | None = None, credentials: Iterable[list] = ()) -> None:
         self.server = server
         self._push = push
+        self._record = record if record is not None else (lambda rec: None)
         self._creds: dict[int, tuple[str, str | None]] = {0: (dom0_secret, None)}
+        self._creds.update((domid, (secret, endpoint)) for domid, secret, endpoint in credentials)
         self._conns: dict[tuple[int, str], int] = {}
         self._replies = threading.local()
         self._lock = threading.Lock()
@@ -50,12 +59,14 @@ class Connections:
         """``XS_INTRODUCE``: serve ``domid``, proved by ``secret``, on ``endpoint``."""
         with self._lock:
             self._creds[domid] = (secret, endpoint)
+            self._record(["cred", domid, secret, endpoint])
         self.server.introduce_domain(domid)
 
     def release(self, domid: int) -> None:
         """``XS_RELEASE`` (or the domain died): forget its credential and connections."""
         with self._lock:
-            self._creds.pop(domid, None)
+            if self._creds.pop(domid, None) is not None:
+                self._record(["uncred", domid])
             gone = [self._conns.pop(k) for k in list(self._conns) if k[0] == domid]
         for conn_id in gone:
             self.server.close_connection(conn_id)
@@ -73,6 +84,34 @@ class Connections:
         for domid in dead:
             self.release(domid)
 
+    def checkpoint(self, write: Callable[[dict], None], **extra: Any) -> None:
+        """``write`` everything a restart needs (the credentials, the server's
+        :meth:`~XenstoredServer.durable_state` and ``extra``), nothing changing meanwhile."""
+        with self._lock:
+            creds = [[d, s, e] for d, (s, e) in self._creds.items() if d != 0]
+            self.server.checkpoint(write, credentials=creds, **extra)
+
+    def replay(self, record: list) -> None:
+        """Apply one journal record (the server's go to :meth:`XenstoredServer.replay`)."""
+        if record[0] == "cred":
+            self._creds[record[1]] = (record[2], record[3])
+        elif record[0] == "uncred":
+            self._creds.pop(record[1], None)
+        else:
+            self.server.replay(record)
+
+    def reconnect(self, prefetch: Callable[[str], None]) -> None:
+        """After the replay: serve each connection of the old process again, pushing to its
+        endpoint (:meth:`XenstoredServer.restarted`: its watches fire once), whose route is
+        looked up now (``prefetch``: all at once, not one after another as each is pushed)."""
+        def bind(conn_id: int, endpoint: str) -> Callable[[bytes], None]:
+            prefetch(endpoint)
+            return lambda data: self._send(conn_id, endpoint, data)
+
+        kept = self.server.restarted(bind)
+        with self._lock:
+            self._conns = {(domid, peer): conn_id for domid, peer, conn_id in kept}
+
     def _connection(self, domid: int, secret: str, endpoint: str) -> int:
         """The caller's connection, made on its first request. The credential is checked
         under the lock that :meth:`release` takes, so a request racing the release of its
@@ -87,7 +126,8 @@ class Connections:
             if conn_id is None:
                 holder: list[int] = []
                 conn_id = self.server.open_connection(
-                    domid, domid == 0, lambda data: self._send(holder[0], endpoint, data))
+                    domid, domid == 0, lambda data: self._send(holder[0], endpoint, data),
+                    peer=endpoint)
                 holder.append(conn_id)
                 self._conns[(domid, endpoint)] = conn_id
             return conn_id

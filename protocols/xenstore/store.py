@@ -227,16 +227,42 @@ class Store:
             raise XenError(Errno.EBUSY, "transactions do not nest")
         return self._transactions.start(conn, self.quota).tx_id
 
-    def transaction_end(self, conn: Conn, tx_id: int, commit: bool) -> None:
-        """Discard or commit (EAGAIN on a conflict). The id is gone afterwards, either way."""
+    def transaction_end(self, conn: Conn, tx_id: int, commit: bool,
+                        changes: list[list[Any]] | None = None) -> None:
+        """Discard or commit (EAGAIN on a conflict). The id is gone afterwards, either way.
+        The node changes a commit makes are appended to ``changes``, as
+        :meth:`replay_commit` takes them (what a journal records)."""
         tx = self._begin("transaction_end", conn, tx_id)
         if tx is None:
             raise XenError(Errno.ENOENT, "not in a transaction")
         try:
             if commit:
-                self._commit(tx)
+                self._commit(tx, [] if changes is None else changes)
         finally:
             self._end(tx)
+
+    def replay_commit(self, conn: Conn, tx_id: int, changes: list[list[Any]] | None) -> None:
+        """A TRANSACTION_END as a journal recorded it: end the transaction (if open) and make
+        the node changes :meth:`transaction_end` gave (None: it failed), without deciding
+        the commit again (the replayed transaction never read anything)."""
+        try:
+            tx = self._transactions.lookup(conn, tx_id)
+        except XenError:
+            tx = None
+        if tx is not None:
+            self._end(tx)
+        for path, *node in changes or ():
+            self._apply(path, Node(bytes(node[0]), parse_perms(node[1]), dict.fromkeys(node[2]))
+                        if node else None)
+
+    def restart(self) -> None:
+        """xenstored restarted from its journal: each open transaction is doomed (its commit
+        answers EAGAIN, so its client runs it again) and each watch fires once, as when it
+        was registered (watches may fire spuriously; an event lost with the old process is
+        made good)."""
+        self._transactions.doom()
+        for watch in self._watches.all():
+            self._queue(watch.event(watch.path))
 
     # --- domains --------------------------------------------------------------------------
 
@@ -486,9 +512,9 @@ class Store:
         if not owned:
             del self._owned[owner]
 
-    def _commit(self, tx: Transaction) -> None:
-        """``finalize_transaction``: check, write the changed copies back, then fire the
-        queued watches."""
+    def _commit(self, tx: Transaction, changes: list[list[Any]]) -> None:
+        """``finalize_transaction``: check, write the changed copies back (appended to
+        ``changes``), then fire the queued watches."""
         if tx.fail is not None:
             self._eagain += tx.fail == Errno.EAGAIN
             raise XenError(tx.fail, "the transaction failed earlier")
@@ -499,15 +525,24 @@ class Store:
         if not tx.conn.privileged and tx.own_delta > 0:
             self.quota.check_count("nodes", len(self._owned.get(tx.conn.domid, ())) + tx.own_delta)
         for name, accessed in tx.accessed.items():
-            if not accessed.modified:
-                continue
-            old = self._nodes.get(name)
-            if accessed.node is not None:
-                self._commit_node(name, accessed.node, old.perms[0].domid if old else None)
-            elif old is not None:  # not one created and deleted again in the transaction
-                self._delete_node(name)
+            node = accessed.node
+            if accessed.modified and self._apply(name, node):
+                changes.append([name] if node is None else
+                               [name, node.value, format_perms(node.perms), list(node.children)])
         for name, match in tx.fire.items():
             self._notify(name, match, self._nodes.get(name), tx.accessed[name].perms)
+
+    def _apply(self, name: str, node: Node | None) -> bool:
+        """Make a transaction's copy of ``name`` global (None: delete it); False if there was
+        nothing to do (a node created and deleted again in the transaction)."""
+        old = self._nodes.get(name)
+        if node is not None:
+            self._commit_node(name, node, old.perms[0].domid if old else None)
+        elif old is not None:
+            self._delete_node(name)
+        else:
+            return False
+        return True
 
     def _end(self, tx: Transaction) -> None:
         self._transactions.end(tx)

@@ -123,6 +123,11 @@ class TransactionTable:
     def end(self, tx: Transaction) -> None:
         del self._open[tx.conn.conn_id, tx.tx_id]
 
+    def doom(self) -> None:
+        """Every open transaction's commit will answer EAGAIN (xenstored restarted)."""
+        for tx in self._open.values():
+            tx.fail = Errno.EAGAIN
+
     def of_conn(self, conn_id: int) -> list[Transaction]:
         return [t for (cid, _), t in self._open.items() if cid == conn_id]
 
