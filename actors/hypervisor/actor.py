@@ -14,6 +14,7 @@ as a Ray actor.
 from __future__ import annotations
 
 import os
+import pathlib
 import select
 import threading
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from typing import Any
 import ray
 
 from actors import log as xlog
-from actors import memory, uffd
+from actors import memory, procstat, uffd
 from actors.hypervisor.effects import (ConsoleLine, Deliver, Effect, GateVcpus, ReleaseMemory,
                                        SizeMemory, WatchVcpu)
 from actors.hypervisor.hvpipes import HvPipeServer
@@ -32,20 +33,7 @@ from actors.runtime import THREADS, Runtime
 from actors.transport import Endpoint, Transport
 from actors.transport.naming import actor_name
 from actors.transport.raycall import RayEndpoint, RayTransport
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_ns(pid: int | None) -> int:
-    """utime + stime of a process, from /proc (the hypervisor runs on the domain's host)."""
-    if not pid:
-        return 0
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // _CLK_TCK
-    except (OSError, IndexError, ValueError):
-        return 0
+from protocols.page import PAGES_PER_MIB
 
 
 class HypervisorShell(Endpoint):
@@ -61,7 +49,7 @@ class HypervisorShell(Endpoint):
         self.dirtylog = UffdDirtyLog(log)
         self.state = Hypervisor(host, memory_mib=memory_mib, pcpus=pcpus, mem_prefix=mem_prefix,
                                 frames=self._frames,
-                                cpu_time_ns=lambda d: process_cpu_ns(self.state.vcpu_pids.get(d)),
+                                cpu_time_ns=lambda d: procstat.cpu_ns(self.state.vcpu_pids.get(d)),
                                 dirtylog=self.dirtylog)
         self.handovers: HandoverServer | None = None
         try:
@@ -88,9 +76,11 @@ class HypervisorShell(Endpoint):
         self.log.info("dom0 built", memory_mib=memory_mib)
         return dom0.secret
 
-    def on_hypercall(self, domid: int, secret: str, endpoint: str, data: bytes) -> bytes:
+    def on_hypercall(self, domid: int, secret: str, endpoint: str, data: bytes,
+                     pid: int = 0) -> bytes:
+        """``pid``: the calling process, given by a same-host pipe (which knows its client)."""
         with self.lock:
-            reply, effects = self.state.hypercall(domid, secret, endpoint, data)
+            reply, effects = self.state.hypercall(domid, secret, endpoint, data, pid)
             self._carry_out(effects)
         return reply
 
@@ -105,8 +95,39 @@ class HypervisorShell(Endpoint):
                 self.pipes = HvPipeServer(self._mem_prefix, {"hypercall": self.on_hypercall},
                                           self.log, self.runtime)
             conn = self.pipes.open(endpoint, domid, pid)
-        self._watch(pid, lambda: self.pipes.drop(conn, "client exited"))
+        self._watch(pid, lambda: self._client_exited(conn))
         return {"rc": 0, "path": conn.pipe.path, "pid": os.getpid()}
+
+    def _client_exited(self, conn: Any) -> None:
+        """A pipe's client process died: drop its pipe; a Dom0 process's grant maps and
+        ports go with it, as when Linux closes a dead process's gntdev and evtchn devices."""
+        self.pipes.drop(conn, "client exited")
+        if conn.domid == 0:
+            with self.lock:
+                self._carry_out(self.state.process_exited(conn.pid))
+
+    def on_memory_pressure(self, mib: int) -> int:
+        """A fault: take up to ``mib`` of the host's free memory away from Xen (0: give it
+        back); the MiB taken."""
+        with self.lock:
+            taken = self.state.table.press(int(mib) * PAGES_PER_MIB) // PAGES_PER_MIB
+        self.log.warning("memory pressure", taken_mib=taken)
+        return taken
+
+    def on_audit(self) -> dict:
+        """What every domain holds (:meth:`Hypervisor.audit`), and the files named for this
+        host's domains (``<mem_prefix>-d<domid>``, their memory, and what lies beside it: one
+        left behind by a domain that is gone is a leak)."""
+        with self.lock:
+            audit = self.state.audit()
+        prefix = pathlib.Path(self._mem_prefix)
+        files = sorted(str(f) for f in prefix.parent.glob(f"{prefix.name}-d*"))
+        return {**audit, "domain_files": files}
+
+    def on_vcpu_pids(self) -> dict[int, int]:
+        """The process running each domain's vCPUs (what it watches for a crash)."""
+        with self.lock:
+            return dict(self.state.vcpu_pids)
 
     def on_statistics(self) -> dict:
         with self.lock:

@@ -76,6 +76,7 @@ class DomainTable:
 
     def __init__(self, *, host_pages: int) -> None:
         self.host_pages = host_pages
+        self.pressure_pages = 0  # taken by the host outside Xen (a memory-pressure fault)
         self.domains: dict[int, Domain] = {}
         self._last_domid = 0
 
@@ -168,7 +169,17 @@ class DomainTable:
 
     @property
     def host_free_pages(self) -> int:
-        return self.host_pages - sum(d.tot_pages for d in self.domains.values())
+        return (self.host_pages - self.pressure_pages
+                - sum(d.tot_pages for d in self.domains.values()))
+
+    def press(self, pages: int) -> int:
+        """Memory pressure: the host takes up to ``pages`` of its free memory away from Xen
+        (0 gives it all back), so allocations see -ENOMEM; returns the pages taken."""
+        if pages < 0:
+            raise XenError(Errno.EINVAL, "negative memory pressure")
+        self.pressure_pages = 0
+        self.pressure_pages = min(pages, self.host_free_pages)
+        return self.pressure_pages
 
     def set_max_pages(self, domid: int, max_pages: int) -> None:
         """``XEN_DOMCTL_max_mem``: lowering below tot_pages is allowed (13)."""

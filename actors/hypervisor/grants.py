@@ -77,6 +77,13 @@ class Grants:
         self._unmapped(entries, ops.release_mappings(self.lookup, mt))
         self._maptrack.pop(domid, None)
 
+    def mappings(self, mapper: int) -> list[tuple[int, int, int]]:
+        """``(granter, gref, GNTMAP flags)`` of every mapping ``mapper`` holds (read-only)."""
+        mt = self._maptrack.get(mapper)
+        if mt is None:
+            return []
+        return [(e.domid, e.ref, e.flags) for e in map(mt.entry, mt.handles()) if e is not None]
+
     def writable_frames(self, granter: int) -> set[int]:
         """The granter's pages some domain has mapped writable now (a backend may write them
         at any moment, unseen: dirty in every log-dirty round while mapped)."""

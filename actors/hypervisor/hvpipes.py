@@ -44,8 +44,8 @@ class Conn:
 
 
 class HvPipeServer:
-    """``calls[kind](*args)`` runs a client's call on the serving thread; its value is the
-    reply. A kind not in ``calls`` is refused (the hypervisor offers only ``hypercall``: the
+    """``calls[kind](*args, pid=<the client's pid>)`` runs a client's call on the serving
+    thread; its value is the reply. A kind not in ``calls`` is refused (the hypervisor offers only ``hypercall``: the
     one way into it from a guest)."""
 
     def __init__(self, prefix: str, calls: Mapping[str, Callable[..., Any]], log: Any,
@@ -211,7 +211,7 @@ class HvPipeServer:
                 reply = [seq, False, f"{kind!r} cannot be called on a pipe"]
             else:
                 try:
-                    reply = [seq, True, handler(*args)]
+                    reply = [seq, True, handler(*args, pid=conn.pid)]
                 except Exception as e:  # hostile arguments, or a bug: an error, we go on
                     self.log.warning("pipe call failed", kind=kind, error=repr(e))
                     reply = [seq, False, repr(e)]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hmac
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -37,8 +38,9 @@ from actors.hypervisor.grants import Frames, Grants
 from actors.hypervisor.logdirty import DirtyLog, NoDirtyLog
 from protocols import evtchn as ev
 from protocols.errno import Errno, XenError
+from protocols.gnttab import GNTST
 from protocols.hypercall import (DOMID_SELF, SHADOW_LOGDIRTY_FINAL, ConsoleIO, CreateDomainFlag,
-                                 Domctl, EvtchnOp, Hypercall, MemoryOp, Runstate, SchedOp,
+                                 Domctl, EvtchnOp, GnttabOp, Hypercall, MemoryOp, Runstate, SchedOp,
                                  ShadowMode, ShadowOp, ShutdownReason, Sysctl, VcpuOp, Virq,
                                  XenMapSpace, XenVersion, decode_call, encode_result)
 from protocols.migration.vcpu import VGCF_IN_KERNEL, VGCF_ONLINE, VcpuContext
@@ -69,6 +71,11 @@ class Hypervisor:
         self._cpu_time_ns = cpu_time_ns
         self._domu_endpoint: dict[int, str] = {}
         self._port_endpoint: dict[tuple[int, int], str] = {}
+        # Dom0's grant handles and ports by the process that made them (Linux's gntdev and
+        # evtchn devices: closed when that process dies; process_exited)
+        self._caller_pid = 0
+        self._map_owner: dict[int, int] = {}
+        self._port_owner: dict[int, int] = {}
         self.vcpu_pids: dict[int, int] = {}
         self.stats = {"hypercalls": 0, "refused": 0, "errors": 0, "upcalls": 0}
         self._handlers: dict[Hypercall, Callable[[Domain, str, Any, dict], tuple[Any, list]]] = {
@@ -96,9 +103,11 @@ class Hypervisor:
         return dom0
 
     def hypercall(self, domid: int, secret: str, endpoint: str,
-                  data: bytes) -> tuple[bytes, list[Effect]]:
-        """Authenticate the caller, decode, dispatch; every error becomes Xen's rc."""
+                  data: bytes, pid: int = 0) -> tuple[bytes, list[Effect]]:
+        """Authenticate the caller, decode, dispatch; every error becomes Xen's rc. ``pid``:
+        the calling process, when the shell knows it (a same-host pipe's client)."""
         self.stats["hypercalls"] += 1
+        self._caller_pid = pid
         dom = self.table.domains.get(domid)
         if dom is None or dom.dying is not Dying.ALIVE or not hmac.compare_digest(
                 dom.secret, secret):
@@ -165,10 +174,36 @@ class Hypervisor:
             "domains": len(self.table.domains),
             "host_pages": self.table.host_pages,
             "free_pages": self.table.host_free_pages,
+            "pressure_pages": self.table.pressure_pages,
             "evtchn_sends": es.sends,
             "evtchn_upcalls": es.upcalls,
             "evtchn_coalesced": es.coalesced,
         }
+
+    def audit(self) -> dict[str, Any]:
+        """What every domain holds, for ``xenray audit`` (read-only): its state, pages and
+        UUID (the toolstack's ``/vm/<uuid>``), the grant maps it holds (granter, gref,
+        ``GNTMAP_*``; who maps a domain's grants is in the others' lists) and its event
+        channels in use, with their peer and the endpoint that bound them. A zombie
+        (destroyed, its pages still mapped by another domain) is listed, dead, with no
+        ports."""
+        return {"domains": [self._audit_domain(self.table.domains[d])
+                            for d in sorted(self.table.domains)]}
+
+    def _audit_domain(self, dom: Domain) -> dict[str, Any]:
+        d = dom.domid
+        try:
+            rows = self.evtchn.save(d)["ports"]
+        except XenError:  # a zombie: its event channels went with it
+            rows = []
+        ports = [{"port": port, "state": ev.ECS(state).name.lower(), "vcpu": vcpu,
+                  "remote_dom": a if state in (ev.ECS.UNBOUND, ev.ECS.INTERDOMAIN) else None,
+                  "remote_port": b if state == ev.ECS.INTERDOMAIN else None,
+                  "endpoint": self._port_endpoint.get((d, port))}
+                 for port, state, vcpu, a, b in rows]
+        return {"domid": d, "state": dom.dying.name.lower(), "privileged": dom.privileged,
+                "pages": dom.tot_pages, "uuid": str(uuid.UUID(bytes=dom.handle)),
+                "maps": [list(m) for m in self.grants.mappings(d)], "ports": ports}
 
     def memory_path(self, domid: int) -> str:
         return f"{self.mem_prefix}-d{domid}"
@@ -189,6 +224,35 @@ class Hypervisor:
 
     def _own_port(self, domid: int, port: int, endpoint: str) -> None:
         self._port_endpoint[(domid, port)] = endpoint
+        if domid == 0:
+            self._own(self._port_owner, port)
+
+    def _own(self, owners: dict[int, int], key: int) -> None:
+        if self._caller_pid:
+            owners[key] = self._caller_pid
+        else:
+            owners.pop(key, None)
+
+    def process_exited(self, pid: int) -> list[Effect]:
+        """A Dom0 process died: what Linux does when it closes its gntdev and evtchn devices
+        (``gntdev_release``, ``evtchn_release``): every grant it still maps is unmapped and
+        every port it still has bound is closed, so a killed backend leaves no map that
+        keeps a destroyed domain a zombie, and no port bound to nobody."""
+        handles = sorted(h for h, owner in self._map_owner.items() if owner == pid)
+        ports = sorted(p for p, owner in self._port_owner.items() if owner == pid)
+        for handle in handles:
+            del self._map_owner[handle]
+        if handles:
+            self.grants.op(0, True, GnttabOp.unmap_grant_ref, [
+                {"host_addr": 0, "dev_bus_addr": 0, "handle": h} for h in handles])
+        for port in ports:
+            del self._port_owner[port]
+            if self._port_endpoint.pop((0, port), None) is not None:
+                try:
+                    self.evtchn.close(0, port)
+                except XenError:
+                    pass  # closed meanwhile by a hypercall that did not name its process
+        return self._reap_zombies()
 
     # -- hypercall families ------------------------------------------------------------
 
@@ -256,6 +320,8 @@ class Hypervisor:
         if sub == EvtchnOp.close:
             evc.close(d, a["port"])
             self._port_endpoint.pop((d, a["port"]), None)
+            if d == 0:
+                self._port_owner.pop(a["port"], None)
             return 0, []
         if sub == EvtchnOp.unmask:
             return 0, self._route(evc.unmask(d, a["port"]))
@@ -307,6 +373,14 @@ class Hypervisor:
 
     def _grant_table_op(self, dom, ep, sub, a):
         results = self.grants.op(dom.domid, dom.privileged, sub, a["ops"])
+        if dom.domid == 0 and sub == GnttabOp.map_grant_ref:
+            for r in results:
+                if r["status"] == GNTST.okay:
+                    self._own(self._map_owner, r["handle"])
+        elif dom.domid == 0 and sub == GnttabOp.unmap_grant_ref:
+            for e, r in zip(a["ops"], results):
+                if r["status"] == GNTST.okay:
+                    self._map_owner.pop(e["handle"], None)
         return (0, results), self._reap_zombies()
 
     def _target(self, dom: Domain, domid: int) -> Domain:

@@ -5,7 +5,7 @@ import pytest
 
 from actors.hypervisor.effects import Deliver, GateVcpus, ReleaseMemory, SizeMemory, WatchVcpu
 from actors.hypervisor.state import Hypervisor
-from protocols.errno import Errno
+from protocols.errno import Errno, XenError
 from protocols.hypercall import (DOMID_ANY, DOMID_SELF, Domctl, DomInfoFlag, EvtchnOp, Hypercall,
                                  MemoryOp, SchedOp, ShutdownReason, Sysctl, Virq, XenVersion,
                                  decode_result, dominf_shutdown_code, encode_call)
@@ -14,13 +14,14 @@ HANDLE = bytes(range(16))
 
 
 class Caller:
-    def __init__(self, hv, domid, secret, endpoint):
+    def __init__(self, hv, domid, secret, endpoint, pid=0):
         self.hv, self.domid, self.secret, self.endpoint = hv, domid, secret, endpoint
+        self.pid = pid  # the calling process, as a same-host pipe names it
         self.effects = []
 
     def __call__(self, op, subop, **args):
         reply, effects = self.hv.hypercall(self.domid, self.secret, self.endpoint,
-                                           encode_call(op, subop, args))
+                                           encode_call(op, subop, args), self.pid)
         self.effects = effects
         res = decode_result(reply)
         return res.rc, res.result
@@ -239,3 +240,45 @@ def test_hypervisor_6_2_destroyed_granter_stays_a_zombie_while_mapped(hv):
        ops=[{"host_addr": 0, "dev_bus_addr": 0, "handle": handle}])
     assert ReleaseMemory("/dev/shm/test-d1") in xl.effects
     assert xl(Hypercall.sysctl, Sysctl.getdomaininfolist, first_domain=1, max_domains=10)[1] == []
+
+
+def test_memory_pressure_takes_free_memory_so_populate_gets_less_and_gives_it_back():
+    """A memory-pressure fault: the host's free memory shrinks; give-back restores it."""
+    from actors.hypervisor.domains import DomainTable
+
+    table = DomainTable(host_pages=1000)
+    dom = table.create(max_vcpus=1)
+    table.set_max_pages(dom.domid, 1000)
+    assert table.press(900) == 900 and table.host_free_pages == 100
+    assert table.populate(dom.domid, 300) == 100, "only what the pressure left"
+    assert table.press(5000) == 900, "at most what is free (the domain's pages are not)"
+    assert table.press(0) == 0 and table.host_free_pages == 900
+    with pytest.raises(XenError):
+        table.press(-1)
+
+
+def test_a_dead_dom0_process_s_maps_and_ports_are_released_and_only_its_own(hv):
+    """gntdev_release/evtchn_release: a killed backend (pid 7) leaves no map keeping a
+    destroyed domain a zombie and no port bound; its restarted self (pid 8) keeps what it
+    took meanwhile, even the same port number and maptrack handle reused."""
+    domid, _, _, _ = create(hv)
+    _grant(hv, domid, 8, 0, 20)
+    _grant(hv, domid, 9, 0, 21)
+    old = Caller(hv, 0, hv.table.domains[0].secret, "h1/blkback", pid=7)
+    new = Caller(hv, 0, hv.table.domains[0].secret, "h1/blkback", pid=8)
+    old_map = _map(old, domid, 8)["handle"]
+    rc, res = old(Hypercall.event_channel_op, EvtchnOp.alloc_unbound, dom=DOMID_SELF,
+                  remote_dom=domid)
+    old_port = res["port"]
+    assert new(Hypercall.event_channel_op, EvtchnOp.close, port=old_port)[0] == 0  # stale
+    rc, res = new(Hypercall.event_channel_op, EvtchnOp.alloc_unbound, dom=DOMID_SELF,
+                  remote_dom=domid)
+    assert res["port"] == old_port, "the restarted backend got the same port number back"
+    new_map = _map(new, domid, 9)["handle"]
+    hv.process_exited(7)
+    assert hv.grants.mappings(0) == [(domid, 9, 2)] and new_map != old_map
+    assert hv.evtchn.status(0, DOMID_SELF, old_port).status != 0, "pid 8's port stays bound"
+    hv.process_exited(8)
+    assert hv.grants.mappings(0) == []
+    dom0(hv)(Hypercall.domctl, Domctl.destroydomain, domain=domid)
+    assert domid not in hv.table.domains and not hv.zombies, "no map kept it a zombie"

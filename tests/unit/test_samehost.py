@@ -36,7 +36,8 @@ class Host:
         self.carried: list = []
         self.conns = []
 
-    def _hypercall(self, *args):
+    def _hypercall(self, *args, pid=0):
+        assert pid == os.getpid(), "the pipe names its client's process"
         self.served.append(list(args))
         return self.serve("hypercall", list(args))
 
