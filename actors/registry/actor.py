@@ -32,6 +32,7 @@ class RegistryShell(Endpoint):
         self.lock = threading.Lock()
         self.state = NameRegistry({name: msgpack.unpackb(value)
                                    for name, value in store.items()})
+        self.dead: dict[str, dict] = {}  # host -> its fence report (re-learnt on a restart)
 
     def _persist(self, *names: str) -> None:
         for name in names:
@@ -69,6 +70,20 @@ class RegistryShell(Endpoint):
             held = self.state.rename(old, new, host, token)
             self._persist(old, new)
             return held
+
+    def on_host_lost(self, host: str, report: dict) -> list[str]:
+        """A host was declared dead and fenced: free its names; remember it as dead, with
+        ``report`` and the names of the domains lost with it, for every client's list."""
+        with self.lock:
+            lost = self.state.host_lost(host)
+            self._persist(*lost)
+            self.dead[host] = {**report, "lost": sorted({*self.dead.get(host, {}).get(
+                "lost", []), *lost})}
+            return lost
+
+    def on_dead_hosts(self) -> dict[str, dict]:
+        with self.lock:
+            return dict(self.dead)
 
     def on_lookup(self, name: str) -> Holder | None:
         with self.lock:

@@ -88,6 +88,14 @@ class NameRegistry:
         del self._names[old]
         return None
 
+    def host_lost(self, host: str) -> list[str]:
+        """``host`` crashed and was fenced: every name it held is free again (its domains are
+        lost, as a crashed Xen host's are); the names, sorted."""
+        lost = sorted(name for name, held in self._names.items() if held["host"] == host)
+        for name in lost:
+            del self._names[name]
+        return lost
+
     def lookup(self, name: str) -> Holder | None:
         held = self._names.get(name)
         return dict(held) if held is not None else None

@@ -33,6 +33,7 @@ import msgpack
 import ray
 
 from actors import log as xlog
+from actors import memory, procstat
 from actors.runtime import THREADS, Runtime
 from actors.toolstack import builder
 from actors.toolstack.devices import with_macs
@@ -43,9 +44,10 @@ from actors.toolstack.state import Phase, Record, Step, Toolstack, state_string
 from actors.transport import Endpoint, PeerGone, launch
 from actors.transport.clients import HostClients, host_clients
 from actors.transport.naming import CLUSTER, actor_name
+from actors.transport.partition import PartitionedTransport
 from actors.transport.raycall import RayEndpoint
 from protocols.errno import Errno, XenError
-from protocols.hypercall import Domctl, Hypercall, ShutdownReason, Sysctl
+from protocols.hypercall import Domctl, DomInfoFlag, Hypercall, ShutdownReason, Sysctl
 from protocols.libxl_types import DomainConfig
 from protocols.page import PAGES_PER_MIB
 from protocols.xenstore.paths import RELEASE_DOMAIN, domain_path
@@ -75,7 +77,8 @@ class ToolstackShell(MigrationShell, Endpoint):
     def __init__(self, host: str, clients: HostClients, log: Any, launcher: Launcher,
                  runtime: Runtime = THREADS) -> None:
         self.host, self.log, self.launcher, self.runtime = host, log, launcher, runtime
-        self.transport, self.hv, self.xs = clients.transport, clients.hv, clients.xs
+        self.hv, self.xs = clients.hv, clients.xs
+        self.transport = PartitionedTransport(clients.transport)  # to other hosts' agents
         self.xenstored = actor_name(host, "xenstored")
         self.registry = actor_name(CLUSTER, "registry")
         self.transport.prefetch(self.registry)  # a migration's rename must not wait for it
@@ -91,10 +94,45 @@ class ToolstackShell(MigrationShell, Endpoint):
             Step.STREAM: self._stream,
             Step.UNPAUSE: self._unpause, Step.INIT: self._init}
         self._init_migration()
+        self._userdata: dict[int, str] = {}  # domid -> its userdata file
         builder.init_dom0(self.xs)
+        self._adopt()
         self.reactions: queue.SimpleQueue[Any] = queue.SimpleQueue()
         runtime.spawn(self._react, name="xl-reactions")
-        self.xs.watch(RELEASE_DOMAIN, "xl-release", lambda path, token: self.reactions.put(None))
+        try:
+            self.xs.watch(RELEASE_DOMAIN, "xl-release",
+                          lambda path, token: self.reactions.put(None))
+        except XenError as e:
+            if e.errno != Errno.EEXIST:  # our connection's watch survived a restart
+                raise
+        self.reactions.put(None)  # a domain that shut down while no agent ran is acted on
+
+    def _adopt(self) -> None:
+        """A restarted agent takes back every domain the hypervisor has that it built
+        (from its userdata); one with none was being built when the agent died, and is
+        destroyed, as that build's undo would have been."""
+        infos = self.hv(Hypercall.sysctl, Sysctl.getdomaininfolist, first_domain=1,
+                        max_domains=1 << 15)
+        for info in infos:
+            domid = info["domain"]
+            if info["flags"] & DomInfoFlag.dying:
+                continue
+            try:
+                data = builder.load_userdata(builder.memory_path(self.hv, domid))
+            except XenError as e:
+                if e.errno != Errno.ESRCH:
+                    raise
+                continue  # destroyed meanwhile
+            if data is not None and data.get("domid") == domid:
+                with self.lock:
+                    rec = self.core.adopt(data)
+                self._userdata[domid] = builder.userdata_path(rec.memory_path)
+                self.log.info("domain adopted", domid=domid, name=rec.name)
+            else:
+                self.log.warning("domain half-built when the agent died: destroyed",
+                                 domid=domid)
+                self._carry_out_each([DestroyDomain(domid), ReleaseXenstored(domid),
+                                      KillVcpus(domid)])
 
     def close(self) -> None:
         """Stop the reaction thread (the host is going away)."""
@@ -137,7 +175,8 @@ class ToolstackShell(MigrationShell, Endpoint):
         self.xs.write(f"{domain_path(self._domid(name))}/control/shutdown", word)
 
     def on_list(self) -> list[dict[str, Any]]:
-        """xl list's rows for this host, Dom0 first."""
+        """xl list's rows for this host, Dom0 first. Xen's State cannot tell a domain whose
+        process is stopped (SIGSTOP) from a running one: ``health`` does (``frozen``)."""
         infos = self.hv(Hypercall.sysctl, Sysctl.getdomaininfolist, first_domain=0,
                         max_domains=1 << 15)
         with self.lock:
@@ -152,8 +191,14 @@ class ToolstackShell(MigrationShell, Endpoint):
             rows.append({"name": name, "domid": domid,
                          "mem": info["tot_pages"] // PAGES_PER_MIB,
                          "vcpus": info["nr_online_vcpus"], "state": state_string(info["flags"]),
-                         "time": info["cpu_time"] / 1e9, "host": self.host, "pid": pid})
+                         "time": info["cpu_time"] / 1e9, "host": self.host, "pid": pid,
+                         "health": "frozen" if procstat.stopped(pid) else "ok"})
         return rows
+
+    def on_set_partition(self, hosts: list[str]) -> None:
+        """A partition nemesis: calls to these hosts' agents are lost until set to []."""
+        self.transport.set_blocked(hosts)
+        self.log.warning("partitioned from hosts", hosts=hosts)
 
     def on_names(self) -> dict[str, int | None]:
         with self.lock:
@@ -192,6 +237,7 @@ class ToolstackShell(MigrationShell, Endpoint):
         with self.lock:
             effects = self.core.finish(rec)
             self.built.notify_all()
+        self._store_userdata(rec)
         self._carry_out(effects)
         self.reactions.put(None)  # a shutdown while it was being built was not acted on yet
 
@@ -267,6 +313,8 @@ class ToolstackShell(MigrationShell, Endpoint):
             match e:
                 case DestroyDomain(domid):
                     builder.destroy_domain(self.hv, self.xs, domid)
+                    if (path := self._userdata.pop(domid, None)) is not None:
+                        memory.remove(path)
                 case ReleaseXenstored(domid):
                     self.transport.call(self.xenstored, "release", domid)
                 case KillVcpus(domid):
@@ -282,6 +330,8 @@ class ToolstackShell(MigrationShell, Endpoint):
                         self.xs.write(f"{domain_path(domid)}/name", new)
                     with self.lock:
                         effects = self.core.renamed(old, new, ok=taken is None)
+                    if taken is None:
+                        self._store_userdata(self.core.records[new])
                     self._carry_out(effects)
                 case Rebuild(name):
                     self._background(f"restart of {name}", self._rebuild, name)
@@ -348,6 +398,12 @@ class ToolstackShell(MigrationShell, Endpoint):
 
     # -- helpers ----------------------------------------------------------------------------
 
+    def _store_userdata(self, rec: Record) -> None:
+        """Keep the built record where a restarted agent finds it (libxl's userdata)."""
+        with self.lock:
+            data = rec.userdata()
+        self._userdata[rec.domid] = builder.store_userdata(rec.memory_path, data)
+
     def _domid(self, name: str) -> int:
         with self.lock:
             rec = self.core.record(name)
@@ -374,7 +430,10 @@ class DomainActors:
         launch.kill(self.host, f"dom{domid}")
 
 
-@ray.remote(max_restarts=0, max_concurrency=32)  # migrations hold threads for their length
+# Restarted when killed: it adopts its domains (its in-flight calls fail, never re-run: a
+# create or migration retried on a new agent would act twice). 32 threads: migrations hold
+# threads for their length.
+@ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=32)
 class ToolstackActor(RayEndpoint, ToolstackShell):
     def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
         log = xlog.setup(host=host, component="xl", log_dir=log_dir)

@@ -15,6 +15,8 @@ The PV memory map (pfn 0 start_info, 3 the console ring, 16.. free for the guest
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import threading
 import time
 import uuid as uuidlib
@@ -87,9 +89,42 @@ def populate(hv: Any, domid: int, cfg: DomainConfig, name: str) -> str:
     if done < want:
         raise XenError(Errno.ENOMEM, f"host has memory for {done // PAGES_PER_MIB} of the "
                                      f"{cfg.memory} MiB domain {name!r} asks for")
+    return memory_path(hv, domid)
+
+
+def memory_path(hv: Any, domid: int) -> str:
+    """A domain's memory file: what a foreign map of its first page answers."""
     return hv(Hypercall.memory_op, MemoryOp.add_to_physmap_batch, domid=0,
               space=XenMapSpace.gmfn_foreign, size=1, foreign_domid=domid,
               idxs=[PFN_START_INFO], gpfns=[0])["path"]
+
+
+# -- the domain's userdata (libxl_internal.c libxl__userdata_store, "libxl-json") ----------
+
+def userdata_path(memory_path: str) -> str:
+    """Beside the domain's memory, so that whatever removes a host's memory files removes
+    it too."""
+    return f"{memory_path}.libxl-json"
+
+
+def store_userdata(memory_path: str, data: dict[str, Any]) -> str:
+    """Write the record a restarted agent adopts, atomically (a crash mid-write leaves the
+    old one) and 0600 (it holds the domain's credential); its path."""
+    path = userdata_path(memory_path)
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+    os.replace(tmp, path)
+    return path
+
+
+def load_userdata(memory_path: str) -> dict[str, Any] | None:
+    try:
+        with open(userdata_path(memory_path)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def alloc_console_port(hv: Any, domid: int) -> int:

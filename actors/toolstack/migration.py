@@ -40,7 +40,7 @@ from actors.toolstack.channel import CHUNK_BYTES, ChunkReceiver, ChunkSender
 from actors.toolstack.precopy import policy_named
 from actors.toolstack.restore import DomainRestorer
 from actors.toolstack.save import DomainSaver
-from actors.toolstack.state import Record
+from actors.toolstack.state import Phase, Record
 from actors.transport import PeerGone
 from actors.transport.naming import actor_name
 from protocols.errno import Errno, XenError
@@ -255,6 +255,8 @@ class MigrationShell:
         with self.lock:
             self.core.rename(old, new)
         self.xs.write(f"{domain_path(rec.domid)}/name", new)
+        if rec.phase is not Phase.BUILDING:
+            self._store_userdata(rec)
 
     # -- xl migrate-receive: the receiver ---------------------------------------------------
 

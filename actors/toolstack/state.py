@@ -17,6 +17,12 @@ undoes it, and what to do when a domain shuts down.
   a :attr:`Phase.RUNNING` record that the hypervisor reports shut down gets its ``on_*``
   action once: destroy, restart (rebuilt under the same, still reserved, name),
   rename-restart, preserve; a suspend is no action ("domain has suspended").
+* **Restart of the agent.** A built record is also kept as libxl keeps a domain's config
+  (``libxl__userdata_store``, "libxl-json"): :meth:`Record.userdata`, in a file beside the
+  domain's memory. A restarted agent adopts every domain the hypervisor still has from it
+  (:meth:`Toolstack.adopt`); a domain with no userdata was being built when the agent died and
+  is destroyed, as its build's undo would have done. A domain that shut down meanwhile gets its
+  ``on_*`` action once the agent's ``@releaseDomain`` watch fires on registration.
 
 Events in, effects out: the shell calls these methods under one lock and carries out the
 effects they return (:mod:`actors.toolstack.effects`). Nothing else changes the state.
@@ -100,6 +106,20 @@ class Record:
     resume: bool = False  # its vCPUs resume a saved domain (a restore) rather than boot
     restored: dict[str, Any] = dataclasses.field(default_factory=dict)  # what the stream held
 
+    USERDATA = ("name", "domid", "secret", "uuid", "memory_path", "console_port", "pid",
+                "token")
+
+    def userdata(self) -> dict[str, Any]:
+        """What a restarted agent needs to adopt this (built) domain."""
+        return {**{key: getattr(self, key) for key in self.USERDATA},
+                "config": self.config.to_dict()}
+
+    @classmethod
+    def adopted(cls, data: dict[str, Any]) -> Record:
+        """The record of a running domain, from its :meth:`userdata`."""
+        return cls(config=DomainConfig.from_dict(data["config"]), phase=Phase.RUNNING,
+                   done=list(CREATE_STEPS), **{key: data[key] for key in cls.USERDATA})
+
 
 class Toolstack:
     """One host's toolstack records. Call every method under the shell's one lock."""
@@ -126,6 +146,16 @@ class Toolstack:
         """Does the record that made a reservation with ``token`` still exist? (Under that
         name, or under the new one of a rename-restart whose registry rename is under way.)"""
         return any(rec.token == token for rec in self.records.values())
+
+    def adopt(self, data: dict[str, Any]) -> Record:
+        """A restarted agent takes back a domain it built (:meth:`Record.userdata`); EEXIST
+        if it already has that name."""
+        rec = Record.adopted(data)
+        if rec.name in self.records:
+            raise XenError(Errno.EEXIST, f"a domain named {rec.name!r} already exists on "
+                                         f"{self.host}")
+        self.records[rec.name] = rec
+        return rec
 
     # -- the create pipeline -------------------------------------------------------------
 

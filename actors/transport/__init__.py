@@ -52,5 +52,7 @@ class Endpoint:
         return handler(*args)
 
     def on_process(self) -> dict[str, Any]:
-        """Where this actor runs: its OS pid (``xenray list --json`` shows it)."""
-        return {"pid": os.getpid()}
+        """Where this actor runs: its OS pid (``xenray list --json`` shows it), and the pid of
+        its Ray node's raylet, whose every worker process belongs to the same host (what a
+        fence of that host kills: ``cluster.fault.processes``)."""
+        return {"pid": os.getpid(), "raylet_pid": int(os.environ.get("RAY_RAYLET_PID", 0))}

@@ -106,3 +106,19 @@ def test_registry_shell_writes_every_change_through_to_its_store():
     assert again.deliver("lookup", "web-3") == {"host": "h1", "domid": 3, "token": "a"}
     assert again.deliver("reserve", "web-3", "h2", "c") == {"host": "h1", "domid": 3,
                                                              "token": "a"}
+
+
+def test_registry_a_host_lost_frees_its_names_only_and_is_remembered_as_dead():
+    """A fenced host's domains are lost: their names are free again (a re-create elsewhere
+    may take them); the other hosts' names stay; every client's list learns it is dead."""
+    store: dict[str, bytes] = {}
+    shell = RegistryShell(store)
+    shell.on_reserve("a", "h1", "t1")
+    shell.on_confirm("a", "h1", "t1", 3)
+    shell.on_reserve("b", "h2", "t2")
+    shell.on_reserve("c", "h1", "t3")
+    assert shell.on_host_lost("h1", {"host": "h1", "why": "test"}) == ["a", "c"]
+    assert shell.on_lookup("a") is None and shell.on_lookup("b") is not None
+    assert set(store) == {"b"}, "the freed names are gone from the durable store too"
+    assert shell.on_dead_hosts() == {"h1": {"host": "h1", "why": "test", "lost": ["a", "c"]}}
+    assert shell.on_reserve("a", "h2", "t4") is None
