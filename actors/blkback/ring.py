@@ -13,6 +13,13 @@ hostile and the device is to be disconnected (``ProcessResult.disconnect``), as 
 stops servicing it. Nothing is kept per request id between calls, so the duplicates a
 reconnecting frontend re-issues (19.4) are just done again.
 
+Injected faults (faults.py, ``disk_fault``): the ring asks the vbd's :class:`DiskFault`
+about every valid request before any I/O and answers a failure BLKIF_RSP_ERROR, hands it the
+old contents of what a write overwrites while a volatile cache is armed, and holds responses
+back for an added latency: they wait, in order, in the ring and are answered when a timer of
+:class:`BlkbackRings` says they are due, so the vbd's port is served on and other vbds never
+wait for them.
+
 Persistent grants (``feature-persistent``): each data gref is mapped once, read-write, and
 kept, up to ``max_pgrants`` (Linux ``xen_blkif_max_pgrants`` = 1056); past that, grants are
 mapped for the one request and unmapped after it, as Linux does. Without the feature a
@@ -26,19 +33,22 @@ frontend broke its ring (xenbus.py and actors/xenbus/ decide what follows).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import threading
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from actors.blkback.faults import DiskFault, DiskFaultSpec
 from actors.blkback.vbd import Vbd
+from actors.runtime import THREADS, Runtime, Timer
 from actors.xenbus.backend_io import Key, RingBrokenFn
 from actors.xenbus.grant_map import GrantMaps, Rings
 from protocols.blkif import (BLKIF_OP_DISCARD, BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ,
                              BLKIF_RSP_ERROR, BLKIF_RSP_OKAY, REQUEST_SIZE, SECTOR_SIZE,
-                             BlkifRequest, BlkifResponse, peek_request, unpack_request,
-                             validate_request)
+                             BlkifRequest, BlkifResponse, peek_request, request_bytes,
+                             unpack_request, validate_request)
 from protocols.errno import Errno, XenError
 from protocols.hypercall import EvtchnOp, Hypercall
 from protocols.page import PAGE_SIZE
@@ -91,14 +101,20 @@ class BlkbackRing:
     """The back end of one vbd's blkif ring over ``ring_page`` (a one-page ring).
 
     ``map_grant(gref, readonly)`` maps a frontend data page and raises XenError for a bad
-    gref; ``unmap_grant(gref, page)`` (optional) releases a mapping.
+    gref; ``unmap_grant(gref, page)`` (optional) releases a mapping. ``fault``: the vbd's
+    injected fault, if any (the owner may swap it between calls); ``clock`` times the
+    responses a latency holds back.
     """
 
     def __init__(self, ring_page: memoryview, vbd: Vbd, *, map_grant: MapGrant,
                  unmap_grant: UnmapGrant | None = None, feature_flush_cache: bool = True,
                  feature_discard: bool = True, feature_persistent: bool = False,
-                 max_pgrants: int = MAX_PGRANTS) -> None:
+                 max_pgrants: int = MAX_PGRANTS, fault: DiskFault | None = None,
+                 clock: Callable[[], float] = THREADS.monotonic) -> None:
         self.vbd = vbd
+        self.fault = fault
+        self._clock = clock
+        self._held: collections.deque[tuple[float, bytes]] = collections.deque()  # (due, rsp)
         self.back = BackRing(ring_page, REQUEST_SIZE)
         self.back.init()
         self._map = map_grant
@@ -134,15 +150,42 @@ class BlkbackRing:
                 return ProcessResult(False, handled, self.disconnected)
             if slots:
                 for slot in slots:
-                    back.put_response(handle(slot))
-                    if back.push_responses():
-                        self._notifies += 1
-                        kick()
+                    rsp = handle(slot)
+                    fault = self.fault
+                    if fault is not None and fault.delay:
+                        self._held.append((self._clock() + fault.delay, rsp))
+                    else:
+                        self._respond(rsp, kick)
                 handled += len(slots)
                 if budget is not None and handled >= budget:
                     return ProcessResult(True, handled)
             elif not back.final_check_for_requests():
                 return ProcessResult(False, handled)
+
+    def _respond(self, rsp: bytes, kick: Callable[[], None]) -> None:
+        back = self.back
+        back.put_response(rsp)
+        if back.push_responses():
+            self._notifies += 1
+            kick()
+
+    def next_due(self) -> float | None:
+        """When the first held response is due (``clock`` time); None if none is held."""
+        return self._held[0][0] if self._held else None
+
+    def release_due(self, kick: Callable[[], None]) -> None:
+        """Answer the held responses that are due, in the order they were held (one never
+        overtakes another, as in a disk's queue)."""
+        now, held = self._clock(), self._held
+        while held and held[0][0] <= now:
+            self._respond(held.popleft()[1], kick)
+
+    def fail_held(self, kick: Callable[[], None]) -> None:
+        """Answer every held response BLKIF_RSP_ERROR now (the disk lost its power)."""
+        while self._held:
+            rsp = BlkifResponse.unpack(self._held.popleft()[1])
+            self._respond(self._fail(rsp.id, rsp.operation, BLKIF_RSP_ERROR, "power cut"),
+                          kick)
 
     def _handle(self, slot: bytes) -> bytes:
         """One copied-out request slot in, its 16-byte response out."""
@@ -157,6 +200,13 @@ class BlkbackRing:
         if not verdict.ok:
             return self._fail(req.id, req.operation, verdict.status, verdict.reason)
         op = req.operation
+        fault = self.fault
+        if fault is not None:
+            nr_sectors = req.nr_sectors if op == BLKIF_OP_DISCARD else \
+                request_bytes(req.segments) // SECTOR_SIZE
+            errno = fault.check(op, req.sector_number, nr_sectors)
+            if errno is not None:
+                return self._fail(req.id, op, BLKIF_RSP_ERROR, f"injected {errno.name}")
         try:
             if op == BLKIF_OP_DISCARD:
                 self._ds += 1
@@ -164,7 +214,10 @@ class BlkbackRing:
             else:
                 if op == BLKIF_OP_FLUSH_DISKCACHE:  # a preflush, then any data it carries
                     self._f += 1
-                    self.vbd.flush()
+                    if fault is None or fault.honours_flush():
+                        self.vbd.flush()
+                    if fault is not None:
+                        fault.flushed()
                 if req.segments:
                     self._rw(req, op == BLKIF_OP_READ)
         except (XenError, OSError) as e:
@@ -193,6 +246,9 @@ class BlkbackRing:
                 self._rd_sect += want // SECTOR_SIZE
             else:
                 self._wr += 1
+                fault = self.fault
+                if fault is not None and fault.spec.volatile:
+                    fault.record(req.sector_number, self.vbd.read(req.sector_number, want))
                 self.vbd.writev(req.sector_number, bufs)
                 self._wr_sect += want // SECTOR_SIZE
         finally:
@@ -249,8 +305,10 @@ class BlkbackRing:
                                  len(self._pgrants), self._notifies)
 
     def close(self) -> None:
-        """Disconnect: unmap every persistent grant and release the ring view. The vbd stays
-        open (a reconnect builds a new ring over it)."""
+        """Disconnect: unmap every persistent grant and release the ring view; responses
+        still held are never given (the frontend re-issues their requests on its next ring).
+        The vbd stays open (a reconnect builds a new ring over it)."""
+        self._held.clear()
         pgrants, self._pgrants = list(self._pgrants.items()), {}
         self._release(pgrants)
         self.back.release()
@@ -258,7 +316,8 @@ class BlkbackRing:
 
 @dataclasses.dataclass(eq=False)
 class Blkif:
-    """One vbd's data path (Linux ``struct xen_blkif``): the image, the ring serving it."""
+    """One vbd's data path (Linux ``struct xen_blkif``): the image, the ring serving it, the
+    fault injected into it (kept across reconnects) and the timer of its held responses."""
 
     vbd: Vbd
     ring: BlkbackRing | None = None
@@ -267,15 +326,18 @@ class Blkif:
     closing: bool = False  # the frontend is Closing: no new requests are taken
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     past: Counter = dataclasses.field(default_factory=Counter)  # counters of closed rings
+    fault: DiskFault | None = None
+    timer: Timer | None = None
 
 
 class BlkbackRings:
     """blkback's data path for the host: the :class:`~actors.xenbus.backend_io.DataPath` of
     the vbds. ``hv`` is Dom0's hypercall client (the kicks); :meth:`upcall` is fed Dom0's
-    ports."""
+    ports; ``runtime`` gives the timers of held responses."""
 
-    def __init__(self, hv: Any) -> None:
+    def __init__(self, hv: Any, runtime: Runtime = THREADS) -> None:
         self.hv = hv
+        self.runtime = runtime
         self.on_broken: RingBrokenFn | None = None
         self._blkifs: dict[Key, Blkif] = {}
         self._by_port: dict[int, Key] = {}
@@ -295,10 +357,11 @@ class BlkbackRings:
     def connect(self, key: Key, conn: int, rings: Rings, grants: GrantMaps, port: int,
                 params: Any) -> None:
         blkif = self._blkifs[key]
-        ring = BlkbackRing(rings[0][1], blkif.vbd, map_grant=grants.map,
-                           unmap_grant=grants.unmap, feature_discard=params.discard,
-                           feature_persistent=params.persistent)
         with blkif.lock:
+            ring = BlkbackRing(rings[0][1], blkif.vbd, map_grant=grants.map,
+                               unmap_grant=grants.unmap, feature_discard=params.discard,
+                               feature_persistent=params.persistent, fault=blkif.fault,
+                               clock=self.runtime.monotonic)
             blkif.ring, blkif.port, blkif.conn, blkif.closing = ring, port, conn, False
         self._by_port[port] = key
 
@@ -315,6 +378,7 @@ class BlkbackRings:
         with blkif.lock:
             ring, port = blkif.ring, blkif.port
             blkif.ring = blkif.port = None
+            self._disarm(blkif)
             if ring is not None:
                 blkif.past.update(dataclasses.asdict(ring.statistics()))
                 ring.close()
@@ -324,9 +388,13 @@ class BlkbackRings:
     def remove(self, key: Key, config: Any) -> None:
         blkif = self._blkifs.pop(key, None)
         if blkif is not None:
+            with blkif.lock:
+                self._disarm(blkif)
             blkif.vbd.close()
 
     def statistics(self, key: Key) -> Mapping[str, int]:
+        """The ring's counters (closed rings' included) and the faults injected (replaced
+        faults' included; ``fault_unflushed``: writes a power cut would drop now)."""
         blkif = self._blkifs.get(key)
         if blkif is None:
             return {}
@@ -334,7 +402,107 @@ class BlkbackRings:
             counts = Counter(blkif.past)
             if blkif.ring is not None:
                 counts.update(dataclasses.asdict(blkif.ring.statistics()))
+            if blkif.fault is not None:
+                counts.update(blkif.fault.counters())
+                counts["fault_unflushed"] = blkif.fault.unflushed
         return dict(counts)
+
+    # -- injected faults ---------------------------------------------------------------
+
+    def _blkif(self, key: Key) -> Blkif:
+        blkif = self._blkifs.get(key)
+        if blkif is None:
+            raise XenError(Errno.ENODEV, f"no vbd {key[1]} of domain {key[0]} on this host")
+        return blkif
+
+    def set_fault(self, key: Key, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """Arm ``spec`` (:class:`DiskFaultSpec`'s keys) on the vbd, in place of any fault it
+        had: the disk's power comes back, and unflushed writes stay logged if the new fault
+        keeps a volatile cache. Returns the spec as understood. EINVAL, ENODEV."""
+        parsed = DiskFaultSpec.parse(spec)
+        blkif = self._blkif(key)
+        fault = DiskFault(parsed)
+        with blkif.lock:
+            if blkif.fault is not None:
+                fault.adopt(blkif.fault)
+                blkif.past.update(blkif.fault.counters())
+            blkif.fault = fault
+            if blkif.ring is not None:
+                blkif.ring.fault = fault
+        return parsed.as_dict()
+
+    def clear_fault(self, key: Key) -> dict[str, int]:
+        """Take the vbd's fault off (the power comes back; the cache's unflushed writes stay
+        where they are): what it injected, {} if it had none. ENODEV."""
+        blkif = self._blkif(key)
+        with blkif.lock:
+            fault, blkif.fault = blkif.fault, None
+            if fault is None:
+                return {}
+            blkif.past.update(fault.counters())
+            if blkif.ring is not None:
+                blkif.ring.fault = None
+        return fault.counters()
+
+    def power_cut(self, key: Key) -> dict[str, int]:
+        """Cut the vbd's power: every write since the last flush is rolled back in the image
+        (which is then ``fdatasync``-ed), held responses and every later request fail.
+        ``rolled_back``: writes undone; ``sectors``: what they covered. EINVAL without a
+        volatile cache armed, ENODEV."""
+        blkif = self._blkif(key)
+        with blkif.lock:
+            if blkif.fault is None or not blkif.fault.spec.volatile:
+                raise XenError(Errno.EINVAL, "power_cut needs a volatile cache armed first "
+                                             "(disk_fault volatile=true)")
+            undo = blkif.fault.power_cut()
+            for sector, old in undo:
+                blkif.vbd.write(sector, old)
+            blkif.vbd.flush()
+            if blkif.ring is not None:
+                blkif.ring.fail_held(self._kicker(blkif.port))
+        return {"rolled_back": len(undo),
+                "sectors": sum(len(old) for _, old in undo) // SECTOR_SIZE}
+
+    def faults(self) -> list[dict[str, Any]]:
+        """Every vbd with a fault armed: its spec, whether it has power, what it injected."""
+        out = []
+        for (domid, devid), blkif in sorted(self._blkifs.items()):
+            with blkif.lock:
+                fault = blkif.fault
+                if fault is not None:
+                    out.append({"domid": domid, "devid": devid, "spec": fault.spec.as_dict(),
+                                "powered": fault.powered, "unflushed": fault.unflushed,
+                                **fault.counters()})
+        return out
+
+    def _kicker(self, port: int | None) -> Callable[[], None]:
+        return lambda: self.hv.post(Hypercall.event_channel_op, EvtchnOp.send, port=port)
+
+    def _arm(self, key: Key, blkif: Blkif) -> None:
+        """Start the timer of the first held response, if one is held and none runs. Lock
+        held."""
+        due = blkif.ring.next_due() if blkif.ring is not None else None
+        if due is not None and blkif.timer is None:
+            blkif.timer = self.runtime.call_later(due - self.runtime.monotonic(),
+                                                  self._release, key, blkif.ring)
+
+    def _disarm(self, blkif: Blkif) -> None:
+        """Lock held."""
+        if blkif.timer is not None:
+            blkif.timer.cancel()
+            blkif.timer = None
+
+    def _release(self, key: Key, ring: BlkbackRing) -> None:
+        """The timer: answer what is due on ``ring`` if it still serves the vbd, re-arm."""
+        blkif = self._blkifs.get(key)
+        if blkif is None:
+            return
+        with blkif.lock:
+            if blkif.ring is not ring:
+                return  # disconnected meanwhile: its timer was cancelled
+            blkif.timer = None
+            ring.release_due(self._kicker(blkif.port))
+            self._arm(key, blkif)
 
     def upcall(self, ports: list[int]) -> None:
         """Dom0's ports fired: serve each vbd behind one, kick its frontend if asked."""
@@ -347,7 +515,7 @@ class BlkbackRings:
                 ring, conn = blkif.ring, blkif.conn
                 if ring is None or blkif.closing or blkif.port != port:
                     continue
-                res = ring.process(kick=lambda: self.hv.post(
-                    Hypercall.event_channel_op, EvtchnOp.send, port=port))
+                res = ring.process(kick=self._kicker(port))
+                self._arm(key, blkif)
             if res.disconnect and self.on_broken is not None:
                 self.on_broken(key, conn, res.disconnect)

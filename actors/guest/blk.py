@@ -1,5 +1,6 @@
 """Block-device init programs: ``blkverify`` (checksummed write, read back, verify; its
-progress survives a migration), ``blkbench`` (fio-like load, IOPS and latency percentiles)
+progress survives a migration; a flush discipline and a log of what was acknowledged, for
+durability checkers), ``blkbench`` (fio-like load, IOPS and latency percentiles)
 and ``blkhostile`` (a misbehaving block driver for fault injection). Each publishes its
 result (``GuestOS.result``)."""
 
@@ -11,13 +12,14 @@ import random
 import struct
 import zlib
 from collections import deque
-from collections.abc import Iterator, Sequence
-from typing import TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 
 from actors.guest.api import GuestOS, option
 from protocols.blkif import SECTOR_SIZE, parse_size
+from protocols.errno import Errno, XenError
 from protocols.page import PAGE_SIZE
 
 _T = TypeVar("_T", int, float)
@@ -31,10 +33,26 @@ def verify_block(seed: int, index: int, bs: int) -> bytes:
 
 
 # blkverify's progress in guest memory: the phase, the first block of the step not yet
-# acknowledged, the bad blocks so far (the first 16 of them), its start on the guest clock
+# acknowledged, the bad blocks so far (the first 16 of them), its start on the guest clock,
+# the writes a completed flush covers, the I/O steps that failed and were done again
 BLKVERIFY = np.dtype([("phase", "<u8"), ("next", "<u8"), ("nbad", "<u8"), ("t0", "<f8"),
-                      ("bad", "<u8", (16,))])
+                      ("bad", "<u8", (16,)), ("flushed", "<u8"), ("errors", "<u8")])
 WRITING, VERIFYING, DONE = 1, 2, 3
+
+
+def _results(reqs: Sequence[Any]) -> list[Any]:
+    """Every request's result, once all of them are done; XenError(EIO) if any failed."""
+    results, failed = [], 0
+    for req in reqs:
+        try:
+            results.append(req.result(timeout=60))
+        except XenError as e:
+            if e.errno != Errno.EIO:
+                raise
+            failed += 1
+    if failed:
+        raise XenError(Errno.EIO, f"{failed} of {len(reqs)} requests failed")
+    return results
 
 
 def blkverify(os: GuestOS) -> None:
@@ -42,49 +60,99 @@ def blkverify(os: GuestOS) -> None:
     ``iodepth`` requests in flight, flush, read them all back and verify each one.
     Prints the counts and publishes them as a result.
 
+    ``flush=N`` flushes after every N acknowledged writes instead of once at the end
+    (``flush=0``: never), as an fsync-disciplined writer does. ``acklog=1`` prints what the
+    disk acknowledged, for a durability checker that reads the image afterwards
+    (``cluster.fault.disk.parse_acks``): ``ACK <seq> <first>-<last> gen=<seed> bs=<bs>``
+    once a batch of writes is acknowledged (``seq``: the writes acknowledged before it;
+    sectors ``first``..``last`` hold blocks ``verify_block(seed, sector // (bs / 512), bs)``)
+    and ``FLUSH <n>`` once a flush issued after the first ``n`` writes has completed. A step
+    whose requests fail with EIO (the backend answered BLKIF_RSP_ERROR) is reported on the
+    console and done again ``retry`` seconds later (default 0.5), until it succeeds; the
+    result counts the failed steps (``errors``).
+
     Its progress is in guest memory (region ``blkverify``): a step is one batch of
     ``iodepth`` requests, recorded done only once every request of it is acknowledged. A
     resumed run redoes the step that was not, which is idempotent (the same blocks written
     with the same bytes, or read again), so requests left unanswered by the old domain need
-    no re-issuing."""
+    no re-issuing (an ``ACK`` or ``FLUSH`` line may then be printed twice)."""
     disk = os.disk(os.options().get("disk", "xvda"))
     bs = option(os, "bs", 4096, int)
     blocks = option(os, "blocks", 256, int)
     depth = option(os, "iodepth", 8, int)
     seed = option(os, "seed", 1, int)
+    every = option(os, "flush", 0, int) if "flush" in os.options() else None
+    if every is not None and every < 0:
+        raise ValueError(f"flush={every}: want 0 (never) or the writes between flushes")
+    acklog = option(os, "acklog", 0, int) == 1
+    retry = option(os, "retry", 0.5, float)
+    if retry <= 0:
+        raise ValueError(f"retry={retry:g}: want the seconds to wait before a failed step")
     sectors = bs // SECTOR_SIZE
     st = os.memory("blkverify", 1, BLKVERIFY)[0]
+
+    def retried(what: str, step: Callable[..., Any], *args: Any) -> Any:
+        while True:
+            try:
+                return step(*args)
+            except XenError as e:
+                if e.errno != Errno.EIO:
+                    raise
+                os.print(f"blkverify: {what}: {e}; retrying in {retry:g} s")
+                st["errors"] += 1
+                os.sleep(retry)
+
+    def write(first: int, end: int) -> None:
+        _results([disk.submit_write(i * sectors, verify_block(seed, i, bs))
+                  for i in range(first, end)])
+
+    def read(indices: range) -> list[bytes]:
+        return _results([disk.submit_read(i * sectors, bs) for i in indices])
+
+    def flush(n: int) -> None:
+        retried("flush", disk.flush, 60)
+        if acklog:
+            os.print(f"FLUSH {n}")
+        st["flushed"] = n
+
     if st["phase"] == 0:
         t0 = os.clock()
         st["t0"], st["next"], st["phase"] = t0, 0, WRITING
-    while st["phase"] == WRITING and st["next"] < blocks:
+    while st["phase"] == WRITING:
         first = int(st["next"])
-        batch = [disk.submit_write(i * sectors, verify_block(seed, i, bs))
-                 for i in range(first, min(first + depth, blocks))]
-        for req in batch:
-            req.result(timeout=60)
-        st["next"] = first + len(batch)
+        if every and first - int(st["flushed"]) >= every:
+            flush(first)
+            continue
+        if first >= blocks:
+            break
+        end = min(first + depth, blocks, int(st["flushed"]) + every if every else blocks)
+        retried(f"writing blocks {first}-{end - 1}", write, first, end)
+        if acklog:
+            os.print(f"ACK {first} {first * sectors}-{end * sectors - 1} gen={seed} bs={bs}")
+        st["next"] = end
     if st["phase"] == WRITING:
-        disk.flush(timeout=60)
+        if every is None:
+            flush(blocks)
         st["next"], st["nbad"], st["phase"] = 0, 0, VERIFYING
     while st["phase"] == VERIFYING and st["next"] < blocks:
         first = int(st["next"])
-        reads = [(i, disk.submit_read(i * sectors, bs))
-                 for i in range(first, min(first + depth, blocks))]
-        bad = [i for i, req in reads if req.result(timeout=60) != verify_block(seed, i, bs)]
+        indices = range(first, min(first + depth, blocks))
+        data = retried(f"reading blocks {first}-{indices[-1]}", read, indices)
+        bad = [i for i, got in zip(indices, data) if got != verify_block(seed, i, bs)]
         for i in bad:  # stores only, with the step's end: no scheduling point among them
             if st["nbad"] < len(st["bad"]):
                 st["bad"][st["nbad"]] = i
             st["nbad"] += 1
-        st["next"] = first + len(reads)
+        st["next"] = first + len(indices)
     if st["phase"] == VERIFYING:
-        nbad = int(st["nbad"])
+        nbad, errors = int(st["nbad"]), int(st["errors"])
         elapsed = os.clock() - float(st["t0"])
         os.result({"init": "blkverify", "blocks": blocks, "bs": bs, "verified": blocks - nbad,
-                   "bad": [int(b) for b in st["bad"][:min(nbad, 16)]],
+                   "bad": [int(b) for b in st["bad"][:min(nbad, 16)]], "errors": errors,
                    "seconds": round(elapsed, 3)},
                   text=f"blkverify: {blocks} blocks of {bs} bytes written, {blocks - nbad} "
-                       f"verified, {nbad} bad, in {elapsed:.2f} s")
+                       f"verified, {nbad} bad, in {elapsed:.2f} s"
+                       + (f"; {errors} failed I/O steps done again" if errors else ""))
         st["phase"] = DONE
     os.idle()
 
