@@ -12,6 +12,13 @@ counted as lost) and its statistics so far; the sender with its next datagram nu
 start time; the receiver with its counts, its highest number seen and its deadline. A
 datagram the old domain had received but not yet handed to the program is lost with the old
 process, and counted so. A finished program is not run again by a resume: it idles.
+
+For a checker that holds losses against fault windows, both also say *when* they lost,
+on the guest's clock (``os.clock``): ping lists each unanswered request with the time it was
+sent; the receiver lists each gap in the numbering with the sender's clock on either side
+(the datagrams in it were sent between those two times), telling duplicates and late
+(reordered) datagrams apart with a bitmap of the numbers it has seen; the sender gives its
+clock at the start and the end, for the datagrams after the last one that arrived.
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ PING = np.dtype([("phase", "<u8"), ("ident", "<u8"), ("seq", "<u8"), ("t0", "<f8
 UDP_SEND = np.dtype([("phase", "<u8"), ("sent", "<u8"), ("t0", "<f8"), ("elapsed", "<f8")])
 UDP_RECV = np.dtype([("phase", "<u8"), ("got", "<u8"), ("nbytes", "<u8"), ("highest", "<i8"),
                      ("first", "<f8"), ("last", "<f8"), ("deadline", "<f8")])
+ARRIVALS = np.dtype([("dups", "<u8"), ("late", "<u8"), ("ngaps", "<u8"), ("highest_t", "<f8")])
+GAP = np.dtype([("first", "<u8"), ("last", "<u8"), ("sent_from", "<f8"), ("sent_to", "<f8")])
+SEEN_MAX = 1 << 20  # numbers the receiver's bitmap covers (128 KiB); past it, late = lost
+GAPS_MAX = 256  # gaps kept; more are merged into the last one (its times stay true bounds)
 
 
 def _nic(os: GuestOS):
@@ -70,12 +81,14 @@ def ping(os: GuestOS) -> None:
     net = _nic(os)
     st = os.memory("ping", 1, PING)[0]
     rtt_ms = os.memory("ping.rtt", count, np.float64)  # NaN: no answer
+    sent_at = os.memory("ping.sent", count, np.float64)  # guest clock as each request left
     if st["phase"] == 0:
         t0 = os.clock()
         os.print(f"PING {dst} ({dst}) 56(84) bytes of data.")
         st["t0"], st["ident"], st["phase"] = t0, random.randrange(1, 0x10000), RUNNING
     while st["phase"] == RUNNING and st["seq"] < count:
         seq = int(st["seq"]) + 1
+        sent_at[seq - 1] = os.clock()
         rtt = net.ping(dst, count=1, interval=0.0, timeout=timeout, ident=int(st["ident"]),
                        first_seq=seq)[0]
         if rtt is None:
@@ -96,7 +109,10 @@ def ping(os: GuestOS) -> None:
             lines.append(f"rtt min/avg/max/mdev = {summary['rtt_ms_min']:.3f}/"
                          f"{summary['rtt_ms_avg']:.3f}/{summary['rtt_ms_max']:.3f}/"
                          f"{summary['rtt_ms_mdev']:.3f} ms")
-        os.result({"init": "ping", "dst": dst, **summary}, text="\n".join(lines))
+        unanswered = [[k + 1, round(float(sent_at[k]), 4)] for k in range(count)
+                      if math.isnan(rtt_ms[k])]
+        os.result({"init": "ping", "dst": dst, **summary, "timeout": timeout,
+                   "unanswered": unanswered}, text="\n".join(lines))
         st["phase"] = DONE
     os.idle()
 
@@ -106,7 +122,8 @@ def udpstream(os: GuestOS) -> None:
     ``udpstream role=recv [port=5001] [seconds=10] [idle=2]``. The sender numbers its
     datagrams (``rate`` packets/s, 0 = as fast as the NIC takes them); the receiver counts
     them, and reports loss from the numbers it missed, after ``seconds`` or ``idle`` seconds
-    without traffic."""
+    without traffic. ``report=S`` prints ``udpstream ROLE: N packets so far`` every ``S``
+    seconds (a scenario's progress)."""
     role = os.options().get("role", "recv")
     port = option(os, "port", UDP_PORT, int)
     if role == "send":
@@ -121,9 +138,10 @@ def udpstream(os: GuestOS) -> None:
         summary = lambda: _send_summary(st, size)  # noqa: E731
     elif role == "recv":
         st = os.memory("udpstream", 1, UDP_RECV)[0]
+        arrivals = Arrivals(os)
         if st["phase"] in (0, RUNNING):
-            _receive(os, _nic(os), st, port)
-        summary = lambda: _recv_summary(st)  # noqa: E731
+            _receive(os, _nic(os), st, arrivals, port)
+        summary = lambda: _recv_summary(st, arrivals)  # noqa: E731
     else:
         raise ValueError(f"udpstream: role={role!r}: want send or recv")
     if st["phase"] == ENDED:
@@ -137,6 +155,20 @@ def udpstream(os: GuestOS) -> None:
     os.idle()
 
 
+class _Reporter:
+    """``report=S``: the packets so far, every ``S`` seconds of guest time (0: never)."""
+
+    def __init__(self, os: GuestOS, role: str, now: float) -> None:
+        self.os, self.role = os, role
+        self.every = option(os, "report", 0.0, float)
+        self.next = now + self.every
+
+    def at(self, now: float, packets: int) -> None:
+        if self.every > 0 and now >= self.next:
+            self.os.print(f"udpstream {self.role}: {packets} packets so far")
+            self.next = now + self.every
+
+
 def _send(os: GuestOS, net, st, dst: str, port: int, size: int) -> None:
     seconds = option(os, "seconds", 5.0, float)
     rate = option(os, "rate", 0.0, float)
@@ -145,7 +177,9 @@ def _send(os: GuestOS, net, st, dst: str, port: int, size: int) -> None:
     if st["phase"] == 0:
         st["t0"], st["sent"], st["phase"] = now, 0, RUNNING
     t0 = float(st["t0"])
+    progress = _Reporter(os, "send", now)
     while now - t0 < seconds:
+        progress.at(now, int(st["sent"]))
         sent = int(st["sent"])
         if net.udp_send(dst, port, port, _STREAM.pack(sent, now) + pad):
             st["sent"] = sent + 1  # no scheduling point since the send
@@ -161,10 +195,59 @@ def _send(os: GuestOS, net, st, dst: str, port: int, size: int) -> None:
 def _send_summary(st, size: int) -> dict[str, float]:
     sent, elapsed = int(st["sent"]), max(float(st["elapsed"]), 1e-9)
     return {"packets": sent, "bytes": sent * size, "seconds": round(elapsed, 3),
-            "pps": round(sent / elapsed, 1), "mbit_s": round(sent * size * 8 / elapsed / 1e6, 3)}
+            "pps": round(sent / elapsed, 1), "mbit_s": round(sent * size * 8 / elapsed / 1e6, 3),
+            "t0": round(float(st["t0"]), 4), "t_end": round(float(st["t0"] + st["elapsed"]), 4)}
 
 
-def _receive(os: GuestOS, net, st, port: int) -> None:
+class Arrivals:
+    """Which numbered datagrams came, in the receiver's memory: a bitmap of the numbers seen
+    (a duplicate or a late one is told from a new one) and the gaps in the numbering as they
+    opened, each with the sender's clock of the datagrams on either side."""
+
+    def __init__(self, os: GuestOS) -> None:
+        self.rec = os.memory("udpstream.arrivals", 1, ARRIVALS)[0]
+        self.seen = os.memory("udpstream.seen", SEEN_MAX // 8, np.uint8)
+        self.gaps = os.memory("udpstream.gaps", GAPS_MAX, GAP)
+
+    def arrive(self, seq: int, sent: float, highest: int) -> None:
+        """Datagram ``seq``, stamped ``sent`` by the sender, came; ``highest`` is the highest
+        number seen before it (-1: none)."""
+        rec = self.rec
+        if seq < SEEN_MAX:
+            byte, bit = seq >> 3, 1 << (seq & 7)
+            if self.seen[byte] & bit:
+                rec["dups"] += 1
+                return
+            self.seen[byte] |= bit
+        if seq <= highest:
+            rec["late"] += 1
+            return
+        if seq > highest + 1:
+            n = int(rec["ngaps"])
+            if n < GAPS_MAX:
+                self.gaps[n] = (highest + 1, seq - 1, rec["highest_t"] if highest >= 0
+                                else math.nan, sent)
+                rec["ngaps"] = n + 1
+            else:
+                self.gaps[n - 1]["last"], self.gaps[n - 1]["sent_to"] = seq - 1, sent
+        rec["highest_t"] = sent
+
+    def report(self) -> dict:
+        """``gaps``: ``[first, last, missing, sent_from, sent_to]`` for each gap still missing
+        datagrams (``sent_from`` None: before the first that came); the counts."""
+        seen = np.unpackbits(self.seen, bitorder="little")
+        gaps = []
+        for first, last, sent_from, sent_to in self.gaps[:int(self.rec["ngaps"])].tolist():
+            missing = last - first + 1 - int(seen[first:min(last + 1, SEEN_MAX)].sum())
+            if missing:
+                gaps.append([first, last, missing,
+                             None if math.isnan(sent_from) else round(sent_from, 4),
+                             round(sent_to, 4)])
+        return {"duplicates": int(self.rec["dups"]), "late": int(self.rec["late"]),
+                "gaps": gaps, "last_sent": round(float(self.rec["highest_t"]), 4)}
+
+
+def _receive(os: GuestOS, net, st, arrivals: Arrivals, port: int) -> None:
     seconds = option(os, "seconds", 10.0, float)
     idle = option(os, "idle", 2.0, float)
     sock = net.udp_bind(port)
@@ -174,13 +257,16 @@ def _receive(os: GuestOS, net, st, port: int) -> None:
         st["first"] = st["last"] = math.nan
         st["phase"] = RUNNING
     quiet = 0.0  # seconds without a datagram, as the socket's timeouts count them
+    progress = _Reporter(os, "recv", now)
     while now < st["deadline"]:
+        progress.at(now, int(st["got"]))
         msg = sock.recv(timeout=RECV_POLL_S)
         quiet = quiet + RECV_POLL_S if msg is None else 0.0
         if msg is not None and len(msg[2]) >= _STREAM.size:
             # counted before the next kernel entry, stamped with the last clock read (at most
             # RECV_POLL_S old): a suspend never falls between taking a datagram and counting it
-            seq, _ = _STREAM.unpack_from(msg[2])
+            seq, sent = _STREAM.unpack_from(msg[2])
+            arrivals.arrive(seq, sent, int(st["highest"]))
             if math.isnan(st["first"]):
                 st["first"] = now
             st["last"] = now
@@ -194,16 +280,18 @@ def _receive(os: GuestOS, net, st, port: int) -> None:
     st["phase"] = ENDED
 
 
-def _recv_summary(st) -> dict[str, float]:
+def _recv_summary(st, arrivals: Arrivals) -> dict[str, float]:
     got, nbytes = int(st["got"]), int(st["nbytes"])
     first, last = float(st["first"]), float(st["last"])
     elapsed = max(last - first, 1e-9) if got else 1e-9
     expected = int(st["highest"]) + 1
-    lost = max(0, expected - got)
+    report = arrivals.report()
+    lost = max(0, expected - (got - report["duplicates"]))
     return {"packets": got, "bytes": nbytes, "seconds": round(elapsed, 3),
             "pps": round(got / elapsed, 1) if got > 1 else 0.0,
             "mbit_s": round(nbytes * 8 / elapsed / 1e6, 3) if got > 1 else 0.0,
-            "lost": lost, "loss_pct": round(100.0 * lost / expected, 2) if expected else 0.0}
+            "lost": lost, "loss_pct": round(100.0 * lost / expected, 2) if expected else 0.0,
+            "highest": expected - 1, **report}
 
 
 def nethostile(os: GuestOS) -> None:

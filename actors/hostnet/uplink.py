@@ -3,12 +3,18 @@
 Every bridge reaches each other host through an uplink port (``uplink:<host>``, a full mesh
 with split horizon, see bridge.py). :class:`HostBridges` keeps the bridges by name, gives
 each one an uplink per peer (also to bridges made later), takes the frames peers send in,
-and taps bridges for capture. What a frame meets on the way out (bandwidth, latency, loss)
-is decided by one :class:`~actors.hostnet.link.Link` per peer; :class:`UplinkSchedule`
-holds the frames until their arrival time and :class:`UplinkSender` (a thread and a timer
-from the injected runtime) hands them over in batches, one message per (peer, bridge)
-carrying every frame due, so the inter-host transport is not called once per frame
-(DESIGN.md "The transport seam").
+and taps bridges for capture. What a frame meets on the way out (bandwidth, latency, jitter,
+loss, duplication, reordering) is decided by one :class:`~actors.hostnet.link.Link` per
+peer; :class:`UplinkSchedule` holds the frames until their arrival time and
+:class:`UplinkSender` (a thread and a timer from the injected runtime) hands them over in
+batches, one message per (peer, bridge) carrying every frame due, so the inter-host
+transport is not called once per frame (DESIGN.md "The transport seam").
+
+Each peer is a :class:`Peer`: the link as shaped (``base``), a fault on top of it (the two
+compose, see ``link.compose``; clearing the fault gives the base back), and whether a
+partition cuts this host off from it. A partition drops every frame to that peer, those
+still on the wire included (a pulled cable), and every frame from it, counted as
+``partitioned``.
 
 Like a NIC's transmit queue (Linux ``txqueuelen``, 1000 frames), at most ``BACKLOG_MAX``
 frames wait per peer; more are dropped and counted, as a full qdisc drops. A capture keeps
@@ -33,12 +39,12 @@ from typing import Any
 import structlog
 
 from actors.hostnet.bridge import UPLINK_PREFIX, Bridge
-from actors.hostnet.link import Link, LinkSpec
+from actors.hostnet.link import Link, LinkSpec, compose
 from actors.runtime import THREADS, Runtime, Timer
 from protocols.errno import Errno, XenError
 from protocols.xenstore.paths import tool_path
 
-PEERS = f"{tool_path('xenray-netback')}/peers"  # <host> = LinkSpec as JSON
+PEERS = f"{tool_path('xenray-netback')}/peers"  # <host> = Peer as JSON
 BACKLOG_MAX = 1000  # frames waiting per peer (Linux's default txqueuelen)
 CAPTURE_MAX = 10_000  # frames a capture buffers between reads
 
@@ -164,6 +170,36 @@ class HostBridges:
                     "uplink_dropped": self.uplink_dropped}
 
 
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """Another host, as this host's uplinks see it: its link as shaped (``xenray link``), a
+    fault on top (None: none), and whether a partition cuts it off."""
+
+    base: LinkSpec = LinkSpec()
+    fault: LinkSpec | None = None
+    blocked: bool = False
+
+    def __post_init__(self) -> None:
+        compose(self.base, self.fault)  # ValueError if they do not make a link
+
+    @property
+    def spec(self) -> LinkSpec:
+        """What the link does now: the fault composed on the base."""
+        return compose(self.base, self.fault)
+
+    def to_json(self) -> str:
+        return json.dumps({"base": dataclasses.asdict(self.base), "blocked": self.blocked,
+                           "fault": None if self.fault is None
+                           else dataclasses.asdict(self.fault)})
+
+    @classmethod
+    def from_json(cls, text: str) -> Peer:
+        d = json.loads(text)
+        return cls(LinkSpec.from_dict(d["base"]),
+                   None if d["fault"] is None else LinkSpec.from_dict(d["fault"]),
+                   bool(d["blocked"]))
+
+
 class UplinkSchedule:
     """Pure: the frames in flight to each peer, ordered by arrival time (a heap)."""
 
@@ -172,36 +208,61 @@ class UplinkSchedule:
         self._rng = rng if rng is not None else random.Random()
         self.backlog_max = backlog_max
         self.links: dict[str, Link] = {}
+        self.blocked: frozenset[str] = frozenset()
         self._heap: list[tuple[float, int, str, str, bytes]] = []
         self._seq = itertools.count()  # keeps the order of frames due at the same time
         self._backlog: Counter[str] = Counter()
+        self._partitioned: Counter[str] = Counter()  # per peer, both ways
         self.stats: Counter[str] = Counter()
 
     def set_links(self, specs: dict[str, LinkSpec]) -> None:
-        """The peers and their links. A peer whose spec is unchanged keeps its Link (and the
-        frames it is serialising); frames queued for a peer no longer listed are dropped
-        when due."""
-        self.links = {host: (old if (old := self.links.get(host)) is not None
-                             and old.spec == spec else Link(spec, rng=self._rng))
-                      for host, spec in specs.items()}
+        """The peers and their links. A known peer keeps its Link (the frames it is
+        serialising, its counts), changed to its new spec if that differs; frames queued
+        for a peer no longer listed are dropped when due."""
+        links = {}
+        for host, spec in specs.items():
+            link = links[host] = self.links.get(host) or Link(spec, rng=self._rng)
+            if link.spec != spec:
+                link.change(spec)
+        self.links = links
 
-    def submit(self, now: float, host: str, bridge: str, frame: bytes) -> float | None:
-        """Offer ``frame`` from ``bridge`` to ``host`` at ``now``: its arrival time, or None
-        when it is dropped (no link to that host, a full backlog, or lost on the link)."""
+    def set_partition(self, hosts: Iterable[str]) -> None:
+        """Cut this host off from ``hosts`` (and only them): their frames, queued ones
+        included, are dropped."""
+        self.blocked = frozenset(hosts)
+
+    def admit(self, host: str, count: int) -> bool:
+        """Whether ``count`` frames arriving from ``host`` may come in (not partitioned)."""
+        if host in self.blocked:
+            self._drop_partitioned(host, count)
+            return False
+        return True
+
+    def _drop_partitioned(self, host: str, count: int) -> None:
+        self._partitioned[host] += count
+        self.stats["partitioned"] += count
+
+    def submit(self, now: float, host: str, bridge: str, frame: bytes) -> list[float]:
+        """Offer ``frame`` from ``bridge`` to ``host`` at ``now``: the arrival time of each
+        copy (two when it is duplicated), none when it is dropped (no link to that host, a
+        partition, a full backlog, or lost on the link)."""
         link = self.links.get(host)
         if link is None:
             self.stats["no_link"] += 1
-            return None
+            return []
+        if host in self.blocked:
+            self._drop_partitioned(host, 1)
+            return []
         if self._backlog[host] >= self.backlog_max:
             self.stats["backlog_dropped"] += 1
-            return None
-        due = link.schedule(now, len(frame))
-        if due is None:
+            return []
+        dues = link.schedule(now, len(frame))
+        if not dues:
             self.stats["lost"] += 1
-            return None
-        self._backlog[host] += 1
-        heapq.heappush(self._heap, (due, next(self._seq), host, bridge, frame))
-        return due
+        for due in dues:
+            self._backlog[host] += 1
+            heapq.heappush(self._heap, (due, next(self._seq), host, bridge, frame))
+        return dues
 
     def next_due(self) -> float | None:
         return self._heap[0][0] if self._heap else None
@@ -214,17 +275,20 @@ class UplinkSchedule:
             self._backlog[host] -= 1
             if host not in self.links:
                 self.stats["no_link"] += 1
-                continue
-            batches.setdefault((host, bridge), []).append(frame)
+            elif host in self.blocked:
+                self._drop_partitioned(host, 1)
+            else:
+                batches.setdefault((host, bridge), []).append(frame)
         self.stats["frames"] += sum(len(f) for f in batches.values())
         self.stats["batches"] += len(batches)
         return [(host, bridge, frames) for (host, bridge), frames in batches.items()]
 
     def statistics(self) -> dict[str, Any]:
         return {**{k: self.stats[k] for k in ("frames", "batches", "lost", "no_link",
-                                              "backlog_dropped")},
-                "queued": len(self._heap),
-                "links": {h: link.statistics() for h, link in self.links.items()}}
+                                              "backlog_dropped", "partitioned")},
+                "queued": len(self._heap), "blocked": sorted(self.blocked),
+                "links": {h: {**link.statistics(), "partitioned": self._partitioned[h]}
+                          for h, link in self.links.items()}}
 
 
 class UplinkSender:
@@ -248,17 +312,24 @@ class UplinkSender:
         self.send_errors = 0
         runtime.spawn(self._run, name="uplink-sender")
 
-    def set_links(self, specs: dict[str, LinkSpec]) -> None:
+    def set_links(self, specs: dict[str, LinkSpec], blocked: Iterable[str] = ()) -> None:
+        """The peers, their links and the ones a partition cuts off (UplinkSchedule's)."""
         with self._cv:
             self.schedule.set_links(specs)
+            self.schedule.set_partition(blocked)
             self._cv.notify()
 
     def submit(self, host: str, bridge: str, frame: bytes) -> None:
         """A frame leaves ``bridge`` through the uplink to ``host`` (never blocks)."""
         with self._cv:
-            due = self.schedule.submit(self._runtime.monotonic(), host, bridge, frame)
-            if due is not None and due == self.schedule.next_due():
-                self._wake_at(due)  # the earliest now: the thread may be sleeping longer
+            dues = self.schedule.submit(self._runtime.monotonic(), host, bridge, frame)
+            if dues and min(dues) == self.schedule.next_due():
+                self._wake_at(min(dues))  # the earliest now: the thread may sleep longer
+
+    def admit(self, host: str, count: int) -> bool:
+        """Whether frames arriving from ``host`` may come in (UplinkSchedule's)."""
+        with self._cv:
+            return self.schedule.admit(host, count)
 
     def _wake_at(self, due: float) -> None:
         """Under the lock: have the thread look again at ``due``."""
@@ -318,9 +389,9 @@ class UplinkSender:
         self.stopped.wait(timeout=5)
 
 
-def save_peers(xs: Any, specs: dict[str, LinkSpec]) -> None:
+def save_peers(xs: Any, peers: dict[str, Peer]) -> None:
     """Keep the peers in xenstore, one node per host (a node holds at most 4096 bytes), so a
-    restarted netback rejoins the mesh."""
+    restarted netback rejoins the mesh with its links, faults and partition as they were."""
     def body(t: int) -> None:
         try:
             xs.rm(PEERS, tx_id=t)
@@ -328,13 +399,13 @@ def save_peers(xs: Any, specs: dict[str, LinkSpec]) -> None:
             if e.errno != Errno.ENOENT:
                 raise
         xs.write(PEERS, "", tx_id=t)
-        for host, spec in specs.items():
-            xs.write(f"{PEERS}/{host}", json.dumps(dataclasses.asdict(spec)), tx_id=t)
+        for host, peer in peers.items():
+            xs.write(f"{PEERS}/{host}", peer.to_json(), tx_id=t)
 
     xs.transact(body)
 
 
-def load_peers(xs: Any) -> dict[str, LinkSpec]:
+def load_peers(xs: Any) -> dict[str, Peer]:
     """The peers :func:`save_peers` kept ({} if none)."""
     try:
         hosts = xs.directory(PEERS)
@@ -342,4 +413,4 @@ def load_peers(xs: Any) -> dict[str, LinkSpec]:
         if e.errno == Errno.ENOENT:
             return {}
         raise
-    return {h: LinkSpec(**json.loads(xs.read_str(f"{PEERS}/{h}"))) for h in hosts}
+    return {h: Peer.from_json(xs.read_str(f"{PEERS}/{h}")) for h in hosts}

@@ -6,11 +6,12 @@ published results. The same programs run in real guests in tests/integration/tes
 import json
 import threading
 
+import dpkt
 import pytest
 
 from actors.guest.api import GuestOS
 from actors.guest.inits import INITS
-from actors.guest.net import rtt_summary
+from actors.guest.net import GAPS_MAX, Arrivals, rtt_summary
 from tests.guestmem import GuestMemory
 from tests.netwire import IPS, Wire
 
@@ -181,3 +182,76 @@ def test_udpstream_sender_resumed_numbers_on_and_the_receiver_counts_no_loss():
     sent, got = after.result(), receiver.result()
     assert sent["packets"] >= 50 and got["packets"] == sent["packets"]
     assert got["lost"] == 0
+
+
+# --- when they lost: what a checker holds against fault windows -----------------------------------
+
+def _echo_request_seq(frame: bytes) -> int | None:
+    ip = dpkt.ethernet.Ethernet(frame).data
+    if isinstance(ip, dpkt.ip.IP) and isinstance(ip.data, dpkt.icmp.ICMP) and \
+            ip.data.type == dpkt.icmp.ICMP_ECHO:
+        return ip.data.data.seq
+    return None
+
+
+def test_ping_lists_each_unanswered_request_with_its_send_time():
+    wire = Wire(drop=lambda f: _echo_request_seq(f) in (2, 3))
+    wire.stack(0)
+    k = run(Kernel(wire.stack(1)), "ping", IPS[0], "count=4", "interval=1", "timeout=0.05")
+    r = k.result()
+    assert r["received"] == 2 and r["timeout"] == 0.05
+    assert [seq for seq, _ in r["unanswered"]] == [2, 3]
+    sent = dict(r["unanswered"])  # on the guest's clock; this one does not count the timeouts
+    assert (sent[2], sent[3] - sent[2]) == (pytest.approx(1.0, abs=0.05), pytest.approx(0.95))
+
+
+def test_udpstream_arrivals_tell_gaps_duplicates_and_late_datagrams_apart():
+    arrivals = Arrivals(GuestOS(Kernel(None), argv=(), domid=1, name="vm"))
+    highest = -1
+    for seq in (2, 3, 4, 7, 5, 7, 12, 3, 13):  # 0-1 never, 5 late, 7 and 3 twice
+        arrivals.arrive(seq, 100.0 + seq, highest)
+        highest = max(highest, seq)
+    r = arrivals.report()
+    assert (r["duplicates"], r["late"], r["last_sent"]) == (2, 1, 113.0)
+    assert r["gaps"] == [[0, 1, 2, None, 102.0], [5, 6, 1, 104.0, 107.0],
+                         [8, 11, 4, 107.0, 112.0]]
+
+
+def test_udpstream_arrivals_merge_gaps_past_the_limit_into_true_bounds():
+    arrivals = Arrivals(GuestOS(Kernel(None), argv=(), domid=1, name="vm"))
+    highest = -1
+    for seq in range(0, 2 * (GAPS_MAX + 10), 2):  # every odd one lost
+        arrivals.arrive(seq, float(seq), highest)
+        highest = seq
+    gaps = arrivals.report()["gaps"]  # a datagram's send time is its number here
+    assert len(gaps) == GAPS_MAX and sum(g[2] for g in gaps) == GAPS_MAX + 9
+    assert gaps[0] == [1, 1, 1, 0.0, 2.0]
+    last = 2 * (GAPS_MAX + 9)  # the last datagram sent
+    assert gaps[-1] == [2 * GAPS_MAX - 1, last - 1, 10, 2 * GAPS_MAX - 2, float(last)]
+
+
+def test_udpstream_receiver_counts_duplicates_apart_and_reports_the_gaps():
+    dropped = []
+
+    def drop(frame: bytes) -> bool:
+        udp = dpkt.ethernet.Ethernet(frame).data.data
+        if isinstance(udp, dpkt.udp.UDP) and int.from_bytes(udp.data[:8], "big") % 10 == 3:
+            dropped.append(udp.data[:8])
+            return True
+        return False
+
+    wire = Wire(drop=drop, threaded=True)
+    try:
+        receiver = Kernel(wire.stack(0))
+        t = threading.Thread(target=run, args=(receiver, "udpstream", "role=recv",
+                                               "seconds=20", "idle=0.5"))
+        t.start()
+        run(Kernel(wire.stack(1)), "udpstream", "role=send", f"dst={IPS[0]}", "size=100",
+            "seconds=0.1", "rate=500")
+        t.join(10)
+    finally:
+        wire.stop()
+    got = receiver.result()
+    assert got["lost"] == len(dropped) > 0 and got["duplicates"] == 0
+    assert [g[0] for g in got["gaps"]] == [k for k in range(3, got["highest"], 10)]
+    assert all(g[0] == g[1] and g[2] == 1 and g[3] < g[4] for g in got["gaps"])

@@ -1,6 +1,7 @@
 """The frames in flight between hosts (actors.hostnet.uplink): when each arrives, batching,
-the backlog bound, and the sender thread (on the ``clock`` fixture's time). Link shaping
-itself is link.py's (tc netem)."""
+the backlog bound, partitions, duplicated and reordered frames in flight, the peers kept in
+xenstore, and the sender thread (on the ``clock`` fixture's time). Link shaping itself is
+link.py's (tc netem)."""
 
 import random
 
@@ -9,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from actors.hostnet.link import LinkSpec
-from actors.hostnet.uplink import PEERS, UplinkSchedule, UplinkSender, load_peers, save_peers
+from actors.hostnet.uplink import (PEERS, Peer, UplinkSchedule, UplinkSender, load_peers,
+                                   save_peers)
 from tests.waits import wait_until
 
 
@@ -21,9 +23,9 @@ def _schedule(**specs: LinkSpec) -> UplinkSchedule:
 
 def test_uplink_latency_decides_arrival_and_due_frames_leave_batched_per_peer_and_bridge():
     s = _schedule(h2=LinkSpec(latency_s=0.010), h3=LinkSpec())
-    assert s.submit(0.0, "h2", "xenbr0", b"f1") == 0.010
+    assert s.submit(0.0, "h2", "xenbr0", b"f1") == [0.010]
     s.submit(0.0, "h2", "xenbr0", b"f2")
-    assert s.submit(0.0, "h3", "xenbr0", b"f3") == 0.0
+    assert s.submit(0.0, "h3", "xenbr0", b"f3") == [0.0]
     s.submit(0.0, "h2", "xenbr1", b"f4")
     assert s.next_due() == 0.0
     assert s.pop_due(0.0) == [("h3", "xenbr0", [b"f3"])]
@@ -35,7 +37,7 @@ def test_uplink_latency_decides_arrival_and_due_frames_leave_batched_per_peer_an
 
 def test_uplink_bandwidth_serialises_frames_one_after_another():
     s = _schedule(h2=LinkSpec(bandwidth_bps=8000))  # 100 bytes take 0.1 s
-    dues = [s.submit(0.0, "h2", "xenbr0", bytes(100)) for _ in range(3)]
+    dues = [s.submit(0.0, "h2", "xenbr0", bytes(100))[0] for _ in range(3)]
     assert dues == pytest.approx([0.1, 0.2, 0.3])
     assert len(s.pop_due(0.15)[0][2]) == 1
     assert s.statistics()["queued"] == 2
@@ -44,26 +46,66 @@ def test_uplink_bandwidth_serialises_frames_one_after_another():
 def test_uplink_loss_no_link_and_full_backlog_drop_and_count():
     s = UplinkSchedule(rng=random.Random(1), backlog_max=2)
     s.set_links({"lossy": LinkSpec(loss=1.0), "slow": LinkSpec(latency_s=1.0)})
-    assert s.submit(0.0, "lossy", "xenbr0", b"x") is None
-    assert s.submit(0.0, "h9", "xenbr0", b"x") is None
-    assert [s.submit(0.0, "slow", "xenbr0", b"x") for _ in range(3)] == [1.0, 1.0, None]
+    assert s.submit(0.0, "lossy", "xenbr0", b"x") == []
+    assert s.submit(0.0, "h9", "xenbr0", b"x") == []
+    assert [s.submit(0.0, "slow", "xenbr0", b"x") for _ in range(3)] == [[1.0], [1.0], []]
     stats = s.statistics()
     assert (stats["lost"], stats["no_link"], stats["backlog_dropped"]) == (1, 1, 1)
     assert stats["links"]["lossy"]["lost"] == 1
     s.pop_due(1.0)
-    assert s.submit(1.0, "slow", "xenbr0", b"x") == 2.0  # room again
+    assert s.submit(1.0, "slow", "xenbr0", b"x") == [2.0]  # room again
 
 
-def test_uplink_set_links_keeps_unchanged_links_and_drops_frames_of_removed_peers():
+def test_uplink_set_links_changes_known_links_in_place_and_drops_frames_of_removed_peers():
     s = _schedule(h2=LinkSpec(bandwidth_bps=8000), h3=LinkSpec(latency_s=0.5))
     h2 = s.links["h2"]
+    s.submit(0.0, "h2", "xenbr0", bytes(100))
     s.submit(0.0, "h3", "xenbr0", b"queued")
     s.set_links({"h2": LinkSpec(bandwidth_bps=8000), "h4": LinkSpec()})
-    assert s.links["h2"] is h2  # its serialisation state goes on
-    assert s.pop_due(1.0) == []
+    assert s.links["h2"] is h2
+    assert s.pop_due(1.0) == [("h2", "xenbr0", [bytes(100)])]
     assert s.statistics()["no_link"] == 1
-    s.set_links({"h2": LinkSpec(bandwidth_bps=16000)})
-    assert s.links["h2"] is not h2
+    s.set_links({"h2": LinkSpec(bandwidth_bps=16000)})  # tc qdisc change
+    assert s.links["h2"] is h2 and h2.spec.bandwidth_bps == 16000
+    assert s.statistics()["links"]["h2"]["sent"] == 1  # its counts go on
+
+
+def test_uplink_partition_drops_frames_both_ways_in_flight_too_until_healed():
+    s = _schedule(h2=LinkSpec(latency_s=0.5), h3=LinkSpec())
+    s.submit(0.0, "h2", "xenbr0", b"on the wire")
+    s.set_partition(["h2"])
+    assert s.submit(0.1, "h2", "xenbr0", b"cut off") == []
+    assert s.submit(0.1, "h3", "xenbr0", b"h3 is not") == [0.1]
+    assert not s.admit("h2", 3) and s.admit("h3", 3)
+    assert s.pop_due(1.0) == [("h3", "xenbr0", [b"h3 is not"])]  # the pulled cable's frame
+    stats = s.statistics()
+    assert (stats["partitioned"], stats["blocked"], stats["queued"]) == (5, ["h2"], 0)
+    assert stats["links"]["h2"]["partitioned"] == 5 and stats["links"]["h3"]["partitioned"] == 0
+    s.set_partition([])
+    assert s.admit("h2", 1) and s.submit(2.0, "h2", "xenbr0", b"healed") == [2.5]
+    assert s.pop_due(2.5) == [("h2", "xenbr0", [b"healed"])]
+
+
+def test_uplink_duplicated_and_reordered_frames_leave_in_arrival_order():
+    s = _schedule(h2=LinkSpec(latency_s=0.010, duplicate=1.0, seed=1))
+    assert s.submit(0.0, "h2", "xenbr0", b"twice") == [0.010, 0.010]
+    assert s.pop_due(0.010) == [("h2", "xenbr0", [b"twice", b"twice"])]
+    s.set_links({"h2": LinkSpec(latency_s=0.010, reorder=0.5, seed=3)})
+    dues = [s.submit(1.0, "h2", "xenbr0", bytes([i]))[0] for i in range(20)]
+    first = [bytes([i]) for i, due in enumerate(dues) if due == 1.0]
+    assert 0 < len(first) < 20
+    sent = s.pop_due(1.010)[0][2]
+    assert sent[:len(first)] == first and sorted(sent) == [bytes([i]) for i in range(20)]
+    links = s.statistics()["links"]["h2"]
+    assert (links["duplicated"], links["reordered"]) == (1, len(first))
+
+
+def test_uplink_peer_is_its_fault_on_its_base_and_refuses_what_does_not_compose():
+    peer = Peer(LinkSpec(latency_s=0.010), LinkSpec(latency_s=0.005, reorder=0.5))
+    assert peer.spec == LinkSpec(latency_s=0.015, reorder=0.5)
+    assert Peer.from_json(peer.to_json()) == peer
+    with pytest.raises(ValueError, match="latency"):
+        Peer(LinkSpec(), LinkSpec(reorder=0.5))
 
 
 @given(st.lists(st.tuples(st.sampled_from(["h2", "h3"]), st.sampled_from(["b0", "b1"]),
@@ -79,7 +121,7 @@ def test_uplink_every_frame_is_sent_once_in_order_or_counted_dropped(offers, los
         for h, b, frames in s.pop_due(now):
             sent.setdefault((h, b), []).extend(frames)
         f = i.to_bytes(2, "big") + bytes(size - 2)
-        if s.submit(now, host, bridge, f) is not None:
+        if s.submit(now, host, bridge, f):
             accepted.setdefault((host, bridge), []).append(f)
     for h, b, frames in s.pop_due(now + 60):
         sent.setdefault((h, b), []).extend(frames)
@@ -117,6 +159,23 @@ def test_uplink_sender_thread_sends_each_batch_when_due_and_survives_send_errors
     assert sender.stopped.is_set()
 
 
+def test_uplink_sender_sends_a_reordered_frame_ahead_of_a_delayed_one(clock):
+    got = []
+    sender = UplinkSender(lambda *batch: got.append(batch), runtime=clock)
+    try:
+        sender.set_links({"h2": LinkSpec(latency_s=0.05)})
+        sender.submit("h2", "xenbr0", b"waits")
+        sender.set_links({"h2": LinkSpec(latency_s=0.05, reorder=1.0)})
+        sender.submit("h2", "xenbr0", b"at once")
+        wait_until(lambda: got, "the reordered frame")
+        assert got == [("h2", "xenbr0", [b"at once"])]
+        clock.advance(0.05)
+        wait_until(lambda: len(got) == 2, "the delayed frame")
+        assert got[1] == ("h2", "xenbr0", [b"waits"])
+    finally:
+        sender.close()
+
+
 def test_uplink_sender_sends_an_undelayed_frame_without_a_timer(clock):
     got = []
     sender = UplinkSender(lambda *batch: got.append(batch), runtime=clock)
@@ -131,10 +190,11 @@ def test_uplink_sender_sends_an_undelayed_frame_without_a_timer(clock):
 
 def test_uplink_peers_kept_in_xenstore_survive_a_restart(host):
     assert load_peers(host.xs) == {}
-    specs = {"h2": LinkSpec(bandwidth_bps=1e8, latency_s=0.005, loss=0.01),
-             "h3": LinkSpec()}
-    save_peers(host.xs, specs)
-    assert load_peers(host.xs) == specs
-    save_peers(host.xs, {"h3": LinkSpec(latency_s=0.001)})  # h2 left the cluster
-    assert load_peers(host.xs) == {"h3": LinkSpec(latency_s=0.001)}
+    peers = {"h2": Peer(LinkSpec(bandwidth_bps=1e8, latency_s=0.005, loss=0.01),
+                        LinkSpec(jitter_s=0.002, duplicate=0.1, seed=5), blocked=True),
+             "h3": Peer()}
+    save_peers(host.xs, peers)
+    assert load_peers(host.xs) == peers
+    save_peers(host.xs, {"h3": Peer(LinkSpec(latency_s=0.001))})  # h2 left the cluster
+    assert load_peers(host.xs) == {"h3": Peer(LinkSpec(latency_s=0.001))}
     assert host.xs.directory(PEERS) == ["h3"]

@@ -396,8 +396,49 @@ def test_netback_uplink_latency_holds_frames_until_the_link_delivers_them(
     clock.advance(0.010)
     host.until(lambda: h2, "the frame at h2")
     assert h2 == [("h1", "xenbr0", [hello])]
-    assert host.call(NETBACK, "links")["h2"] == {"bandwidth_bps": None, "latency_s": 0.025,
-                                                 "loss": 0.0, "frames": 1, "lost": 0}
+    row = host.call(NETBACK, "links")["h2"]
+    assert (row["latency_s"], row["loss"], row["frames"], row["lost"]) == (0.025, 0.0, 1, 0)
+
+
+def test_netback_partition_and_link_fault_on_the_uplinks_survive_a_restart(host, netback):
+    """``set_partition`` drops frames to and from the hosts it names (counted), a fault
+    composes on the shaping and clearing it gives the shaping back; a restarted netback
+    reads all of it back from xenstore."""
+    netback()
+    h2, h3 = peer(host, "h2"), peer(host, "h3")
+    host.call(NETBACK, "set_peers", ["h2", "h3"])
+    host.call(NETBACK, "set_link", "h2", {"latency_s": 0.001})
+    host.call(NETBACK, "set_link_fault", "h2", {"latency_s": 0.002, "duplicate": 1.0})
+    host.call(NETBACK, "set_partition", ["h3"])
+    a = create(host, "xenbr0")
+    connected(host, a)
+    hello = frame(BROADCAST, a.mac(), b"who is there?")
+    assert a.nics[0].send(hello)
+    host.until(lambda: [f for _, _, frames in h2 for f in frames] == [hello] * 2,
+               "both copies at h2")
+    reply = frame(a.mac(), "00:16:3e:7f:00:03", b"h3 here")
+    host.call(NETBACK, "frames", "h3", "xenbr0", [reply])
+    host.call(NETBACK, "frames", "h2", "xenbr0", [reply])
+    host.until(lambda: a.inbox[0], "h2's frame at a")
+    assert a.inbox[0] == [reply] and h3 == []
+    links = host.call(NETBACK, "links")
+    assert (links["h2"]["latency_s"], links["h2"]["base"]["latency_s"]) == (0.003, 0.001)
+    assert (links["h2"]["duplicated"], links["h2"]["frames"]) == (1, 2)
+    assert links["h3"]["blocked"] and links["h3"]["partitioned"] == 2  # one each way
+    with pytest.raises(ValueError, match="no uplink to h1, h9"):
+        host.call(NETBACK, "set_partition", ["h1", "h9"])
+    with pytest.raises(ValueError, match="not a link property"):
+        host.call(NETBACK, "set_link_fault", "h2", {"delay": 1})
+    with pytest.raises(ValueError, match="reordering needs a latency"):
+        host.call(NETBACK, "set_link_fault", "h3", {"reorder": 0.5})
+    netback()  # a restart: the same peers, links, fault and partition from xenstore
+    links = host.call(NETBACK, "links")
+    assert links["h2"]["fault"]["duplicate"] == 1.0 and links["h3"]["blocked"]
+    host.call(NETBACK, "set_link_fault", "h2", None)
+    host.call(NETBACK, "set_partition", [])
+    links = host.call(NETBACK, "links")
+    assert (links["h2"]["latency_s"], links["h2"]["fault"], links["h3"]["blocked"]) == \
+        (0.001, None, False)
 
 
 def test_netback_capture_taps_a_bridge_with_a_bounded_buffer(host, netback):
