@@ -3,6 +3,10 @@
 It holds Dom0's credential with its own endpoint (``<host>/xenconsoled``), so the console
 ports it binds raise their upcalls here, and its own xenstore connection, whose watch events
 are pushed here as ``xs_event``. Everything else is :class:`ConsoleDaemon`.
+
+Restartable (DESIGN.md "Failure semantics"): after a crash Ray runs ``__init__`` again on the
+same endpoint, whose xenstore connection and watches xenstored kept, and the daemon's first
+scan serves every running domain again; calls made meanwhile (``tail``) wait for it.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ class ConsoleShell(Endpoint):
         self.daemon.close()
 
 
-@ray.remote(max_restarts=0)
+@ray.remote(max_restarts=-1, max_task_retries=-1)
 class ConsoleActor(RayEndpoint, ConsoleShell):
     def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
         log = xlog.setup(host=host, component="xenconsoled", log_dir=log_dir)

@@ -22,12 +22,18 @@ Decisions:
   is logged, unmapped and unbound, and that domain is not picked up again while it exists;
   the other consoles keep being served. (Xen's ``buffer_append`` silently skips such a ring.)
 * The guest is signalled back only when bytes were consumed: only that frees ring space.
-* A console port already bound to Dom0 (this daemon before a restart: a dead actor's ports
-  stay bound, unlike a dead process's ``/dev/xen/evtchn``) is adopted, found with
-  ``EVTCHNOP_status``, so a restarted daemon serves running domains again.
+* Restart (DESIGN.md "Failure semantics"): Ray starts the daemon again after a crash, and
+  its first scan finds every domain again from xenstore, as a restarted ``xenconsoled``
+  does. A console port still bound to Dom0 is the dead instance's (a dead actor's ports stay
+  bound, unlike a dead process's ``/dev/xen/evtchn``): found with ``EVTCHNOP_status``, it is
+  closed and the guest's port bound again, as the backends do (``CloseStalePort``). The
+  ring's indices are where the dead instance left them, so what the guest wrote meanwhile
+  (whatever fitted: a writer finding the ring full waits) is drained into the log at once.
 * Log files are ``<log_dir>/console/<host>/<name>.log``, raw bytes, appended; the name is
   ``~/name`` when the domain is picked up. The last :data:`TAIL_LINES` lines of each served
-  console are also kept in memory; the tail of a console that is gone comes from its file.
+  console are also kept in memory; the tail of a console that is gone comes from its file,
+  and so does the first tail of the consoles a restarted daemon picks up, so ``console`` and
+  ``result`` see what was logged before the crash.
 """
 
 from __future__ import annotations
@@ -65,6 +71,14 @@ def file_tail(path: str | os.PathLike, n: int) -> list[str]:
     """The last ``n`` lines of a log file (a last line without newline included)."""
     if n <= 0:
         return []
+    lines = _last_bytes(path, n).split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    return [_text(line) for line in lines[-n:]]
+
+
+def _last_bytes(path: str | os.PathLike, n: int) -> bytes:
+    """The end of a file, reaching back over at least ``n`` newlines (or to its start)."""
     with open(path, "rb") as f:
         pos = f.seek(0, os.SEEK_END)
         data = b""
@@ -73,10 +87,7 @@ def file_tail(path: str | os.PathLike, n: int) -> list[str]:
             pos -= step
             f.seek(pos)
             data = f.read(step) + data
-    lines = data.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
-    return [_text(line) for line in lines[-n:]]
+    return data
 
 
 def _text(line: bytes) -> str:
@@ -103,6 +114,11 @@ class Console:
         if self.log_file is not None:
             self.log_file.write(data)
         self.bytes_logged += len(data)
+        self.remember(data)
+
+    def remember(self, data: bytes) -> None:
+        """Add output to the in-memory tail only (what the log already holds, after a
+        restart)."""
         *complete, partial = (self.partial + data).split(b"\n")
         while len(partial) > MAX_LINE:
             complete.append(partial[:MAX_LINE])
@@ -142,22 +158,24 @@ class ConsoleDaemon:
     def start(self) -> None:
         """Watch the domain list, then enumerate it once (``main.c``: ``enum_domains``), so
         the domains already running are served whether or not the watches' first fire
-        arrives. EEXIST: a restarted daemon finds its connection's watches still there."""
+        arrives. EEXIST: a restarted daemon finds its connection's watches still there. The
+        consoles this first scan picks up start their tails from their log files."""
         for path in (INTRODUCE_DOMAIN, RELEASE_DOMAIN):
             try:
                 self.xs.watch(path, DOMLIST_TOKEN, self._on_domlist)
             except XenError as e:
                 if e.errno != Errno.EEXIST:
                     raise
-        self.scan()
+        self.scan(from_logs=True)
 
     def _on_domlist(self, path: str, token: str) -> None:
         self.scan()
 
     # -- the domain list (enum_domains) ------------------------------------------------
 
-    def scan(self) -> None:
-        """Drop consoles of domains that are gone; pick up new domains' consoles."""
+    def scan(self, from_logs: bool = False) -> None:
+        """Drop consoles of domains that are gone; pick up new domains' consoles (their tails
+        read back from their log files if ``from_logs``)."""
         with self.lock:
             self.stats["scans"] += 1
             present = self._live_domains() & self._listed_domains()
@@ -165,7 +183,7 @@ class ConsoleDaemon:
                 self._drop(domid, "domain gone")
             self._refused &= present
             for domid in sorted(present - self.consoles.keys() - self._refused):
-                self._pick_up(domid)
+                self._pick_up(domid, from_logs)
 
     def _live_domains(self) -> set[int]:
         infos = self.hv(Hypercall.sysctl, Sysctl.getdomaininfolist, first_domain=1,
@@ -189,7 +207,7 @@ class ConsoleDaemon:
                 return None
             raise
 
-    def _pick_up(self, domid: int) -> None:
+    def _pick_up(self, domid: int, from_log: bool = False) -> None:
         base = domain_path(domid)
         ring_ref, port = self._read(f"{base}/console/ring-ref"), self._read(f"{base}/console/port")
         if ring_ref is None or port is None or not (ring_ref.isdigit() and port.isdigit()):
@@ -205,6 +223,8 @@ class ConsoleDaemon:
             return
         except FileNotFoundError:  # destroyed between the map's answer and the mmap
             return
+        if from_log and console.log_file is not None:
+            console.remember(_last_bytes(console.log_file.name, self.tail_lines))
         self.consoles[domid] = console
         self._by_port[console.local_port] = console
         self.stats["connected"] += 1
@@ -241,27 +261,37 @@ class ConsoleDaemon:
         return open(self.dir / log_file_name(name), "ab", buffering=0)
 
     def _bind(self, domid: int, port: int) -> int:
-        """Bind the guest's console port, or adopt it if Dom0 (we, before a restart) holds it."""
+        """Bind the guest's console port; if Dom0 holds it already (this daemon before a
+        restart), close that stale port first."""
         try:
-            return self.hv(Hypercall.event_channel_op, EvtchnOp.bind_interdomain,
-                           remote_dom=domid, remote_port=port)["local_port"]
+            return self._bind_interdomain(domid, port)
         except XenError as e:
             if e.errno != Errno.EINVAL:
                 raise
             status = self.hv(Hypercall.event_channel_op, EvtchnOp.status, dom=domid, port=port)
             if status["status"] != EvtchnStat.interdomain or status["interdomain_dom"] != 0:
                 raise
-            self.stats["adopted"] += 1
-            return status["interdomain_port"]
+            stale = status["interdomain_port"]
+        self._close_port(stale)
+        self.stats["stale_closed"] += 1
+        return self._bind_interdomain(domid, port)
+
+    def _bind_interdomain(self, domid: int, port: int) -> int:
+        return self.hv(Hypercall.event_channel_op, EvtchnOp.bind_interdomain,
+                       remote_dom=domid, remote_port=port)["local_port"]
+
+    def _close_port(self, port: int) -> None:
+        """Close a Dom0 port of ours; one already closed is no error (the domain died)."""
+        try:
+            self.hv(Hypercall.event_channel_op, EvtchnOp.close, port=port)
+        except XenError:
+            pass
 
     def _drop(self, domid: int, reason: str) -> None:
         """``cleanup_domain``: close the port (errors ignored), unmap, close the log."""
         console = self.consoles.pop(domid)
         self._by_port.pop(console.local_port, None)
-        try:
-            self.hv(Hypercall.event_channel_op, EvtchnOp.close, port=console.local_port)
-        except XenError:
-            pass
+        self._close_port(console.local_port)
         console.close()
         self.stats["disconnected"] += 1
         self.log.info("console disconnected", domid=domid, name=console.name, reason=reason)
@@ -348,7 +378,7 @@ class ConsoleDaemon:
             return {
                 **{k: self.stats[k] for k in ("scans", "upcalls", "bytes", "notifies",
                                               "connected", "disconnected", "hostile",
-                                              "adopted")},
+                                              "stale_closed")},
                 "refused": sorted(self._refused),
                 "consoles": [{"domid": c.domid, "name": c.name, "port": c.remote_port,
                               "local_port": c.local_port, "bytes": c.bytes_logged}

@@ -214,19 +214,85 @@ def test_console_domain_without_console_nodes_is_picked_up_on_a_later_fire(host,
     assert {c["name"] for c in daemon.statistics()["consoles"]} == {"slow", "other"}
 
 
-def test_console_restarted_daemon_adopts_the_port_it_had_bound(host, tmp_path):
+def kill_daemon(host) -> None:
+    """The actor dies: no clean-up (its ports stay bound, its pages mapped); what is sent to
+    its endpoint until the next incarnation registers is lost."""
+    host.endpoints.pop(CONSOLED)
+
+
+def test_console_restarted_daemon_closes_its_stale_port_and_binds_again(host, tmp_path):
     first = start_daemon(host, tmp_path)
     guest = create(host, "survivor")
     guest.write(b"one\n")
     host.pump()
-    local = first.statistics()["consoles"][0]["local_port"]
-    # the actor dies: no clean-up, its port stays bound (the host closes it at the end)
+    kill_daemon(host)
     second = start_daemon(host, tmp_path)
     stats = second.statistics()
-    assert stats["adopted"] == 1 and stats["consoles"][0]["local_port"] == local
+    assert stats["stale_closed"] == 1 and [c["domid"] for c in stats["consoles"]] == [guest.domid]
+    local = stats["consoles"][0]["local_port"]
+    peer = host.xl(Hypercall.event_channel_op, EvtchnOp.status, dom=guest.domid, port=guest.port)
+    assert (peer["status"], peer["interdomain_dom"], peer["interdomain_port"]) == (
+        EvtchnStat.interdomain, 0, local)  # bound again, to the new incarnation's port
+    assert first.statistics()["bytes"] == 4  # the dead one took nothing after its death
     guest.write(b"two\n")
     host.until(lambda: log_file(tmp_path, "survivor").read_bytes() == b"one\ntwo\n",
                "output after the restart")
+
+
+def test_console_output_written_while_the_daemon_was_down_reaches_the_same_log(host, tmp_path):
+    """The ring keeps what the guest wrote during the outage; the new incarnation drains it
+    from the indices the dead one left, appends it to the same file, and its tail starts with
+    the lines logged before the crash."""
+    start_daemon(host, tmp_path)
+    guest = create(host, "outage")
+    guest.write(b"before 1\nbefore 2\n")
+    host.pump()
+    kill_daemon(host)
+    guest.write(b"during 1\nduring 2\n")  # its notify reaches nobody
+    host.pump()
+    assert guest.intf.out_ring.available() == 18  # still in the ring
+    daemon = start_daemon(host, tmp_path)
+    assert log_file(tmp_path, "outage").read_bytes() == b"before 1\nbefore 2\nduring 1\nduring 2\n"
+    assert guest.intf.out_ring.available() == 0
+    guest.write(b"after\n")
+    host.until(lambda: daemon.tail("outage", 5)[-1:] == ["after"], "the line after")
+    assert daemon.tail("outage", 5) == ["before 1", "before 2", "during 1", "during 2", "after"]
+    assert log_file(tmp_path, "outage").read_bytes().endswith(b"during 2\nafter\n")
+
+
+def test_console_domains_born_or_gone_during_the_outage(host, tmp_path):
+    """The restarted daemon serves the domain created while it was down and not the one
+    destroyed meanwhile (whose Dom0 port the dead instance never closed: ``xenray audit``
+    names it)."""
+    start_daemon(host, tmp_path)
+    doomed = create(host, "doomed")
+    kill_daemon(host)
+    destroy(host, doomed)
+    newborn = create(host, "newborn")
+    newborn.intf.write_out(b"first words\n")
+    daemon = start_daemon(host, tmp_path)
+    assert [c["name"] for c in daemon.statistics()["consoles"]] == ["newborn"]
+    assert daemon.tail("newborn", 5) == ["first words"]
+    assert daemon.tail("doomed", 5) == []  # it never wrote: no file
+
+
+def test_console_renamed_domain_is_found_after_a_restart(host, tmp_path):
+    """A migration renames ``<name>--incoming`` to ``<name>``: a restarted daemon picks the
+    domain up under its current name (its log by that name, as Xen's xenconsoled), and a
+    rename after the restart is followed too."""
+    start_daemon(host, tmp_path)
+    guest = create(host, "web--incoming")
+    guest.write(b"on the old name\n")
+    host.pump()
+    host.xs.write(f"/local/domain/{guest.domid}/name", "web")
+    kill_daemon(host)
+    daemon = start_daemon(host, tmp_path)
+    guest.write(b"hello\n")
+    host.until(lambda: daemon.tail("web", 5) == ["hello"], "web's output")
+    assert daemon.log_path("web") == str(log_file(tmp_path, "web"))
+    host.xs.write(f"/local/domain/{guest.domid}/name", "web2")
+    guest.write(b"renamed\n")
+    host.until(lambda: daemon.tail("web2", 5) == ["hello", "renamed"], "web2's output")
 
 
 def test_console_tail_keeps_the_last_200_lines_and_a_partial_line(host, tmp_path):
