@@ -3,7 +3,8 @@
 The registry :data:`INITS` maps names to programs (``fn(os) -> None``, against
 :class:`actors.guest.api.GuestOS`). A program that returns powers the domain off; one that
 raises crashes it (the kernel's business, not the program's). The general programs live here;
-the block, network and memory ones in :mod:`.blk`, :mod:`.net` and :mod:`.memdirty`.
+the block, network and memory ones in :mod:`.blk`, :mod:`.net` and :mod:`.memdirty`, the
+hostile guest in :mod:`.hostile`.
 
 Each keeps what it must go on with after a migration in guest memory (``GuestOS.memory``) and
 picks up from there when the resumed kernel runs it again (``actors.guest.api``).
@@ -15,6 +16,7 @@ import numpy as np
 
 from actors.guest.api import GuestOS, Init, option
 from actors.guest.blk import blkbench, blkhostile, blkverify
+from actors.guest.hostile import hostile
 from actors.guest.memdirty import memdirty
 from actors.guest.net import nethostile, ping, udpstream
 
@@ -62,6 +64,7 @@ INITS: dict[str, Init] = {
     "counter": counter,
     "idle": idle,
     "crash": crash,
+    "hostile": hostile,
     "memdirty": memdirty,
     "poweroff": poweroff,
     "nethostile": nethostile,
