@@ -32,6 +32,8 @@ from typing import Any
 from actors.transport import PeerGone
 from actors.transport.naming import CLUSTER, actor_name, ray_environment
 from cluster import home
+from cluster.fault.processes import kill_all, node_processes
+from cluster.health import HostWatch
 from cluster.hosts import (HostSpec, boot_host, boot_registry, stop_host, stop_registry,
                            xenstored_socket)
 from cluster.runtime import EmbeddedRay, connect, disconnect, discover_hosts, is_local
@@ -76,6 +78,8 @@ class Cluster:
         self._embedded: EmbeddedRay | None = None
         self._booted: list[str] = []
         self._booted_registry = False
+        self._raylets: dict[str, int] = {}
+        self._watch: HostWatch | None = None
         ray_environment(local=address is None or is_local(address))  # before ray is imported
         from actors.transport.raycall import RayTransport
 
@@ -133,6 +137,8 @@ class Cluster:
         if failed:
             raise failed[0]  # what booted is stopped by stop(), as usual
         self._wire_network()
+        self._each_host(self.raylet_pid, None)
+        self._watch = HostWatch(self).start()  # this cluster's own hosts: fence the dead
         return self
 
     def _boot(self, spec: HostSpec) -> None:
@@ -151,8 +157,17 @@ class Cluster:
 
     def stop(self) -> None:
         """Stop what this object started (every host it booted, even if one fails to stop,
-        the registry, the embedded Ray cluster); leave a joined cluster as it is."""
-        for name in self._booted:  # first the uplinks, so no frames are in flight to a host
+        the registry, the embedded Ray cluster); leave a joined cluster as it is. A host
+        that died is cleaned up all the same: what is left of its processes on this machine
+        is killed, its files removed."""
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
+        try:
+            dead = self.dead_hosts() if self._booted else {}
+        except HostUnreachable:  # no registry (a start that failed early)
+            dead = {}
+        for name in [h for h in self._booted if h not in dead]:  # first the uplinks, so no frames are in flight to a host
             try:                   # being stopped
                 self._call(name, "netback", "set_peers", [], timeout=10)
             except HostUnreachable:
@@ -161,9 +176,12 @@ class Cluster:
         for name in self._booted:
             self._progress(f"stopping host {name}")
             try:
-                stop_host(name, run_id=self.run_id, run_dir=self.run_dir)
+                if name not in dead:  # a dead host was fenced: its actors and files are gone
+                    stop_host(name, run_id=self.run_id, run_dir=self.run_dir)
             except Exception as e:  # the others are stopped all the same
                 failures.append(e)
+            if name in dead or self._embedded is not None:  # orphans of a lost node
+                kill_all(node_processes(self._raylets.get(name, 0)))
         self._booted.clear()
         try:
             if self._booted_registry:
@@ -194,6 +212,22 @@ class Cluster:
     def hosts(self) -> list[str]:
         return list(self.specs)
 
+    def raylet_pid(self, host: str) -> int:
+        """The pid of the raylet of ``host``'s Ray node (0 if it was never learnt): every
+        process of the host is one of its workers (:mod:`cluster.fault.processes`)."""
+        if host not in self._raylets:
+            self.learn_raylet(host, self._call(host, "hypervisor", "process")["raylet_pid"])
+        return self._raylets.get(host, 0)
+
+    def learn_raylet(self, host: str, pid: int) -> None:
+        if pid:
+            self._raylets[host] = pid
+
+    def dead_hosts(self) -> dict[str, dict[str, Any]]:
+        """Hosts declared dead and fenced (by whichever client's host watch saw it): host ->
+        why, when, what the fence killed, and the domains lost with it."""
+        return self._call(CLUSTER, "registry", "dead_hosts")
+
     def _answers(self, host: str, component: str) -> bool:
         try:
             self._call(host, component, "process")
@@ -222,8 +256,12 @@ class Cluster:
         """``fn(host)`` for every host at once, so a hung host costs one timeout, not one
         each; a host that does not answer goes into ``errors`` (when given; else it
         raises). Answers in host order."""
-        with concurrent.futures.ThreadPoolExecutor(max(1, len(self.hosts))) as pool:
-            futures = [(host, pool.submit(fn, host)) for host in self.hosts]
+        dead = self.dead_hosts() if errors is not None else {}
+        for host, report in dead.items():
+            errors[host] = dead_text(report)
+        live = [host for host in self.hosts if host not in dead]
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(live))) as pool:
+            futures = [(host, pool.submit(fn, host)) for host in live]
         out = []
         for host, future in futures:
             try:
@@ -394,8 +432,8 @@ class Cluster:
     def links(self, errors: dict[str, str] | None = None) -> list[dict[str, Any]]:
         """Every host's uplinks: the spec and what crossed (frames sent, lost)."""
         rows = []
-        for host, links in zip(self.hosts, self._each_host(
-                lambda h: self._call(h, "netback", "links"), errors)):
+        for host, links in self._each_host(
+                lambda h: (h, self._call(h, "netback", "links")), errors):
             for dst, row in links.items():
                 rows.append({"from": host, "to": dst, **row})
         return rows
@@ -442,6 +480,14 @@ class Cluster:
                 return value
             time.sleep(0.1)
         raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def dead_text(report: dict[str, Any]) -> str:
+    """One line on a dead host, for ``list`` and ``info``."""
+    lost = ", ".join(report.get("lost", [])) or "none"
+    fenced = ("its processes could not be reached: they are lost" if report["unreachable"]
+              else f"fenced: {len(report['killed'])} processes killed")
+    return f"host {report['host']} is dead ({report['why']}); {fenced}; domains lost: {lost}"
 
 
 def _token_in_environment() -> str | None:

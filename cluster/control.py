@@ -16,6 +16,7 @@ serves :data:`OPS` (each an operation of the Cluster API) on a thread per connec
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import pathlib
 import select
@@ -28,6 +29,8 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
+
+from cluster.fault.active import ActiveFaults
 
 _LEN = struct.Struct(">I")
 MAX_MESSAGE = 64 << 20
@@ -161,12 +164,30 @@ def _with_errors(method: str) -> Op:
     return op
 
 
+def _audit(xen: Any, args: dict, emit: Emit) -> dict:
+    from cluster.audit import audit
+
+    errors: dict[str, str] = {}
+    leaks = [dataclasses.asdict(leak) for leak in audit(xen, errors=errors)]
+    return {"leaks": leaks, "errors": errors}
+
+
 def _create(xen: Any, args: dict, emit: Emit) -> dict:
     from protocols.libxl_types import DomainConfig
 
     return xen.create(DomainConfig.from_dict(args["config"]), host=args.get("host"),
                       name=args.get("name"))
 
+
+# ``xenray fault``: on the faults this daemon injected (they outlive the command)
+FAULT_OPS: dict[str, Callable[[ActiveFaults, dict], Any]] = {
+    "fault": lambda faults, args: faults.inject(
+        args["kind"], args.get("target"), args.get("params"), for_s=args.get("for"),
+        seed=args.get("seed")),
+    "heal": lambda faults, args: (faults.heal_all() if args.get("id") is None
+                                  else [faults.heal(args["id"])]),
+    "faults": lambda faults, args: faults.list(),
+}
 
 OPS: dict[str, Op] = {
     "hosts": lambda xen, args, emit: xen.hosts,
@@ -185,6 +206,7 @@ OPS: dict[str, Op] = {
         args["a"], args["b"], bandwidth=args.get("bandwidth"), latency=args.get("latency"),
         loss=args.get("loss"), both_ways=args.get("both_ways", True)),
     "capture": _capture,
+    "audit": _audit,
     "migrate": lambda xen, args, emit: xen.migrate(args.pop("name"), args.pop("host"), **args),
     "save": lambda xen, args, emit: xen.save(args["name"], args["path"],
                                              checkpoint=args.get("checkpoint", False)),
@@ -201,6 +223,7 @@ class ControlServer:
                  stop_requested: Callable[[], None]) -> None:
         self.xen, self.path, self.log = xen, pathlib.Path(path), log
         self._stop_requested = stop_requested
+        self.faults = ActiveFaults(xen)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # a stale socket of a daemon that was killed
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -213,6 +236,8 @@ class ControlServer:
         threading.Thread(target=self._accept, name="control", daemon=True).start()
 
     def close(self) -> None:
+        """Stop serving; heal every fault still in force (a frozen part would not stop)."""
+        self.faults.heal_all()
         with contextlib.suppress(OSError):
             self._listener.close()
         with contextlib.suppress(FileNotFoundError):
@@ -243,6 +268,8 @@ class ControlServer:
                     self._stop_requested()
                 elif op == "follow":
                     value = _follow(self.xen, args, lambda m: send_message(sock, m), sock)
+                elif op in FAULT_OPS:
+                    value = FAULT_OPS[op](self.faults, args)
                 elif op in OPS:
                     value = OPS[op](self.xen, args, lambda m: send_message(sock, m))
                 else:

@@ -40,7 +40,7 @@ def boot_host(spec: HostSpec, *, run_id: str, run_dir: str, log_dir: str) -> Non
                       run_id, log_dir)
     dom0_secret = launch.ask(hv, "boot_dom0", spec.dom0_memory_mib)
     xs = launch.start("xenstored", host, "xenstored", host, dom0_secret,
-                      xenstored_socket(run_dir, host), log_dir)
+                      xenstored_socket(run_dir, host), log_dir, run_id)
     launch.ask(xs, "process")
     daemons = [launch.start(kind, host, kind, host, dom0_secret, log_dir)
                for kind in ("xenconsoled", "blkback", "netback", "xl")]
@@ -77,8 +77,14 @@ def stop_host(host: str, *, run_id: str, run_dir: str | None = None) -> None:
         launch.kill(host, f"dom{domid}")
     for component in (*DOM0_COMPONENTS, "hypervisor"):
         launch.kill(host, component)
-    # domain memory; same-host pipes and their FIFOs; the dirty-logging handover socket
-    for pattern in ("d*", "pipe*", "logdirty"):
+    remove_host_files(host, run_id=run_id, run_dir=run_dir)
+
+
+def remove_host_files(host: str, *, run_id: str, run_dir: str | None = None) -> None:
+    """What a host's processes leave on this machine once they are dead: domain memory,
+    same-host pipes and their FIFOs, the dirty-logging handover socket, xenstored's journal
+    and socket."""
+    for pattern in ("d*", "pipe*", "logdirty", "xenstored.*"):
         for path in glob.glob(str(memory.SHM_DIR / f"xenray-{run_id}-{host}-{pattern}")):
             memory.remove(path)
     if run_dir is not None:

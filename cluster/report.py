@@ -26,14 +26,15 @@ def text_table(columns: Sequence[Column], rows: Sequence[Sequence[str]]) -> str:
 
 
 LIST_COLUMNS = (("Name", "left"), ("ID", "right"), ("Mem", "right"), ("VCPUs", "right"),
-                ("State", "left"), ("Time(s)", "right"), ("Host", "left"))
+                ("State", "left"), ("Time(s)", "right"), ("Host", "left"), ("Health", "left"))
 
 
 def domain_table(rows: list[dict[str, Any]]) -> str:
-    """``xl list``'s columns (plus the host) for rows from ``Cluster.list()``."""
+    """``xl list``'s columns (plus the host, and whether the domain's process can run at
+    all: ``frozen`` when it is stopped) for rows from ``Cluster.list()``."""
     return text_table(LIST_COLUMNS, [
         (r["name"], str(r["domid"]), str(r["mem"]), str(r["vcpus"]), r["state"],
-         f"{r['time']:.1f}", r["host"]) for r in rows])
+         f"{r['time']:.1f}", r["host"], r["health"]) for r in rows])
 
 
 HOST_COLUMNS = (("Host", "left"), ("Memory MiB", "right"), ("Free MiB", "right"),
@@ -57,9 +58,24 @@ def sockets_text(rows: list[dict[str, Any]]) -> str:
 
 
 def link_text(spec: dict[str, Any]) -> str:
-    bw = spec.get("bandwidth_bps")
+    """A link's spec (``LinkSpec`` fields); jitter, duplication and reordering when set."""
+    bw, jitter = spec.get("bandwidth_bps"), spec.get("jitter_s", 0)
     return (f"bandwidth {'unlimited' if not bw else f'{bw / 1e6:g} Mbit/s'}, latency "
-            f"{spec.get('latency_s', 0) * 1000:g} ms, loss {spec.get('loss', 0) * 100:g}%")
+            f"{spec.get('latency_s', 0) * 1000:g} ms"
+            + (f" ± {jitter * 1000:g} ms" if jitter else "")
+            + f", loss {spec.get('loss', 0) * 100:g}%"
+            + "".join(f", {k} {spec[k] * 100:g}%" for k in ("duplicate", "reorder")
+                      if spec.get(k)))
+
+
+def link_row_text(row: dict[str, Any]) -> str:
+    """One uplink of ``xenray link``: what it does now, the shaping under a fault, a
+    partition, and what met it."""
+    counts = ", ".join(f"{row.get(k, 0)} {k}" for k in ("frames", "lost", "duplicated",
+                                                         "reordered", "partitioned"))
+    under = f"  [fault on: {link_text(row['base'])}]" if row.get("fault") else ""
+    cut = "  PARTITIONED" if row.get("blocked") else ""
+    return f"{row['from']} -> {row['to']}: {link_text(row)}{under}{cut}  ({counts})"
 
 
 ROUND_COLUMNS = (("Round", "right"), ("Pages sent", "right"), ("Dirtied meanwhile", "right"),

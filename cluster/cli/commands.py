@@ -15,7 +15,8 @@ import sys
 from typing import Any
 
 from cluster.cli.client import ask
-from cluster.report import domain_table, host_table, link_text, migration_text, sockets_text
+from cluster.report import (domain_table, host_table, link_row_text, link_text, migration_text,
+                            sockets_text)
 
 
 def _warn(command: str, errors: dict[str, str]) -> int:
@@ -89,6 +90,71 @@ def cmd_console(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fault(a: argparse.Namespace) -> int:
+    """``xenray fault``: inject one (``cluster.fault.nemesis``), list those in force, heal."""
+    if a.kind == "list":
+        rows = ask("faults")
+        if a.json:
+            print(json.dumps(rows))
+        for r in [] if a.json else rows:
+            until = "" if r["for"] is None else f", healed after {r['for']:g} s"
+            print(f"{r['id']}: {r['kind']} {', '.join(r['targets'])}{until}")
+        if not rows and not a.json:
+            print("no faults in force")
+        return 0
+    if a.kind == "heal":
+        for r in ask("heal", id=a.id):
+            print(f"healed {r['id']}: {r['kind']} {', '.join(r['targets'])}")
+        return 0
+    target = {key: value for key, value in (("role", a.role), ("host", a.host),
+                                            ("name", a.name)) if value is not None}
+    if a.random:
+        target["random"] = True
+    params = {}
+    for item in a.param:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"a parameter is KEY=VALUE, not {item!r}")
+        params[key] = _number(value)
+    done = ask("fault", kind=a.kind, target=target, params=params, seed=a.seed,
+               **{"for": a.for_s})
+    if a.json:
+        print(json.dumps(done))
+        return 0
+    what = ", ".join(f"{k} {v}" for k, v in done.items()
+                     if k not in ("id", "kind", "targets", "healable", "for"))
+    heal = (f"; healed in {done['for']:g} s" if done["for"] is not None else
+            f"; `xenray fault heal {done['id']}` heals it" if done["healable"] else "")
+    print(f"fault {done['id']}: {done['kind']} {', '.join(done['targets'])}"
+          f"{f' ({what})' if what else ''}{heal}")
+    return 0
+
+
+def _number(text: str) -> int | float | str:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def cmd_audit(a: argparse.Namespace) -> int:
+    """``xenray audit``: a line per leak (``cluster.audit``); exit status 1 if any, or if a
+    host did not answer."""
+    from cluster.audit import Leak
+
+    answer = ask("audit")
+    if a.json:
+        print(json.dumps(answer["leaks"]))
+    elif answer["leaks"]:
+        for row in answer["leaks"]:
+            print(Leak(**row))
+    elif not answer["errors"]:
+        print("no leaks")
+    return _warn("audit", answer["errors"]) or int(bool(answer["leaks"]))
+
+
 def cmd_result(a: argparse.Namespace) -> int:
     result = ask("result", name=a.name)
     if result is None:
@@ -154,8 +220,7 @@ def cmd_link(a: argparse.Namespace) -> int:
         return 0
     answer = ask("links")
     for row in answer["rows"]:
-        print(f"{row['from']} -> {row['to']}: {link_text(row)}  "
-              f"({row.get('frames', 0)} frames, {row.get('lost', 0)} lost)")
+        print(link_row_text(row))
     return _warn("link", answer["errors"])
 
 

@@ -98,6 +98,31 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return run(out)
 
 
+def cmd_run(a: argparse.Namespace) -> int:
+    from cluster.scenario.command import run
+
+    return run(a, out)
+
+
+def cmd_fuzz(a: argparse.Namespace) -> int:
+    """``xenray fuzz TARGET``: a campaign on an embedded one-host cluster
+    (:mod:`cluster.fault.fuzz`); exit status 1 if the verdict fails."""
+    import json
+
+    from cluster.api import Cluster
+    from cluster.fault.fuzz import answers_table, checks_table, fuzz
+
+    say = (lambda m: None) if a.json else (lambda m: out.print(f"  {m}", markup=False))
+    with Cluster(hosts=1, progress=say) as xen:
+        verdict = fuzz(xen, a.target, a.count, a.seed, progress=say)
+    if a.json:
+        print(json.dumps(verdict, indent=2))
+    else:
+        out.print(answers_table(verdict))
+        out.print(checks_table(verdict))
+    return 0 if verdict["ok"] else 1
+
+
 def cmd_bench(a: argparse.Namespace) -> int:
     from cluster import bench
 

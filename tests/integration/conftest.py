@@ -2,8 +2,8 @@
 `xenray up` (a daemon holding an embedded two-host cluster, on loopback, behind its token)
 in a private XENRAY_HOME. The tests reach it as users do: through the CLI (test_cli.py) and
 through ``Cluster.running()`` (the ``xen`` fixture); never one Ray instance per test
-(ray-notes.md). Tests marked ``destructive`` (they leave a host sick, or stop the cluster) run
-last. When the session ends the cluster is stopped, and nothing of it may be left behind."""
+(ray-notes.md). Tests marked ``destructive`` (they leave a host sick or dead, or stop the cluster)
+run last, the cluster's stop the very last. When the session ends the cluster is stopped, and nothing of it may be left behind."""
 
 import json
 import os
@@ -17,7 +17,13 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def pytest_collection_modifyitems(items):
-    items.sort(key=lambda item: item.get_closest_marker("destructive") is not None)
+    """Destructive tests after the others, and ``destructive(last=True)`` (the cluster's
+    stop) after every other destructive one; otherwise in file order."""
+    def order(item):
+        mark = item.get_closest_marker("destructive")
+        return (mark is not None, bool(mark and mark.kwargs.get("last")))
+
+    items.sort(key=order)
 
 
 def cli(home, *args, timeout=300):
