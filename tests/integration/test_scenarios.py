@@ -4,6 +4,8 @@ fails. Only crashes and freezes of a DomU or a backend here: they leave the clus
 
 import json
 
+import pytest
+
 from cluster.scenario import history, spec
 from cluster.scenario.runner import Runner
 from tests.integration.conftest import cli
@@ -72,3 +74,28 @@ def test_a_frozen_domain_stalls_alone_and_a_missed_bound_fails_the_run(xen, tmp_
     during = [u for t, u in a if window.start + 0.5 < t < window.end]
     assert len(set(during)) == 1  # frozen: not one count while stopped
     assert xen.find("scn-a") is None and xen.find("scn-b") is None  # destroyed at the end
+
+
+@pytest.mark.parametrize("name, scale", [
+    ("xenstored-killed-during-create", 0.5),
+    ("partition-ping-udp", 1.0),  # its workloads' own seconds are not scaled
+    ("powercut-fsync", 0.6),
+    ("hostile-guest", 0.5),
+])
+def test_a_library_scenario_passes_every_check_on_the_session_cluster(xen, tmp_path, name,
+                                                                      scale):
+    results = Runner(spec.load(name).scaled(scale), xen, tmp_path).run()
+    failed = {v["check"]: v["details"] for v in results["verdicts"] if not v["ok"]}
+    assert results["ok"] and not failed, failed
+    assert (tmp_path / "timeline.png").exists()
+
+
+@pytest.mark.parametrize("name", ["host-crash", "migration-destination-crash"])
+def test_a_library_scenario_that_crashes_a_host_passes_on_a_cluster_of_its_own(tmp_path, name):
+    """These lose a host for good, so each runs as a user runs it: `xenray run` on an
+    embedded cluster of its own, which the run stops, dead host and all."""
+    run = cli(tmp_path / "home", "run", name, "--out", str(tmp_path / "run"), "--scale", "0.5",
+              timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "FAIL" not in run.stdout
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["ok"]
