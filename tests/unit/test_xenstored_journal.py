@@ -69,12 +69,18 @@ def test_a_torn_tail_is_cut_and_appends_go_on_after_the_last_whole_record(prefix
     assert reopened(prefix).load() == (None, [["a"], ["b"], ["c2"]])
 
 
-def test_a_record_with_a_bad_checksum_ends_what_is_trusted(prefix):
+def abc_journal(prefix):
+    """A closed journal of records a, b, c; it and where a's and b's frames end."""
     j = Journal(prefix)
     for r in (["a"], ["b"], ["c"]):
         j.append(r)
     j.close()
     (_, _, end_a), (_, _, end_b), _ = frames_of(j.log_path)
+    return j, end_a, end_b
+
+
+def test_a_record_with_a_bad_checksum_ends_what_is_trusted(prefix):
+    j, end_a, end_b = abc_journal(prefix)
     with open(j.log_path, "r+b") as f:
         f.seek(end_b - 1)  # the last byte of b's payload
         last = f.read(1)
@@ -87,11 +93,7 @@ def test_a_record_with_a_bad_checksum_ends_what_is_trusted(prefix):
 
 
 def test_a_lost_record_ends_what_is_trusted(prefix):
-    j = Journal(prefix)
-    for r in (["a"], ["b"], ["c"]):
-        j.append(r)
-    j.close()
-    (_, _, end_a), (_, _, end_b), _ = frames_of(j.log_path)
+    j, end_a, end_b = abc_journal(prefix)
     with open(j.log_path, "rb") as f:
         data = f.read()
     with open(j.log_path, "wb") as f:
