@@ -108,6 +108,10 @@ class Hypervisor:
         the calling process, when the shell knows it (a same-host pipe's client)."""
         self.stats["hypercalls"] += 1
         self._caller_pid = pid
+        if type(domid) is not int or not isinstance(secret, str) or \
+                not isinstance(endpoint, str):  # a forged credential of the wrong type
+            self.stats["refused"] += 1
+            return encode_result(-Errno.EPERM), []
         dom = self.table.domains.get(domid)
         if dom is None or dom.dying is not Dying.ALIVE or not hmac.compare_digest(
                 dom.secret, secret):

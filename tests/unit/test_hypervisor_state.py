@@ -282,3 +282,10 @@ def test_a_dead_dom0_process_s_maps_and_ports_are_released_and_only_its_own(hv):
     assert hv.grants.mappings(0) == []
     dom0(hv)(Hypercall.domctl, Domctl.destroydomain, domain=domid)
     assert domid not in hv.table.domains and not hv.zombies, "no map kept it a zombie"
+
+
+@pytest.mark.parametrize("domid, secret", [([0], "x"), (0, None), (0, 7), ("0", "x"),
+                                           (True, "x")])
+def test_hypervisor_a_credential_of_the_wrong_type_is_eperm(hv, domid, secret):
+    reply, effects = hv.hypercall(domid, secret, "h1/dom9", b"\x93\x11\x00\x80")
+    assert decode_result(reply).rc == -Errno.EPERM and effects == []
