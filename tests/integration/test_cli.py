@@ -45,7 +45,8 @@ def test_cli_create_list_console_result(home):
     row = next(r for r in rows if r["name"] == "counter3")
     assert row["host"] == "h2" and row["pid"] > 0 and row["mem"] == 64
     table = xenray(home, "list").stdout.splitlines()
-    assert table[0].split() == ["Name", "ID", "Mem", "VCPUs", "State", "Time(s)", "Host"]
+    assert table[0].split() == ["Name", "ID", "Mem", "VCPUs", "State", "Time(s)", "Host",
+                                "Health"]
     hosts = json.loads(xenray(home, "info", "--json").stdout)
     assert [h["host"] for h in hosts] == ["h1", "h2"]
     assert all(pathlib.Path(h["xenstored_socket"]).exists() for h in hosts)

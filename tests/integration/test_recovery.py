@@ -131,7 +131,7 @@ def test_a_killed_hypervisor_and_a_killed_raylet_are_host_crashes_and_are_fenced
     on_h2 = domains(counter("lost2"), "h2")
     nemesis.inject(xen, "crash", {"role": "hypervisor", "host": "h2"}, {}, random.Random(0))
     dead = wait_until(lambda: xen.dead_hosts().get("h2"), "h2 to be declared dead", WAIT_S)
-    assert dead["why"] == "its hypervisor died" and dead["lost"] == ["lost2"]
+    assert dead["why"] == "its hypervisor died" and "lost2" in dead["lost"]
     assert not Process.of(on_h2["pid"]), "fenced: its domain process is gone"
     assert xen.find("lost2") is None, "its name is free again"
     errors: dict[str, str] = {}
