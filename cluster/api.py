@@ -32,7 +32,7 @@ from typing import Any
 from actors.transport import PeerGone
 from actors.transport.naming import CLUSTER, actor_name, ray_environment
 from cluster import home
-from cluster.fault.processes import kill_all, node_processes
+from cluster.fault.processes import Process, kill_all, node_processes
 from cluster.health import HostWatch
 from cluster.hosts import (HostSpec, boot_host, boot_registry, stop_host, stop_registry,
                            xenstored_socket)
@@ -180,7 +180,8 @@ class Cluster:
                     stop_host(name, run_id=self.run_id, run_dir=self.run_dir)
             except Exception as e:  # the others are stopped all the same
                 failures.append(e)
-            if name in dead or self._embedded is not None:  # orphans of a lost node
+            raylet = Process.of(self._raylets.get(name, 0))
+            if name in dead or raylet is None or not raylet.alive():  # a lost node's orphans
                 kill_all(node_processes(self._raylets.get(name, 0)))
         self._booted.clear()
         try:

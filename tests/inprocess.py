@@ -222,6 +222,7 @@ class InProcessHost:
             shell.close()
         for domid in list(self.hypervisor.state.table.domains):
             memory.remove(self.memory_path(domid))
+            memory.remove(builder.userdata_path(self.memory_path(domid)))  # xl's, if built
         assert not self.errors, "\n".join(self.errors)
         assert not (self._thread and self._thread.is_alive()), "a handler is stuck"
 
