@@ -43,8 +43,6 @@ def count_lines(xen, name, pattern):
     return sum(bool(re.search(pattern, line)) for line in xen.console(name, 100))
 
 
-SETTLE_S = 3.0  # see the open bug in the partition test
-
 
 def test_partition_loses_pings_only_while_it_lasts_and_they_recover_after_the_heal(
         xen, pong, domains, restored):
@@ -64,11 +62,8 @@ def test_partition_loses_pings_only_while_it_lasts_and_they_recover_after_the_he
     found = losses(r)
     assert len(found) >= 3 and r["received"] + len(found) == 50, r
     slack = SLACK_S + error
-    # OPEN BUG, not understood yet: in 2 of 3 full-suite runs on 2 cores, one ping was lost
-    # 2-3 s after the heal (never in a run of this file alone). Until it is found, losses
-    # are allowed for SETTLE_S after the heal; any later, or before the cut, still fail.
-    assert losses_outside(found, [(start, end + SETTLE_S)], offset=offset, slack=slack) \
-        == [], (found, start, end, offset)
+    assert losses_outside(found, [(start, end)], offset=offset, slack=slack) == [], \
+        (found, start, end, offset)
     assert losses_outside(found, [], offset=offset) == found  # no window: all unexplained
     assert max(loss.last for loss in found) < 47, "no replies after the heal"
     row = link(xen, "h2", "h1")
