@@ -25,7 +25,60 @@ _VCPU_STAGE = {RecType.X86_PV_VCPU_BASIC: 1, RecType.X86_PV_VCPU_EXTENDED: 2,
                RecType.X86_PV_VCPU_XSAVE: 3, RecType.X86_PV_VCPU_MSRS: 4}
 
 
-class X86PvOrder:
+class _Order:
+    """What the x86 PV and HVM record orders share: the policy records before
+    STATIC_DATA_END, the memory rounds (PAGE_DATA, one VERIFY, X86_TSC_INFO ending them),
+    and END or CHECKPOINT (another round of memory) at the close."""
+
+    def __init__(self, state: str, checkpointed: bool) -> None:
+        self.checkpointed = checkpointed
+        self.state = state
+        self._policy = 0      # 1 after CPUID policy, 2 after MSR policy
+        self._verify = False
+        self.done = False
+
+    def check(self, rtype: int, value=None) -> None:
+        if self.done:
+            raise err(f"{RecType(rtype).name} after END")
+        self._step(rtype, value)
+        if rtype == RecType.END and not self.done:
+            raise err("END before the stream was complete")
+
+    def _step(self, rtype: int, value) -> None:
+        raise NotImplementedError
+
+    def _refuse(self, rtype: int, expected: str) -> XenError:
+        return err(f"{RecType(rtype).name} out of order: expected {expected}")
+
+    def _static(self, rtype: int, then: str) -> None:
+        if rtype == RecType.X86_CPUID_POLICY and self._policy == 0:
+            self._policy = 1
+        elif rtype == RecType.X86_MSR_POLICY and self._policy < 2:
+            self._policy = 2
+        elif rtype == RecType.STATIC_DATA_END:
+            self.state = then
+        else:
+            raise self._refuse(rtype, "X86_CPUID_POLICY, X86_MSR_POLICY or STATIC_DATA_END")
+
+    def _memory(self, rtype: int, then: str) -> None:
+        if rtype == RecType.PAGE_DATA:
+            pass
+        elif rtype == RecType.VERIFY and not self._verify:
+            self._verify = True
+        elif rtype == RecType.X86_TSC_INFO:
+            self.state = then
+        else:
+            raise self._refuse(rtype, "PAGE_DATA, VERIFY or X86_TSC_INFO")
+
+    def _close(self, rtype: int) -> None:
+        """END, or CHECKPOINT and another round of memory (a checkpointed stream's)."""
+        if rtype == RecType.CHECKPOINT and not self.checkpointed:
+            raise err("CHECKPOINT in a stream that is not checkpointed")
+        self.done = rtype == RecType.END
+        self.state, self._verify = "memory", False
+
+
+class X86PvOrder(_Order):
     """The record order of an x86 PV stream, as ``xg_sr_save.c`` + ``xg_sr_save_x86_pv.c``
     write it, refusing any other::
 
@@ -41,80 +94,52 @@ class X86PvOrder:
     """
 
     def __init__(self, checkpointed: bool = False) -> None:
-        self.checkpointed = checkpointed
-        self.state = "info"
-        self._policy = 0      # 1 after CPUID policy, 2 after MSR policy
-        self._verify = False
+        super().__init__("info", checkpointed)
         self._vcpu = -1       # last vCPU whose BASIC was seen this round
         self._stage = 0
         self._vcpu0 = False
-        self.done = False
 
-    def _refuse(self, rtype: int, expected: str) -> XenError:
-        return err(f"{RecType(rtype).name} out of order: expected {expected}")
-
-    def check(self, rtype: int, value=None) -> None:
+    def _step(self, rtype: int, value) -> None:
         s = self.state
-        if self.done:
-            raise err(f"{RecType(rtype).name} after END")
         if s == "info":
             if rtype != RecType.X86_PV_INFO:
                 raise self._refuse(rtype, "X86_PV_INFO")
             self.state = "static"
         elif s == "static":
-            if rtype == RecType.X86_CPUID_POLICY and self._policy == 0:
-                self._policy = 1
-            elif rtype == RecType.X86_MSR_POLICY and self._policy < 2:
-                self._policy = 2
-            elif rtype == RecType.STATIC_DATA_END:
-                self.state = "p2m"
-            else:
-                raise self._refuse(rtype, "X86_CPUID_POLICY, X86_MSR_POLICY or "
-                                   "STATIC_DATA_END")
+            self._static(rtype, "p2m")
         elif s == "p2m":
             if rtype != RecType.X86_PV_P2M_FRAMES:
                 raise self._refuse(rtype, "X86_PV_P2M_FRAMES")
             self.state = "memory"
         elif s == "memory":
-            if rtype == RecType.PAGE_DATA:
-                pass
-            elif rtype == RecType.VERIFY and not self._verify:
-                self._verify = True
-            elif rtype == RecType.X86_TSC_INFO:
-                self.state = "shinfo"
-            else:
-                raise self._refuse(rtype, "PAGE_DATA, VERIFY or X86_TSC_INFO")
+            self._memory(rtype, "shinfo")
         elif s == "shinfo":
             if rtype != RecType.SHARED_INFO:
                 raise self._refuse(rtype, "SHARED_INFO")
             self.state = "vcpus"
             self._vcpu, self._stage = -1, 0
         elif s == "vcpus":
-            stage = _VCPU_STAGE.get(rtype)
-            if stage == 1 and value.vcpu_id > self._vcpu:
-                self._vcpu, self._stage = value.vcpu_id, 1
-                self._vcpu0 = self._vcpu0 or value.vcpu_id == 0
-            elif stage and stage > 1 and value.vcpu_id == self._vcpu and stage > self._stage:
-                self._stage = stage
-            elif rtype in (RecType.END, RecType.CHECKPOINT) and self._vcpu0:
-                if rtype == RecType.END:
-                    self.done = True
-                elif not self.checkpointed:
-                    raise err("CHECKPOINT in a stream that is not checkpointed")
-                self.state = "memory"
-                self._verify = False
-            elif rtype in (RecType.END, RecType.CHECKPOINT):
-                raise err(f"{RecType(rtype).name} before vCPU 0's X86_PV_VCPU_BASIC")
-            elif stage:
-                raise err(f"{RecType(rtype).name} for vCPU {value.vcpu_id} out of order "
-                          f"(after vCPU {self._vcpu} stage {self._stage})")
-            else:
-                raise self._refuse(rtype, "vCPU records or END")
-        if rtype == RecType.END and not self.done:
-            raise err("END before the stream was complete")
+            self._vcpus(rtype, value)
+
+    def _vcpus(self, rtype: int, value) -> None:
+        stage = _VCPU_STAGE.get(rtype)
+        if stage == 1 and value.vcpu_id > self._vcpu:
+            self._vcpu, self._stage = value.vcpu_id, 1
+            self._vcpu0 = self._vcpu0 or value.vcpu_id == 0
+        elif stage and stage > 1 and value.vcpu_id == self._vcpu and stage > self._stage:
+            self._stage = stage
+        elif rtype in (RecType.END, RecType.CHECKPOINT) and self._vcpu0:
+            self._close(rtype)
+        elif rtype in (RecType.END, RecType.CHECKPOINT):
+            raise err(f"{RecType(rtype).name} before vCPU 0's X86_PV_VCPU_BASIC")
+        elif stage:
+            raise err(f"{RecType(rtype).name} for vCPU {value.vcpu_id} out of order "
+                      f"(after vCPU {self._vcpu} stage {self._stage})")
+        else:
+            raise self._refuse(rtype, "vCPU records or END")
 
 
-class X86HvmOrder:
+class X86HvmOrder(_Order):
     """The record order of an x86 HVM stream (``xg_sr_save_x86_hvm.c``)::
 
         [X86_CPUID_POLICY], [X86_MSR_POLICY], STATIC_DATA_END, PAGE_DATA*, [VERIFY ...],
@@ -125,48 +150,24 @@ class X86HvmOrder:
     """
 
     def __init__(self, checkpointed: bool = False) -> None:
-        self.checkpointed = checkpointed
-        self.state = "static"
-        self._policy = 0
-        self._verify = False
+        super().__init__("static", checkpointed)
         self._tail: set[int] = set()
-        self.done = False
 
-    def check(self, rtype: int, value=None) -> None:
-        name = RecType(rtype).name
-        if self.done:
-            raise err(f"{name} after END")
+    def _step(self, rtype: int, value) -> None:
         s = self.state
         if s == "static":
-            if rtype == RecType.X86_CPUID_POLICY and self._policy == 0:
-                self._policy = 1
-            elif rtype == RecType.X86_MSR_POLICY and self._policy < 2:
-                self._policy = 2
-            elif rtype == RecType.STATIC_DATA_END:
-                self.state = "memory"
-            else:
-                raise err(f"{name} out of order: expected policy records or STATIC_DATA_END")
+            self._static(rtype, "memory")
         elif s == "memory":
-            if rtype == RecType.PAGE_DATA:
-                pass
-            elif rtype == RecType.VERIFY and not self._verify:
-                self._verify = True
-            elif rtype == RecType.X86_TSC_INFO:
-                self.state, self._tail = "context", set()
-            else:
-                raise err(f"{name} out of order: expected PAGE_DATA, VERIFY or X86_TSC_INFO")
+            self._memory(rtype, "context")
+            if self.state == "context":
+                self._tail = set()
         elif s == "context":
             if rtype in (RecType.HVM_CONTEXT, RecType.HVM_PARAMS) and rtype not in self._tail:
                 self._tail.add(rtype)
             elif rtype in (RecType.END, RecType.CHECKPOINT) and RecType.HVM_CONTEXT in self._tail:
-                if rtype == RecType.CHECKPOINT and not self.checkpointed:
-                    raise err("CHECKPOINT in a stream that is not checkpointed")
-                self.done = rtype == RecType.END
-                self.state, self._verify = "memory", False
+                self._close(rtype)
             else:
-                raise err(f"{name} out of order: expected HVM_CONTEXT, HVM_PARAMS or END")
-        if rtype == RecType.END and not self.done:
-            raise err("END before the stream was complete")
+                raise self._refuse(rtype, "HVM_CONTEXT, HVM_PARAMS or END")
 
 
 class StreamReader(StreamDecoder):
