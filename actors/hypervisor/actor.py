@@ -24,6 +24,7 @@ import ray
 
 from actors import log as xlog
 from actors import memory, procstat, uffd
+from actors.hypervisor.audit import audit
 from actors.hypervisor.effects import (ConsoleLine, Deliver, Effect, GateVcpus, ReleaseMemory,
                                        SizeMemory, WatchVcpu)
 from actors.hypervisor.hvpipes import HvPipeServer
@@ -115,14 +116,14 @@ class HypervisorShell(Endpoint):
         return taken
 
     def on_audit(self) -> dict:
-        """What every domain holds (:meth:`Hypervisor.audit`), and the files named for this
+        """What every domain holds (:mod:`actors.hypervisor.audit`), and the files named for this
         host's domains (``<mem_prefix>-d<domid>``, their memory, and what lies beside it: one
         left behind by a domain that is gone is a leak)."""
         with self.lock:
-            audit = self.state.audit()
+            view = audit(self.state)
         prefix = pathlib.Path(self._mem_prefix)
         files = sorted(str(f) for f in prefix.parent.glob(f"{prefix.name}-d*"))
-        return {**audit, "domain_files": files}
+        return {**view, "domain_files": files}
 
     def on_vcpu_pids(self) -> dict[int, int]:
         """The process running each domain's vCPUs (what it watches for a crash)."""

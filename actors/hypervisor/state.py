@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hmac
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -184,30 +183,9 @@ class Hypervisor:
             "evtchn_coalesced": es.coalesced,
         }
 
-    def audit(self) -> dict[str, Any]:
-        """What every domain holds, for ``xenray audit`` (read-only): its state, pages and
-        UUID (the toolstack's ``/vm/<uuid>``), the grant maps it holds (granter, gref,
-        ``GNTMAP_*``; who maps a domain's grants is in the others' lists) and its event
-        channels in use, with their peer and the endpoint that bound them. A zombie
-        (destroyed, its pages still mapped by another domain) is listed, dead, with no
-        ports."""
-        return {"domains": [self._audit_domain(self.table.domains[d])
-                            for d in sorted(self.table.domains)]}
-
-    def _audit_domain(self, dom: Domain) -> dict[str, Any]:
-        d = dom.domid
-        try:
-            rows = self.evtchn.save(d)["ports"]
-        except XenError:  # a zombie: its event channels went with it
-            rows = []
-        ports = [{"port": port, "state": ev.ECS(state).name.lower(), "vcpu": vcpu,
-                  "remote_dom": a if state in (ev.ECS.UNBOUND, ev.ECS.INTERDOMAIN) else None,
-                  "remote_port": b if state == ev.ECS.INTERDOMAIN else None,
-                  "endpoint": self._port_endpoint.get((d, port))}
-                 for port, state, vcpu, a, b in rows]
-        return {"domid": d, "state": dom.dying.name.lower(), "privileged": dom.privileged,
-                "pages": dom.tot_pages, "uuid": str(uuid.UUID(bytes=dom.handle)),
-                "maps": [list(m) for m in self.grants.mappings(d)], "ports": ports}
+    def port_endpoint(self, domid: int, port: int) -> str | None:
+        """The endpoint that bound ``port`` of ``domid`` (where its upcalls go)."""
+        return self._port_endpoint.get((domid, port))
 
     def memory_path(self, domid: int) -> str:
         return f"{self.mem_prefix}-d{domid}"
