@@ -16,8 +16,8 @@ from tests.waits import wait_until
 
 @pytest.fixture
 def workers():
-    """Three sleeping processes: two of 'raylet' 4242's node, one of 4343's."""
-    procs = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+    """Three idle processes (waiting for a signal): two of 'raylet' 4242's node, one of 4343's."""
+    procs = [subprocess.Popen([sys.executable, "-c", "import signal; signal.pause()"],
                               env={**os.environ, "RAY_RAYLET_PID": str(raylet)})
              for raylet in (4242, 4242, 4343)]
     yield procs
