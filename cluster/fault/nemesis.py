@@ -192,14 +192,8 @@ def _partition(cluster: Cluster, params: dict) -> Injected:
         raise ValueError("a partition needs groups of hosts: [[\"h1\"], [\"h2\"]] or "
                          "\"h1/h2\"")
     plan = net.partition(cluster, groups)
-    cluster._each_host(lambda h: cluster._call(h, "xl", "set_partition", plan[h]), None)
-
-    def undo() -> None:
-        errors: dict[str, str] = {}  # a host that died meanwhile has nothing to heal
-        net.heal_partition(cluster, errors)
-        cluster._each_host(lambda h: cluster._call(h, "xl", "set_partition", []), errors)
-
-    return Injected("partition", sorted(plan), {"groups": groups}, undo=undo)
+    return Injected("partition", sorted(plan), {"groups": groups},  # a host dead meanwhile
+                    undo=lambda: net.heal_partition(cluster, {}))  # has nothing to heal
 
 
 def _link(cluster: Cluster, params: dict) -> Injected:

@@ -3,9 +3,10 @@ losses against them.
 
 * A **partition** between groups of hosts: every host's netback drops the frames to and
   from the hosts of the other groups (``set_partition``; counted ``partitioned`` on the
-  uplink), as if the cables between them were pulled, until :func:`heal_partition`. It cuts
-  xenray's emulated network only: Ray's own traffic (its GCS heartbeats, the actor calls)
-  goes on, so no host is declared dead for it.
+  uplink), and its toolstack agent's calls to them (migration streams included) are lost,
+  as if the cables between them were pulled, until :func:`heal_partition`. It cuts
+  xenray's traffic only: Ray's own (its GCS heartbeats, the calls to the registry) goes
+  on, so no host is declared dead for it.
 * A **link fault** (loss, latency with jitter, duplication, reordering, bandwidth; netem's
   semantics, ``actors/hostnet/link.py``) goes on top of the shaping ``Cluster.set_link``
   set: the uplink keeps both and applies their composition (``link.compose``), and
@@ -54,13 +55,20 @@ def partition(cluster: Cluster, groups: Iterable[Iterable[str]],
     once; returns the plan. A host that does not answer goes into ``errors`` (when given;
     else it raises)."""
     plan = partition_plan(cluster.hosts, groups)
-    cluster._each_host(lambda h: cluster._call(h, "netback", "set_partition", plan[h]), errors)
+    cluster._each_host(lambda h: _cut(cluster, h, plan[h]), errors)
     return plan
 
 
 def heal_partition(cluster: Cluster, errors: dict[str, str] | None = None) -> None:
     """Every host reaches every other again."""
-    cluster._each_host(lambda h: cluster._call(h, "netback", "set_partition", []), errors)
+    cluster._each_host(lambda h: _cut(cluster, h, []), errors)
+
+
+def _cut(cluster: Cluster, host: str, blocked: list[str]) -> None:
+    """Everything ``host`` carries to other hosts: its uplinks' frames (netback) and its
+    agent's calls, migration streams included (``actors/transport/partition.py``)."""
+    cluster._call(host, "netback", "set_partition", blocked)
+    cluster._call(host, "xl", "set_partition", blocked)
 
 
 # -- link faults ------------------------------------------------------------------------------
