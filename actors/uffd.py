@@ -28,10 +28,14 @@ import os
 import socket
 import struct
 
+from typing import TYPE_CHECKING
+
 import msgpack
-import numpy as np
 
 from protocols.page import PAGE_SHIFT, PAGE_SIZE
+
+if TYPE_CHECKING:  # numpy is the scanner's (the hypervisor's): a guest's process needs none
+    import numpy as np
 
 # -- include/uapi/linux/userfaultfd.h --------------------------------------------------------
 NR_USERFAULTFD = 323  # x86_64
@@ -55,7 +59,7 @@ PM_SCAN_CHECK_WPASYNC = 1 << 1  # refuse (EPERM) a range not in async write-prot
 PAGE_IS_WRITTEN = 1 << 1
 _SCAN_ARG = struct.Struct("=12Q")  # size flags start end walk_end vec vec_len max_pages
 #                                    category_inverted category_mask category_anyof_mask return_mask
-_REGION = np.dtype([("start", "<u8"), ("end", "<u8"), ("categories", "<u8")])
+_REGION = [("start", "<u8"), ("end", "<u8"), ("categories", "<u8")]  # a numpy dtype
 SCAN_VEC_LEN = 8192  # regions per PAGEMAP_SCAN call (192 KiB); more are fetched by looping
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -104,6 +108,8 @@ class Scanner:
     def __init__(self, pagemap: int, addr: int, length: int) -> None:
         self.pagemap, self.addr, self.length = pagemap, addr, length
         self.nr_pages = length >> PAGE_SHIFT
+        import numpy as np
+
         self._vec = np.zeros(SCAN_VEC_LEN, _REGION)
         self._arg = bytearray(_SCAN_ARG.size)
 
@@ -113,6 +119,8 @@ class Scanner:
 
         The kernel fills at most ``SCAN_VEC_LEN`` regions per call and says where it stopped
         (``walk_end``): loop from there until the end of the range."""
+        import numpy as np
+
         flags = PM_SCAN_CHECK_WPASYNC | (PM_SCAN_WP_MATCHING if clear else 0)
         end = self.addr + self.length
         # +1/-1 at each region's edges; the running sum is > 0 inside a region.

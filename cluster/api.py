@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import itertools
 import json
 import os
 import pathlib
@@ -34,13 +33,16 @@ from actors.transport.naming import CLUSTER, actor_name, ray_environment
 from cluster import home
 from cluster.fault.processes import Process, kill_all, node_processes
 from cluster.health import HostWatch
-from cluster.hosts import (HostSpec, boot_host, boot_registry, stop_host, stop_registry,
+from cluster.hosts import (POOL_SIZE, HostSpec, boot_host, boot_registry, stop_host, stop_registry,
                            xenstored_socket)
 from cluster.runtime import EmbeddedRay, connect, disconnect, discover_hosts, is_local
 from cluster.xlcfg import DomainConfig, load_config, parse_config
+from protocols.errno import Errno, XenError
+from protocols.page import PAGES_PER_MIB
 
 CALL_TIMEOUT_S = 30.0  # a host that takes longer than this to answer is reported unreachable
 CREATE_TIMEOUT_S = 300.0  # create waits for the backends (40 s) and the init (30 s) itself
+AUTO = "auto"  # create --host auto: placed by free memory
 MIGRATE_TIMEOUT_S = 1800.0  # a save or migration of a large, busy domain takes long
 
 
@@ -60,14 +62,15 @@ class HostUnreachable(Exception):
 class Cluster:
     def __init__(self, hosts: int | Sequence[str] = 2, *, address: str | None = None,
                  boot: bool | None = None, host_memory_mib: int = 2048, host_cpus: int = 2,
-                 dom0_memory_mib: int = 256, run_id: str | None = None,
+                 dom0_memory_mib: int = 256, pool: int = POOL_SIZE, run_id: str | None = None,
                  run_dir: str | os.PathLike | None = None,
                  progress: Callable[[str], None] | None = None):
         """``run_dir``: where the hosts' xenstored sockets go; by default a directory of this
         run's own, so clusters sharing one ``$XENRAY_HOME`` never take each other's (the
-        daemon of ``xenray up`` passes ``$XENRAY_HOME/run``)."""
+        daemon of ``xenray up`` passes ``$XENRAY_HOME/run``). ``pool``: domain processes
+        each host keeps started ahead of need (``actors.toolstack.pool``)."""
         names = [f"h{i + 1}" for i in range(hosts)] if isinstance(hosts, int) else list(hosts)
-        self.specs = {n: HostSpec(n, host_memory_mib, host_cpus, dom0_memory_mib)
+        self.specs = {n: HostSpec(n, host_memory_mib, host_cpus, dom0_memory_mib, pool)
                       for n in names}
         self.address = address
         self.boot = address is None if boot is None else boot
@@ -84,7 +87,6 @@ class Cluster:
         from actors.transport.raycall import RayTransport
 
         self._transport = RayTransport()
-        self._rr = itertools.count()
 
     @classmethod
     def running(cls) -> Cluster:
@@ -281,13 +283,73 @@ class Cluster:
 
     def create(self, config: str | os.PathLike | DomainConfig, *, host: str | None = None,
                name: str | None = None) -> dict[str, Any]:
-        """Create a domain from an xl.cfg file (path), its text, or a parsed config. The name
-        is reserved in the cluster before anything is built; a create that fails leaves
+        """Create a domain from an xl.cfg file (path), its text, or a parsed config, on
+        ``host`` (None or ``"auto"``: the host with the most free memory). The name is
+        reserved in the cluster before anything is built; a create that fails leaves
         nothing behind; it returns once the guest's init runs."""
         cfg = _as_config(config)
-        host = host or self.hosts[next(self._rr) % len(self.hosts)]
+        if host in (None, AUTO):
+            [host] = self.place(cfg.memory)
         self._check_host(host)
         return self._call(host, "xl", "create", cfg.to_dict(), name, timeout=CREATE_TIMEOUT_S)
+
+    def place(self, memory_mib: int, count: int = 1,
+              hosts: Sequence[str] | None = None) -> list[str]:
+        """Where ``count`` domains of ``memory_mib`` each go: one at a time, to the host
+        with the most free memory left (xl's placement picks by free memory too). Hosts
+        that do not answer get none; ENOMEM if no host answers."""
+        hosts = list(hosts or self.hosts)
+        for host in hosts:
+            self._check_host(host)
+        errors: dict[str, str] = {}
+        free = dict(self._each_host(lambda h: (h, self._call(h, "hypervisor", "statistics")
+                                               ["free_pages"] // PAGES_PER_MIB), errors))
+        free = {h: free[h] for h in hosts if h in free}
+        if not free:
+            raise XenError(Errno.ENOMEM, "no host answers: " + "; ".join(errors.values()))
+        return place_by_free_memory(free, memory_mib, count)
+
+    def create_many(self, config: str | os.PathLike | DomainConfig, count: int, *,
+                    name: str | None = None, hosts: Sequence[str] | None = None,
+                    parallel: int | None = None,
+                    progress: Callable[[int, int, dict[str, Any]], None] | None = None
+                    ) -> list[dict[str, Any]]:
+        """Create ``count`` domains ``<name>-1`` ... ``<name>-<count>`` from one config (name:
+        the config's), placed by free memory over ``hosts`` (default all) and created
+        ``parallel`` at a time (default two per host). A failure is reported in its result
+        and the rest go on. One result per domain, in name order: ``name``, ``host``,
+        ``k`` (its place in its host's order), ``ok``, ``error``, ``domid``, ``latency_s``,
+        ``steps_ms``. ``progress(done, count, result)`` follows each."""
+        cfg = _as_config(config)
+        if count < 1:
+            raise ValueError(f"--count must be at least 1, not {count}")
+        base = name or cfg.name
+        placed = self.place(cfg.memory, count, hosts)
+        per_host: dict[str, int] = {}
+        jobs = []
+        for i, host in enumerate(placed):
+            per_host[host] = per_host.get(host, 0) + 1
+            jobs.append({"name": f"{base}-{i + 1}", "host": host, "k": per_host[host]})
+
+        def one(job: dict[str, Any]) -> dict[str, Any]:
+            t = time.perf_counter()
+            try:
+                info = self.create(cfg, host=job["host"], name=job["name"])
+                return {**job, "ok": True, "error": None, "domid": info["domid"],
+                        "latency_s": time.perf_counter() - t, "steps_ms": info["steps_ms"]}
+            except Exception as e:
+                return {**job, "ok": False, "error": str(e), "domid": None,
+                        "latency_s": time.perf_counter() - t, "steps_ms": {}}
+
+        workers = parallel or min(count, 2 * len(set(placed)))
+        results = []
+        with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+            for future in concurrent.futures.as_completed([pool.submit(one, j) for j in jobs]):
+                results.append(future.result())
+                if progress is not None:
+                    progress(len(results), count, results[-1])
+        order = {job["name"]: i for i, job in enumerate(jobs)}
+        return sorted(results, key=lambda r: order[r["name"]])
 
     def holder(self, name: str) -> tuple[str, int | None] | None:
         """Who holds the name in the cluster's registry: ``(host, domid)``, domid None while
@@ -321,8 +383,8 @@ class Cluster:
         hypercalls it served and over how many same-host pipes."""
         def one(host: str) -> dict[str, Any]:
             stats = self._call(host, "hypervisor", "statistics")
-            return {"host": host, "total_memory_mib": stats["host_pages"] // 256,
-                    "free_memory_mib": stats["free_pages"] // 256,
+            return {"host": host, "total_memory_mib": stats["host_pages"] // PAGES_PER_MIB,
+                    "free_memory_mib": stats["free_pages"] // PAGES_PER_MIB,
                     "nr_cpus": self.specs[host].pcpus, "domains": stats["domains"],
                     "xenstored_socket": xenstored_socket(self.run_dir, host),
                     "hypercalls": stats["hypercalls"], "pipes": stats["pipes"]}
@@ -376,12 +438,13 @@ class Cluster:
 
     def restore(self, path: str | os.PathLike, *, host: str | None = None,
                 paused: bool = False) -> dict[str, Any]:
-        """``xl restore [-p]``: the domain of a save file, on ``host`` (by default the
-        next in turn), running unless ``paused``."""
+        """``xl restore [-p]``: the domain of a save file, on ``host`` (by default the host
+        with the most free memory), running unless ``paused``."""
         path = os.path.abspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"no save file {path}")
-        host = host or self.hosts[next(self._rr) % len(self.hosts)]
+        if host in (None, AUTO):
+            [host] = self.place(0)
         self._check_host(host)
         return self._call(host, "xl", "restore", path, paused, timeout=MIGRATE_TIMEOUT_S)
 
@@ -481,6 +544,18 @@ class Cluster:
                 return value
             time.sleep(0.1)
         raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def place_by_free_memory(free: dict[str, int], memory_mib: int, count: int) -> list[str]:
+    """``count`` domains of ``memory_mib`` each, one at a time, to the host with the most
+    free memory left (``free``: MiB per host; a tie goes to the host named first)."""
+    free, order = dict(free), {h: i for i, h in enumerate(free)}
+    placed = []
+    for _ in range(count):
+        host = max(free, key=lambda h: (free[h], -order[h]))
+        free[host] -= memory_mib
+        placed.append(host)
+    return placed
 
 
 def dead_text(report: dict[str, Any]) -> str:

@@ -179,6 +179,14 @@ def _create(xen: Any, args: dict, emit: Emit) -> dict:
                       name=args.get("name"))
 
 
+def _create_many(xen: Any, args: dict, emit: Emit) -> list[dict]:
+    from protocols.libxl_types import DomainConfig
+
+    hosts = None if args.get("host") in (None, "auto") else [args["host"]]
+    return xen.create_many(DomainConfig.from_dict(args["config"]), args["count"], hosts=hosts,
+                           progress=lambda done, total, r: emit({"done": done, "result": r}))
+
+
 # ``xenray fault``: on the faults this daemon injected (they outlive the command)
 FAULT_OPS: dict[str, Callable[[ActiveFaults, dict], Any]] = {
     "fault": lambda faults, args: faults.inject(
@@ -192,6 +200,7 @@ FAULT_OPS: dict[str, Callable[[ActiveFaults, dict], Any]] = {
 OPS: dict[str, Op] = {
     "hosts": lambda xen, args, emit: xen.hosts,
     "create": _create,
+    "create_many": _create_many,
     "list": _with_errors("list"),
     "info": _with_errors("info"),
     "links": _with_errors("links"),

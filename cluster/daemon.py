@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--hosts", type=int, default=2)
     p.add_argument("--host-memory", type=int, default=2048)
     p.add_argument("--host-cpus", type=int, default=2)
+    p.add_argument("--pool", type=int, default=None)
     args = p.parse_args(argv)
     ray_environment(local=True)  # this process's token is the cluster's
     from cluster.api import Cluster
@@ -41,8 +42,9 @@ def main(argv: list[str] | None = None) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    pool = {} if args.pool is None else {"pool": args.pool}
     xen = Cluster(hosts=args.hosts, host_memory_mib=args.host_memory, host_cpus=args.host_cpus,
-                  run_dir=home.run_dir())
+                  run_dir=home.run_dir(), **pool)
     log = xlog.setup(host="cluster", component="daemon", log_dir=xen.log_dir)
     token = home.token_path()
     server = None

@@ -14,7 +14,9 @@ import glob
 import os
 
 from actors import memory
+from actors.transport.naming import DOMAIN_PREFIX
 
+POOL_SIZE = 2  # domain processes a host starts ahead of need, by default (actors.toolstack.pool)
 DOM0_COMPONENTS = ("xl", "netback", "blkback", "xenconsoled", "xenstored")  # stop order; hypervisor last
 
 
@@ -24,6 +26,7 @@ class HostSpec:
     memory_mib: int = 2048
     pcpus: int = 2
     dom0_memory_mib: int = 256
+    pool: int = POOL_SIZE
 
 
 def xenstored_socket(run_dir: str, host: str) -> str:
@@ -43,7 +46,8 @@ def boot_host(spec: HostSpec, *, run_id: str, run_dir: str, log_dir: str) -> Non
                       xenstored_socket(run_dir, host), log_dir, run_id)
     launch.ask(xs, "process")
     daemons = [launch.start(kind, host, kind, host, dom0_secret, log_dir)
-               for kind in ("xenconsoled", "blkback", "netback", "xl")]
+               for kind in ("xenconsoled", "blkback", "netback")]
+    daemons.append(launch.start("xl", host, "xl", host, dom0_secret, log_dir, spec.pool))
     launch.ask_all([(d, "process", ()) for d in daemons])
 
 
@@ -63,19 +67,13 @@ def stop_registry() -> None:
 
 
 def stop_host(host: str, *, run_id: str, run_dir: str | None = None) -> None:
-    """Kill every actor of the host (its DomUs first), then remove its leftover /dev/shm
+    """Kill every actor of the host (its agent, then its domains' processes and the pool's
+    idle ones), then remove its leftover /dev/shm
     files and, given ``run_dir``, its xenstored's socket (killed, xenstored cannot)."""
     from actors.transport import launch
 
-    xl = launch.find(host, "xl")
-    try:
-        names = launch.ask(xl, "names", timeout=30) if xl is not None else {}
-        domids = [domid for domid in names.values() if domid is not None]
-    except Exception:  # the agent is gone: the memory files below are all we know of
-        domids = []
-    for domid in domids:
-        launch.kill(host, f"dom{domid}")
-    for component in (*DOM0_COMPONENTS, "hypervisor"):
+    launch.kill(host, "xl")  # first: its pool starts no process after the list below
+    for component in (*launch.named(host, DOMAIN_PREFIX), *DOM0_COMPONENTS[1:], "hypervisor"):
         launch.kill(host, component)
     remove_host_files(host, run_id=run_id, run_dir=run_dir)
 

@@ -51,6 +51,27 @@ def host_table(rows: list[dict[str, Any]]) -> str:
         for r in rows])
 
 
+CREATED_COLUMNS = (("Host", "left"), ("Created", "right"), ("Failed", "right"),
+                   ("Median s", "right"), ("Max s", "right"))
+
+
+def creation_summary(results: list[dict[str, Any]], elapsed_s: float) -> str:
+    """``create --count N``: per host, how many were created and failed and how long one
+    took; then the total and the rate."""
+    hosts = sorted({r["host"] for r in results}, key=lambda h: (len(h), h))
+    rows = []
+    for host in hosts:
+        mine = [r for r in results if r["host"] == host]
+        lat = sorted(r["latency_s"] for r in mine if r["ok"])
+        rows.append((host, str(len(lat)), str(len(mine) - len(lat)),
+                     f"{lat[len(lat) // 2]:.2f}" if lat else "-",
+                     f"{lat[-1]:.2f}" if lat else "-"))
+    ok = sum(r["ok"] for r in results)
+    return "\n".join([text_table(CREATED_COLUMNS, rows),
+                      f"created {ok} of {len(results)} domains in {elapsed_s:.1f} s "
+                      f"({ok / elapsed_s:.1f}/s)" if elapsed_s > 0 else ""]).rstrip()
+
+
 def sockets_text(rows: list[dict[str, Any]]) -> str:
     """Each host's xenstored socket, for ``XENSTORED_PATH`` (Xen's own tools)."""
     return "\n".join(["xenstored sockets (for XENSTORED_PATH):",

@@ -237,6 +237,12 @@ class InProcessLauncher:
         self.domains: dict[int, DomainShell] = {}
         self.secrets: dict[int, str] = {}  # every domain ever started: a test checks them
 
+    def take(self, domid: int) -> str:
+        return domain_endpoint(domid)
+
+    def adopt(self, endpoints: dict[int, str]) -> None:
+        """A restarted agent's domains run in this process already."""
+
     def start(self, domid: int, secret: str, memory_path: str, resume: bool = False) -> int:
         endpoint = domain_endpoint(domid)
         self.secrets[domid] = secret

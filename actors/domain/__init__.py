@@ -17,6 +17,6 @@ The init programs and their guest OS API are :mod:`actors.guest`.
 
 from actors.domain.kernel import PVKernel
 from actors.guest.api import GuestOS
-from actors.guest.inits import INITS
+from actors.guest.inits import INITS, find
 
-__all__ = ["INITS", "GuestOS", "PVKernel"]
+__all__ = ["INITS", "GuestOS", "PVKernel", "find"]

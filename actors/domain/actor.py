@@ -1,6 +1,6 @@
 """A DomU's shell: the only domain file that knows about Ray.
 
-The toolstack creates it (``<host>/dom<domid>``) once the domain is built and paused; it maps
+The toolstack binds it to a domain once the domain is built and paused; it maps
 the domain's memory and builds the kernel with the domain's credential for hypercalls and
 xenstore (with ``resume=True`` for a restored or migrated domain, whose kernel resumes the
 suspended guest in that memory rather than booting). The kernel reads start_info at the first
@@ -15,6 +15,7 @@ semantics").
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import ray
@@ -27,6 +28,7 @@ from actors.runtime import THREADS, Runtime
 from actors.transport import Endpoint
 from actors.transport.clients import HostClients, host_clients
 from actors.transport.raycall import RayEndpoint
+from protocols.errno import Errno, XenError
 from protocols.hypercall import Hypercall, XenVersion
 
 
@@ -66,8 +68,23 @@ class DomainShell(Endpoint):
 
 @ray.remote(max_restarts=0, max_concurrency=8)
 class DomainActor(RayEndpoint, DomainShell):
-    def __init__(self, host: str, domid: int, secret: str, memory_path: str,
-                 log_dir: str | None = None, resume: bool = False) -> None:
-        log = xlog.setup(host=host, component=f"dom{domid}", log_dir=log_dir).bind(domid=domid)
-        super().__init__(domid, host_clients(host, domid, secret, f"dom{domid}", self.deliver,
-                                             log), memory_path, log, resume=resume)
+    """Started ahead of need, as no domain, in its host's pool (``actors.toolstack.pool``):
+    the process has started and imported the kernel before any create asks for it, and
+    ``bind`` makes it domain ``domid`` in milliseconds (LightVM's split toolstack). Its
+    endpoint is its own Ray name, ``<host>/<component>``."""
+
+    def __init__(self, host: str, component: str, log_dir: str | None = None) -> None:
+        self.host, self.component, self.log_dir = host, component, log_dir
+        self.bound = False
+
+    def on_bind(self, domid: int, secret: str, memory_path: str, resume: bool = False) -> int:
+        """Become domain ``domid`` (once); the pid, which the toolstack hands over."""
+        if self.bound:
+            raise XenError(Errno.EBUSY, f"{self.component} already runs a domain")
+        self.bound = True
+        log = xlog.setup(host=self.host, component=f"dom{domid}",
+                         log_dir=self.log_dir).bind(domid=domid)
+        DomainShell.__init__(self, domid, host_clients(self.host, domid, secret,
+                                                       self.component, self.deliver, log),
+                             memory_path, log, resume=resume)
+        return os.getpid()

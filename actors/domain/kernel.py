@@ -67,7 +67,7 @@ from actors.domain.netdev import NetDevices
 from actors.domain.rungate import GateChange, Halted, RunGate
 from actors.domain.xenwatch import Xenwatch
 from actors.guest.api import GuestOS, parse_init
-from actors.guest.inits import INITS
+from actors.guest import inits
 from actors.memory import Mapping
 from actors.runtime import THREADS, Runtime
 from actors.xenbus.frontend import PagePool
@@ -384,7 +384,7 @@ class PVKernel:
                                 f"(local state {int(f.state)})")
 
     def _run_init(self) -> None:
-        program = INITS.get(self.init_name)
+        program = inits.find(self.init_name)
         if program is None:
             panic = f"Requested init {self.init_name} failed (error -2)."
             self._init_status(f"panic: {panic}")

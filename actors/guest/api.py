@@ -25,9 +25,10 @@ from __future__ import annotations
 import json
 import operator
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_INIT = "idle"  # what runs when the command line names no init= (Linux tries /sbin/init)
 
@@ -76,13 +77,15 @@ class GuestOS:
         self.name = name
         self.resumed = resumed
 
-    def memory(self, name: str, count: int, dtype: Any = np.uint8) -> np.ndarray:
+    def memory(self, name: str, count: int, dtype: Any = "u1") -> np.ndarray:
         """``count`` items of ``dtype`` in guest memory, as a numpy array over the pages
         themselves: region ``name`` of the init's memory, made zeroed on first use and the
         same pages, contents kept, when asked for again, after a resume in a new domain too.
         A structured ``dtype`` with ``count=1`` gives a record: ``os.memory("st", 1, DT)[0]``
         reads and writes fields in place. XenError: EINVAL (a bad name, or another size than
         the region has), ENOMEM (more than the domain has beside its drivers' pages)."""
+        import numpy as np  # here: a guest that keeps no state in memory never loads it
+
         dt = np.dtype(dtype)
         count = operator.index(count)
         if count <= 0 or dt.itemsize == 0:

@@ -6,7 +6,8 @@ the ``on_*`` policy); :class:`ToolstackShell` runs the pipeline's steps with the
 cluster's name registry, xenstored's introduce and release, starting and killing a domain's
 process through its :class:`Launcher`. It is a plain class, so the in-process test host runs
 this very shell (with a launcher that runs the domain in the test's process);
-:class:`ToolstackActor` is it as a Ray actor, whose launcher starts a ``DomainActor``.
+:class:`ToolstackActor` is it as a Ray actor, whose launcher is the host's pool of started
+``DomainActor`` s (:mod:`actors.toolstack.pool`).
 
 Shutdowns: xenstored fires ``@releaseDomain`` when the hypervisor raises ``VIRQ_DOM_EXC``;
 the agent reads the domain list and lets the core decide each newly shut-down domain's action.
@@ -40,8 +41,9 @@ from actors.toolstack.devices import with_macs
 from actors.toolstack.effects import (ConfirmName, Create, DestroyDomain, Effect, KillVcpus, Note,
                                       Rebuild, ReleaseName, ReleaseXenstored, RenameDomain)
 from actors.toolstack.migration import MigrationShell
+from actors.toolstack.pool import DomainPool
 from actors.toolstack.state import Phase, Record, Step, Toolstack, state_string
-from actors.transport import Endpoint, PeerGone, launch
+from actors.transport import Endpoint, PeerGone
 from actors.transport.clients import HostClients, host_clients
 from actors.transport.naming import CLUSTER, actor_name
 from actors.transport.partition import PartitionedTransport
@@ -60,14 +62,25 @@ _STOP = object()
 
 
 class Launcher(Protocol):
-    """Starts and kills the process that runs a domain's vCPUs (endpoint ``<host>/dom<domid>``)."""
+    """Gives each domain the process that runs its vCPUs, and kills it."""
+
+    def take(self, domid: int) -> str:
+        """A process for domain ``domid``, not yet running it: its endpoint."""
 
     def start(self, domid: int, secret: str, memory_path: str, resume: bool = False) -> int:
-        """Start domain ``domid``'s process, with its credential and memory file; its pid.
-        ``resume``: its kernel resumes a saved domain (a restore) rather than boots."""
+        """Make the process taken for ``domid`` run it, with its credential and memory file;
+        its pid. ``resume``: its kernel resumes a saved domain (a restore) rather than
+        boots."""
 
     def kill(self, domid: int) -> None:
         """Stop it for good (nothing if there is none)."""
+
+    def adopt(self, endpoints: dict[int, str]) -> None:
+        """The agent (re)started with these domains (domid -> endpoint) running: their
+        processes are its own; any other is a leftover."""
+
+    def close(self) -> None:
+        """The host is going away."""
 
 
 class ToolstackShell(MigrationShell, Endpoint):
@@ -128,15 +141,18 @@ class ToolstackShell(MigrationShell, Endpoint):
                     rec = self.core.adopt(data)
                 self._userdata[domid] = builder.userdata_path(rec.memory_path)
                 self.log.info("domain adopted", domid=domid, name=rec.name)
-            else:
+            else:  # its process, if it had one, is no adopted domain's: adopt() kills it
                 self.log.warning("domain half-built when the agent died: destroyed",
                                  domid=domid)
-                self._carry_out_each([DestroyDomain(domid), ReleaseXenstored(domid),
-                                      KillVcpus(domid)])
+                self._carry_out_each([DestroyDomain(domid), ReleaseXenstored(domid)])
+        with self.lock:
+            endpoints = {r.domid: r.endpoint for r in self.core.records.values()}
+        self.launcher.adopt(endpoints)
 
     def close(self) -> None:
-        """Stop the reaction thread (the host is going away)."""
+        """Stop the reaction thread and the launcher (the host is going away)."""
         self.reactions.put(_STOP)
+        self.launcher.close()
 
     # -- commands ------------------------------------------------------------------------
 
@@ -194,6 +210,16 @@ class ToolstackShell(MigrationShell, Endpoint):
                          "time": info["cpu_time"] / 1e9, "host": self.host, "pid": pid,
                          "health": "frozen" if procstat.stopped(pid) else "ok"})
         return rows
+
+    def on_pool(self) -> dict[str, Any]:
+        """The domain process pool: its size, its idle processes' components, how many are
+        starting, and how many creates it served (``taken``) or could not (``missed``)."""
+        return self.launcher.statistics()
+
+    def on_endpoint(self, name: str) -> str:
+        """The endpoint of the process that runs domain ``name``'s vCPUs."""
+        with self.lock:
+            return self.core.record(name).endpoint
 
     def on_set_partition(self, hosts: list[str]) -> None:
         """A partition nemesis: calls to these hosts' agents are lost until set to []."""
@@ -280,21 +306,25 @@ class ToolstackShell(MigrationShell, Endpoint):
         builder.write_xenstore(self.xs, rec.domid, rec.uuid, rec.name, rec.config,
                                rec.console_port)
 
-    def _introduce(self, rec: Record) -> None:
-        self.transport.call(self.xenstored, "introduce", rec.domid, rec.secret,
-                            self._endpoint(rec.domid))
+    def _introduce(self, rec: Record) -> dict[str, Any]:
+        """Take the process that will run the domain (its endpoint is where xenstored sends
+        the domain's watch events), then introduce the domain; a process taken by a failed
+        step is killed here (the core only undoes done steps)."""
+        endpoint = self.launcher.take(rec.domid)
+        try:
+            self.transport.call(self.xenstored, "introduce", rec.domid, rec.secret, endpoint)
+        except BaseException:
+            self._carry_out_each([KillVcpus(rec.domid, endpoint)])
+            raise
+        return {"endpoint": endpoint}
 
     def _vcpus(self, rec: Record) -> dict[str, Any]:
-        """Start the domain's process (its vCPUs) and hand it over to the hypervisor; a
-        process started by a failed step is killed here (the core only undoes done steps)."""
-        try:
-            pid = self.launcher.start(rec.domid, rec.secret, rec.memory_path, rec.resume)
-            self.hv(Hypercall.domctl, Domctl.setvcpucontext, domain=rec.domid, vcpu=0,
-                    ctxt=msgpack.packb({"pid": pid, "endpoint": self._endpoint(rec.domid)}))
-            self.transport.call(self._endpoint(rec.domid), "connect")
-        except BaseException:
-            self._carry_out_each([KillVcpus(rec.domid)])
-            raise
+        """Make the taken process run the domain (its vCPUs) and hand it over to the
+        hypervisor."""
+        pid = self.launcher.start(rec.domid, rec.secret, rec.memory_path, rec.resume)
+        self.hv(Hypercall.domctl, Domctl.setvcpucontext, domain=rec.domid, vcpu=0,
+                ctxt=msgpack.packb({"pid": pid, "endpoint": rec.endpoint}))
+        self.transport.call(rec.endpoint, "connect")
         return {"pid": pid}
 
     def _backends(self, rec: Record) -> None:
@@ -317,9 +347,9 @@ class ToolstackShell(MigrationShell, Endpoint):
                         memory.remove(path)
                 case ReleaseXenstored(domid):
                     self.transport.call(self.xenstored, "release", domid)
-                case KillVcpus(domid):
+                case KillVcpus(domid, endpoint):
                     self.launcher.kill(domid)
-                    self.transport.forget(self._endpoint(domid))
+                    self.transport.forget(endpoint)
                 case ReleaseName(name, token):
                     self._registry("release", name, self.host, token, missing_ok=True)
                 case ConfirmName(name, domid, token):
@@ -411,31 +441,13 @@ class ToolstackShell(MigrationShell, Endpoint):
                 raise XenError(Errno.EBUSY, f"{name!r} is being built")
             return rec.domid
 
-    def _endpoint(self, domid: int) -> str:
-        return actor_name(self.host, f"dom{domid}")
-
-
-class DomainActors:
-    """The :class:`Launcher` of a Ray host: each domain in a ``DomainActor`` of its own."""
-
-    def __init__(self, host: str, log_dir: str | None) -> None:
-        self.host, self.log_dir = host, log_dir
-
-    def start(self, domid: int, secret: str, memory_path: str, resume: bool = False) -> int:
-        actor = launch.start("domain", self.host, f"dom{domid}", self.host, domid, secret,
-                             memory_path, self.log_dir, resume)
-        return launch.ask(actor, "process")["pid"]
-
-    def kill(self, domid: int) -> None:
-        launch.kill(self.host, f"dom{domid}")
-
 
 # Restarted when killed: it adopts its domains (its in-flight calls fail, never re-run: a
 # create or migration retried on a new agent would act twice). 32 threads: migrations hold
 # threads for their length.
 @ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=32)
 class ToolstackActor(RayEndpoint, ToolstackShell):
-    def __init__(self, host: str, dom0_secret: str, log_dir: str | None) -> None:
+    def __init__(self, host: str, dom0_secret: str, log_dir: str | None, pool: int) -> None:
         log = xlog.setup(host=host, component="xl", log_dir=log_dir)
         super().__init__(host, host_clients(host, 0, dom0_secret, "xl", self.deliver, log), log,
-                         DomainActors(host, log_dir))
+                         DomainPool(host, log_dir, pool))

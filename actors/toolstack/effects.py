@@ -31,9 +31,10 @@ class ReleaseXenstored:
 
 @dataclasses.dataclass(frozen=True)
 class KillVcpus:
-    """Stop the process that runs the domain's vCPUs (its actor)."""
+    """Stop the process that runs the domain's vCPUs (its actor, at ``endpoint``)."""
 
     domid: int
+    endpoint: str
 
 
 @dataclasses.dataclass(frozen=True)

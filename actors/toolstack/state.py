@@ -59,8 +59,8 @@ class Step(enum.Enum):
     BOOT_PAGES = "console event channel, start_info and console pages"
     CONSOLE_PORT = "console event channel (a restore: the pages come in the stream)"
     XENSTORE = "xenstore directories"
-    INTRODUCE = "introduce to xenstored"
-    VCPUS = "start the vCPUs' process"
+    INTRODUCE = "take a process for the vCPUs; introduce to xenstored"
+    VCPUS = "the process runs the domain's vCPUs"
     BACKENDS = "wait for the backends"
     STREAM_START = "start reading the stream into memory (while the rest is built)"
     STREAM = "the rest of the stream: the last pages, the vCPU context"
@@ -100,6 +100,7 @@ class Record:
     memory_path: str = ""
     console_port: int = 0
     pid: int = 0
+    endpoint: str = ""  # the process that runs its vCPUs (taken at INTRODUCE)
     steps_ms: dict[str, float] = dataclasses.field(default_factory=dict)  # what each step took
     token: str = ""  # unique to this record: its reservation in the registry carries it
     steps: tuple[Step, ...] = CREATE_STEPS  # the pipeline this record's build runs
@@ -107,7 +108,7 @@ class Record:
     restored: dict[str, Any] = dataclasses.field(default_factory=dict)  # what the stream held
 
     USERDATA = ("name", "domid", "secret", "uuid", "memory_path", "console_port", "pid",
-                "token")
+                "endpoint", "token")
 
     def userdata(self) -> dict[str, Any]:
         """What a restarted agent needs to adopt this (built) domain."""
@@ -208,9 +209,7 @@ class Toolstack:
         if Step.CREATEDOMAIN in rec.done:
             effects.append(DestroyDomain(rec.domid))
         if Step.INTRODUCE in rec.done:
-            effects.append(ReleaseXenstored(rec.domid))
-        if Step.VCPUS in rec.done:
-            effects.append(KillVcpus(rec.domid))
+            effects += [ReleaseXenstored(rec.domid), KillVcpus(rec.domid, rec.endpoint)]
         return effects
 
     # -- save and migration (xl save, xl migrate) -----------------------------------------

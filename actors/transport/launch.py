@@ -69,18 +69,17 @@ def kill(host: str, component: str) -> bool:
     return True
 
 
+def named(host: str, prefix: str = "") -> list[str]:
+    """The components of ``host``'s live named actors whose component starts with
+    ``prefix`` (``named("h1", "vm-")``: its domain processes), sorted."""
+    start = f"{host}/{prefix}"
+    return sorted(a["name"][len(host) + 1:]
+                  for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["namespace"] == NAMESPACE and a["name"].startswith(start))
+
+
 def kill_host(host: str) -> list[str]:
     """``ray.kill`` (no restart) every named actor of ``host``: its Dom0 daemons, its domains,
     its hypervisor. Ray's GCS carries this out even when the host's node is gone, so that no
     restartable daemon comes back on a host declared dead. The names killed."""
-    prefix = f"{host}/"
-    names = sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-                   if a["namespace"] == NAMESPACE and a["name"].startswith(prefix))
-    killed = []
-    for name in names:
-        try:
-            ray.kill(ray.get_actor(name, namespace=NAMESPACE), no_restart=True)
-            killed.append(name)
-        except ValueError:  # it died meanwhile
-            pass
-    return killed
+    return [actor_name(host, c) for c in named(host) if kill(host, c)]

@@ -91,6 +91,9 @@ def pin_to_host(host: str) -> dict[str, Any]:
     return {"num_cpus": 0, "resources": {resource: 0.001}}
 
 
+DOMAIN_PREFIX = "vm-"  # the components of a host's domain processes: vm-<hex>
+
+
 def actor_name(host: str, component: str) -> str:
     """The Ray name of a host's actor, e.g. ``h1/hypervisor`` or ``h1/dom3``."""
     return f"{host}/{component}"

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from cluster.hosts import POOL_SIZE
+
 Arg = tuple[tuple[str, ...], dict[str, Any]]
 
 
@@ -39,10 +41,17 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("up", f"{L}:cmd_up", "start a persistent local cluster in the background",
                 (arg("--hosts", type=int, default=2),
                  arg("--host-memory", type=int, default=2048, help="MiB per host"),
-                 arg("--host-cpus", type=int, default=2, help="pCPUs per host"))),
+                 arg("--host-cpus", type=int, default=2, help="pCPUs per host"),
+                 arg("--pool", type=int, default=POOL_SIZE,
+                     help=f"domain processes each host starts ahead of need ({POOL_SIZE})"))),
     CommandSpec("down", f"{L}:cmd_down", "stop the persistent cluster"),
     CommandSpec("create", f"{C}:cmd_create", "create a domain from an xl.cfg file",
-                (arg("file"), arg("--host", default=None))),
+                (arg("file"),
+                 arg("--host", default=None,
+                     help="where (default auto: the host with the most free memory)"),
+                 arg("--count", type=int, default=None,
+                     help="create N domains NAME-1 ... NAME-N, spread over the hosts"),
+                 JSON)),
     CommandSpec("list", f"{C}:cmd_list", "list domains (xl list)", (JSON,)),
     CommandSpec("info", f"{C}:cmd_info", "hosts: memory, CPUs, domains, xenstored sockets",
                 (JSON,)),

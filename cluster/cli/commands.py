@@ -12,10 +12,11 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Any
 
 from cluster.cli.client import ask
-from cluster.report import (domain_table, host_table, link_row_text, link_text, migration_text,
+from cluster.report import (creation_summary, domain_table, host_table, link_row_text, link_text, migration_text,
                             sockets_text)
 
 
@@ -32,10 +33,45 @@ def cmd_create(a: argparse.Namespace) -> int:
     cfg, warnings = load_config(a.file)
     for w in warnings:
         print(f"warning: {w}", file=sys.stderr)
+    if a.count is not None:
+        return _create_many(a, cfg)
     info = ask("create", config=cfg.to_dict(), host=a.host)
-    print(f"created {info['name']} (domid {info['domid']}) on {info['host']}, "
-          f"booting {info['kernel']}")
+    if a.json:
+        print(json.dumps(info))
+    else:
+        print(f"created {info['name']} (domid {info['domid']}) on {info['host']}, "
+              f"booting {info['kernel']}")
     return 0
+
+
+def _create_many(a: argparse.Namespace, cfg: Any) -> int:
+    """``create --count N``: a progress bar, a line per failure as it happens, then how
+    many were created where and how fast (or, ``--json``, every result)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    if a.count < 1:
+        raise ValueError(f"--count must be at least 1, not {a.count}")
+    console = Console(stderr=True)
+    with Progress("creating", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as bar:
+        task = bar.add_task("create", total=a.count)
+
+        def progress(message: dict[str, Any]) -> None:
+            bar.update(task, completed=message["done"])
+            r = message["result"]
+            if not r["ok"]:
+                bar.console.print(f"xenray create: {r['name']}: {r['error']}", markup=False)
+
+        t0 = time.monotonic()
+        results = ask("create_many", on_message=progress, config=cfg.to_dict(),
+                      count=a.count, host=a.host)
+        elapsed = time.monotonic() - t0
+    if a.json:
+        print(json.dumps(results))
+        return 0 if all(r["ok"] for r in results) else 1
+    print(creation_summary(results, elapsed))
+    return 0 if all(r["ok"] for r in results) else 1
 
 
 def cmd_list(a: argparse.Namespace) -> int:

@@ -157,11 +157,12 @@ def guest_clock_offset(cluster: Cluster, name: str, clock: Callable[[], float] =
     found = cluster.find(name)
     if found is None:
         raise DomainNotFound(name)
-    host, domid = found
+    host = found[0]
+    component = cluster._call(host, "xl", "endpoint", name).partition("/")[2]
     best = None
     for _ in range(tries):
         before = clock()
-        guest = cluster._call(host, f"dom{domid}", "statistics")["clock"]
+        guest = cluster._call(host, component, "statistics")["clock"]
         after = clock()
         if best is None or after - before < 2 * best[1]:
             best = ((before + after) / 2 - guest, (after - before) / 2)

@@ -20,6 +20,8 @@ import textwrap
 
 import pytest
 
+from actors.transport import launch
+from actors.transport.naming import DOMAIN_PREFIX
 from cluster.api import HostUnreachable
 from cluster.fault import nemesis
 from cluster.fault.processes import Process, node_processes
@@ -64,6 +66,11 @@ def test_a_killed_agent_restarts_and_adopts_its_running_domains(xen, domains):
     adopted = row(xen, "adopted1")
     assert adopted is not None and adopted["domid"] == made["domid"]
     assert adopted["pid"] == made["pid"], "the same domain process, adopted, not rebuilt"
+    pool = wait_until(lambda: (p := xen._call("h1", "xl", "pool"))["starting"] == 0 and
+                      len(p["idle"]) == p["size"] and p, "the new agent's pool to fill", WAIT_S)
+    endpoint = xen._call("h1", "xl", "endpoint", "adopted1").partition("/")[2]
+    assert set(launch.named("h1", DOMAIN_PREFIX)) == {endpoint, *pool["idle"]}, \
+        "the dead agent's idle processes were killed, not left behind"
     xen.destroy("adopted1")
     assert row(xen, "adopted1") is None and xen.find("adopted1") is None
 

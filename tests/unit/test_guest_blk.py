@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from actors.guest.api import GuestOS
 from actors.guest.blk import BlkbenchSpec, io_summary, percentile
-from actors.guest.inits import INITS
+from actors.guest.inits import find
 from tests.guestmem import GuestMemory
 
 # --- options ---------------------------------------------------------------------------------
@@ -157,7 +157,7 @@ class Kernel(GuestMemory):
 def run_blkbench(*argv, sectors=2048):
     kernel = Kernel(FakeDisk(sectors))
     with pytest.raises(Idle):
-        INITS["blkbench"](GuestOS(kernel, argv=argv, domid=3, name="b"))
+        find("blkbench")(GuestOS(kernel, argv=argv, domid=3, name="b"))
     line = next(x for x in kernel.out if x.startswith("RESULT "))
     return kernel, json.loads(line[len("RESULT "):])
 
@@ -226,7 +226,7 @@ def run_blkverify(disk, *argv, resume_from=None):
     if resume_from is not None:
         GuestMemory.__init__(kernel, data=bytes(resume_from.buf))
     with pytest.raises((Idle, Frozen)):
-        INITS["blkverify"](GuestOS(kernel, argv=argv, domid=3, name="b",
+        find("blkverify")(GuestOS(kernel, argv=argv, domid=3, name="b",
                                    resumed=resume_from is not None))
     return kernel
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from actors.guest.api import DEFAULT_INIT, GuestOS, options, parse_init
-from actors.guest.inits import INITS
+from actors.guest.inits import INITS, find
 from actors.guest.memdirty import MAGIC, META, page_words
 from protocols.errno import Errno, XenError
 from protocols.page import PAGE_SIZE
@@ -51,7 +51,7 @@ def run(name: str, *argv: str, resume_from: GuestMemory | None = None, until: fl
     kernel = VirtualKernel(until, resume_from)
     guest = GuestOS(kernel, argv=argv, domid=7, name="vm7", resumed=resume_from is not None)
     try:
-        INITS[name](guest)
+        find(name)(guest)
     except EndOfRun:
         return kernel, guest, False
     return kernel, guest, True
@@ -99,7 +99,7 @@ def test_counter_frozen_at_its_print_prints_that_number_after_the_resume():
 
     kernel.console_write = console_write
     with pytest.raises(Frozen):
-        INITS["counter"](GuestOS(kernel, argv=(), domid=7, name="vm7"))
+        find("counter")(GuestOS(kernel, argv=(), domid=7, name="vm7"))
     assert printed == ["counter 1\n", "counter 2\n"]
     again, _, _ = run("counter", resume_from=kernel, until=0.5)
     assert [text for _, text in again.out][:2] == ["counter 3\n", "counter 4\n"]
@@ -119,7 +119,7 @@ def test_crash_raises_after_its_delay():
     kernel = VirtualKernel(until=60)
     guest = GuestOS(kernel, argv=("delay=2.5",), domid=7, name="vm7")
     with pytest.raises(RuntimeError, match="init=crash"):
-        INITS["crash"](guest)
+        find("crash")(guest)
     assert kernel.now == 2.5
 
 

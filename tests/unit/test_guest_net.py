@@ -10,7 +10,7 @@ import dpkt
 import pytest
 
 from actors.guest.api import GuestOS
-from actors.guest.inits import INITS
+from actors.guest.inits import find
 from actors.guest.net import GAPS_MAX, Arrivals, rtt_summary
 from tests.guestmem import GuestMemory
 from tests.netwire import IPS, Wire
@@ -51,7 +51,7 @@ class Kernel(GuestMemory):
 
 def run(kernel: Kernel, name: str, *argv: str) -> Kernel:
     with pytest.raises(Idle):
-        INITS[name](GuestOS(kernel, argv=argv, domid=1, name="vm"))
+        find(name)(GuestOS(kernel, argv=argv, domid=1, name="vm"))
     return kernel
 
 
@@ -79,7 +79,7 @@ def test_ping_counts_loss_when_nobody_answers():
 def test_ping_without_a_target_is_a_usage_error():
     wire = Wire()
     with pytest.raises(ValueError, match="usage"):
-        INITS["ping"](GuestOS(Kernel(wire.stack(1)), argv=("count=1",), domid=1, name="vm"))
+        find("ping")(GuestOS(Kernel(wire.stack(1)), argv=("count=1",), domid=1, name="vm"))
 
 
 def test_udpstream_receiver_counts_what_the_sender_sent():
@@ -102,10 +102,10 @@ def test_udpstream_receiver_counts_what_the_sender_sent():
 def test_udpstream_bad_role_and_size_are_refused():
     wire = Wire()
     with pytest.raises(ValueError, match="role"):
-        INITS["udpstream"](GuestOS(Kernel(wire.stack(1)), argv=("role=both",), domid=1,
+        find("udpstream")(GuestOS(Kernel(wire.stack(1)), argv=("role=both",), domid=1,
                                    name="vm"))
     with pytest.raises(ValueError, match="size"):
-        INITS["udpstream"](GuestOS(Kernel(wire.stack(1)), argv=("role=send", "dst=10.0.0.1",
+        find("udpstream")(GuestOS(Kernel(wire.stack(1)), argv=("role=send", "dst=10.0.0.1",
                                                                 "size=9000"),
                                    domid=1, name="vm"))
 
@@ -152,7 +152,7 @@ def test_ping_resumed_goes_on_with_its_next_sequence_number_and_counts_them_all(
         argv = (IPS[0], "count=6", "interval=0.01")
         before = freezing(Kernel(wire.stack(1)), "console_write", at=4)  # at seq 3's line
         with pytest.raises(Frozen):
-            INITS["ping"](GuestOS(before, argv=argv, domid=1, name="vm"))
+            find("ping")(GuestOS(before, argv=argv, domid=1, name="vm"))
         after = run(resumed(before, wire.stack(2, ip=IPS[1])), "ping", *argv)
     finally:
         wire.stop()
@@ -174,7 +174,7 @@ def test_udpstream_sender_resumed_numbers_on_and_the_receiver_counts_no_loss():
         argv = ("role=send", f"dst={IPS[0]}", "size=100", "seconds=0.2", "rate=1000")
         before = freezing(Kernel(wire.stack(1)), "clock", at=50)
         with pytest.raises(Frozen):
-            INITS["udpstream"](GuestOS(before, argv=argv, domid=1, name="vm"))
+            find("udpstream")(GuestOS(before, argv=argv, domid=1, name="vm"))
         after = run(resumed(before, wire.stack(2, ip=IPS[1])), "udpstream", *argv)
         t.join(10)
     finally:

@@ -409,6 +409,7 @@ def test_logdirty_works_for_a_process_that_is_not_root():
     script = r"""
 import mmap, os, sys
 from actors import uffd  # imported while root: the interpreter's files may be root's only
+import numpy  # the scanner's (imported when it is first used), likewise
 fd = os.open(sys.argv[1], os.O_RDWR)
 mm = mmap.mmap(fd, 16 * 4096)
 if os.getuid() == 0:

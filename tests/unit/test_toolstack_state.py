@@ -24,11 +24,19 @@ def toolstack() -> Toolstack:
     return Toolstack("h1", new_token=lambda: f"t{next(counter)}")
 
 
+EP = "h1/vm-0a1b2c3d"  # the process taken for the domain at INTRODUCE
+
+
+def learnt(step: Step, domid: int) -> dict:
+    """What the shell learns at ``step``: the domid, the endpoint of the process taken."""
+    return {Step.CREATEDOMAIN: {"domid": domid}, Step.INTRODUCE: {"endpoint": EP}}.get(step, {})
+
+
 def built(ts: Toolstack, name="d", domid=5, **kw):
     """A record taken through every step, as the shell does."""
     rec = ts.begin_create(name, cfg(name, **kw))
     for step in ts.pending(rec):
-        ts.step_done(rec, step, **({"domid": domid} if step is Step.CREATEDOMAIN else {}))
+        ts.step_done(rec, step, **learnt(step, domid))
     ts.finish(rec)
     return rec
 
@@ -78,7 +86,7 @@ def test_libxl_create_finish_confirms_the_name_with_its_domid():
     ts = toolstack()
     rec = ts.begin_create("d", cfg())
     for step in ts.pending(rec):
-        ts.step_done(rec, step, **({"domid": 9} if step is Step.CREATEDOMAIN else {}))
+        ts.step_done(rec, step, **learnt(step, 9))
     assert effects_only(ts.finish(rec)) == [ConfirmName("d", 9, "t1")]
     assert rec.phase is Phase.RUNNING and ts.names() == {"d": 9}
 
@@ -91,9 +99,9 @@ def test_libxl_create_finish_confirms_the_name_with_its_domid():
     (Step.MEMORY, [DestroyDomain(5), ReleaseName("d", "t1")]),
     (Step.XENSTORE, [DestroyDomain(5), ReleaseName("d", "t1")]),
     (Step.INTRODUCE, [DestroyDomain(5), ReleaseName("d", "t1")]),
-    (Step.VCPUS, [DestroyDomain(5), ReleaseXenstored(5), ReleaseName("d", "t1")]),
-    (Step.BACKENDS, [DestroyDomain(5), ReleaseXenstored(5), KillVcpus(5), ReleaseName("d", "t1")]),
-    (Step.INIT, [DestroyDomain(5), ReleaseXenstored(5), KillVcpus(5), ReleaseName("d", "t1")]),
+    (Step.VCPUS, [DestroyDomain(5), ReleaseXenstored(5), KillVcpus(5, EP), ReleaseName("d", "t1")]),
+    (Step.BACKENDS, [DestroyDomain(5), ReleaseXenstored(5), KillVcpus(5, EP), ReleaseName("d", "t1")]),
+    (Step.INIT, [DestroyDomain(5), ReleaseXenstored(5), KillVcpus(5, EP), ReleaseName("d", "t1")]),
 ])
 def test_libxl_domcreate_error_path_undoes_every_step_done(failed_at, undo):
     """The hypervisor's domain goes first, so its vCPUs' process exiting is not a crash."""
@@ -102,7 +110,7 @@ def test_libxl_domcreate_error_path_undoes_every_step_done(failed_at, undo):
     for step in Step:
         if step is failed_at:
             break
-        ts.step_done(rec, step, **({"domid": 5} if step is Step.CREATEDOMAIN else {}))
+        ts.step_done(rec, step, **learnt(step, 5))
     assert ts.abort(rec) == undo
     assert ts.records == {}, "the record goes with the failed create"
     ts.begin_create("d", cfg())  # and the name may be tried again
@@ -114,7 +122,7 @@ def test_xl_destroy_tears_everything_down_and_gives_the_name_back():
     ts = toolstack()
     built(ts, domid=4)
     assert effects_only(ts.destroy("d")) == [DestroyDomain(4), ReleaseXenstored(4),
-                                             KillVcpus(4), ReleaseName("d", "t1")]
+                                             KillVcpus(4, EP), ReleaseName("d", "t1")]
     with pytest.raises(XenError) as e:
         ts.destroy("d")
     assert e.value.errno == Errno.ESRCH
@@ -134,7 +142,7 @@ def test_xl_handle_domain_death_destroy_on_poweroff_by_default():
     ts = toolstack()
     built(ts, domid=3)
     [got] = ts.shutdowns({3: shutdown_flags(ShutdownReason.poweroff)})
-    assert effects_only(got) == [DestroyDomain(3), ReleaseXenstored(3), KillVcpus(3),
+    assert effects_only(got) == [DestroyDomain(3), ReleaseXenstored(3), KillVcpus(3, EP),
                                  ReleaseName("d", "t1")]
     assert got[0] == Note("domain shut down", {"domid": 3, "name": "d", "reason": "poweroff",
                                                "action": "destroy"})
@@ -145,7 +153,7 @@ def test_xl_handle_domain_death_restart_keeps_the_name_and_rebuilds():
     rec = built(ts, domid=3)
     [got] = ts.shutdowns({3: shutdown_flags(ShutdownReason.reboot)})
     got = effects_only(got)
-    assert got == [DestroyDomain(3), ReleaseXenstored(3), KillVcpus(3), Rebuild("d")]
+    assert got == [DestroyDomain(3), ReleaseXenstored(3), KillVcpus(3, EP), Rebuild("d")]
     assert ReleaseName("d", "t1") not in got, "a restart keeps its name reserved"
     assert rec.phase is Phase.BUILDING and rec.done == [Step.RESERVE] and rec.domid is None
     with pytest.raises(XenError):
@@ -196,8 +204,8 @@ def test_xl_handle_domain_death_gives_each_domain_its_own_group():
     groups = ts.shutdowns({2: shutdown_flags(ShutdownReason.reboot),
                            3: shutdown_flags(ShutdownReason.poweroff)})
     assert [effects_only(g) for g in groups] == [
-        [DestroyDomain(2), ReleaseXenstored(2), KillVcpus(2), Rebuild("a")],
-        [DestroyDomain(3), ReleaseXenstored(3), KillVcpus(3), ReleaseName("b", "t2")]]
+        [DestroyDomain(2), ReleaseXenstored(2), KillVcpus(2, EP), Rebuild("a")],
+        [DestroyDomain(3), ReleaseXenstored(3), KillVcpus(3, EP), ReleaseName("b", "t2")]]
 
 
 def test_xl_handle_domain_death_ignores_domains_being_built_and_running_ones():
@@ -241,7 +249,7 @@ def test_a_migrating_domains_suspend_is_no_on_star_matter_and_a_cancel_runs_it_o
     assert rec.phase is Phase.RUNNING
     [group] = ts.shutdowns({5: shutdown_flags(ShutdownReason.poweroff)})
     assert effects_only(group) == [
-        DestroyDomain(5), ReleaseXenstored(5), KillVcpus(5), ReleaseName("d", "t1")]
+        DestroyDomain(5), ReleaseXenstored(5), KillVcpus(5, EP), ReleaseName("d", "t1")]
 
 
 def test_a_migrated_domain_is_renamed_then_destroyed_here_and_gives_its_name_back():
@@ -253,6 +261,6 @@ def test_a_migrated_domain_is_renamed_then_destroyed_here_and_gives_its_name_bac
     with pytest.raises(XenError) as e:
         ts.rename("d--migratedaway", "d--migratedaway")
     assert e.value.errno == Errno.EEXIST
-    assert effects_only(ts.migrated_away(rec)) == [DestroyDomain(5), ReleaseXenstored(5), KillVcpus(5),
+    assert effects_only(ts.migrated_away(rec)) == [DestroyDomain(5), ReleaseXenstored(5), KillVcpus(5, EP),
                                                    ReleaseName("d--migratedaway", "t1")]
     assert ts.names() == {}
