@@ -28,6 +28,7 @@ Decisions where the reference is silent (checked against ``event_channel.c``):
 from __future__ import annotations
 
 import enum
+import heapq
 from dataclasses import dataclass
 
 from protocols.errno import Errno, XenError
@@ -106,13 +107,16 @@ class EvtchnStatus:
 class EvtchnStatistics:
     """Counters since creation. ``sends`` counts successful ``EVTCHNOP_send`` calls and
     ``dropped`` those on an UNBOUND port; ``upcalls`` and ``coalesced`` count every
-    ``evtchn_2l_set_pending`` or unmask that kicked a vCPU / found the port already pending."""
+    ``evtchn_2l_set_pending`` or unmask that kicked a vCPU / found the port already pending.
+    ``ports_probed`` counts the candidates ``get_free_port`` looked at: what allocating has
+    cost."""
 
     ports_in_use: dict[int, int]
     sends: int
     upcalls: int
     coalesced: int
     dropped: int
+    ports_probed: int
 
 
 class _Evtchn:
@@ -130,7 +134,7 @@ class _Evtchn:
 
 class _Domain:
     __slots__ = ("domid", "max_port", "max_vcpus", "privileged", "shared_info", "chns",
-                 "virq_to_evtchn")
+                 "virq_to_evtchn", "free", "queued")
 
     def __init__(self, domid: int, max_port: int, max_vcpus: int, privileged: bool,
                  shared_info: SharedInfo) -> None:
@@ -138,6 +142,15 @@ class _Domain:
         self.privileged, self.shared_info = privileged, shared_info
         self.chns: list[_Evtchn] = []
         self.virq_to_evtchn = [[0] * NR_VIRQS for _ in range(max_vcpus)]
+        # every FREE port (and maybe some taken since), lowest first: get_free_port's
+        # candidates, so that it need not walk the ports in use (Dom0 has some per domain)
+        self.free: list[int] = []  # a heap
+        self.queued: set[int] = set()  # what is in it
+
+    def queue_free(self, port: int) -> None:
+        if port not in self.queued:
+            self.queued.add(port)
+            heapq.heappush(self.free, port)
 
 
 def _in_use(chn: _Evtchn) -> bool:
@@ -155,6 +168,7 @@ class EventChannels:
         self._hardware_domid = hardware_domid
         self._global_virq_handlers: dict[int, int] = {}
         self._sends = self._upcalls = self._coalesced = self._dropped = 0
+        self.ports_probed = 0  # candidates get_free_port looked at: its cost
 
     # -- domains ------------------------------------------------------------------------------
 
@@ -379,7 +393,7 @@ class EventChannels:
         return EvtchnStatistics(
             ports_in_use={domid: sum(map(_in_use, d.chns)) for domid, d in self._domains.items()},
             sends=self._sends, upcalls=self._upcalls, coalesced=self._coalesced,
-            dropped=self._dropped)
+            dropped=self._dropped, ports_probed=self.ports_probed)
 
     def save(self, domid: int) -> dict:
         """One domain's port table as plain (msgpack-able) data. ``ports`` rows are
@@ -470,6 +484,9 @@ class EventChannels:
                 if (peer.state, peer.remote_dom, peer.remote_port) != (
                         ECS.INTERDOMAIN, d.domid, port):
                     raise XenError(Errno.EINVAL, f"saved loopback port {port} has no partner")
+        for port, chn in enumerate(d.chns):
+            if chn.state is ECS.FREE:
+                d.queue_free(port)
         return relink
 
     # -- internals ----------------------------------------------------------------------------
@@ -497,17 +514,25 @@ class EventChannels:
             raise XenError(Errno.EINVAL, f"port {port} is not valid in domain {d.domid}")
         return d.chns[port]
 
-    @staticmethod
-    def _get_free_port(d: _Domain) -> int:
-        """``get_free_port``: the lowest FREE port, allocating a new bucket when needed."""
-        chns = d.chns
-        for port in range(min(len(chns), d.max_port + 1)):
+    def _get_free_port(self, d: _Domain) -> int:
+        """``get_free_port``: the lowest FREE port, allocating a new bucket when needed.
+        The port stays a candidate until it is seen taken: a caller may still fail after
+        choosing it (-EPERM, -EINVAL), leaving it FREE."""
+        chns, free = d.chns, d.free
+        while free:
+            self.ports_probed += 1
+            port = free[0]
             if chns[port].state is ECS.FREE:
-                return port
+                if port <= d.max_port:
+                    return port
+                break  # the lowest FREE port is beyond the limit
+            d.queued.discard(heapq.heappop(free))
         port = len(chns)
         if port > d.max_port:
             raise XenError(Errno.ENOSPC, f"domain {d.domid} has no free port <= {d.max_port}")
         chns.extend(_Evtchn() for _ in range(EVTCHNS_PER_BUCKET))
+        for new in range(port, port + EVTCHNS_PER_BUCKET):
+            d.queue_free(new)
         return port
 
     def _close(self, d1: _Domain, port1: int) -> None:
@@ -524,6 +549,7 @@ class EventChannels:
             chn2.state, chn2.remote_dom, chn2.remote_port = ECS.UNBOUND, d1.domid, 0
         d1.shared_info.clear_pending(port1)
         chn.free()
+        d1.queue_free(port1)
 
     def _set_pending(self, d: _Domain, vcpu: int, port: int) -> Upcall | None:
         done = d.shared_info.evtchn_2l_set_pending(vcpu, port)

@@ -144,6 +144,13 @@ def granter_in_use(active: ActiveGrants) -> bool:
     return len(active) > 0
 
 
+def write_pinned_frames(active: ActiveGrants) -> set[int]:
+    """The granter's frames some mapping holds writable now: those with a host or device
+    write pin (a copy's pins last only for its hypercall, so between hypercalls every write
+    pin is a writable mapping's)."""
+    return {act.frame for act in active._act.values() if act.pin & _WRITE_PINS}
+
+
 # -- pinning (map_grant_ref, acquire_grant_for_copy, and their undo) --------------------------
 
 def _pin(table: GrantTable, active: ActiveGrants, ref: int, ldomid: int, readonly: bool,

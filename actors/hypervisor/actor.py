@@ -62,6 +62,9 @@ class HypervisorShell(Endpoint):
         self.pipes: HvPipeServer | None = None  # made on the first open: most tests need none
         self._pidfds: dict[int, Callable[[], None]] = {}  # pidfd -> what its death means
         self._wake_r, self._wake_w = os.pipe()
+        # one epoll set for them all: watching one more costs the same with hundreds watched
+        self._pid_poll = select.epoll()
+        self._pid_poll.register(self._wake_r, select.EPOLLIN)
         self._stopping = False
         runtime.spawn(self._watch_pids, name="vcpu-watch")
         # this process's first name lookup costs 0.2-0.4 s: pay it now, on the route every
@@ -204,7 +207,7 @@ class HypervisorShell(Endpoint):
             on_exit()
             return
         self._pidfds[fd] = on_exit
-        os.write(self._wake_w, b"x")
+        self._pid_poll.register(fd, select.EPOLLIN)
 
     def _vcpu_exited(self, domid: int) -> None:
         with self.lock:
@@ -216,19 +219,18 @@ class HypervisorShell(Endpoint):
     def _watch_pids(self) -> None:
         """Wait on every watched pidfd (vCPU and pipe clients); readable = the process died."""
         while not self._stopping:
-            poller = select.poll()  # no FD_SETSIZE limit: hundreds of domains
-            for fd in (self._wake_r, *list(self._pidfds)):
-                poller.register(fd, select.POLLIN)
-            for fd, _ in poller.poll():
+            for fd, _ in self._pid_poll.poll():
                 if fd == self._wake_r:
                     os.read(self._wake_r, 4096)
                     continue
                 on_exit = self._pidfds.pop(fd)
+                self._pid_poll.unregister(fd)
                 os.close(fd)
                 try:
                     on_exit()
                 except Exception:  # noqa: BLE001 - the other processes stay watched
                     self.log.exception("handling a watched process's exit failed")
+        self._pid_poll.close()
         for fd in (*self._pidfds, self._wake_r, self._wake_w):
             os.close(fd)
 

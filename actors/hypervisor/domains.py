@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import itertools
 import secrets
 
 from protocols.errno import Errno, XenError
@@ -72,13 +73,19 @@ class Domain:
 
 
 class DomainTable:
-    """All domains of one host and the host's memory budget, in pages."""
+    """All domains of one host and the host's memory budget, in pages.
+
+    No per-domain operation looks at the other domains: the pages given out are a running
+    total (Xen's ``total_pages`` against the heap), and a domid is searched for only from
+    the last one handed out (``domids_probed`` counts the candidates looked at)."""
 
     def __init__(self, *, host_pages: int) -> None:
         self.host_pages = host_pages
         self.pressure_pages = 0  # taken by the host outside Xen (a memory-pressure fault)
         self.domains: dict[int, Domain] = {}
         self._last_domid = 0
+        self._allocated = 0  # sum of every domain's tot_pages
+        self.domids_probed = 0
 
     # -- creation and destruction -------------------------------------------------------
 
@@ -102,9 +109,9 @@ class DomainTable:
 
     def _alloc_domid(self) -> int:
         """``domid_alloc`` with DOMID_ANY: upward from last+1 through 0x7FEF, then from 1."""
-        candidates = [*range(self._last_domid + 1, DOMID_FIRST_RESERVED),
-                      *range(1, self._last_domid + 1)]
-        for domid in candidates:
+        for domid in itertools.chain(range(self._last_domid + 1, DOMID_FIRST_RESERVED),
+                                     range(1, self._last_domid + 1)):
+            self.domids_probed += 1
             if domid not in self.domains:
                 return domid
         raise XenError(Errno.ENOSPC, "no free domid")
@@ -128,6 +135,7 @@ class DomainTable:
         """Teardown done: the domain is dead; it stays listed only as a zombie."""
         dom = self.domains[domid]
         dom.dying = Dying.DEAD
+        self._allocated -= dom.tot_pages
         dom.tot_pages = 0
         if not zombie:
             del self.domains[domid]
@@ -169,8 +177,7 @@ class DomainTable:
 
     @property
     def host_free_pages(self) -> int:
-        return (self.host_pages - self.pressure_pages
-                - sum(d.tot_pages for d in self.domains.values()))
+        return self.host_pages - self.pressure_pages - self._allocated
 
     def press(self, pages: int) -> int:
         """Memory pressure: the host takes up to ``pages`` of its free memory away from Xen
@@ -193,4 +200,14 @@ class DomainTable:
         room = min(dom.max_pages - dom.tot_pages, self.host_free_pages)
         done = max(0, min(nr_pages, room))
         dom.tot_pages += done
+        self._allocated += done
+        return done
+
+    def decrease(self, domid: int, nr_pages: int) -> int:
+        """Give back up to ``nr_pages`` of a domain's memory (``decrease_reservation``);
+        returns the pages freed."""
+        dom = self.get(domid)
+        done = max(0, min(nr_pages, dom.tot_pages))
+        dom.tot_pages -= done
+        self._allocated -= done
         return done

@@ -22,7 +22,7 @@ from typing import Any
 
 from protocols import gnttab_ops as ops
 from protocols.errno import Errno, XenError
-from protocols.gnttab import (ENTRIES_PER_FRAME, GNTMAP, GNTST, GNTCOPY_dest_gref,
+from protocols.gnttab import (ENTRIES_PER_FRAME, GNTST, GNTCOPY_dest_gref,
                               GNTCOPY_source_gref, GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef,
                               GnttabUnmapGrantRef, GrantTable)
 from protocols.hypercall import DOMID_SELF, GnttabOp
@@ -30,7 +30,6 @@ from protocols.pv_layout import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES
 
 Frames = Callable[[int, int, int], memoryview]  # (domid, first pfn, count) -> its pages
 MarkDirty = Callable[[int, int], None]  # (domid, pfn): the hypervisor dirtied this page
-_MAPPED, _READONLY = int(GNTMAP.host_map | GNTMAP.device_map), int(GNTMAP.readonly)
 
 
 def table_frame(ref: int) -> int:
@@ -47,6 +46,7 @@ class Grants:
         self._doms: dict[int, ops.DomainGrants] = {}
         self._pages: dict[int, int] = {}
         self._maptrack: dict[int, ops.Maptrack] = {}
+        self._unmapped_granters: set[int] = set()  # since unmapped_granters() last asked
 
     def attach(self, domid: int, nr_pages: int) -> None:
         """The domain has ``nr_pages`` of memory; its table is the frames at GNTTAB_FIRST_PFN."""
@@ -88,17 +88,13 @@ class Grants:
         """The granter's pages some domain has mapped writable now (a backend may write them
         at any moment, unseen: dirty in every log-dirty round while mapped)."""
         g = self._doms.get(granter)
-        if g is None:
-            return set()
-        out = set()
-        for mt in self._maptrack.values():
-            for h in mt.handles():
-                e = mt.entry(h)
-                if e.domid == granter and e.flags & _MAPPED and not e.flags & _READONLY:
-                    act = g.active.get(e.ref)
-                    if act is not None:
-                        out.add(act.frame)
-        return out
+        return set() if g is None else ops.write_pinned_frames(g.active)
+
+    def unmapped_granters(self) -> set[int]:
+        """The granters some mapping of which was released since the last call: only these
+        can have stopped being in use (a zombie that may go now)."""
+        granters, self._unmapped_granters = self._unmapped_granters, set()
+        return granters
 
     def _mark_entry(self, domid: int, ref: int) -> None:
         """The hypervisor may have written entry ``ref`` of ``domid``'s table."""
@@ -110,6 +106,7 @@ class Grants:
         mapped writable (``gnttab_mark_dirty`` in ``unmap_common_complete``)."""
         for e, r in zip(entries, results):
             if r.status == GNTST.okay:
+                self._unmapped_granters.add(r.domid)
                 if e is not None:
                     self._mark_entry(e.domid, e.ref)
                 if r.dirty:

@@ -44,6 +44,7 @@ from protocols.hypercall import (DOMID_SELF, SHADOW_LOGDIRTY_FINAL, ConsoleIO, C
                                  XenMapSpace, XenVersion, decode_call, encode_result)
 from protocols.migration.vcpu import VGCF_IN_KERNEL, VGCF_ONLINE, VcpuContext
 from protocols.page import PAGE_SIZE
+from protocols.shared_info import EVTCHN_2L_NR_CHANNELS
 
 XEN_VERSION = (4, 22)
 GTSC_KHZ = 1_000_000  # the guest's TSC counts nanoseconds: a 1 GHz clock
@@ -69,12 +70,12 @@ class Hypervisor:
         self._gate_seq = 0
         self._cpu_time_ns = cpu_time_ns
         self._domu_endpoint: dict[int, str] = {}
-        self._port_endpoint: dict[tuple[int, int], str] = {}
+        self._port_endpoint: dict[int, dict[int, str]] = {}  # domid -> port -> endpoint
         # Dom0's grant handles and ports by the process that made them (Linux's gntdev and
         # evtchn devices: closed when that process dies; process_exited)
         self._caller_pid = 0
-        self._map_owner: dict[int, int] = {}
-        self._port_owner: dict[int, int] = {}
+        self._map_owner = _Owners()
+        self._port_owner = _Owners()
         self.vcpu_pids: dict[int, int] = {}
         self.stats = {"hypercalls": 0, "refused": 0, "errors": 0, "upcalls": 0}
         self._handlers: dict[Hypercall, Callable[[Domain, str, Any, dict], tuple[Any, list]]] = {
@@ -98,7 +99,9 @@ class Hypervisor:
         self.table.populate(0, memory_mib * 256)
         dom0.pause_count = 0
         self._created_ns[0] = self._clock_ns()
-        self.evtchn.add_domain(0, privileged=True, max_vcpus=vcpus)
+        # dom0_cfg.max_evtchn_port = -1: every port the ABI has (a backend per domain)
+        self.evtchn.add_domain(0, privileged=True, max_vcpus=vcpus,
+                               max_port=EVTCHN_2L_NR_CHANNELS - 1)
         return dom0
 
     def hypercall(self, domid: int, secret: str, endpoint: str,
@@ -181,11 +184,14 @@ class Hypervisor:
             "evtchn_sends": es.sends,
             "evtchn_upcalls": es.upcalls,
             "evtchn_coalesced": es.coalesced,
+            # what per-domain operations cost, in entries looked at (issue 13: flat in N)
+            "evtchn_ports_probed": es.ports_probed,
+            "domids_probed": self.table.domids_probed,
         }
 
     def port_endpoint(self, domid: int, port: int) -> str | None:
         """The endpoint that bound ``port`` of ``domid`` (where its upcalls go)."""
-        return self._port_endpoint.get((domid, port))
+        return self._port_endpoint.get(domid, {}).get(port)
 
     def memory_path(self, domid: int) -> str:
         return f"{self.mem_prefix}-d{domid}"
@@ -197,39 +203,35 @@ class Hypervisor:
             return []
         ports = self.evtchn.shared_info(upcall.domid).guest_take_pending(upcall.vcpu)
         by_endpoint: dict[str, list[int]] = {}
+        endpoints = self._port_endpoint.get(upcall.domid, {})
         for port in ports:
-            ep = self._port_endpoint.get((upcall.domid, port))
+            ep = endpoints.get(port)
             if ep is not None:
                 by_endpoint.setdefault(ep, []).append(port)
         self.stats["upcalls"] += len(by_endpoint)
         return [Deliver(ep, upcall.domid, tuple(p)) for ep, p in by_endpoint.items()]
 
     def _own_port(self, domid: int, port: int, endpoint: str) -> None:
-        self._port_endpoint[(domid, port)] = endpoint
+        self._port_endpoint.setdefault(domid, {})[port] = endpoint
         if domid == 0:
-            self._own(self._port_owner, port)
+            self._port_owner.own(port, self._caller_pid)
 
-    def _own(self, owners: dict[int, int], key: int) -> None:
-        if self._caller_pid:
-            owners[key] = self._caller_pid
-        else:
-            owners.pop(key, None)
+    def _forget_port(self, domid: int, port: int) -> str | None:
+        """The port is closed: its upcalls go nowhere now (its endpoint, if it had one)."""
+        return self._port_endpoint.get(domid, {}).pop(port, None)
 
     def process_exited(self, pid: int) -> list[Effect]:
         """A Dom0 process died: what Linux does when it closes its gntdev and evtchn devices
         (``gntdev_release``, ``evtchn_release``): every grant it still maps is unmapped and
         every port it still has bound is closed, so a killed backend leaves no map that
         keeps a destroyed domain a zombie, and no port bound to nobody."""
-        handles = sorted(h for h, owner in self._map_owner.items() if owner == pid)
-        ports = sorted(p for p, owner in self._port_owner.items() if owner == pid)
-        for handle in handles:
-            del self._map_owner[handle]
+        handles = self._map_owner.take(pid)
+        ports = self._port_owner.take(pid)
         if handles:
             self.grants.op(0, True, GnttabOp.unmap_grant_ref, [
                 {"host_addr": 0, "dev_bus_addr": 0, "handle": h} for h in handles])
         for port in ports:
-            del self._port_owner[port]
-            if self._port_endpoint.pop((0, port), None) is not None:
+            if self._forget_port(0, port) is not None:
                 try:
                     self.evtchn.close(0, port)
                 except XenError:
@@ -301,9 +303,9 @@ class Hypervisor:
             return 0, self._route(evc.send(d, a["port"]))
         if sub == EvtchnOp.close:
             evc.close(d, a["port"])
-            self._port_endpoint.pop((d, a["port"]), None)
+            self._forget_port(d, a["port"])
             if d == 0:
-                self._port_owner.pop(a["port"], None)
+                self._port_owner.drop(a["port"])
             return 0, []
         if sub == EvtchnOp.unmask:
             return 0, self._route(evc.unmask(d, a["port"]))
@@ -318,8 +320,7 @@ class Hypervisor:
         if sub == EvtchnOp.reset:
             target = d if a["dom"] == DOMID_SELF else a["dom"]
             evc.reset(d, a["dom"])
-            self._port_endpoint = {k: v for k, v in self._port_endpoint.items()
-                                   if k[0] != target}
+            self._port_endpoint.pop(target, None)
             return 0, []
         raise XenError(Errno.ENOSYS)
 
@@ -339,8 +340,7 @@ class Hypervisor:
             return (extents, None), [SizeMemory(self.memory_path(target.domid), target.tot_pages)]
         if sub == MemoryOp.decrease_reservation:
             target = self._target(dom, a["domid"])
-            pages = min(a["nr_extents"] << a["extent_order"], target.tot_pages)
-            target.tot_pages -= pages
+            pages = self.table.decrease(target.domid, a["nr_extents"] << a["extent_order"])
             return (pages >> a["extent_order"], None), []
         if sub == MemoryOp.add_to_physmap_batch:
             _privileged(dom)
@@ -358,11 +358,11 @@ class Hypervisor:
         if dom.domid == 0 and sub == GnttabOp.map_grant_ref:
             for r in results:
                 if r["status"] == GNTST.okay:
-                    self._own(self._map_owner, r["handle"])
+                    self._map_owner.own(r["handle"], self._caller_pid)
         elif dom.domid == 0 and sub == GnttabOp.unmap_grant_ref:
             for e, r in zip(a["ops"], results):
                 if r["status"] == GNTST.okay:
-                    self._map_owner.pop(e["handle"], None)
+                    self._map_owner.drop(e["handle"])
         return (0, results), self._reap_zombies()
 
     def _target(self, dom: Domain, domid: int) -> Domain:
@@ -519,8 +519,9 @@ class Hypervisor:
         except Exception as e:  # hostile bytes from Dom0 still only get -EINVAL
             raise XenError(Errno.EINVAL, "vCPU context needs pid and endpoint") from e
         self._domu_endpoint[target.domid] = endpoint
-        for key in [k for k in self._port_endpoint if k[0] == target.domid]:
-            self._port_endpoint[key] = endpoint
+        endpoints = self._port_endpoint.get(target.domid, {})
+        for port in endpoints:
+            endpoints[port] = endpoint
         self.vcpu_pids[target.domid] = pid
         self.dirtylog.claim(target.domid, pid)
         return [WatchVcpu(target.domid, pid, endpoint)]
@@ -540,7 +541,7 @@ class Hypervisor:
         d = target.domid
         self.table.kill(d)
         self.evtchn.remove_domain(d)
-        self._port_endpoint = {k: v for k, v in self._port_endpoint.items() if k[0] != d}
+        self._port_endpoint.pop(d, None)
         self._domu_endpoint.pop(d, None)
         self.vcpu_pids.pop(d, None)
         self._logdirty.pop(d, None)
@@ -560,8 +561,10 @@ class Hypervisor:
             self.evtchn.send_global_virq(Virq.DOM_EXC))
 
     def _reap_zombies(self) -> list[Effect]:
-        """A zombie whose last mapped page was unmapped finally goes away."""
-        done = [d for d in self.zombies if not self.grants.in_use(d)]
+        """A zombie whose last mapped page was unmapped finally goes away. Only the granters
+        some mapping of which was just released are looked at, not every zombie."""
+        done = sorted(d for d in self.grants.unmapped_granters()
+                      if d in self.zombies and not self.grants.in_use(d))
         for d in done:
             self.zombies.discard(d)
             self.grants.forget(d)
@@ -603,3 +606,34 @@ def _reason(value: int) -> int:
         return ShutdownReason(value)
     except ValueError as e:
         raise XenError(Errno.EINVAL, f"shutdown reason {value}") from e
+
+
+class _Owners:
+    """Dom0's grant handles (or ports) by the process that made them, and each process's,
+    so that a process's exit costs what it owned, not what all of Dom0's processes own."""
+
+    def __init__(self) -> None:
+        self._pid: dict[int, int] = {}
+        self._keys: dict[int, set[int]] = {}
+
+    def own(self, key: int, pid: int) -> None:
+        """``key`` is ``pid``'s now (pid 0: a caller that named no process: nobody's)."""
+        self.drop(key)
+        if pid:
+            self._pid[key] = pid
+            self._keys.setdefault(pid, set()).add(key)
+
+    def drop(self, key: int) -> None:
+        pid = self._pid.pop(key, None)
+        if pid is not None:
+            keys = self._keys[pid]
+            keys.discard(key)
+            if not keys:
+                del self._keys[pid]
+
+    def take(self, pid: int) -> list[int]:
+        """Everything ``pid`` owned, sorted, forgotten."""
+        keys = sorted(self._keys.pop(pid, ()))
+        for key in keys:
+            del self._pid[key]
+        return keys

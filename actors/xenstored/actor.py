@@ -91,7 +91,7 @@ class XenstoredShell(Endpoint):
     def on_statistics(self) -> dict:
         s = self.server.statistics()
         return {"connections": s.connections, "requests": s.requests, "errors": s.errors,
-                "watch_events": s.watch_events,
+                "watch_events": s.watch_events, "watches_visited": s.store.watches_visited,
                 "durable": self.durable.statistics() if self.durable is not None else None}
 
     def on_save(self) -> dict:

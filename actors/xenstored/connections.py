@@ -40,7 +40,7 @@ class Connections:
         self._record = record if record is not None else (lambda rec: None)
         self._creds: dict[int, tuple[str, str | None]] = {0: (dom0_secret, None)}
         self._creds.update((domid, (secret, endpoint)) for domid, secret, endpoint in credentials)
-        self._conns: dict[tuple[int, str], int] = {}
+        self._conns: dict[int, dict[str, int]] = {}  # domid -> endpoint -> conn_id
         self._replies = threading.local()
         self._lock = threading.Lock()
 
@@ -67,7 +67,7 @@ class Connections:
         with self._lock:
             if self._creds.pop(domid, None) is not None:
                 self._record(["uncred", domid])
-            gone = [self._conns.pop(k) for k in list(self._conns) if k[0] == domid]
+            gone = list(self._conns.pop(domid, {}).values())
         for conn_id in gone:
             self.server.close_connection(conn_id)
         self.server.domain_gone(domid)
@@ -110,7 +110,9 @@ class Connections:
 
         kept = self.server.restarted(bind)
         with self._lock:
-            self._conns = {(domid, peer): conn_id for domid, peer, conn_id in kept}
+            self._conns = {}
+            for domid, peer, conn_id in kept:
+                self._conns.setdefault(domid, {})[peer] = conn_id
 
     def _connection(self, domid: int, secret: str, endpoint: str) -> int:
         """The caller's connection, made on its first request. The credential is checked
@@ -122,14 +124,14 @@ class Connections:
             if cred is None or cred[0] != secret:
                 raise XenError(Errno.EACCES, f"xenstored: domain {domid} is not introduced")
             endpoint = cred[1] or endpoint  # a DomU's endpoint is the one it was introduced with
-            conn_id = self._conns.get((domid, endpoint))
+            conn_id = self._conns.get(domid, {}).get(endpoint)
             if conn_id is None:
                 holder: list[int] = []
                 conn_id = self.server.open_connection(
                     domid, domid == 0, lambda data: self._send(holder[0], endpoint, data),
                     peer=endpoint)
                 holder.append(conn_id)
-                self._conns[(domid, endpoint)] = conn_id
+                self._conns.setdefault(domid, {})[endpoint] = conn_id
             return conn_id
 
     def _send(self, conn_id: int, endpoint: str, data: bytes) -> None:

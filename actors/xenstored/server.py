@@ -151,6 +151,7 @@ class XenstoredServer:
         self._record_to = record
         self._lock = threading.RLock()
         self._conns: dict[int, _Connection] = {}
+        self._domain_conns: dict[int, set[int]] = {}  # domid -> its ring connections' ids
         self._next_conn_id = first_conn_id
         self._quiet = 0  # >0: inside an operation or a replay, which records nothing itself
         self._replaying = False  # events are dropped: the old process sent them
@@ -198,8 +199,8 @@ class XenstoredServer:
         with self._lock:
             conn_id = self._next_conn_id
             self._next_conn_id += 1
-            self._conns[conn_id] = _Connection(Conn(conn_id, domid, privileged, socket), send,
-                                               peer)
+            self._add_connection(_Connection(Conn(conn_id, domid, privileged, socket), send,
+                                             peer))
             self._record(["open", conn_id, domid, privileged, socket, peer])
         self.log.debug("xenstore connection opened", conn_id=conn_id, domid=domid,
                        privileged=privileged, socket=socket)
@@ -211,6 +212,11 @@ class XenstoredServer:
             c = self._conns.pop(conn_id, None)
             if c is None:
                 return
+            if not c.conn.socket:
+                mine = self._domain_conns[c.conn.domid]
+                mine.discard(conn_id)
+                if not mine:
+                    del self._domain_conns[c.conn.domid]
             c.closed = True
             self.store.disconnect(conn_id)
             self._record(["close", conn_id])
@@ -316,9 +322,9 @@ class XenstoredServer:
         server = cls(Store.restore(state["store"], Quota(**state["quota"])),
                      first_conn_id=state["next_conn_id"], **kwargs)
         for conn_id, domid, privileged, socket, peer, memo in state["connections"]:
-            server._conns[conn_id] = _Connection(
+            server._add_connection(_Connection(
                 Conn(conn_id, domid, privileged, socket), _unbound, peer,
-                memo=deque(map(tuple, memo), maxlen=RETRY_MEMO))
+                memo=deque(map(tuple, memo), maxlen=RETRY_MEMO)))
         return server
 
     def replay(self, record: list) -> None:
@@ -336,8 +342,8 @@ class XenstoredServer:
     def _replay(self, kind: str, *args: Any) -> None:
         if kind == "open":
             conn_id, domid, privileged, socket, peer = args
-            self._conns[conn_id] = _Connection(Conn(conn_id, domid, privileged, socket),
-                                               _unbound, peer)
+            self._add_connection(_Connection(Conn(conn_id, domid, privileged, socket),
+                                             _unbound, peer))
             self._next_conn_id = max(self._next_conn_id, conn_id + 1)
         elif kind == "close":
             self.close_connection(*args)
@@ -467,9 +473,16 @@ class XenstoredServer:
                              domid=c.conn.domid, reason=reason)
             self.close_connection(c.conn.conn_id)
 
+    def _add_connection(self, c: _Connection) -> None:
+        self._conns[c.conn.conn_id] = c
+        if not c.conn.socket:
+            self._domain_conns.setdefault(c.conn.domid, set()).add(c.conn.conn_id)
+
     def _close_domain(self, domid: int) -> None:
-        for c in [c for c in self._conns.values() if not c.conn.socket and c.conn.domid == domid]:
-            self.close_connection(c.conn.conn_id)
+        """Close ``domid``'s connections, in the order they were opened; the others are
+        not looked at."""
+        for conn_id in sorted(self._domain_conns.get(domid, ())):
+            self.close_connection(conn_id)
 
     # --- requests the store does not model ------------------------------------------------
 
@@ -505,7 +518,7 @@ class XenstoredServer:
         domid, name = req.args
         if name is None:
             return reply_string(req, " ".join(QUOTA_NAMES))
-        if domid not in (None, 0) and all(d.domid != domid for d in self.store.domains()):
+        if domid not in (None, 0) and not self.store.introduced(domid):
             raise XenError(Errno.ENOENT, f"domain {domid} not introduced")
         return reply_string(req, str(getattr(self.store.quota, self._quota_field(name))))
 

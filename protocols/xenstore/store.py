@@ -61,6 +61,7 @@ class StoreStatistics:
     generation: int
     ops: dict[str, int]  # calls per operation, failed ones included
     eagain: int  # commits refused with EAGAIN
+    watches_visited: int  # watch entries looked at to fire changes: what firing has cost
 
 
 class Store:
@@ -319,11 +320,16 @@ class Store:
     def domains(self) -> list[DomainInfo]:
         return self._domains.all()
 
+    def introduced(self, domid: int) -> bool:
+        """Is ``domid`` introduced? (The server's own question: no operation is counted.)"""
+        return domid in self._domains
+
     # --- statistics and persistence -------------------------------------------------------
 
     def statistics(self) -> StoreStatistics:
         return StoreStatistics(len(self._nodes), len(self._watches), len(self._transactions),
-                               len(self._domains), self._gen, dict(self._ops), self._eagain)
+                               len(self._domains), self._gen, dict(self._ops), self._eagain,
+                               self._watches.visited)
 
     def save(self) -> dict[str, Any]:
         """The whole store as msgpack-able data. Undrained events are left out; open

@@ -19,6 +19,7 @@ changed after the start but before the transaction first looked at it).
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 
 from protocols.errno import Errno, XenError
 from protocols.xenstore.node import Node
@@ -89,11 +90,15 @@ class Transaction:
 
 
 class TransactionTable:
-    """The open transactions of every connection, by ``(conn_id, tx_id)``."""
+    """The open transactions of every connection, by ``(conn_id, tx_id)``, and indexed by
+    connection and by domain, so that starting one (its quota) and dropping a connection's
+    or a domain's cost the same however many other domains have transactions open."""
 
     def __init__(self) -> None:
         self._open: dict[tuple[int, int], Transaction] = {}
         self._next: dict[int, int] = {}
+        self._by_conn: dict[int, dict[int, Transaction]] = {}  # conn_id -> tx_id -> it
+        self._domain_conns: dict[int, Counter[int]] = {}  # domid -> ring conn_id -> open
 
     def __len__(self) -> int:
         return len(self._open)
@@ -110,18 +115,28 @@ class TransactionTable:
     def start(self, conn: Conn, quota: Quota) -> Transaction:
         """A new transaction with the connection's next free id (never 0; u32 wrap)."""
         if not conn.privileged:
-            mine = sum(1 for t in self._open.values()
-                       if t.conn.domid == conn.domid and not t.conn.socket)
+            mine = sum(self._domain_conns.get(conn.domid, {}).values())
             quota.check_count("transactions", mine + 1)
         tx_id = self._next.get(conn.conn_id, 1)
         while tx_id == 0 or (conn.conn_id, tx_id) in self._open:
             tx_id = (tx_id + 1) & 0xFFFFFFFF
         self._next[conn.conn_id] = (tx_id + 1) & 0xFFFFFFFF
-        tx = self._open[conn.conn_id, tx_id] = Transaction(conn, tx_id)
-        return tx
+        return self._add(Transaction(conn, tx_id))
 
     def end(self, tx: Transaction) -> None:
-        del self._open[tx.conn.conn_id, tx.tx_id]
+        cid = tx.conn.conn_id
+        del self._open[cid, tx.tx_id]
+        mine = self._by_conn[cid]
+        del mine[tx.tx_id]
+        if not mine:
+            del self._by_conn[cid]
+        if not tx.conn.socket:
+            conns = self._domain_conns[tx.conn.domid]
+            conns[cid] -= 1
+            if not conns[cid]:
+                del conns[cid]
+            if not conns:
+                del self._domain_conns[tx.conn.domid]
 
     def doom(self) -> None:
         """Every open transaction's commit will answer EAGAIN (xenstored restarted)."""
@@ -129,11 +144,10 @@ class TransactionTable:
             tx.fail = Errno.EAGAIN
 
     def of_conn(self, conn_id: int) -> list[Transaction]:
-        return [t for (cid, _), t in self._open.items() if cid == conn_id]
+        return list(self._by_conn.get(conn_id, {}).values())
 
     def conns_of_domain(self, domid: int) -> set[int]:
-        return {t.conn.conn_id for t in self._open.values()
-                if t.conn.domid == domid and not t.conn.socket}
+        return set(self._domain_conns.get(domid, ()))
 
     def save(self) -> dict:
         return {"open": [[t.conn.conn_id, t.conn.domid, t.conn.privileged, t.conn.socket,
@@ -145,7 +159,14 @@ class TransactionTable:
         """Open transactions come back empty and doomed: their commit answers EAGAIN."""
         table = cls()
         for *fields, tx_id in state["open"]:
-            table._open[fields[0], tx_id] = Transaction(Conn(*fields), tx_id,
-                                                        fail=Errno.EAGAIN)
+            table._add(Transaction(Conn(*fields), tx_id, fail=Errno.EAGAIN))
         table._next = {c: n for c, n in state["next"]}
         return table
+
+    def _add(self, tx: Transaction) -> Transaction:
+        cid = tx.conn.conn_id
+        self._open[cid, tx.tx_id] = tx
+        self._by_conn.setdefault(cid, {})[tx.tx_id] = tx
+        if not tx.conn.socket:
+            self._domain_conns.setdefault(tx.conn.domid, Counter())[cid] += 1
+        return tx
