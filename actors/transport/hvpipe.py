@@ -186,6 +186,14 @@ class HvPipe:
         except BlockingIOError:
             pass
 
+    def wake_reader(self) -> None:
+        """Ring this end's own inbound doorbell: a thread of this process blocked in
+        :meth:`wait` returns (the pipe was discarded under it)."""
+        try:
+            os.write(self._bell_in, b"\0")
+        except BlockingIOError:
+            pass
+
     def close(self) -> None:
         for fd in (self._bell_in, self._bell_out):
             try:

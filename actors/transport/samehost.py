@@ -21,8 +21,13 @@ up the pipe without waiting; the pipe keeps it in order with the caller's others
 A pipe the hypervisor dropped (or that broke) is discarded and the next hypercall opens a new
 one. The old one is closed (its doorbells and its mapping) once nobody uses it: every
 read, write or look at its closed flag holds it (:meth:`SameHostTransport._hold`), and
-whichever of the discarding thread and the last holder comes last closes it. The reader may be
-blocked on its doorbell for up to ``LIVENESS_S`` before it lets go.
+whichever of the discarding thread and the last holder comes last closes it; a reader blocked
+on its doorbell is woken by the discard, which rings it.
+
+An idle process sleeps: the dispatcher blocks on the doorbell with no timeout (the
+hypervisor rings it for every upcall, and when it drops the pipe), so an idle domain wakes
+for nothing. Only a caller waiting for a reply checks, every ``LIVENESS_S``, that the
+hypervisor is still there.
 
 The pipe is opened, over Ray, on the first hypercall: a DomU's endpoint and process are
 known to the hypervisor only once the toolstack has handed over its vCPUs. A refused open
@@ -178,6 +183,8 @@ class SameHostTransport:
                 return  # discarded already
             self._pipe = None
             unused = pipe not in self._holders
+            if not unused:  # held, so not closed yet: a reader blocked on it lets go
+                pipe.wake_reader()
             self._cv.notify_all()
         if unused:
             pipe.close()
@@ -223,7 +230,7 @@ class SameHostTransport:
             if not self._read_once(pipe, _slice(deadline)):
                 self._check(pipe, dest, kind, deadline)
 
-    def _read_once(self, pipe: HvPipe, timeout: float) -> bool:
+    def _read_once(self, pipe: HvPipe, timeout: float | None) -> bool:
         """Wait up to ``timeout`` for the doorbell and take what came (the caller set
         ``_reading``): replies to their callers, upcalls to the dispatcher's queue. False at
         once for a pipe discarded meanwhile."""
@@ -260,13 +267,13 @@ class SameHostTransport:
             with self._cv:
                 pipe = self._pipe
                 while not self._events and (pipe is None or self._reading):
-                    self._cv.wait(LIVENESS_S)
+                    self._cv.wait()
                     pipe = self._pipe
                 event = self._events.popleft() if self._events else None
                 if event is None:
                     self._reading = True
             if event is None:
-                self._read_once(pipe, LIVENESS_S)
+                self._read_once(pipe, None)
                 continue
             try:
                 self._deliver(event[0], *event[1])
