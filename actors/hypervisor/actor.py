@@ -48,9 +48,9 @@ class HypervisorShell(Endpoint):
         self._mem_prefix = mem_prefix
         self._maps: dict[str, memory.Mapping] = {}
         self.dirtylog = UffdDirtyLog(log)
+        self._cpu_base: dict[int, int] = {}  # domid -> its process's CPU time at hand-over
         self.state = Hypervisor(host, memory_mib=memory_mib, pcpus=pcpus, mem_prefix=mem_prefix,
-                                frames=self._frames,
-                                cpu_time_ns=lambda d: procstat.cpu_ns(self.state.vcpu_pids.get(d)),
+                                frames=self._frames, cpu_time_ns=self._cpu_time_ns,
                                 dirtylog=self.dirtylog)
         self.handovers: HandoverServer | None = None
         try:
@@ -180,11 +180,18 @@ class HypervisorShell(Endpoint):
                         m.close()
                     memory.remove(path)
                 case WatchVcpu(domid, pid, endpoint):
+                    self._cpu_base[domid] = procstat.cpu_ns(pid)
                     if endpoint:
                         self.transport.prefetch(endpoint)
                     self._watch(pid, lambda d=domid: self._vcpu_exited(d))
                 case ConsoleLine(domid, text):
                     self.log.info("console_io", domid=domid, text=text.rstrip("\n"))
+
+    def _cpu_time_ns(self, domid: int) -> int:
+        """The domain's vCPU time: its process's CPU time since it was handed the vCPUs
+        (a process from the host's pool spent some starting up, which is not the guest's)."""
+        pid = self.state.vcpu_pids.get(domid)
+        return max(0, procstat.cpu_ns(pid) - self._cpu_base.get(domid, 0)) if pid else 0
 
     def _frames(self, domid: int, pfn: int, count: int) -> memoryview:
         """Pages of a domain's memory, through one shared mapping of its file per domain."""
@@ -211,6 +218,7 @@ class HypervisorShell(Endpoint):
 
     def _vcpu_exited(self, domid: int) -> None:
         with self.lock:
+            self._cpu_base.pop(domid, None)
             effects = self.state.vcpu_exited(domid)
             if effects:
                 self.log.warning("vcpu process died: domain crashed", domid=domid)
