@@ -71,9 +71,12 @@ class EmbeddedRay:
     def shutdown(self) -> None:
         import ray
 
+        from actors.transport.raycall import RayTransport
+
         try:
             if ray.is_initialized():
                 ray.shutdown()
+            RayTransport.forget_all()
             if self._ray is not None:
                 self._ray.shutdown()
         finally:
@@ -85,7 +88,10 @@ def connect(address: str) -> None:
     ray_environment(local=is_local(address))
     import ray
 
+    from actors.transport.raycall import RayTransport
+
     if not ray.is_initialized():
+        RayTransport.forget_all()  # handles of an earlier cluster this process joined
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False,
                  logging_level="WARNING")
 
@@ -99,8 +105,11 @@ def disconnect() -> None:
     """Leave the cluster this driver joined (the cluster goes on)."""
     import ray
 
+    from actors.transport.raycall import RayTransport
+
     if ray.is_initialized():
         ray.shutdown()
+    RayTransport.forget_all()
 
 
 def discover_hosts() -> list[str]:

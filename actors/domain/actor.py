@@ -27,7 +27,8 @@ from actors.memory import Mapping
 from actors.runtime import THREADS, Runtime
 from actors.transport import Endpoint
 from actors.transport.clients import HostClients, host_clients
-from actors.transport.raycall import RayEndpoint
+from actors.transport.naming import actor_name
+from actors.transport.raycall import RayEndpoint, RayTransport
 from protocols.errno import Errno, XenError
 from protocols.hypercall import Hypercall, XenVersion
 
@@ -76,6 +77,9 @@ class DomainActor(RayEndpoint, DomainShell):
     def __init__(self, host: str, component: str, log_dir: str | None = None) -> None:
         self.host, self.component, self.log_dir = host, component, log_dir
         self.bound = False
+        routes = RayTransport()  # the Ray routes a kernel needs, found while it waits
+        for peer in ("hypervisor", "xenstored"):
+            routes.prefetch(actor_name(host, peer))
 
     def on_bind(self, domid: int, secret: str, memory_path: str, resume: bool = False) -> int:
         """Become domain ``domid`` (once); the pid, which the toolstack hands over."""

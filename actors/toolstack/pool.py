@@ -26,9 +26,11 @@ from typing import Any
 from actors.runtime import THREADS, Runtime
 from actors.transport import launch
 from actors.transport.naming import DOMAIN_PREFIX, actor_name
+from actors.transport.raycall import RayTransport
 
 START_TIMEOUT_S = 60.0
 RETRY_S = 1.0  # after a start that failed
+WARM_PEERS = ("hypervisor", "xenstored")  # who calls a domain's process by its name
 PARALLEL_STARTS = 2  # processes started at once to top the pool up
 
 
@@ -45,6 +47,7 @@ class DomainPool:
         self._closed = False
         self.taken = self.missed = 0  # creates served from the pool, and without it
         self.runtime = runtime
+        self._routes = RayTransport()
 
     # -- Launcher --------------------------------------------------------------------------
 
@@ -119,6 +122,9 @@ class DomainPool:
         except BaseException:
             launch.kill(self.host, component)
             raise
+        for peer in WARM_PEERS:  # they will call it as a domain: their lookup, done now
+            self._routes.send(actor_name(self.host, peer), "prefetch",
+                              actor_name(self.host, component))
         return component
 
     def _top_up(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import ray
 
 from actors.transport.naming import NAMESPACE, actor_name, pin_to_host
+from actors.transport.raycall import remember
 
 ACTOR_CLASSES = {
     "hypervisor": "actors.hypervisor.actor:HypervisorActor",
@@ -38,8 +39,10 @@ def start(kind: str, host: str, component: str, *args: Any) -> Any:
 
     ``ValueError`` if an actor of that name is alive (Ray names are unique while alive)."""
     cls = _actor_class(kind)
-    return cls.options(name=actor_name(host, component), namespace=NAMESPACE,
-                       lifetime="detached", **pin_to_host(host)).remote(*args)
+    handle = cls.options(name=actor_name(host, component), namespace=NAMESPACE,
+                         lifetime="detached", **pin_to_host(host)).remote(*args)
+    remember(actor_name(host, component), handle)
+    return handle
 
 
 def ask(handle: Any, kind: str, *args: Any, timeout: float | None = None) -> Any:

@@ -20,12 +20,17 @@ PREFETCH_RETRY_S = 0.1
 
 
 class RayTransport:
-    """Plain Ray actor calls (about 1 ms a round trip on these machines)."""
+    """Plain Ray actor calls (about 1 ms a round trip on these machines).
 
-    def __init__(self) -> None:
-        self._handles: dict[str, Any] = {}
-        self._lookups: dict[str, threading.Lock] = {}  # one name lookup at a time per dest
-        self._lock = threading.Lock()
+    The handles are the process's, shared by every instance: a name is looked up once per
+    process (0.1-0.4 s here), and an actor this process started is known by its handle
+    (:func:`remember`), so a domain's process taken from its host's pool finds the
+    hypervisor and xenstored it looked up while it waited, and the agent that started it
+    calls it without a lookup."""
+
+    _handles: dict[str, Any] = {}
+    _lookups: dict[str, threading.Lock] = {}  # one name lookup at a time per dest
+    _lock = threading.Lock()
 
     def _handle(self, dest: str) -> Any:
         """The actor's handle: cached, or looked up once (a caller finding a lookup of the
@@ -73,6 +78,12 @@ class RayTransport:
         with self._lock:
             self._handles.pop(dest, None)
 
+    @classmethod
+    def forget_all(cls) -> None:
+        """This process left its Ray cluster: no handle of it is any good in another."""
+        with cls._lock:
+            cls._handles.clear()
+
     def prefetch(self, dest: str) -> None:
         """Look ``dest`` up on a thread, again while it does not exist yet (for at most
         :data:`PREFETCH_S`: xenstored learns a domain's endpoint before its actor starts),
@@ -92,8 +103,20 @@ class RayTransport:
         threading.Thread(target=lookup, name=f"prefetch-{dest}", daemon=True).start()
 
 
+def remember(dest: str, handle: Any) -> None:
+    """This process started actor ``dest``: its handle, so no call to it looks it up."""
+    with RayTransport._lock:
+        RayTransport._handles[dest] = handle
+
+
 class RayEndpoint(Endpoint):
     """:class:`~actors.transport.Endpoint` for a Ray actor: ``process`` also names its node."""
 
     def on_process(self) -> dict[str, Any]:
         return {**super().on_process(), "node_id": ray.get_runtime_context().get_node_id()}
+
+    def on_prefetch(self, dest: str) -> None:
+        """``dest`` will be called soon (a process of the host's pool, a domain to be):
+        look it up now, in the background (the lookup is the process's, for every
+        transport in it)."""
+        RayTransport().prefetch(dest)
