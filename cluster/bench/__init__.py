@@ -20,6 +20,7 @@ BENCHMARKS = {
     "net": "cluster.bench.net:bench_net",
     "cli": "cluster.bench.cli:bench_cli",
     "migrate": "cluster.bench.migrate:bench_migrate",
+    "scale": "cluster.bench.scale:bench_scale",
 }
 
 

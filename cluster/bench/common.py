@@ -24,19 +24,22 @@ class Bare:
 @dataclasses.dataclass
 class BenchResult:
     """One benchmark's answer: ``rows`` of plain numbers and text under ``columns`` (key,
-    heading, format), a title, and notes (the aim, what explains a gap)."""
+    heading, format), a title, notes (the aim, what explains a gap), and ``data`` for a
+    program only (the curves behind the table; in ``--json`` alone)."""
 
     name: str
     title: str
     columns: list[tuple[str, str, str]]
     rows: list[dict[str, Any]]
     notes: list[str] = dataclasses.field(default_factory=list)
+    data: dict[str, Any] | None = None
 
     def print(self, out: Console, as_json: bool = False) -> None:
         """A plain-text table (never cut, whatever the width) and the notes; or JSON."""
         if as_json:
+            extra = {} if self.data is None else {"data": self.data}
             print(json.dumps({"benchmark": self.name, "title": self.title, "rows": self.rows,
-                              "notes": self.notes}))
+                              "notes": self.notes, **extra}))
             return
         columns = [(heading, "left" if i == 0 else "right")
                    for i, (_, heading, _) in enumerate(self.columns)]
