@@ -9,7 +9,7 @@ import pathlib
 from typing import Any
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
     """matplotlib's pyplot, drawing to files only (no display needed)."""
     import matplotlib
 
@@ -22,7 +22,7 @@ def _pyplot() -> Any:
 def write_migration_report(report: dict[str, Any], directory: str | os.PathLike) -> list[str]:
     """``--report DIR``: the migration's JSON and a PNG of pages sent and dirtied per round,
     as Clark et al.'s figures plot them. Returns the files written."""
-    plt = _pyplot()
+    plt = pyplot()
     out = pathlib.Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"migrate-{report['name']}-{report['from']}-{report['to']}"
@@ -53,7 +53,7 @@ def write_scale_report(report: dict[str, Any], directory: str | os.PathLike) -> 
     """``bench scale --out DIR``: its JSON and three PNGs: creation latency against k, per
     host and in the cluster (LightVM's Figure 4); xenstore and ``xl list`` latency against N;
     memory per domain beside a bare Ray actor. Returns the files written."""
-    plt = _pyplot()
+    plt = pyplot()
     out = pathlib.Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "scale.json"

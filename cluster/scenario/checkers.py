@@ -28,11 +28,20 @@ every domain was destroyed).
 * ``recovery``: from each heal (a crash: the kill) to the first progress after it, of each
   domain the fault stalled; ``max_s`` bounds it if given (a domain that never recovered
   fails it then); the numbers are reported either way.
+* ``memory``: every host's free memory, as its hypervisor counts it, is back to the page
+  where it was before the run's domains were created, once they are destroyed (the
+  ``memory`` readings the runner takes; hosts a fault crashed are left out).
+* ``errors``: no domain met an error: every one was created, none said so on its console
+  (a kernel panic, a device that did not connect, a failed disk request retried), no
+  result counts a bad block or a failed step, and each one no op or fault ended
+  (destroy, shutdown, a crash of it or its host) was still running at the end (the
+  ``census``). ``exempt`` names domains to leave out.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -62,6 +71,11 @@ class Checker:
 
 
 STALLING_OPS = ("pause", "reboot", "shutdown", "destroy")  # a migration stalls for its downtime
+ENDING_OPS = ("shutdown", "destroy")
+# A guest's own word that something failed: the kernel's panic, xenbus's device timeout,
+# blkverify's failed request (done again).
+ERROR_LINE = re.compile(r"Kernel panic|Timeout connecting to device|; retrying in ")
+PAGES_PER_MIB = 256
 
 
 def _span(events: Events, name: str) -> tuple[float, float]:
@@ -220,7 +234,8 @@ def network(events: Events, obs: dict[str, Any], params: dict[str, Any]) -> Verd
         offset, error = offsets[sender]
         found = losses(results[name], results[sender] if sender != name else None)
         outside = losses_outside(found, spans, offset=offset, slack=SLACK_S + error)
-        judged[name] = {"lost": sum(x.count for x in found),
+        sent = results[sender].get("transmitted" if c["init"] == "ping" else "packets", "?")
+        judged[name] = {"sent": sent, "lost": sum(x.count for x in found),
                         "lost_outside": sum(x.count for x in outside),
                         "outside": [{"first": x.first, "last": x.last, "count": x.count,
                                      "sent_s": h.into_workload(events, x.start + offset)}
@@ -232,14 +247,27 @@ def network(events: Events, obs: dict[str, Any], params: dict[str, Any]) -> Verd
     if not judged and not problems:
         problems.append("no ping or udpstream receiver to judge")
     text = "; ".join(problems) or "; ".join(
-        f"{n}: {j['lost']} lost, all inside fault windows" for n, j in judged.items())
+        f"{n}: {j['lost']} of {j['sent']} lost" + (", all inside fault windows" if j["lost"]
+                                                    else "") for n, j in judged.items())
     return Verdict("network", not problems, text, {"domains": judged})
+
+
+def _crashed(events: Events) -> list[h.Window]:
+    """The faults that ended domains: a crash of a domain, of a host or its hypervisor, a
+    power cut (a ``<domain>`` or ``<host>[/hypervisor]`` target)."""
+    return [w for w in h.fault_windows(events) if w.kind in ("crash", "powercut")
+            and all(t.partition("/")[2] in ("", "hypervisor") for t in w.targets)]
+
+
+def _crashed_hosts(events: Events) -> set[str]:
+    """The hosts a fault crashed (which may not answer after the run)."""
+    return {t.partition("/")[0] for w in _crashed(events) if w.kind == "crash"
+            for t in w.targets}
 
 
 def leaks(events: Events, obs: dict[str, Any], params: dict[str, Any]) -> Verdict:
     audit = obs.get("audit", {"leaks": [], "errors": {"*": "the cluster was not audited"}})
-    crashed = {t.partition("/")[0] for w in h.fault_windows(events) if w.kind == "crash"
-               for t in w.targets if t.partition("/")[2] in ("", "hypervisor")}
+    crashed = _crashed_hosts(events)
     unheard = {host: why for host, why in audit["errors"].items() if host not in crashed}
     problems = [f"{x['host']} {x['kind']}: {x['what']}" for x in audit["leaks"]]
     problems += [f"{host} was not audited: {why}" for host, why in unheard.items()]
@@ -249,10 +277,79 @@ def leaks(events: Events, obs: dict[str, Any], params: dict[str, Any]) -> Verdic
                       else ""), audit)
 
 
+def memory(events: Events, obs: dict[str, Any], params: dict[str, Any]) -> Verdict:
+    readings = {e["phase"]: e for e in h.of(events, "memory")}
+    if set(readings) != {"before", "after"}:
+        return Verdict("memory", False, "the hosts' free memory was not read both before "
+                       "the domains were created and after they were destroyed", readings)
+    before, after = readings["before"]["free_pages"], readings["after"]["free_pages"]
+    crashed = _crashed_hosts(events)
+    hosts: dict[str, dict[str, int]] = {}
+    problems = []
+    for host, pages in sorted(before.items()):
+        if host in crashed:
+            continue
+        if host not in after:
+            why = readings["after"]["errors"].get(host) or "no answer"
+            problems.append(f"{host} was not read after the run: {why}")
+            continue
+        diff = after[host] - pages
+        hosts[host] = {"before": pages, "after": after[host], "difference": diff}
+        if diff:
+            problems.append(f"{host}: {abs(diff)} pages ({abs(diff) / PAGES_PER_MIB:.1f} MiB) "
+                            f"{'fewer' if diff < 0 else 'more'} free than before "
+                            f"({pages} -> {after[host]})")
+    text = "; ".join(problems) or "every host's free memory is back, to the page: " + \
+        ", ".join(f"{host} {r['after'] / PAGES_PER_MIB:.0f} MiB" for host, r in hosts.items())
+    if crashed:
+        text += f" (crashed, not judged: {', '.join(sorted(crashed))})"
+    return Verdict("memory", bool(hosts) and not problems, text,
+                   {"hosts": hosts, "crashed": sorted(crashed)})
+
+
+def errors(events: Events, obs: dict[str, Any], params: dict[str, Any]) -> Verdict:
+    exempt = set(params["exempt"])
+    created = {n: c for n, c in h.domains(events).items() if n not in exempt}
+    ended = {e["domain"] for e in h.of(events, "op") if e["kind"] in ENDING_OPS}
+    ended |= {name for w in _crashed(events) for name in h.affected(events, w)}
+    problems = [f"{e['domain']}: not created: {e['error']}" for e in h.of(events, "create")
+                if not e.get("ok") and e["domain"] not in exempt
+                and e["domain"] not in created]
+    for name, lines in sorted(obs.get("consoles", {}).items()):
+        bad = [line for line in lines if ERROR_LINE.search(line)]
+        if name in created and bad:
+            problems.append(f"{name} said: {bad[0]!r}" +
+                            (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+    results = _results(events)
+    for name, r in sorted(results.items()):
+        if name in created and (r.get("bad") or r.get("errors")):
+            problems.append(f"{name}: its result counts {len(r.get('bad') or [])} bad blocks, "
+                            f"{r.get('errors') or 0} failed steps")
+    census = h.of(events, "census")
+    states = census[-1]["states"] if census else {}
+    for name in sorted(set(created) - ended):
+        state = states.get(name)
+        if state is None:
+            unheard = "; ".join(f"{k}: {v}" for k, v in census[-1]["errors"].items()) \
+                if census else "the domains were not listed"
+            problems.append(f"{name} was not running at the end" +
+                            (f" ({unheard})" if unheard else ""))
+        elif state[3] == "s" or state[5] == "d":
+            problems.append(f"{name} was {state} at the end (shut down or dying)")
+    text = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8
+                                      else "")
+    return Verdict("errors", not problems, text or
+                   f"{len(created)} domains, no error: {len(set(created) - ended)} running at "
+                   f"the end, no panic or failed request on a console, {len(results)} "
+                   f"results clean", {"problems": problems})
+
+
 CHECKERS: dict[str, Checker] = {
     "durability": Checker(durability, {"domains": []}),
     "isolation": Checker(isolation, {"max_gap": 5.0, "exempt": []}),
     "recovery": Checker(recovery, {"max_s": None}),
     "network": Checker(network, {}),
     "leaks": Checker(leaks, {}),
+    "memory": Checker(memory, {}),
+    "errors": Checker(errors, {"exempt": []}),
 }

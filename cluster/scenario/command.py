@@ -16,7 +16,8 @@ from cluster.scenario.runner import Runner
 
 
 def run(a: argparse.Namespace, out: Console) -> int:
-    scenario = spec.load(a.scenario)  # a bad file is one line, before anything starts
+    # a bad file is one line, before anything starts; --domains shrinks each group
+    scenario = spec.load(a.scenario, domains=a.domains or 1.0)
     if a.scale is not None:
         scenario = scenario.scaled(a.scale)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -31,6 +32,7 @@ def run(a: argparse.Namespace, out: Console) -> int:
                           host_cpus=hosts.cpus, progress=lambda m: out.print(f"  {m}"))
         cluster.start()
     out.print(f"[bold]{scenario.name}[/bold]: {scenario.duration:g} s, seed {scenario.seed}, "
+              f"{len(scenario.domains)} domains on {len(scenario.hosts.names)} hosts, "
               f"{len(scenario.faults)} faults, {len(scenario.ops)} ops; writing {out_dir}")
     try:
         with live(out, scenario.duration) as (say, tick):

@@ -7,8 +7,8 @@ monotonic clock) and ``wall`` (UTC, ISO 8601). The types:
 
 * ``run``: the scenario, its seed and duration; ``workload``: every initial domain is up, the
   schedule starts (the scenario's times count from here); ``end``: the schedule is over.
-* ``create``: a domain (``domain``) created on ``host``, with ``init``, ``disks`` (image
-  paths) and ``vifs``; ``ok`` false and ``error`` if it failed.
+* ``create``: a domain (``domain``, of ``group``) created on ``host`` in ``took_s``, with
+  ``init``, ``disks`` (image paths) and ``vifs``; ``ok`` false and ``error`` if it failed.
 * ``op``: ``phase`` ``invoke`` then ``ok`` or ``fail`` (``error``) of op ``index``, or
   ``info`` if it was still running long after the end (it may yet happen, or not).
 * ``inject``: fault ``index``, ``occurrence``, ``kind``, the ``target`` asked for and the
@@ -17,7 +17,11 @@ monotonic clock) and ``wall`` (UTC, ISO 8601). The types:
   done; ``heal``: the same fault healed.
 * ``progress``: ``units`` (each domain's progress so far, in its workload's units);
   ``result``: a domain's published result, ``final`` if its workload ends with it.
+* ``census``: ``xl list``'s State of each of the run's domains still there when the run
+  ends (``states``), and the hosts that did not answer (``errors``).
 * ``destroy``: a domain destroyed when the run ends.
+* ``memory``: each host's free pages (``free_pages``), ``phase`` ``before`` the run's
+  domains are created and ``after`` they are destroyed.
 """
 
 from __future__ import annotations

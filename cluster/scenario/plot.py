@@ -1,5 +1,6 @@
-"""A run's timeline as a PNG (``DIR/timeline.png``): one row per measured domain, its
-progress over the run's seconds, with every fault occurrence as a shaded band across all rows
+"""A run's timeline as a PNG (``DIR/timeline.png``): one row per measured domain (per group
+of domains, ``[[domain]]`` with a ``count``: their progress summed), its progress over the
+run's seconds, with every fault occurrence as a shaded band across all rows
 (a crash, which has no duration, as a line) and every op as a dashed line. A stall is a flat
 stretch of a line; a recovery is where it climbs again after a band."""
 
@@ -15,14 +16,30 @@ COLOURS = {"crash": "tab:red", "freeze": "tab:blue", "partition": "tab:purple",
            "memory": "tab:olive", "hostile": "tab:gray"}
 
 
+def rows(events: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """Each row's progress samples: a domain's, or the sum of its group's (``name ×N``)."""
+    groups: dict[str, list[str]] = {}
+    for name, e in h.domains(events).items():
+        groups.setdefault(e.get("group") or name, []).append(name)
+    label = {n: (g if members == [g] else f"{g} ×{len(members)}")
+             for g, members in groups.items() for n in members}
+    out: dict[str, list[tuple[float, float]]] = {}
+    for e in h.of(events, "progress"):
+        sums: dict[str, float] = {}
+        for name, units in e["units"].items():
+            row = label.get(name, name)
+            sums[row] = sums.get(row, 0) + units
+        for row, units in sums.items():
+            out.setdefault(row, []).append((e["t"], units))
+    return out
+
+
 def write_timeline(events: list[dict], path: str | os.PathLike, *, title: str) -> pathlib.Path:
-    import matplotlib
+    from cluster.plots import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     t0 = h.workload_start(events)
-    series = h.progress(events)
+    series = rows(events)
     names = sorted(series) or ["(no measured domain)"]
     fig, axes = plt.subplots(len(names), 1, sharex=True, squeeze=False, dpi=100,
                              figsize=(9, 1.0 + 1.4 * len(names)))

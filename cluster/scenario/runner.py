@@ -1,14 +1,18 @@
 """Running a scenario on a cluster: set it up, carry out its schedule while sampling every
 domain's progress, tear it down, judge it, and write what happened.
 
-The run, step by step: shape the links; make each domain's fresh image; create the initial
-domains (at once); the workload starts, and from then on the schedule's steps happen at
-their seconds (an op runs on a thread of its own, as a client would, so a long migration
-does not hold the faults back; injects and heals are the nemesis's, one at a time) while
-the consoles are sampled :data:`SAMPLE_HZ` times a second; at the end anything still
-injected is healed, every domain of the scenario destroyed, the cluster audited (for
-``leaks``), and each checker judges the history. ``DIR`` gets ``history.jsonl`` (as it
-happens), ``results.json``, ``timeline.png`` and ``consoles/<name>.log``.
+The run, step by step: shape the links; make each domain's fresh image; read each host's
+free memory (for ``memory``); create the initial domains (:data:`CREATE_PARALLEL` at a time;
+a group of identical domains placed ``auto`` through ``Cluster.create_many``); the workload
+starts, and from then on the schedule's steps happen at their seconds (an op runs on a
+thread of its own, as a client would, so a long migration does not hold the faults back;
+injects and heals are the nemesis's, one at a time) while the consoles are sampled
+:data:`SAMPLE_HZ` times a second; at the end anything still injected is healed, the run's
+domains listed (``census``), every domain of the scenario destroyed, each host's free memory
+read again once it is back (for ``memory``; at most :data:`MEMORY_SETTLE_S` later), the
+cluster audited (for ``leaks``), and each checker judges the history. ``DIR`` gets
+``history.jsonl`` (as it happens), ``results.json``, ``timeline.png`` and
+``consoles/<name>.log``.
 
 The cluster is the caller's: an embedded one ``xenray run`` started for the scenario, or a
 running one; the run changes only what its scenario names (links it shaped are unshaped).
@@ -16,6 +20,7 @@ running one; the run changes only what its scenario names (links it shaped are u
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import json
@@ -35,12 +40,15 @@ from cluster.scenario.checkers import CHECKERS, Verdict, recovery_times
 from cluster.scenario.history import History
 from cluster.scenario.plot import write_timeline
 from cluster.scenario.progress import Consoles, Progress
-from cluster.scenario.spec import Op, Scenario
+from cluster.scenario.spec import Domain, Op, Scenario, render
+from cluster.xlcfg import DomainConfig
 
 if TYPE_CHECKING:
     from cluster.api import Cluster
 
 SAMPLE_HZ = 4
+CREATE_PARALLEL = 8  # creates (and destroys) in flight at once: enough to keep 4 hosts busy
+MEMORY_SETTLE_S = 10.0  # a destroyed domain's pages return once its last grant is unmapped
 OP_JOIN_S = 300.0  # ops still running at the end (a long migration) are waited for this long
 
 
@@ -103,6 +111,7 @@ class Runner:
         self._injected: dict[tuple[int, int], nemesis.Injected] = {}
         self._ops: list[tuple[int, threading.Thread]] = []
         self._audits = any(c.kind == "leaks" for c in scenario.checks)
+        self._weighs = any(c.kind == "memory" for c in scenario.checks)
         self._leaks_before: set = set()
 
     def run(self) -> dict[str, Any]:
@@ -143,28 +152,79 @@ class Runner:
                 self.images[d.name] = str(path)
         if self._audits:  # what was there before is not this run's doing
             self._leaks_before = set(audit(self.cluster, errors={}))  # fails: no experiment
+        if self._weighs:
+            self.hist.record("memory", phase="before", **self._free_pages())
         initial = s.initial_domains
         self.say(f"creating {len(initial)} domains")
-        with concurrent.futures.ThreadPoolExecutor(max(1, len(initial))) as pool:
-            created = list(pool.map(self._create, [d.name for d in initial]))
+        batches, singles = self._batches(initial)
+        with concurrent.futures.ThreadPoolExecutor(CREATE_PARALLEL) as pool:
+            many = [pool.submit(self._create_many, batch) for batch in batches]
+            one = [pool.submit(self._create, d.name) for d in singles]
+        created = [e for job in many for e in job.result()] + [job.result() for job in one]
+        for group in dict.fromkeys(d.group for d in initial if d.name != d.group):
+            where = collections.Counter(e["host"] for e in created
+                                        if e["ok"] and e["group"] == group)
+            self.say(f"{group}-*: {sum(where.values())} domains, on "
+                     f"{', '.join(f'{host} {n}' for host, n in sorted(where.items()))}")
         failed = [e for e in created if not e["ok"]]
         if failed:
-            raise SetupFailed(f"domain {failed[0]['domain']} could not be created: "
-                              f"{failed[0]['error']}")
+            raise SetupFailed(f"{len(failed)} of {len(created)} domains could not be created; "
+                              f"{failed[0]['domain']}: {failed[0]['error']}")
+
+    @staticmethod
+    def _batches(domains: list[Domain]) -> tuple[list[list[Domain]], list[Domain]]:
+        """The groups ``Cluster.create_many`` can create (several identical domains, no image
+        of their own, placed ``auto``), and the domains created one by one."""
+        groups: dict[str, list[Domain]] = {}
+        for d in domains:
+            groups.setdefault(d.group, []).append(d)
+        batches = [members for members in groups.values() if len(members) > 1
+                   and all(m.host is None and m.image_bytes is None for m in members)
+                   and len({render(m.template, m.number, m.duration) for m in members}) == 1]
+        batched = {m.name for members in batches for m in members}
+        return batches, [d for d in domains if d.name not in batched]
+
+    def _facts(self, d: Domain, cfg: DomainConfig, op: int | None) -> dict[str, Any]:
+        """What the history keeps of a domain's create (the checkers' view of it)."""
+        self.sampler.follow(d.name, d.init)  # before it boots: its console from the start
+        return {"domain": d.name, "group": d.group, "init": d.init, "argv": d.argv, "op": op,
+                "disks": [disk.target for disk in cfg.disk if disk.target],
+                "vifs": len(cfg.vif), "ips": [v.ip for v in cfg.vif if v.ip]}
 
     def _create(self, name: str, op: int | None = None) -> dict[str, Any]:
         d = self.scenario.domain(name)
         cfg = d.config(self.images.get(name))
-        self.sampler.follow(name, d.init)
-        facts = {"domain": name, "host": d.host, "init": d.init, "argv": d.argv, "op": op,
-                 "disks": [disk.target for disk in cfg.disk if disk.target],
-                 "vifs": len(cfg.vif), "ips": [v.ip for v in cfg.vif if v.ip]}
+        facts = self._facts(d, cfg, op)
+        started = time.monotonic()
         try:
             info = self.cluster.create(cfg, host=d.host)
         except Exception as e:  # recorded; the caller decides what it means
-            return self.hist.record("create", ok=False, error=str(e), **facts)
-        self.say(f"{name}: domid {info['domid']} on {d.host}")
-        return self.hist.record("create", ok=True, domid=info["domid"], **facts)
+            return self.hist.record("create", ok=False, error=str(e), host=d.host, **facts)
+        if d.group == d.name:
+            self.say(f"{name}: domid {info['domid']} on {info['host']}")
+        return self.hist.record("create", ok=True, domid=info["domid"], host=info["host"],
+                                took_s=round(time.monotonic() - started, 3), **facts)
+
+    def _create_many(self, members: list[Domain]) -> list[dict[str, Any]]:
+        """A group of identical domains, through ``Cluster.create_many``: each recorded as
+        it is done."""
+        cfg = members[0].config()
+        facts = {d.name: self._facts(d, cfg, None) for d in members}
+        records: list[dict[str, Any]] = []
+
+        def done(_n: int, _count: int, r: dict[str, Any]) -> None:
+            outcome = {"ok": True, "domid": r["domid"]} if r["ok"] else \
+                {"ok": False, "error": r["error"]}
+            records.append(self.hist.record("create", host=r["host"], **outcome,
+                                            took_s=round(r["latency_s"], 3), **facts[r["name"]]))
+
+        try:
+            self.cluster.create_many(cfg, len(members), name=members[0].group,
+                                     parallel=CREATE_PARALLEL, progress=done)
+        except Exception as e:  # none was created (no host to place them on)
+            return [self.hist.record("create", ok=False, error=str(e), host=None, **f)
+                    for f in facts.values()]
+        return records
 
     def _workload(self) -> None:
         self._t0 = t0 = self.hist.record("workload")["t"]
@@ -270,13 +330,11 @@ class Runner:
                     offsets[d.name] = guest_clock_offset(self.cluster, d.name, self.hist.now)
                 except Exception as e:
                     self.hist.record("clock", domain=d.name, error=str(e))
-        for d in self.scenario.domains:
-            try:
-                if self.cluster.find(d.name) is not None:
-                    self.cluster.destroy(d.name)
-                    self.hist.record("destroy", domain=d.name, ok=True)
-            except Exception as e:
-                self.hist.record("destroy", domain=d.name, ok=False, error=str(e))
+        self._census()
+        with concurrent.futures.ThreadPoolExecutor(CREATE_PARALLEL) as pool:
+            list(pool.map(self._destroy, self.scenario.domains))
+        if self._weighs:
+            self._memory_after()
         for link in self.scenario.links:
             try:
                 self.cluster.set_link(link.a, link.b, both_ways=not link.one_way)
@@ -297,6 +355,54 @@ class Runner:
         for name, lines in self.sampler.lines.items():
             (consoles / f"{name}.log").write_text("".join(f"{line}\n" for line in lines))
         return {**observations, "consoles": self.sampler.lines, "clock_offsets": offsets}
+
+    def _destroy(self, d: Domain) -> None:
+        try:
+            if self.cluster.find(d.name) is not None:
+                self.cluster.destroy(d.name)
+                self.hist.record("destroy", domain=d.name, ok=True)
+        except Exception as e:
+            self.hist.record("destroy", domain=d.name, ok=False, error=str(e))
+
+    def _census(self) -> None:
+        """``xl list``'s State of each of the run's domains still there at the end."""
+        errors: dict[str, str] = {}
+        try:
+            rows = self.cluster.list(errors)
+        except Exception as e:  # the registry: judged as every host not listed
+            rows, errors["cluster"] = [], f"the list failed: {e!r}"
+        names = {d.name for d in self.scenario.domains}
+        self.hist.record("census", errors=errors, states={
+            r["name"]: r["state"] for r in rows if r["name"] in names})
+
+    def _free_pages(self) -> dict[str, Any]:
+        """Each host's free memory, in pages, as its hypervisor counts it (``free_pages``
+        of its statistics: Xen's ``xl info`` free_memory), and the hosts that did not
+        answer."""
+        errors: dict[str, str] = {}
+        found = self.cluster._each_host(
+            lambda host: (host, self.cluster._call(host, "hypervisor", "statistics")
+                          ["free_pages"]), errors)
+        return {"free_pages": dict(found), "errors": errors}
+
+    def _memory_after(self) -> None:
+        """Each host's free memory once every domain is destroyed: read again until it is
+        what it was before the run, for at most :data:`MEMORY_SETTLE_S` (a zombie's pages
+        come back when its last grant is unmapped)."""
+        before = next((e["free_pages"] for e in h.of(self.hist.events, "memory")), None)
+        if before is None:
+            return  # the run stopped before it was read
+        deadline = time.monotonic() + MEMORY_SETTLE_S
+        while True:
+            try:
+                now = self._free_pages()
+            except Exception as e:  # the registry: judged as no host read
+                now = {"free_pages": {}, "errors": {"cluster": f"not read: {e!r}"}}
+            back = all(before.get(host) == n for host, n in now["free_pages"].items())
+            if back or time.monotonic() > deadline:
+                break
+            time.sleep(1 / SAMPLE_HZ)
+        self.hist.record("memory", phase="after", **now)
 
     def _judge(self, observations: dict[str, Any]) -> dict[str, Any]:
         events = self.hist.events

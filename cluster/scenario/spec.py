@@ -9,12 +9,21 @@ and the field (``blk.toml: fault[1].at: 40 is past the duration (30 s)``), raise
 
 Times (``duration``, ``at``, ``for``, ``every``) are seconds counted from the moment every
 domain of the scenario is up (the workload's start).
+
+A ``[[domain]]`` with ``count = N`` declares a group of N domains, ``<name>-1`` ...
+``<name>-N``, each with a fresh image of its own if it has one; an op (or a checker's list of
+domains) that names the group means every member. A config may hold ``${i}`` (the member's
+number) and ``${duration}`` (the run's seconds, after ``--scale``), each optionally times a
+factor and plus or minus a number, rounded to an integer: ``ip=10.0.1.${i}``,
+``seconds=${duration*0.9-6}``. So one file serves a run of any size and length:
+``parse(..., domains=0.1)`` keeps a tenth of each group (at least one).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import pathlib
+import re
 import tomllib
 from typing import Any
 
@@ -28,6 +37,7 @@ from protocols.blkif import parse_size
 
 LIBRARY = pathlib.Path(__file__).parent / "library"
 OP_KINDS = ("create", "destroy", "migrate", "pause", "unpause", "reboot", "shutdown")
+MAX_COUNT = 1000  # domains in one [[domain]] entry
 INSTANT_KINDS = ("crash",)  # faults with nothing to heal: no `for`
 BETWEEN_HOSTS = ("partition", "link")  # faults whose params name hosts, with no target
 
@@ -54,14 +64,47 @@ class Link:
     one_way: bool = False
 
 
+_VARIABLE = re.compile(r"\$\{([^}]*)\}")
+_EXPRESSION = re.compile(r"\s*(i|duration)\s*(?:\*\s*(\d+(?:\.\d*)?))?"
+                         r"\s*(?:([+-])\s*(\d+(?:\.\d*)?))?\s*")
+
+
+def render(template: str, number: int, duration: float) -> str:
+    """``template`` with each ``${VAR[*FACTOR][+-NUMBER]}`` replaced by its value, rounded:
+    ``i`` is ``number``, ``duration`` the run's seconds. ValueError for a bad one, or a value
+    below 0 (a run too short for what the config asks)."""
+    def value(m: re.Match) -> str:
+        e = _EXPRESSION.fullmatch(m.group(1))
+        if e is None:
+            raise ValueError(f"${{{m.group(1)}}}: want ${{i}} or ${{duration}}, optionally "
+                             f"*FACTOR and +NUMBER or -NUMBER")
+        var, factor, sign, term = e.groups()
+        x = (number if var == "i" else duration) * float(factor or 1)
+        x += float(term or 0) * (-1 if sign == "-" else 1)
+        if x < 0:
+            raise ValueError(f"${{{m.group(1)}}} is {x:g} (below 0) in a run of {duration:g} s")
+        return str(round(x))
+
+    return _VARIABLE.sub(value, template)
+
+
 @dataclasses.dataclass(frozen=True)
 class Domain:
-    """A domain of the scenario: created at the start, or by a ``create`` op that names it."""
+    """A domain of the scenario: created at the start, or by a ``create`` op that names it
+    (or its group)."""
 
     name: str
-    host: str
-    config_text: str  # the xl.cfg text, with the scenario's name (and image) appended
+    host: str | None  # None: "auto", where the cluster places it when it is created
+    template: str  # the xl.cfg text as written, its ${...} not filled in
+    duration: float  # the run's, for ${duration}
     image_bytes: int | None = None  # a fresh sparse raw image of this size, as xvda
+    group: str = ""  # the [[domain]] it is one of: its own name, or N members' (<group>-<i>)
+    number: int = 1  # ${i}: which member of its group
+
+    @property
+    def config_text(self) -> str:
+        """The xl.cfg text, filled in, with the scenario's name appended."""
+        return f'{render(self.template, self.number, self.duration)}\nname = "{self.name}"\n'
 
     def config(self, image: str | None = None) -> DomainConfig:
         """The parsed config; ``image``: the path of its fresh image, attached as xvda."""
@@ -136,16 +179,32 @@ class Scenario:
     def domain(self, name: str) -> Domain:
         return next(d for d in self.domains if d.name == name)
 
+    def groups(self) -> dict[str, list[Domain]]:
+        """Each ``[[domain]]`` entry's domains, by the entry's name, in the file's order."""
+        out: dict[str, list[Domain]] = {}
+        for d in self.domains:
+            out.setdefault(d.group, []).append(d)
+        return out
+
     def scaled(self, factor: float) -> Scenario:
-        """The same run with every time multiplied by ``factor`` (a shortened run)."""
+        """The same run with every time multiplied by ``factor`` (a shortened run), the
+        configs' ``${duration}`` included."""
         if factor <= 0:
             raise ScenarioError(f"{self.source}: scale: {factor:g} must be above 0")
 
         def s(x: float | None) -> float | None:
             return None if x is None else x * factor
 
+        domains = tuple(dataclasses.replace(d, duration=d.duration * factor)
+                        for d in self.domains)
+        for d in domains:
+            try:
+                d.config()
+            except (ValueError, XlCfgError) as e:
+                raise ScenarioError(f"{self.source}: scale: {factor:g}: domain {d.name}: "
+                                    f"{e}") from None
         return dataclasses.replace(
-            self, duration=self.duration * factor,
+            self, duration=self.duration * factor, domains=domains,
             ops=tuple(dataclasses.replace(o, at=o.at * factor) for o in self.ops),
             faults=tuple(dataclasses.replace(f, at=f.at * factor, lasts=s(f.lasts),
                                              every=s(f.every)) for f in self.faults))
@@ -174,30 +233,33 @@ def resolve(name_or_path: str | pathlib.Path) -> pathlib.Path:
                         f"library ({', '.join(names)})")
 
 
-def load(name_or_path: str | pathlib.Path) -> Scenario:
+def load(name_or_path: str | pathlib.Path, *, domains: float = 1.0) -> Scenario:
     path = resolve(name_or_path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise ScenarioError(f"{path}: cannot read it: {e}") from None
-    return parse(text, source=str(path), base=path.parent)
+    return parse(text, source=str(path), base=path.parent, domains=domains)
 
 
-def parse(text: str, *, source: str = "<string>",
-          base: pathlib.Path | None = None) -> Scenario:
-    """A checked :class:`Scenario` from TOML text; ``base``: where ``path =`` is relative to."""
+def parse(text: str, *, source: str = "<string>", base: pathlib.Path | None = None,
+          domains: float = 1.0) -> Scenario:
+    """A checked :class:`Scenario` from TOML text; ``base``: where ``path =`` is relative to;
+    ``domains``: each group's ``count`` is multiplied by it (rounded, at least 1)."""
+    if domains <= 0:
+        raise ScenarioError(f"{source}: domains: {domains:g} must be above 0")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{source}: not valid TOML: {e}") from None
-    return _Reader(source, base or pathlib.Path.cwd()).scenario(data)
+    return _Reader(source, base or pathlib.Path.cwd(), domains).scenario(data)
 
 
 class _Reader:
     """Typed fields out of the parsed TOML, each error naming its field."""
 
-    def __init__(self, source: str, base: pathlib.Path) -> None:
-        self.source, self.base = source, base
+    def __init__(self, source: str, base: pathlib.Path, sizing: float = 1.0) -> None:
+        self.source, self.base, self.sizing = source, base, sizing
 
     def error(self, field: str, message: str) -> ScenarioError:
         return ScenarioError(f"{self.source}: {field}: {message}")
@@ -246,25 +308,34 @@ class _Reader:
             raise self.error("seed", f"{seed!r} is not an integer")
         duration = self.number(top["duration"], "duration", positive=True)
         hosts = self.hosts(top["hosts"])
-        domains = tuple(self.domain(d, i, hosts) for i, d in enumerate(self.tables(top, "domain")))
-        names = [d.name for d in domains]
-        for i, name in enumerate(names):
-            if name in names[:i]:
-                raise self.error(f"domain[{i}].name", f"{name!r} is used twice")
+        domains: list[Domain] = []
+        groups: dict[str, list[str]] = {}  # each entry's name -> its domains' names
+        for i, entry in enumerate(self.tables(top, "domain")):
+            members = self.domain(entry, i, hosts, duration, len(domains))
+            taken = {d.name for d in domains} | set(groups)
+            clash = next((n for n in (members[0].group, *(m.name for m in members))
+                          if n in taken), None)
+            if clash:
+                raise self.error(f"domain[{i}].name", f"{clash!r} is used twice")
+            groups[members[0].group] = [m.name for m in members]
+            domains += members
         links = tuple(self.link(x, i, hosts) for i, x in enumerate(self.tables(top, "link")))
-        ops = tuple(self.op(x, i, hosts, names, duration)
-                    for i, x in enumerate(self.tables(top, "op")))
-        created = [op.domain for op in ops if op.kind == "create"]
-        for i, op in enumerate(ops):
-            if op.kind == "create" and created.count(op.domain) > 1:
-                raise self.error(f"op[{i}].domain", f"{op.domain!r} is created by two ops")
-        faults = tuple(self.fault(x, i, hosts, names, duration)
+        ops: list[Op] = []
+        created: set[str] = set()
+        for i, x in enumerate(self.tables(top, "op")):
+            for op in self.op(x, i, hosts, groups, duration):
+                if op.kind == "create" and op.domain in created:
+                    raise self.error(f"op[{i}].domain", f"{op.domain!r} is created by two ops")
+                if op.kind == "create":
+                    created.add(op.domain)
+                ops.append(op)
+        faults = tuple(self.fault(x, i, hosts, groups, duration)
                        for i, x in enumerate(self.tables(top, "fault")))
-        checks = tuple(self.check(x, i, names) for i, x in enumerate(self.tables(top, "check")))
+        checks = tuple(self.check(x, i, groups) for i, x in enumerate(self.tables(top, "check")))
         return Scenario(name=self.string(top["name"], "name"), seed=seed, duration=duration,
-                        hosts=hosts, domains=domains, links=links, ops=ops, faults=faults,
-                        checks=checks, description=str(top.get("description", "")),
-                        source=self.source)
+                        hosts=hosts, domains=tuple(domains), links=links, ops=tuple(ops),
+                        faults=faults, checks=checks,
+                        description=str(top.get("description", "")), source=self.source)
 
     def hosts(self, data: Any) -> Hosts:
         t = self.table(data, "hosts", {"count", "names", "memory_mib", "cpus"})
@@ -310,11 +381,32 @@ class _Reader:
             raise self.error(f, str(e)) from None
         return Link(a, b, **shape, one_way=bool(t.get("one_way", False)))
 
-    def domain(self, data: Any, i: int, hosts: Hosts) -> Domain:
+    def placement(self, value: Any, field: str, hosts: Hosts) -> list[str | None] | None:
+        """A ``host``: one, a list to spread a group over, ``"auto"`` ([None]: the cluster
+        places each), or absent (None: the file's domains in turn over every host)."""
+        if value is None:
+            return None
+        if value == "auto":
+            return [None]
+        if isinstance(value, list) and value:
+            return [self.host(h, f"{field}[{k}]", hosts) for k, h in enumerate(value)]
+        return [self.host(value, field, hosts)]
+
+    def domain(self, data: Any, i: int, hosts: Hosts, duration: float,
+               position: int) -> list[Domain]:
+        """An entry's domains: itself, or its ``count`` members; ``position``: how many
+        domains the entries before it declared (where the default placement goes on)."""
         f = f"domain[{i}]"
-        t = self.table(data, f, {"name", "host", "config", "path", "image"}, {"name"})
+        t = self.table(data, f, {"name", "count", "host", "config", "path", "image"}, {"name"})
         name = self.string(t["name"], f"{f}.name")
-        host = self.host(t.get("host", hosts.names[i % len(hosts.names)]), f"{f}.host", hosts)
+        count = t.get("count")
+        if count is not None:
+            if isinstance(count, bool) or not isinstance(count, int) or \
+                    not 1 <= count <= MAX_COUNT:
+                raise self.error(f"{f}.count", f"{count!r} is not a number of domains "
+                                               f"(1..{MAX_COUNT})")
+            count = max(1, round(count * self.sizing))
+        placement = self.placement(t.get("host"), f"{f}.host", hosts)
         if ("config" in t) == ("path" in t):
             raise self.error(f, "give either config (inline xl.cfg) or path")
         if "path" in t:
@@ -325,28 +417,46 @@ class _Reader:
                 raise self.error(f"{f}.path", f"cannot read {path}: {e}") from None
         else:
             text = self.string(t["config"], f"{f}.config")
-        domain = Domain(name, host, f'{text}\nname = "{name}"\n')
-        try:
-            cfg = domain.config()
-        except XlCfgError as e:
-            raise self.error(f"{f}.{'path' if 'path' in t else 'config'}", str(e)) from None
+        size = None
         if "image" in t:
-            if cfg.disk:
-                raise self.error(f"{f}.image", "the config has disks of its own")
             try:
                 size = parse_size(self.string(t["image"], f"{f}.image"))
             except ValueError as e:
                 raise self.error(f"{f}.image", str(e)) from None
-            domain = dataclasses.replace(domain, image_bytes=size)
-        return domain
+        members = []
+        for k in range(1, (count or 1) + 1):
+            host = hosts.names[(position + k - 1) % len(hosts.names)] if placement is None \
+                else placement[(k - 1) % len(placement)]
+            member = Domain(name if count is None else f"{name}-{k}", host, text, duration,
+                            size, group=name, number=k)
+            try:
+                cfg = member.config()
+            except (XlCfgError, ValueError) as e:
+                raise self.error(f"{f}.{'path' if 'path' in t else 'config'}", str(e)) from None
+            if size is not None and cfg.disk:
+                raise self.error(f"{f}.image", "the config has disks of its own")
+            members.append(member)
+        return members
 
-    def op(self, data: Any, i: int, hosts: Hosts, names: list[str], duration: float) -> Op:
+    def named(self, value: Any, field: str, groups: dict[str, list[str]]) -> list[str]:
+        """The domains ``value`` names: a domain, or every domain of a group."""
+        if isinstance(value, str):
+            if value in groups:
+                return groups[value]
+            if any(value in members for members in groups.values()):
+                return [value]
+        raise self.error(field, f"{value!r} is not a domain of the scenario, nor a group; "
+                                f"they are {', '.join(groups)}")
+
+    def op(self, data: Any, i: int, hosts: Hosts, groups: dict[str, list[str]],
+           duration: float) -> list[Op]:
+        """The op, once for each domain it names (every domain of a group)."""
         f = f"op[{i}]"
         t = self.table(data, f, {"kind", "at", "domain", "args", "may_fail"},
                        {"kind", "at", "domain"})
         kind = self.choice(t["kind"], f"{f}.kind", OP_KINDS)
         at = self.at(t["at"], f"{f}.at", duration)
-        domain = self.choice(t["domain"], f"{f}.domain", tuple(names))
+        domains = self.named(t["domain"], f"{f}.domain", groups)
         args = self.table(t.get("args", {}), f"{f}.args",
                           {"host", "live", "debug", "max_iters", "dirty_threshold", "policy"}
                           if kind == "migrate" else set())
@@ -354,7 +464,7 @@ class _Reader:
             if "host" not in args:
                 raise self.error(f"{f}.args.host", "is required (where to migrate to)")
             self.host(args["host"], f"{f}.args.host", hosts)
-        return Op(kind, at, domain, dict(args), bool(t.get("may_fail", False)))
+        return [Op(kind, at, d, dict(args), bool(t.get("may_fail", False))) for d in domains]
 
     def at(self, value: Any, field: str, duration: float) -> float:
         at = self.number(value, field)
@@ -362,7 +472,7 @@ class _Reader:
             raise self.error(field, f"{value!r} is past the duration ({duration:g} s)")
         return at
 
-    def fault(self, data: Any, i: int, hosts: Hosts, names: list[str],
+    def fault(self, data: Any, i: int, hosts: Hosts, groups: dict[str, list[str]],
               duration: float) -> Fault:
         f = f"fault[{i}]"
         t = self.table(data, f, {"kind", "target", "at", "for", "every", "params"},
@@ -386,8 +496,9 @@ class _Reader:
                 raise self.error(f"{f}.target", str(e)) from None
             if "host" in target:
                 self.host(target["host"], f"{f}.target.host", hosts)
-            if "name" in target:
-                self.choice(target["name"], f"{f}.target.name", tuple(names))
+            if "name" in target and self.named(target["name"], f"{f}.target.name",
+                                               groups) != [target["name"]]:
+                raise self.error(f"{f}.target.name", "a fault names one domain, not a group")
         at = self.at(t["at"], f"{f}.at", duration)
         lasts = self.number(t["for"], f"{f}.for", positive=True) if "for" in t else None
         every = self.number(t["every"], f"{f}.every", positive=True) if "every" in t else None
@@ -416,7 +527,7 @@ class _Reader:
         except ValueError as e:
             raise self.error(f"{field}.groups", str(e)) from None
 
-    def check(self, data: Any, i: int, names: list[str]) -> Check:
+    def check(self, data: Any, i: int, groups: dict[str, list[str]]) -> Check:
         f = f"check[{i}]"
         t = self.table(data, f, {"kind", "params"}, {"kind"})
         kind = self.choice(t["kind"], f"{f}.kind", tuple(CHECKERS))
@@ -427,8 +538,7 @@ class _Reader:
             if isinstance(defaults[key], list):
                 if not isinstance(value, list):
                     raise self.error(field, f"{value!r} is not a list of domain names")
-                for name in value:
-                    self.choice(name, field, tuple(names))
+                params[key] = [d for name in value for d in self.named(name, field, groups)]
             elif isinstance(value, bool) or not isinstance(value, int | float):
                 raise self.error(field, f"{value!r} is not a number")
             elif value < 0:

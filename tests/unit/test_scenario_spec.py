@@ -154,7 +154,7 @@ def test_a_domain_config_path_is_relative_to_the_scenario(tmp_path):
 
 def test_every_library_scenario_reads():
     names = spec.library_names()
-    assert len(names) == 7
+    assert len(names) == 8
     for name in names:
         s = spec.load(name)
         assert s.name == name and s.checks, name
