@@ -35,6 +35,7 @@ from protocols.pv_layout import PFN_CONSOLE, PFN_FIRST_FREE, PFN_START_INFO
 from protocols.xenstore.paths import (INIT_STATUS, RELEASE_DOMAIN, backend_path, domain_path,
                                       frontend_path, libxl_device_path, libxl_path, pool_path,
                                       vm_path)
+from protocols.xenstore.wire import XsType
 
 XEN_LEGACY_MAX_VCPUS = 32  # vcpu_info slots in the shared-info page (xen.h)
 HOTPLUG_TIMEOUT_S = 40.0  # LIBXL_HOTPLUG_TIMEOUT
@@ -196,37 +197,43 @@ def write_xenstore(xs: Any, domid: int, dom_uuid: str, name: str, cfg: DomainCon
         }
         for vcpu in range(cfg.maxvcpus):
             nodes[f"{dom}/cpu/{vcpu}/availability"] = "online" if vcpu < cfg.vcpus else "offline"
+        ops: list[tuple[XsType, tuple[Any, ...]]] = []
         for path in (dom, f"{dom}/cpu", f"{dom}/memory", f"{dom}/control", f"{dom}/device",
                      f"{dom}/console", vm):  # libxl__xs_mknod first: the keys inherit these
-            xs.write(path, "", tx_id=t)
-            xs.set_perms(path, dom0_owns, tx_id=t)
-        for path, value in nodes.items():
-            xs.write(path, value, tx_id=t)
-        xs.set_perms(libxl_path(domid), ["n0"], tx_id=t)
+            ops += [_write(path, ""), _perms(path, dom0_owns)]
+        ops += [_write(path, value) for path, value in nodes.items()]
+        ops.append(_perms(libxl_path(domid), ["n0"]))
         for leaf in ("control/shutdown", "control/feature-poweroff", "control/feature-reboot",
                      "control/feature-suspend", "control/sysrq", "data"):
-            xs.write(f"{dom}/{leaf}", "", tx_id=t)
-            xs.set_perms(f"{dom}/{leaf}", guest_owns, tx_id=t)
+            ops += [_write(f"{dom}/{leaf}", ""), _perms(f"{dom}/{leaf}", guest_owns)]
         for dtype, dev in devices_of(cfg):
-            add_device(xs, t, domid, dtype, dev)
+            ops += device_ops(domid, dtype, dev)
+        xs.pipeline(ops, tx_id=t)  # one round trip: xenstored serves them in order
 
     xs.transact(body)
 
 
-def add_device(xs: Any, t: int, domid: int, dtype: DeviceType, dev: Any) -> None:
-    """``libxl__device_generic_add`` (reference 10): both directories, each side owning its
-    own and the other allowed to read it, and libxl's own record of the pair."""
+def _write(path: str, value: str) -> tuple[XsType, tuple[Any, ...]]:
+    return XsType.WRITE, (path, value.encode())
+
+
+def _perms(path: str, perms: list[str]) -> tuple[XsType, tuple[Any, ...]]:
+    return XsType.SET_PERMS, (path, tuple(perms))
+
+
+def device_ops(domid: int, dtype: DeviceType, dev: Any) -> list[tuple[XsType, tuple[Any, ...]]]:
+    """``libxl__device_generic_add`` (reference 10), as xenstore requests: both
+    directories, each side owning its own and the other allowed to read it, and libxl's own
+    record of the pair."""
     fe, be = frontend_path(dtype.kind, domid, dev.devid), backend_path(dtype.kind, domid,
                                                                        dev.devid)
+    ops = []
     for base, keys, perms in ((be, dtype.backend_keys(domid, dev), ["n0", f"r{domid}"]),
                               (fe, dtype.frontend_keys(domid, dev), [f"n{domid}", "r0"])):
-        xs.write(base, "", tx_id=t)
-        xs.set_perms(base, perms, tx_id=t)  # first: the keys inherit these permissions
-        for key, value in keys.items():
-            xs.write(f"{base}/{key}", value, tx_id=t)
+        ops += [_write(base, ""), _perms(base, perms)]  # first: the keys inherit these
+        ops += [_write(f"{base}/{key}", value) for key, value in keys.items()]
     libxl = libxl_device_path(domid, dtype.kind, dev.devid)
-    xs.write(f"{libxl}/frontend", fe, tx_id=t)
-    xs.write(f"{libxl}/backend", be, tx_id=t)
+    return ops + [_write(f"{libxl}/frontend", fe), _write(f"{libxl}/backend", be)]
 
 
 def wait_backends(xs: Any, domid: int, cfg: DomainConfig,

@@ -63,6 +63,26 @@ class XsClient:
             raise XenError(Errno.EIO, f"no reply to xenstore request {req_id}")
         return parse_reply(answer)
 
+    def pipeline(self, requests: list[tuple[XsType, tuple[Any, ...]]],
+                 tx_id: int = 0) -> list[Any]:
+        """Several requests in one round trip, as a client writes them one after another on
+        its socket or ring before it reads the replies (each is its own xs_wire message,
+        served in order). The replies in order; the first error is raised, after xenstored
+        has served them all."""
+        ids = [next(self._req_ids) & 0xFFFFFFFF for _ in requests]
+        data = self._call(b"".join(make_request(type_, *args, req_id=req_id, tx_id=tx_id).pack()
+                                   for (type_, args), req_id in zip(requests, ids)))
+        replies: dict[int, Any] = {}
+        for reply in XsDecoder().feed(data):
+            if reply.type == XsType.WATCH_EVENT:
+                self._dispatch(reply)
+            elif reply.req_id in ids:
+                replies.setdefault(reply.req_id, reply)
+        missing = [req_id for req_id in ids if req_id not in replies]
+        if missing:
+            raise XenError(Errno.EIO, f"no reply to xenstore request {missing[0]}")
+        return [parse_reply(replies[req_id]) for req_id in ids]
+
     def _call(self, request: bytes) -> bytes:
         """One round trip; while xenstored is gone, the same bytes again until it answers."""
         deadline = None

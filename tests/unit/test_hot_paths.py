@@ -51,6 +51,7 @@ from protocols.pv_layout import GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES, PFN_FIRST_FR
 from protocols.xenstore.paths import backend_path, domain_path, frontend_path, is_child
 from protocols.xenstore.perms import Conn
 from protocols.xenstore.watches import MATCH_SUBTREE, Watch, WatchTable
+from protocols.xenstore.wire import XsType
 from tests.inprocess import HOST, InProcessHost, domain_endpoint
 
 SMALL, LARGE = 50, 400
@@ -157,6 +158,13 @@ class StoreClient:
 
     def set_perms(self, path: str, perms: list[str], tx_id: int = 0) -> None:
         self.server.store.set_perms(TOOLSTACK, tx_id, path, perms)
+
+    def pipeline(self, requests: list, tx_id: int = 0) -> None:
+        for type_, args in requests:
+            if type_ is XsType.WRITE:
+                self.server.store.write(TOOLSTACK, tx_id, args[0], args[1])
+            else:
+                self.server.store.set_perms(TOOLSTACK, tx_id, args[0], list(args[1]))
 
     def transact(self, body: Callable[[int], None]) -> None:
         """One try: nothing else runs meanwhile (the watch events it fires go out with

@@ -14,7 +14,7 @@ import dpkt
 import pytest
 
 from actors.domain.netdev import NetDevices
-from actors.toolstack.builder import add_device
+from actors.toolstack.builder import device_ops
 from actors.toolstack.devices import VIF
 from actors.xenbus.frontend import PagePool
 from cluster.xlcfg.vif import parse_vif_spec
@@ -157,7 +157,8 @@ class Guest:
             self.xs0.set_perms(dom, ["n0", f"r{self.domid}"], tx_id=t)
             for devid, (mac, ip) in enumerate(vifs):
                 spec = f"mac={mac}" + (f",ip={ip}" if ip else "")
-                add_device(self.xs0, t, self.domid, VIF, parse_vif_spec(spec, devid))
+                self.xs0.pipeline(device_ops(self.domid, VIF, parse_vif_spec(spec, devid)),
+                                  tx_id=t)
 
         self.xs0.transact(body)
         self.host.introduce(self.domid, secret)
