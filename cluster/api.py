@@ -448,6 +448,13 @@ class Cluster:
         self._check_host(host)
         return self._call(host, "xl", "restore", path, paused, timeout=MIGRATE_TIMEOUT_S)
 
+    def domain_statistics(self, name: str) -> dict[str, Any]:
+        """What the domain's kernel counts (its devices' requests, its clock), from the
+        process that runs its vCPUs (wherever the host's pool placed it)."""
+        host = self._where(name)
+        endpoint = self._call(host, "xl", "endpoint", name)
+        return self._call(host, endpoint.partition("/")[2], "statistics")
+
     def console(self, name: str, lines: int = 20, *, host: str | None = None) -> list[str]:
         """The last ``lines`` lines the domain wrote on its console; on ``host`` if given
         (the log of a domain that ran there before it migrated), else where it runs."""

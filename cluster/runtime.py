@@ -13,7 +13,9 @@ we tear down only the nodes we started.
 from __future__ import annotations
 
 import os
+import pathlib
 import shutil
+import signal
 import tempfile
 from typing import Any
 
@@ -21,6 +23,8 @@ from actors.transport.naming import (HOST_LABEL, LOOPBACK, NAMESPACE, host_resou
                                      ray_environment)
 
 # Detect a dead host in ~2 s instead of ~14 s (ray-notes.md, test settings).
+HEAD_TRIES = 2  # a head that timed out at start-up is started once more
+
 FAST_HEALTH_CHECKS = {
     "health_check_initial_delay_ms": 0,
     "health_check_period_ms": 500,
@@ -51,7 +55,7 @@ class EmbeddedRay:
             head_args["_system_config"] = FAST_HEALTH_CHECKS
         self._ray = None
         try:
-            self._ray = RayCluster(initialize_head=True, head_node_args=head_args)
+            self._ray = self._start_head(RayCluster, head_args)
             self.nodes: dict[str, Any] = {}
             for name, size in hosts.items():
                 self.add_host(name, cpus=size["cpus"])
@@ -59,6 +63,22 @@ class EmbeddedRay:
             self.shutdown()  # the head and the nodes started so far, and the temp dir
             raise
         self.address = self._ray.address
+
+    def _start_head(self, ray_cluster: Any, head_args: dict[str, Any]) -> Any:
+        """The head node. Ray gives its raylet a fixed 30 s to register with the GCS
+        (``ray/_private/node.py``), which a machine under a load of 20 or more can miss: a
+        head that timed out is killed (every process under this run's temp dir) and
+        started once more."""
+        for attempt in range(HEAD_TRIES):
+            try:
+                return ray_cluster(initialize_head=True, head_node_args=head_args)
+            except Exception as e:
+                if "timed out during startup" not in str(e) or attempt + 1 == HEAD_TRIES:
+                    raise
+                _kill_processes_under(self._tmpdir)
+                shutil.rmtree(head_args["temp_dir"], ignore_errors=True)
+                os.makedirs(head_args["temp_dir"])
+        raise AssertionError("unreachable")
 
     def add_host(self, name: str, *, cpus: int) -> None:
         self.nodes[name] = self._ray.add_node(
@@ -79,8 +99,23 @@ class EmbeddedRay:
             RayTransport.forget_all()
             if self._ray is not None:
                 self._ray.shutdown()
+            else:  # its head failed to start: what it started has no owner to stop it
+                _kill_processes_under(self._tmpdir)
         finally:
             shutil.rmtree(self._tmpdir, ignore_errors=True)
+
+
+def _kill_processes_under(directory: str) -> None:
+    """SIGKILL every process whose command line names ``directory`` (a Ray node started
+    there: its GCS, raylet and agents all take their log or session directory in it)."""
+    for proc in pathlib.Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if directory.encode() in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            pass  # gone meanwhile, or not ours to read
 
 
 def connect(address: str) -> None:

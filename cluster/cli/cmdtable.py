@@ -131,6 +131,8 @@ COMMANDS: tuple[CommandSpec, ...] = (
                           "(default runs/NAME-TIME)"),
                  arg("--scale", type=float, default=None,
                      help="multiply every time in the scenario by this (0.5: half as long)"),
+                 arg("--domains", type=float, default=None,
+                     help="multiply each group's count by this (0.1: a tenth, at least 1)"),
                  arg("--running", action="store_true",
                      help="on the cluster `xenray up` runs, not an embedded one"))),
     CommandSpec("fuzz", f"{L}:cmd_fuzz",

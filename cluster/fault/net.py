@@ -158,11 +158,11 @@ def guest_clock_offset(cluster: Cluster, name: str, clock: Callable[[], float] =
     if found is None:
         raise DomainNotFound(name)
     host = found[0]
-    component = cluster._call(host, "xl", "endpoint", name).partition("/")[2]
+    process = cluster._call(host, "xl", "endpoint", name).partition("/")[2]
     best = None
     for _ in range(tries):
         before = clock()
-        guest = cluster._call(host, component, "statistics")["clock"]
+        guest = cluster._call(host, process, "statistics")["clock"]
         after = clock()
         if best is None or after - before < 2 * best[1]:
             best = ((before + after) / 2 - guest, (after - before) / 2)

@@ -65,8 +65,7 @@ def test_killing_blkback_mid_stream_loses_no_acknowledged_write(xen, tmp_path):
         recovered = xen.wait_for(lambda: xen._transport.call(blkback, "statistics"), 30,
                                  "blkback's new incarnation")
         assert recovered["recovered"] >= 1  # the restarted blkback found the device again
-        host, domid = xen.find("streamer")
-        vbd = xen._transport.call(actor_name(host, f"dom{domid}"), "statistics")["vbd"]
+        vbd = xen.domain_statistics("streamer")["vbd"]
         assert vbd[51712]["reconnects"] >= 1  # blkfront reconnected on a new ring
     finally:
         xen.destroy("streamer")

@@ -4,6 +4,7 @@ processes, batch creation spread by free memory, and ``create --count`` as a use
 import json
 import os
 import pathlib
+import threading
 
 from actors.transport import launch
 from cluster.fault.processes import Process
@@ -86,3 +87,29 @@ def test_cli_create_count_shows_each_domain_and_a_summary(cluster_home, tmp_path
     finally:
         for i in (1, 2, 3):
             cli(cluster_home, "destroy", f"burst-{i}")
+
+
+def thread_wakeups(pid):
+    """``{tid: voluntary context switches}`` of the threads named as the process's main
+    thread, the main thread left out: the Python threads (Ray's own C++ threads name
+    themselves, and the main thread is Ray's, which checks for signals every 10 ms)."""
+    task = pathlib.Path(f"/proc/{pid}/task")
+    main = (task / str(pid) / "comm").read_text()
+    out = {}
+    for t in task.iterdir():
+        if t.name != str(pid) and (t / "comm").read_text() == main:
+            status = (t / "status").read_text()
+            out[t.name] = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+    return out
+
+
+def test_an_idle_domain_s_own_threads_sleep(xen, domains):
+    """No xenray thread of an idle guest wakes on a timer: over 5 s of a domain that runs
+    ``idle``, its Python threads are woken at most once in all (a timer of 1 s would be 5)."""
+    made = domains(IDLE.format(name="sleeper1"), "h1")
+    before = thread_wakeups(made["pid"])
+    assert before, "the domain has Python threads (its kernel's and the pipe's)"
+    threading.Event().wait(5.0)  # the measurement window itself, not a wait for something
+    after = thread_wakeups(made["pid"])
+    woken = sum(after[t] - before[t] for t in before if t in after)
+    assert woken <= 1, f"the idle domain's threads woke {woken} times in 5 s"
