@@ -43,6 +43,7 @@ from protocols.page import PAGES_PER_MIB
 CALL_TIMEOUT_S = 30.0  # a host that takes longer than this to answer is reported unreachable
 CREATE_TIMEOUT_S = 300.0  # create waits for the backends (40 s) and the init (30 s) itself
 AUTO = "auto"  # create --host auto: placed by free memory
+BOOT_PARALLEL = 4  # hosts booted at once
 MIGRATE_TIMEOUT_S = 1800.0  # a save or migration of a large, busy domain takes long
 
 
@@ -132,7 +133,10 @@ class Cluster:
         missing = [spec for name, spec in self.specs.items() if not self._answers(name, "xl")]
         for spec in missing:
             self._progress(f"booting host {spec.name}: hypervisor, Dom0, Dom0's daemons")
-        with concurrent.futures.ThreadPoolExecutor(max(1, len(missing))) as pool:  # at once
+        # a few at once: sixteen hosts booting together (each starting seven processes and
+        # its pool) kept 2 cores at a load of 50, and Ray declared busy nodes dead
+        with concurrent.futures.ThreadPoolExecutor(max(1, min(BOOT_PARALLEL,
+                                                              len(missing)))) as pool:
             futures = {pool.submit(self._boot, spec): spec.name for spec in missing}
         failed = [f.exception() for f in futures if f.exception() is not None]
         self._booted += [name for f, name in futures.items() if f.exception() is None]
