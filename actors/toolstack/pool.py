@@ -31,7 +31,9 @@ from actors.transport.raycall import RayTransport
 START_TIMEOUT_S = 60.0
 RETRY_S = 1.0  # after a start that failed
 WARM_PEERS = ("hypervisor", "xenstored")  # who calls a domain's process by its name
-PARALLEL_STARTS = 2  # processes started at once to top the pool up
+PARALLEL_STARTS = 1  # processes started at once to top the pool up: each takes a core for
+# about a second, and two at once on a 2-core machine stalled running guests long enough to
+# lose packets (CI, twice)
 
 
 class DomainPool:
@@ -129,7 +131,7 @@ class DomainPool:
 
     def _top_up(self) -> None:
         """Keep ``size`` processes idle or starting, at most :data:`PARALLEL_STARTS` at a
-        time (on a small machine a burst of starts would slow the creates they are for)."""
+        time (on a small machine a burst of starts would slow the guests already running)."""
         while True:
             with self._cv:
                 self._cv.wait_for(lambda: self._closed or (
