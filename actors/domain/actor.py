@@ -16,6 +16,7 @@ semantics").
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 import ray
@@ -76,16 +77,15 @@ class DomainActor(RayEndpoint, DomainShell):
 
     def __init__(self, host: str, component: str, log_dir: str | None = None) -> None:
         self.host, self.component, self.log_dir = host, component, log_dir
-        self.bound = False
+        self._binding = threading.Lock()  # held by the one bind that ever succeeds
         routes = RayTransport()  # the Ray routes a kernel needs, found while it waits
         for peer in ("hypervisor", "xenstored"):
             routes.prefetch(actor_name(host, peer))
 
     def on_bind(self, domid: int, secret: str, memory_path: str, resume: bool = False) -> int:
         """Become domain ``domid`` (once); the pid, which the toolstack hands over."""
-        if self.bound:
+        if not self._binding.acquire(blocking=False):  # atomic: the actor serves 8 calls
             raise XenError(Errno.EBUSY, f"{self.component} already runs a domain")
-        self.bound = True
         log = xlog.setup(host=self.host, component=f"dom{domid}",
                          log_dir=self.log_dir).bind(domid=domid)
         DomainShell.__init__(self, domid, host_clients(self.host, domid, secret,
