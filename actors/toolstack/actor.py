@@ -263,10 +263,14 @@ class ToolstackShell(MigrationShell, Endpoint):
             raise
         with self.lock:
             effects = self.core.finish(rec)
-            self.built.notify_all()
-        self._store_userdata(rec)
-        self._carry_out(effects)
-        self.reactions.put(None)  # a shutdown while it was being built was not acted on yet
+        try:  # the userdata and the name's confirm, before a shutdown reaction may destroy it
+            self._store_userdata(rec)
+            self._carry_out(effects)
+        finally:
+            with self.lock:
+                self.core.running(rec)
+                self.built.notify_all()
+            self.reactions.put(None)  # a shutdown while it was being built is acted on now
 
     def _reserve(self, rec: Record) -> None:
         """The name, cluster-wide, for this record's token; a stale holder is taken over."""

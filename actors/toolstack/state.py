@@ -190,10 +190,14 @@ class Toolstack:
         rec.steps_ms[step.name.lower()] = round(took_ms, 1)
 
     def finish(self, rec: Record) -> list[Effect]:
-        """Every step done: the domain runs; the registry learns its domid."""
-        rec.phase = Phase.RUNNING
+        """Every step done: the registry learns its domid. The record stays BUILDING until
+        ``running``, so a shutdown reaction cannot release the name before it is confirmed."""
         return [ConfirmName(rec.name, rec.domid, rec.token),
                 Note("domain created", {"domid": rec.domid, "name": rec.name})]
+
+    def running(self, rec: Record) -> None:
+        """The finish effects are carried out: the domain is no longer being built."""
+        rec.phase = Phase.RUNNING
 
     def abort(self, rec: Record) -> list[Effect]:
         """A step failed: forget the record and undo every step done, newest resources

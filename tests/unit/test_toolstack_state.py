@@ -38,6 +38,7 @@ def built(ts: Toolstack, name="d", domid=5, **kw):
     for step in ts.pending(rec):
         ts.step_done(rec, step, **learnt(step, domid))
     ts.finish(rec)
+    ts.running(rec)
     return rec
 
 
@@ -88,6 +89,8 @@ def test_libxl_create_finish_confirms_the_name_with_its_domid():
     for step in ts.pending(rec):
         ts.step_done(rec, step, **learnt(step, 9))
     assert effects_only(ts.finish(rec)) == [ConfirmName("d", 9, "t1")]
+    assert rec.phase is Phase.BUILDING, "until the confirm is carried out"
+    ts.running(rec)
     assert rec.phase is Phase.RUNNING and ts.names() == {"d": 9}
 
 
