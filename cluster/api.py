@@ -33,8 +33,8 @@ from actors.transport.naming import CLUSTER, actor_name, ray_environment
 from cluster import home
 from cluster.fault.processes import Process, kill_all, node_processes
 from cluster.health import HostWatch
-from cluster.hosts import (POOL_SIZE, HostSpec, boot_host, boot_registry, stop_host, stop_registry,
-                           xenstored_socket)
+from cluster.hosts import (LAUNCHERS, POOL_SIZE, HostSpec, boot_host, boot_registry, stop_host,
+                           stop_registry, xenstored_socket)
 from cluster.runtime import EmbeddedRay, connect, disconnect, discover_hosts, is_local
 from cluster.xlcfg import DomainConfig, load_config, parse_config
 from protocols.errno import Errno, XenError
@@ -63,16 +63,19 @@ class HostUnreachable(Exception):
 class Cluster:
     def __init__(self, hosts: int | Sequence[str] = 2, *, address: str | None = None,
                  boot: bool | None = None, host_memory_mib: int = 2048, host_cpus: int = 2,
-                 dom0_memory_mib: int = 256, pool: int = POOL_SIZE, run_id: str | None = None,
-                 run_dir: str | os.PathLike | None = None,
+                 dom0_memory_mib: int = 256, pool: int = POOL_SIZE, launcher: str = "fork",
+                 run_id: str | None = None, run_dir: str | os.PathLike | None = None,
                  progress: Callable[[str], None] | None = None):
         """``run_dir``: where the hosts' xenstored sockets go; by default a directory of this
         run's own, so clusters sharing one ``$XENRAY_HOME`` never take each other's (the
-        daemon of ``xenray up`` passes ``$XENRAY_HOME/run``). ``pool``: domain processes
-        each host keeps started ahead of need (``actors.toolstack.pool``)."""
+        daemon of ``xenray up`` passes ``$XENRAY_HOME/run``). ``launcher``: ``fork`` (each
+        host's fork server forks its domains' processes) or ``ray`` (each domain is a Ray
+        actor, of which each host keeps ``pool`` started ahead of need)."""
+        if launcher not in LAUNCHERS:
+            raise ValueError(f"launcher must be one of {', '.join(LAUNCHERS)}, not {launcher!r}")
         names = [f"h{i + 1}" for i in range(hosts)] if isinstance(hosts, int) else list(hosts)
-        self.specs = {n: HostSpec(n, host_memory_mib, host_cpus, dom0_memory_mib, pool)
-                      for n in names}
+        self.specs = {n: HostSpec(n, host_memory_mib, host_cpus, dom0_memory_mib, pool,
+                                  launcher) for n in names}
         self.address = address
         self.boot = address is None if boot is None else boot
         self.run_id = run_id or uuid.uuid4().hex[:8]

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--host-memory", type=int, default=2048)
     p.add_argument("--host-cpus", type=int, default=2)
     p.add_argument("--pool", type=int, default=None)
+    p.add_argument("--launcher", default="fork")
     args = p.parse_args(argv)
     ray_environment(local=True)  # this process's token is the cluster's
     from cluster.api import Cluster
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     pool = {} if args.pool is None else {"pool": args.pool}
     xen = Cluster(hosts=args.hosts, host_memory_mib=args.host_memory, host_cpus=args.host_cpus,
-                  run_dir=home.run_dir(), **pool)
+                  launcher=args.launcher, run_dir=home.run_dir(), **pool)
     log = xlog.setup(host="cluster", component="daemon", log_dir=xen.log_dir)
     token = home.token_path()
     server = None

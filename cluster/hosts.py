@@ -14,9 +14,11 @@ import glob
 import os
 
 from actors import memory
-from actors.transport.naming import DOMAIN_PREFIX
+from actors.transport.naming import DOMAIN_PREFIX, FORKSERVER
 
-POOL_SIZE = 2  # domain processes a host starts ahead of need, by default (actors.toolstack.pool)
+LAUNCHERS = ("fork", "ray")  # how a host starts its domains' processes (actors.toolstack)
+POOL_SIZE = 2  # Ray workers the ray launcher starts ahead of need (actors.toolstack.pool)
+STOP_TIMEOUT_S = 10.0
 DOM0_COMPONENTS = ("xl", "netback", "blkback", "xenconsoled", "xenstored")  # stop order; hypervisor last
 
 
@@ -27,6 +29,7 @@ class HostSpec:
     pcpus: int = 2
     dom0_memory_mib: int = 256
     pool: int = POOL_SIZE
+    launcher: str = "fork"
 
 
 def xenstored_socket(run_dir: str, host: str) -> str:
@@ -47,7 +50,10 @@ def boot_host(spec: HostSpec, *, run_id: str, run_dir: str, log_dir: str) -> Non
     launch.ask(xs, "process")
     daemons = [launch.start(kind, host, kind, host, dom0_secret, log_dir)
                for kind in ("xenconsoled", "blkback", "netback")]
-    daemons.append(launch.start("xl", host, "xl", host, dom0_secret, log_dir, spec.pool))
+    if spec.launcher == "fork":
+        daemons.append(launch.start("forkserver", host, FORKSERVER, host, run_id, log_dir))
+    daemons.append(launch.start("xl", host, "xl", host, dom0_secret, log_dir, spec.launcher,
+                                spec.pool))
     launch.ask_all([(d, "process", ()) for d in daemons])
 
 
@@ -73,7 +79,13 @@ def stop_host(host: str, *, run_id: str, run_dir: str | None = None) -> None:
     from actors.transport import launch
 
     launch.kill(host, "xl")  # first: its pool starts no process after the list below
-    for component in (*launch.named(host, DOMAIN_PREFIX), *DOM0_COMPONENTS[1:], "hypervisor"):
+    if (server := launch.find(host, FORKSERVER)) is not None:
+        try:  # its domain processes are no Ray workers: Ray would not kill them
+            launch.ask(server, "close", timeout=STOP_TIMEOUT_S)
+        except Exception:  # noqa: BLE001 - dying already: its processes' sockets close,
+            pass  # and they end once none has come back (RelayClient.reconnect_s)
+    for component in (*launch.named(host, DOMAIN_PREFIX), FORKSERVER, *DOM0_COMPONENTS[1:],
+                      "hypervisor"):
         launch.kill(host, component)
     remove_host_files(host, run_id=run_id, run_dir=run_dir)
 

@@ -26,7 +26,7 @@ from actors.domain import dirtylog
 from actors.domain.kernel import PVKernel
 from actors.memory import Mapping
 from actors.runtime import THREADS, Runtime
-from actors.transport import Endpoint
+from actors.transport import Endpoint, Transport
 from actors.transport.clients import HostClients, host_clients
 from actors.transport.naming import actor_name
 from actors.transport.raycall import RayEndpoint, RayTransport
@@ -68,27 +68,39 @@ class DomainShell(Endpoint):
         return self.kernel.statistics()
 
 
-@ray.remote(max_restarts=0, max_concurrency=8)
-class DomainActor(RayEndpoint, DomainShell):
-    """Started ahead of need, as no domain, in its host's pool (``actors.toolstack.pool``):
-    the process has started and imported the kernel before any create asks for it, and
-    ``bind`` makes it domain ``domid`` in milliseconds (LightVM's split toolstack). Its
-    endpoint is its own Ray name, ``<host>/<component>``."""
+class DomainProcess(DomainShell):
+    """A process started ahead of need, as no domain: it has imported the kernel before any
+    create asks for it, and ``bind`` makes it domain ``domid`` in milliseconds (LightVM's
+    split toolstack). ``fallback`` carries what is not a hypercall: Ray for a
+    :class:`DomainActor`, the fork server's socket for a forked process
+    (``actors.forkserver``)."""
 
-    def __init__(self, host: str, component: str, log_dir: str | None = None) -> None:
+    def __init__(self, host: str, component: str, log_dir: str | None,
+                 fallback: Transport) -> None:
         self.host, self.component, self.log_dir = host, component, log_dir
+        self.fallback = fallback
         self._binding = threading.Lock()  # held by the one bind that ever succeeds
-        routes = RayTransport()  # the Ray routes a kernel needs, found while it waits
-        for peer in ("hypervisor", "xenstored"):
-            routes.prefetch(actor_name(host, peer))
 
     def on_bind(self, domid: int, secret: str, memory_path: str, resume: bool = False) -> int:
         """Become domain ``domid`` (once); the pid, which the toolstack hands over."""
-        if not self._binding.acquire(blocking=False):  # atomic: the actor serves 8 calls
+        if not self._binding.acquire(blocking=False):  # atomic: calls are served at once
             raise XenError(Errno.EBUSY, f"{self.component} already runs a domain")
         log = xlog.setup(host=self.host, component=f"dom{domid}",
                          log_dir=self.log_dir).bind(domid=domid)
         DomainShell.__init__(self, domid, host_clients(self.host, domid, secret,
-                                                       self.component, self.deliver, log),
+                                                       self.component, self.deliver, log,
+                                                       self.fallback),
                              memory_path, log, resume=resume)
         return os.getpid()
+
+
+@ray.remote(max_restarts=0, max_concurrency=8)
+class DomainActor(RayEndpoint, DomainProcess):
+    """A :class:`DomainProcess` that is a Ray worker (the ``ray`` launcher,
+    ``actors.toolstack.pool``); its endpoint is its own Ray name, ``<host>/<component>``."""
+
+    def __init__(self, host: str, component: str, log_dir: str | None = None) -> None:
+        routes = RayTransport()  # the Ray routes a kernel needs, found while it waits
+        DomainProcess.__init__(self, host, component, log_dir, routes)
+        for peer in ("hypervisor", "xenstored"):
+            routes.prefetch(actor_name(host, peer))

@@ -41,6 +41,7 @@ from actors.toolstack.devices import with_macs
 from actors.toolstack.effects import (ConfirmName, Create, DestroyDomain, Effect, KillVcpus, Note,
                                       Rebuild, ReleaseName, ReleaseXenstored, RenameDomain)
 from actors.toolstack.migration import MigrationShell
+from actors.toolstack.forked import ForkLauncher
 from actors.toolstack.pool import DomainPool
 from actors.toolstack.state import Phase, Record, Step, Toolstack, state_string
 from actors.transport import Endpoint, PeerGone
@@ -81,6 +82,9 @@ class Launcher(Protocol):
 
     def close(self) -> None:
         """The host is going away."""
+
+    def statistics(self) -> dict[str, Any]:
+        """What ``xl pool`` shows: the launcher, its processes started ahead, its creates."""
 
 
 class ToolstackShell(MigrationShell, Endpoint):
@@ -457,7 +461,13 @@ class ToolstackShell(MigrationShell, Endpoint):
 # threads for their length.
 @ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=32)
 class ToolstackActor(RayEndpoint, ToolstackShell):
-    def __init__(self, host: str, dom0_secret: str, log_dir: str | None, pool: int) -> None:
+    """``launcher``: ``fork`` (the host's fork server forks each domain's process) or
+    ``ray`` (each domain is a Ray actor, ``pool`` of them started ahead)."""
+
+    def __init__(self, host: str, dom0_secret: str, log_dir: str | None, launcher: str,
+                 pool: int) -> None:
         log = xlog.setup(host=host, component="xl", log_dir=log_dir)
-        super().__init__(host, host_clients(host, 0, dom0_secret, "xl", self.deliver, log), log,
-                         DomainPool(host, log_dir, pool))
+        clients = host_clients(host, 0, dom0_secret, "xl", self.deliver, log)
+        super().__init__(host, clients, log,
+                         ForkLauncher(host, clients.transport) if launcher == "fork"
+                         else DomainPool(host, log_dir, pool))

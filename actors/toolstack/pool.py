@@ -99,7 +99,8 @@ class DomainPool:
 
     def statistics(self) -> dict[str, Any]:
         with self._cv:
-            return {"size": self.size, "idle": list(self._idle), "starting": self._starting,
+            return {"launcher": "ray", "size": self.size, "idle": list(self._idle),
+                    "starting": self._starting,
                     "taken": self.taken, "missed": self.missed}
 
     # -- the pool --------------------------------------------------------------------------

@@ -43,12 +43,14 @@ class HostClients:
 
 
 def host_clients(host: str, domid: int, secret: str, component: str,
-                 deliver: Callable[..., Any], log: Any = None) -> HostClients:
+                 deliver: Callable[..., Any], log: Any = None,
+                 fallback: Transport | None = None) -> HostClients:
     """The clients of ``component`` ("blkback", "dom3") of domain ``domid`` on ``host``;
     upcalls and vCPU gates the hypervisor posts on its pipe go to ``deliver`` (the
-    actor's own)."""
+    actor's own). What is not a hypercall goes by ``fallback``: Ray unless said otherwise
+    (a forked domain's goes through its fork server, ``actors.transport.relay``)."""
     endpoint = actor_name(host, component)
     transport = SameHostTransport(actor_name(host, "hypervisor"),
-                                  Credential(domid, secret, endpoint), deliver, RayTransport(),
-                                  log=log)
+                                  Credential(domid, secret, endpoint), deliver,
+                                  fallback or RayTransport(), log=log)
     return HostClients.over(transport, host, domid, secret, endpoint)

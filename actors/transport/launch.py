@@ -25,6 +25,7 @@ ACTOR_CLASSES = {
     "netback": "actors.netback.actor:NetbackActor",
     "xl": "actors.toolstack.actor:ToolstackActor",
     "domain": "actors.domain.actor:DomainActor",
+    "forkserver": "actors.forkserver.actor:ForkServerActor",
     "registry": "actors.registry.actor:RegistryActor",
 }
 

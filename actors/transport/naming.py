@@ -92,8 +92,24 @@ def pin_to_host(host: str) -> dict[str, Any]:
 
 
 DOMAIN_PREFIX = "vm-"  # the components of a host's domain processes: vm-<hex>
+FORKSERVER = "forkserver"  # the component of a host's fork server (actors.forkserver)
 
 
 def actor_name(host: str, component: str) -> str:
     """The Ray name of a host's actor, e.g. ``h1/hypervisor`` or ``h1/dom3``."""
     return f"{host}/{component}"
+
+
+def forked_component(component: str) -> str:
+    """The component of a forked domain process ``vm-1a2b`` (under its host's fork server):
+    its endpoint is ``h1/forkserver/vm-1a2b``, which no Ray actor bears."""
+    return f"{FORKSERVER}/{component}"
+
+
+def relayed(dest: str) -> tuple[str, str] | None:
+    """A forked domain process's endpoint (``h1/forkserver/vm-1a2b``) as the Ray name of the
+    fork server that relays to it and its component there (``h1/forkserver``, ``vm-1a2b``);
+    None for a Ray actor's name."""
+    host, _, rest = dest.partition("/")
+    server, sep, component = rest.partition("/")
+    return (f"{host}/{server}", component) if sep else None

@@ -12,7 +12,7 @@ from ray.exceptions import (ActorDiedError, ActorUnavailableError, GetTimeoutErr
                             RayTaskError)
 
 from actors.transport import Endpoint, PeerGone
-from actors.transport.naming import NAMESPACE
+from actors.transport.naming import NAMESPACE, relayed
 
 
 PREFETCH_S = 60.0  # how long a prefetch waits for its destination to come into being
@@ -52,11 +52,23 @@ class RayTransport:
                     self._handles[dest] = h
         return h
 
+    def _remote(self, dest: str, kind: str, args: tuple, wait: bool,
+                timeout: float | None = None) -> Any:
+        """The Ray call for ``kind(*args)`` to ``dest``: to the actor itself, or to the fork
+        server relaying to a forked domain process (``naming.relayed``)."""
+        route = relayed(dest)
+        if route is None:
+            return self._handle(dest).deliver.remote(kind, *args)
+        server, component = route
+        return self._handle(server).deliver.remote(
+            "relay" if wait else "relay_send", component, kind, list(args),
+            *([timeout] if wait else []))
+
     def call(self, dest: str, kind: str, *args: Any, timeout: float | None = None) -> Any:
         """The handler's value; what it raised is raised here as the same type (a XenError
         stays a XenError), not wrapped in Ray's task error."""
         try:
-            return ray.get(self._handle(dest).deliver.remote(kind, *args), timeout=timeout)
+            return ray.get(self._remote(dest, kind, args, True, timeout), timeout=timeout)
         except RayTaskError as e:
             cause = getattr(e, "cause", None)
             if isinstance(cause, Exception):
@@ -70,11 +82,12 @@ class RayTransport:
 
     def send(self, dest: str, kind: str, *args: Any) -> None:
         try:
-            self._handle(dest).deliver.remote(kind, *args)
+            self._remote(dest, kind, args, False)
         except PeerGone:
             pass
 
     def forget(self, dest: str) -> None:
+        """(A forked process's route is its fork server's, which stays.)"""
         with self._lock:
             self._handles.pop(dest, None)
 
@@ -89,11 +102,14 @@ class RayTransport:
         :data:`PREFETCH_S`: xenstored learns a domain's endpoint before its actor starts),
         then call it once (``process``), which opens Ray's connection to its worker: the
         first call on a new route costs tens to hundreds of ms more than the next."""
+        target = (relayed(dest) or (dest,))[0]
+
         def lookup() -> None:
             deadline = time.monotonic() + PREFETCH_S
             while time.monotonic() < deadline:
                 try:
-                    ray.get(self._handle(dest).deliver.remote("process"), timeout=PREFETCH_S)
+                    ray.get(self._handle(target).deliver.remote("process"),
+                            timeout=PREFETCH_S)
                     return
                 except PeerGone:
                     time.sleep(PREFETCH_RETRY_S)

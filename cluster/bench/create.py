@@ -1,11 +1,12 @@
-"""``xenray bench create``: domain creation on one host, from the pool of started domain
-processes beside today's path without it, in the same run.
+"""``xenray bench create``: domain creation on one host, by each launcher, in the same run.
 
-1. **No pool** (the path before the pool, ``pool=0``): every create starts its domain's
-   process, ``--domains`` of them one after the other.
-2. **Pool, one at a time**: a host whose pool holds ``--domains`` started processes; the same
+1. **Ray actor, no pool** (the path before the pool: ``--launcher ray --pool 0``): every create
+   starts its domain's Ray worker, ``--domains`` of them one after the other.
+2. **Ray actor, pool**: a host whose pool holds ``--domains`` started Ray workers; the same
    creates, one after the other.
-3. **Pool, a burst**: the pool refilled, ``--domains`` creates at once (``create_many``):
+3. **Fork, one at a time** (the default launcher): the host's zygote forks each domain's
+   process; the same creates.
+4. **Fork, a burst**: on the same host, ``--domains`` creates at once (``create_many``):
    domains/s, LightVM's measure.
 
 For each: the latency of the 1st, 10th and last domain and their ratio to the 1st, the median,
@@ -64,13 +65,19 @@ def _phase(label: str, results: list[dict[str, Any]], elapsed_s: float) -> dict[
                          for step in results[0]["steps_ms"]}}
 
 
-def _run(n: int, pool: int, body: Callable[[Any, Any], tuple[list[dict], float]],
-         status: Any) -> tuple[list[dict], float]:
+def _run(n: int, launcher: str, pool: int,
+         bodies: list[Callable[[Any, Any], tuple[list[dict], float]]],
+         status: Any) -> list[tuple[list[dict], float]]:
+    """Each of ``bodies`` in turn on one new one-host cluster (its pool full first)."""
     from cluster.api import Cluster
 
-    with Cluster(hosts=1, host_memory_mib=DOMAIN_MIB * 2 * n + 512, pool=pool) as xen:
-        _full_pool(xen, status)
-        return body(xen, status)
+    with Cluster(hosts=1, host_memory_mib=DOMAIN_MIB * 3 * n + 512, launcher=launcher,
+                 pool=pool) as xen:
+        out = []
+        for body in bodies:
+            _full_pool(xen, status)
+            out.append(body(xen, status))
+        return out
 
 
 def bench_create(out: Console, a: argparse.Namespace) -> BenchResult:
@@ -93,11 +100,14 @@ def bench_create(out: Console, a: argparse.Namespace) -> BenchResult:
                 raise RuntimeError(f"{len(failed)} creates failed: {failed[0]}")
             return res, time.perf_counter() - t0
 
-        for label, pool, body in (("no pool (before)", 0, serial("nopool")),
-                                  (f"pool of {n}, one at a time", n, serial("pooled")),
-                                  (f"pool of {n}, all at once", n, burst)):
-            results, elapsed = _run(n, pool, body, status)
-            rows.append(_phase(label, results, elapsed))
+        for launcher, pool, phases in (
+                ("ray", 0, [("Ray actor, no pool (before)", serial("nopool"))]),
+                ("ray", n, [(f"Ray actor, pool of {n}", serial("pooled"))]),
+                ("fork", 0, [("fork, one at a time", serial("forked")),
+                             ("fork, all at once", burst)])):
+            done = _run(n, launcher, pool, [body for _, body in phases], status)
+            rows += [_phase(label, results, elapsed)
+                     for (label, _), (results, elapsed) in zip(phases, done)]
     base = rows[0]
     for row in rows:
         row["speedup"] = base["median_s"] / row["median_s"]
@@ -108,6 +118,6 @@ def bench_create(out: Console, a: argparse.Namespace) -> BenchResult:
         [("path", "path", ""), ("first_s", "1st s", ".2f"), ("tenth_s", "10th s", ".2f"),
          ("last_s", "last s", ".2f"), ("last_ratio", "last/1st", ".2f"),
          ("median_s", "median s", ".2f"), ("per_s", "domains/s", ".1f"),
-         ("speedup", "median vs no pool", ".1f")],
+         ("speedup", "median vs Ray, no pool", ".1f")],
         rows, notes + ["aims (issue 13): 10 domains/s on one host; the last no slower than "
                        "1.5x the 1st"])

@@ -239,9 +239,13 @@ def notes(report: dict[str, Any]) -> list[str]:
     created = report["creation"]["summary"]
     pools = report["pool"].values()
     taken = sum(p["taken"] for p in pools)
-    out.append(f"pool: {'/'.join(sorted({str(p['size']) for p in pools}))} started domain "
-               f"processes per host; {taken} of {taken + sum(p['missed'] for p in pools)} "
-               "creates took one, the rest started their own")
+    if all(p.get("launcher", "ray") == "fork" for p in pools):
+        out.append(f"launcher: fork; {taken} domain processes forked by the hosts' zygotes")
+    else:
+        out.append(f"launcher: ray; pool: {'/'.join(sorted({str(p['size']) for p in pools}))} "
+                   f"started domain processes per host; {taken} of "
+                   f"{taken + sum(p['missed'] for p in pools)} creates took one, the rest "
+                   "started their own")
     out.append("create, per host, last ÷ 1st: " + ", ".join(
         f"{h} {s['last_over_first']:.2f} (k={s['last_k']})"
         for h, s in created["per_host"].items()))
@@ -499,7 +503,7 @@ def bench_scale(out: Console, a: argparse.Namespace) -> BenchResult:
             hosts = a.hosts or 4
             pool = a.pool if a.pool is not None else -(-n // (len(fill_levels(n)) - 1) // hosts)
             xen = Cluster(hosts=hosts, host_memory_mib=host_memory_mib(n, hosts), pool=pool,
-                          progress=status.update).start()
+                          launcher=a.launcher, progress=status.update).start()
         try:
             data = _measure(xen, n, parse_config(CONFIG)[0], status)
         finally:
@@ -553,7 +557,7 @@ def _fill_and_empty(xen: Any, n: int, cfg: Any, status: Any,
         wall += time.perf_counter() - t
         batches.append(came_up if len(came_up) == len(results) else results)
     records = order(batches)
-    data["pool"] = {h: {k: p[k] for k in ("size", "taken", "missed")}
+    data["pool"] = {h: {k: p[k] for k in ("launcher", "size", "taken", "missed")}
                     for h, p in _pools(xen).items()}
     status.update(f"reading memory and idle CPU ({IDLE_S:g} s)")
     data["memory"], data["idle_cpu"] = _memory_and_cpu(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from cluster.hosts import POOL_SIZE
+from cluster.hosts import LAUNCHERS, POOL_SIZE
 
 Arg = tuple[tuple[str, ...], dict[str, Any]]
 
@@ -42,8 +42,12 @@ COMMANDS: tuple[CommandSpec, ...] = (
                 (arg("--hosts", type=int, default=2),
                  arg("--host-memory", type=int, default=2048, help="MiB per host"),
                  arg("--host-cpus", type=int, default=2, help="pCPUs per host"),
+                 arg("--launcher", choices=LAUNCHERS, default="fork",
+                     help="fork: each host's fork server forks its domains' processes "
+                          "(default); ray: each domain is a Ray actor"),
                  arg("--pool", type=int, default=POOL_SIZE,
-                     help=f"domain processes each host starts ahead of need ({POOL_SIZE})"))),
+                     help=f"with --launcher ray: Ray workers each host starts ahead of need "
+                          f"({POOL_SIZE})"))),
     CommandSpec("down", f"{L}:cmd_down", "stop the persistent cluster"),
     CommandSpec("create", f"{C}:cmd_create", "create a domain from an xl.cfg file",
                 (arg("file"),
@@ -149,8 +153,11 @@ COMMANDS: tuple[CommandSpec, ...] = (
                      help="create: domains on one host (50); cli: domains listed (100); "
                           "scale: domains over all hosts (100)"),
                  arg("--hosts", type=int, default=None, help="scale: hosts (4)"),
+                 arg("--launcher", choices=LAUNCHERS, default="fork",
+                     help="scale: how its own cluster's hosts start domains (fork)"),
                  arg("--pool", type=int, default=None,
-                     help="scale: each host's pool (default: a batch's share of a host)"),
+                     help="scale, --launcher ray: each host's pool (default: a batch's share "
+                          "of a host)"),
                  arg("--running", action="store_true",
                      help="scale: on the cluster `xenray up` runs (its hosts), not its own"),
                  arg("--out", metavar="DIR", default=None,

@@ -49,7 +49,7 @@ from cluster.fault.processes import Process, kill_all, node_processes
 
 Cluster = Any  # cluster.api.Cluster, which imports this package (no import cycle)
 
-DAEMONS = ("xl", "xenstored", "xenconsoled", "blkback", "netback")
+DAEMONS = ("xl", "xenstored", "xenconsoled", "blkback", "netback", "forkserver")
 ROLES = ("domu", *DAEMONS, "hypervisor", "host")
 KINDS = ("crash", "freeze", "memory", "partition", "link", "disk", "powercut")
 TARGET_KEYS = {"role", "host", "name", "random"}

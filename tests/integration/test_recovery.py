@@ -20,8 +20,6 @@ import textwrap
 
 import pytest
 
-from actors.transport import launch
-from actors.transport.naming import DOMAIN_PREFIX
 from cluster.api import HostUnreachable
 from cluster.fault import nemesis
 from cluster.fault.processes import Process, node_processes
@@ -56,6 +54,8 @@ def agent_pid(xen, host):
 
 def test_a_killed_agent_restarts_and_adopts_its_running_domains(xen, domains):
     made = domains(counter("adopted1"), "h1")
+    stray = xen._call("h1", "forkserver", "spawn")  # as if forked for a half-built domain
+    stray_pid = xen._call("h1", "forkserver", "processes")[stray]
     before = agent_pid(xen, "h1")
     nemesis.inject(xen, "crash", {"role": "xl", "host": "h1"}, {}, random.Random(0))
     after = wait_until(lambda: _answers(xen, "h1") and agent_pid(xen, "h1") != before and
@@ -66,13 +66,36 @@ def test_a_killed_agent_restarts_and_adopts_its_running_domains(xen, domains):
     adopted = row(xen, "adopted1")
     assert adopted is not None and adopted["domid"] == made["domid"]
     assert adopted["pid"] == made["pid"], "the same domain process, adopted, not rebuilt"
-    pool = wait_until(lambda: (p := xen._call("h1", "xl", "pool"))["starting"] == 0 and
-                      len(p["idle"]) == p["size"] and p, "the new agent's pool to fill", WAIT_S)
-    endpoint = xen._call("h1", "xl", "endpoint", "adopted1").partition("/")[2]
-    assert set(launch.named("h1", DOMAIN_PREFIX)) == {endpoint, *pool["idle"]}, \
-        "the dead agent's idle processes were killed, not left behind"
+    component = xen._call("h1", "xl", "endpoint", "adopted1").rpartition("/")[2]
+    wait_until(lambda: set(xen._call("h1", "forkserver", "processes")) == {component},
+               "the process no adopted domain runs in to be killed, not left behind", WAIT_S)
+    wait_until(lambda: not os.path.exists(f"/proc/{stray_pid}"), "the stray to die", WAIT_S)
     xen.destroy("adopted1")
     assert row(xen, "adopted1") is None and xen.find("adopted1") is None
+
+
+def test_a_killed_fork_server_restarts_and_its_domains_run_on_through_it(xen, domains):
+    """The fork server is every domain's route to Ray: killed, Ray starts it again, and each
+    domain process connects to the new one and is reached through it, its guest never
+    stopped; a new domain is forked by the new zygote."""
+    made = domains(counter("relayed1"), "h2")
+    proc = Process.of(made["pid"])
+    before = xen._call("h2", "forkserver", "process")["pid"]
+    nemesis.inject(xen, "crash", {"role": "forkserver", "host": "h2"}, {}, random.Random(0))
+    wait_until(lambda: _answers(xen, "h2", "forkserver") and
+               xen._call("h2", "forkserver", "process")["pid"] != before,
+               "Ray to restart h2's fork server", WAIT_S)
+    component = xen._call("h2", "xl", "endpoint", "relayed1").rpartition("/")[2]
+    wait_until(lambda: component in xen._call("h2", "forkserver", "processes"),
+               "the domain to connect to the new fork server", WAIT_S)
+    assert xen._call("h2", "forkserver", "processes")[component] == made["pid"]
+    counted = count(xen, "relayed1")
+    wait_until(lambda: count(xen, "relayed1") > counted, "the counter to go on", WAIT_S)
+    assert xen.domain_statistics("relayed1")["state"] == "running", "reached through it"
+    domains(counter("relayed2"), "h2")
+    assert proc.alive(), "the same process all along"
+    xen.destroy("relayed1")
+    wait_until(lambda: not proc.alive(), "destroy to kill its process", WAIT_S)
 
 
 def test_a_domu_that_dies_while_its_agent_is_down_still_gets_on_crash(xen, domains):
@@ -159,9 +182,9 @@ def test_a_killed_hypervisor_and_a_killed_raylet_are_host_crashes_and_are_fenced
         xen.create(counter("late1"), host="h1")
 
 
-def _answers(xen, host):
+def _answers(xen, host, component="xl"):
     try:
-        xen._call(host, "xl", "process", timeout=5)
+        xen._call(host, component, "process", timeout=5)
         return True
     except HostUnreachable:
         return False

@@ -1,12 +1,13 @@
-"""Issue 13 on the session cluster: creation from the hosts' pools of started domain
-processes, batch creation spread by free memory, and ``create --count`` as a user runs it."""
+"""Issue 13 on the session cluster: domain processes forked by the hosts' fork servers,
+batch creation spread by free memory, ``create --count`` as a user runs it, idle domains that
+sleep."""
 
 import json
 import os
 import pathlib
 import threading
 
-from actors.transport import launch
+from cluster.bench.scale import smaps_rollup
 from cluster.fault.processes import Process
 from tests.integration.conftest import cli
 from tests.waits import wait_until
@@ -20,27 +21,31 @@ def ticks_since_boot():
     return float(pathlib.Path("/proc/uptime").read_text().split()[0]) * os.sysconf("SC_CLK_TCK")
 
 
-def full_pool(xen, host):
-    return wait_until(lambda: (p := xen._call(host, "xl", "pool"))["starting"] == 0 and
-                      len(p["idle"]) == p["size"] and p, f"{host}'s pool to fill", WAIT_S)
+def parent(pid):
+    return int(pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
-def test_a_create_binds_a_process_started_before_it_and_the_pool_tops_up(xen, domains):
-    pool = full_pool(xen, "h2")
-    started = {c: Process.of(launch.ask(launch.find("h2", c), "process")["pid"])
-               for c in pool["idle"]}
+def test_a_create_forks_its_process_from_the_host_s_zygote_and_destroy_kills_it(xen, domains):
+    """The domain's process is no Ray worker: the host's fork server's zygote forked it,
+    after the create was asked, and it shares the zygote's pages (a few MiB of its own,
+    where a Ray worker costs 43). Destroy kills it and the fork server forgets it."""
     asked = ticks_since_boot()
-    made = domains(IDLE.format(name="pooled1"), "h2")
-    endpoint = xen._call("h2", "xl", "endpoint", "pooled1").partition("/")[2]
-    assert endpoint in started, "the domain runs in one of the pool's idle processes"
-    assert made["pid"] == started[endpoint].pid
-    assert started[endpoint].start < asked, "started before the create was asked"
-    after = full_pool(xen, "h2")
-    assert after["taken"] == pool["taken"] + 1
-    assert endpoint not in after["idle"], "a bound process is never handed out again"
-    xen.destroy("pooled1")
-    wait_until(lambda: not started[endpoint].alive(), "destroy to kill its process", WAIT_S)
-    assert endpoint not in launch.named("h2", "vm-")
+    made = domains(IDLE.format(name="forked1"), "h2")
+    endpoint = xen._call("h2", "xl", "endpoint", "forked1")
+    host, server, component = endpoint.split("/")
+    assert (host, server) == ("h2", "forkserver") and component.startswith("vm-")
+    assert xen._call("h2", "forkserver", "processes")[component] == made["pid"]
+    proc = Process.of(made["pid"])
+    assert proc.start >= asked, "forked for this create, not started ahead"
+    zygote = parent(made["pid"])
+    assert parent(zygote) == xen._call("h2", "forkserver", "process")["pid"]
+    assert "actors.domain.zygote" in pathlib.Path(f"/proc/{zygote}/cmdline").read_text()
+    uss = smaps_rollup(pathlib.Path(f"/proc/{made['pid']}/smaps_rollup").read_text())["uss_mib"]
+    assert uss < 30, f"a forked idle domain owns {uss:.1f} MiB"
+    assert xen.domain_statistics("forked1")["init"] == "idle", "reached through the relay"
+    xen.destroy("forked1")
+    wait_until(lambda: not proc.alive(), "destroy to kill its process", WAIT_S)
+    assert component not in xen._call("h2", "forkserver", "processes")
 
 
 def test_create_many_spreads_by_free_memory_and_reports_a_failure_without_stopping(xen):

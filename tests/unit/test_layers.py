@@ -20,7 +20,7 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGES = ("protocols", "actors", "cluster")
 ACTOR_PACKAGES = frozenset({"hypervisor", "xenstored", "console", "blkback", "netback",
-                            "toolstack", "domain", "registry"})
+                            "toolstack", "domain", "registry", "forkserver"})
 RAY_IN_ACTORS = frozenset({"actors.transport.raycall", "actors.transport.launch"})
 
 

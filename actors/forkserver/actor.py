@@ -1,0 +1,296 @@
+"""A host's fork server: it starts the host's domain processes and relays their messages.
+
+Each domain runs in a process of its own (it crashes, pauses and is killed alone), but not in
+a Ray worker: this actor's zygote (:mod:`.zygote`) forks it in a few ms, it costs a few MiB of
+its own, and it sleeps while its guest does. Being no Ray worker, it talks to the rest
+through this actor: one Unix socket per process (``actors.transport.relay``), in the
+abstract namespace (nothing to clean up), named after the run and the host. A call to its
+endpoint ``h1/forkserver/vm-1a2b`` reaches this actor over Ray (``relay``) and goes down the
+socket; a call it makes comes up the socket and this actor makes it over Ray.
+
+Ray restarts this actor if it dies; its zygote ends with it (its stdin closes), and its
+processes connect again to the new one (``RelayClient``) and say who they are, so a domain
+lives through its fork server's death as it lives through xenstored's: calls in flight fail
+with :class:`~actors.transport.PeerGone`, and xenstore's client sends them again. ``close``
+kills every process (the host is going away).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import os
+import secrets
+import selectors
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import ray
+
+from actors import log as xlog
+from actors.transport import PeerGone, Transport
+from actors.transport.naming import DOMAIN_PREFIX, actor_name
+from actors.transport.raycall import RayEndpoint, RayTransport
+from actors.transport.relay import decode_error, encode_error, pack, unpacker
+from protocols.errno import Errno, XenError
+
+SPAWN_TIMEOUT_S = 30.0  # a fork and a connect take milliseconds; a loaded machine, seconds
+CALL_THREADS = 32  # the calls domain processes make at once, over Ray
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ZYGOTE = "actors.domain.zygote"  # by name: an actor package never imports another
+
+
+def address(run_id: str, host: str) -> str:
+    """The fork server's socket, in the abstract namespace."""
+    return f"\0xenray-{run_id}-{host}-{os.getuid()}-forkserver"
+
+
+class _Process:
+    """One domain process as its fork server sees it: its pid and its socket (None while it
+    is away, connecting again)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.sock: socket.socket | None = None
+        self.lock = threading.Lock()  # one writer at a time
+
+    def write(self, frame: list) -> None:
+        data = pack(frame)
+        with self.lock:
+            if self.sock is None:
+                raise PeerGone("the domain process is not connected")
+            try:
+                self.sock.sendall(data)
+            except OSError as e:
+                raise PeerGone(f"the domain process went away: {e}") from None
+
+
+class ForkServer:
+    """The fork server of ``host``: :meth:`on_spawn` a process, :meth:`on_relay` a call to
+    one, and the calls they make carried out over ``transport``."""
+
+    def __init__(self, host: str, run_id: str, log_dir: str | None, transport: Transport,
+                 log: Any) -> None:
+        self.host, self.log_dir, self.transport, self.log = host, log_dir, transport, log
+        self.address = address(run_id, host)
+        self.peers = {actor_name(host, "hypervisor"), actor_name(host, "xenstored")}  # as in
+        # Xen, a domain makes hypercalls and talks on its xenstore ring, to nobody else
+        self._processes: dict[str, _Process] = {}
+        self._cv = threading.Condition()
+        self._seq = itertools.count(1)
+        self._replies: dict[int, tuple[bool, Any] | None] = {}  # seq -> (ok, value) once here
+        self._waiting: dict[int, str] = {}  # seq -> the process a relayed call waits on
+        self._calls = concurrent.futures.ThreadPoolExecutor(CALL_THREADS,
+                                                            thread_name_prefix="relay-call")
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(self.address)  # the last one's died with its process
+        self._listener.listen(128)
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        self._spawn_lock = threading.Lock()
+        self._zygote = subprocess.Popen(
+            [sys.executable, "-m", ZYGOTE, self.address.lstrip("\0"), host, log_dir or ""],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, close_fds=True,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                [ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])})
+        threading.Thread(target=self._serve, name="forkserver", daemon=True).start()
+        log.info("fork server up", zygote=self._zygote.pid)
+
+    # -- commands ------------------------------------------------------------------------
+
+    def on_spawn(self) -> str:
+        """Fork a domain process; its component (``vm-1a2b``) once it has connected."""
+        component = DOMAIN_PREFIX + secrets.token_hex(4)
+        with self._spawn_lock:
+            assert self._zygote.stdin is not None and self._zygote.stdout is not None
+            self._zygote.stdin.write(component + "\n")
+            self._zygote.stdin.flush()
+            pid = int(self._zygote.stdout.readline() or 0)
+        if pid <= 0:
+            raise XenError(Errno.EAGAIN, f"{self.host}'s zygote is gone")
+        with self._cv:
+            self._processes.setdefault(component, _Process(pid))
+            if not self._cv.wait_for(lambda: self._processes[component].sock is not None,
+                                     SPAWN_TIMEOUT_S):
+                self._processes.pop(component, None)
+                _kill(pid)
+                raise XenError(Errno.EAGAIN, f"{component} did not connect within "
+                                             f"{SPAWN_TIMEOUT_S} s")
+        return component
+
+    def on_relay(self, component: str, kind: str, args: list,
+                 timeout: float | None = None) -> Any:
+        """A call to process ``component``: its handler's value, or what it raised."""
+        seq = next(self._seq)
+        with self._cv:
+            self._replies[seq] = None
+            self._waiting[seq] = component
+        try:
+            self._process(component).write(["call", seq, "", kind, args, timeout])
+            with self._cv:
+                if not self._cv.wait_for(lambda: self._replies.get(seq) is not None
+                                         or seq not in self._replies, timeout):
+                    raise TimeoutError(f"{component} did not answer {kind} within {timeout} s")
+                answer = self._replies.get(seq)
+        finally:
+            with self._cv:
+                self._replies.pop(seq, None)
+                self._waiting.pop(seq, None)
+        if answer is None:
+            raise PeerGone(f"{self.host}/{component} went away during {kind}")
+        ok, value = answer
+        if not ok:
+            raise decode_error(value)
+        return value
+
+    def on_relay_send(self, component: str, kind: str, args: list) -> None:
+        """One-way: like an interrupt, lost if the process is not there."""
+        try:
+            self._process(component).write(["send", "", kind, args])
+        except PeerGone:
+            pass
+
+    def on_kill(self, component: str) -> bool:
+        """SIGKILL process ``component`` (a domain destroyed, or no domain's); False if there
+        is none."""
+        with self._cv:
+            proc = self._processes.pop(component, None)
+        if proc is None:
+            return False
+        _kill(proc.pid)
+        return True
+
+    def on_processes(self) -> dict[str, int]:
+        """Every process this server knows (connected or coming back): component -> pid."""
+        with self._cv:
+            return {c: p.pid for c, p in self._processes.items()}
+
+    def on_close(self) -> None:
+        """Kill every domain process and the zygote (the host is going away)."""
+        with self._cv:
+            procs, self._processes = list(self._processes.values()), {}
+        for proc in procs:
+            _kill(proc.pid)
+        _kill(self._zygote.pid)
+
+    # -- the sockets ---------------------------------------------------------------------
+
+    def _process(self, component: str) -> _Process:
+        with self._cv:
+            proc = self._processes.get(component)
+        if proc is None:
+            raise PeerGone(f"{self.host}/{component}: no such domain process")
+        return proc
+
+    def _serve(self) -> None:
+        """Accept processes and read what they send (one thread, for every process)."""
+        readers: dict[socket.socket, Any] = {}
+        while True:
+            for key, _ in self._selector.select():
+                sock = key.fileobj
+                if sock is self._listener:
+                    conn, _ = self._listener.accept()
+                    readers[conn] = unpacker()
+                    self._selector.register(conn, selectors.EVENT_READ, data=[None])
+                    continue
+                try:
+                    data = sock.recv(1 << 16)
+                except OSError:
+                    data = b""
+                if not data:
+                    self._selector.unregister(sock)
+                    readers.pop(sock, None)
+                    self._gone(key.data[0], sock)
+                    sock.close()
+                    continue
+                unpack = readers[sock]
+                unpack.feed(data)
+                for frame in unpack:
+                    if isinstance(frame, list) and frame:
+                        self._dispatch(frame, sock, key.data)
+
+    def _dispatch(self, frame: list, sock: socket.socket, who: list) -> None:
+        match frame:
+            case ["hello", str(component), int(_)] if who[0] is None:
+                pid = _peer_pid(sock)
+                with self._cv:
+                    proc = self._processes.setdefault(component, _Process(pid))
+                    if proc.pid != pid:  # another process's name: a guest's lie
+                        self.log.warning("hello refused: not that process's name",
+                                         component=component, pid=pid)
+                        sock.shutdown(socket.SHUT_RDWR)
+                        return
+                    who[0] = component
+                    with proc.lock:
+                        proc.sock = sock
+                    self._cv.notify_all()
+            case ["reply", int(seq), ok, value]:
+                with self._cv:
+                    if seq in self._replies:
+                        self._replies[seq] = (bool(ok), value)
+                        self._cv.notify_all()
+            case ["call", int(seq), str(dest), str(kind), list(args), timeout] if who[0]:
+                if dest in self.peers:
+                    self._calls.submit(self._call, who[0], seq, dest, kind, args, timeout)
+                else:
+                    self._reply(who[0], ["reply", seq, False, encode_error(XenError(
+                        Errno.EPERM, f"a domain talks to its hypervisor and xenstored, "
+                                     f"not {dest!r}"))])
+            case ["send", str(dest), str(kind), list(args)] if who[0] and dest in self.peers:
+                self.transport.send(dest, kind, *args)
+
+    def _call(self, component: str, seq: int, dest: str, kind: str, args: list,
+              timeout: float | None) -> None:
+        try:
+            reply = ["reply", seq, True, self.transport.call(dest, kind, *args,
+                                                             timeout=timeout)]
+        except Exception as e:  # noqa: BLE001 - the process's caller gets it
+            reply = ["reply", seq, False, encode_error(e)]
+        self._reply(component, reply)
+
+    def _reply(self, component: str, reply: list) -> None:
+        try:
+            self._process(component).write(reply)
+        except PeerGone:
+            pass  # it went away: its call failed there
+
+    def _gone(self, component: str | None, sock: socket.socket) -> None:
+        """A process's socket closed: it died, was killed, or will connect again; the calls
+        waiting on it fail. It stays known until the toolstack kills it (``on_kill``)."""
+        if component is None:
+            return
+        with self._cv:
+            proc = self._processes.get(component)
+            if proc is not None and proc.sock is sock:
+                with proc.lock:
+                    proc.sock = None
+            for seq in [s for s, c in self._waiting.items() if c == component]:
+                self._replies.pop(seq, None)
+            self._cv.notify_all()
+
+
+def _peer_pid(sock: socket.socket) -> int:
+    """The pid of the process at the other end (``SO_PEERCRED``), which it cannot forge."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)[0]
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+# Restarted when killed: its processes connect again. Many threads: every call relayed to a
+# process holds one until the process answers.
+@ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=64)
+class ForkServerActor(RayEndpoint, ForkServer):
+    def __init__(self, host: str, run_id: str, log_dir: str | None) -> None:
+        super().__init__(host, run_id, log_dir, RayTransport(),
+                         xlog.setup(host=host, component="forkserver", log_dir=log_dir))

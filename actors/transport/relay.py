@@ -1,0 +1,245 @@
+"""The wire between a host's fork server and its forked domain processes, and the domain
+side of it: :class:`RelayClient`, a :class:`~actors.transport.Transport` over one Unix socket.
+
+A forked domain process is no Ray worker (a Ray worker costs 43 MiB and wakes 100 times a
+second, ``docs/scale.md``), so it cannot call a Ray actor itself. Everything it says that is
+not a hypercall on its same-host pipe (xenstore requests, the pipe's opening) goes up its
+socket to the host's fork server (``actors.forkserver``), which makes the Ray call for it;
+whatever is sent to its endpoint (``h1/forkserver/vm-1a2b``: xenstored's watch events, the
+toolstack's ``bind``, an upcall before the pipe opens) comes down the same socket.
+
+Frames are msgpack arrays, one after another on the stream:
+
+* ``["hello", component, pid]``: a process introduces itself (again, after the server
+  restarted);
+* ``["call", seq, dest, kind, args, timeout]``: a call; from a process, to ``dest`` by Ray;
+  from the server, to the process (``dest`` empty);
+* ``["send", dest, kind, args]``: one-way, the same two ways;
+* ``["reply", seq, ok, value]``: a call's answer; an error travels as
+  ``[type name, errno, message]`` (:func:`encode_error`).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgpack
+
+from actors.transport import PeerGone
+from protocols.errno import Errno, XenError
+
+RECONNECT_S = 60.0  # how long a process whose server died waits for the restarted one
+RECONNECT_POLL_S = 0.1
+CHUNK = 1 << 16
+
+
+def pack(frame: list) -> bytes:
+    return msgpack.packb(frame, use_bin_type=True)
+
+
+def unpacker() -> msgpack.Unpacker:
+    return msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=64 << 20)
+
+
+def frames(sock: socket.socket, unpack: msgpack.Unpacker) -> Iterator[list]:
+    """The frames read from ``sock`` until it closes (or breaks)."""
+    while True:
+        try:
+            data = sock.recv(CHUNK)
+        except OSError:
+            return
+        if not data:
+            return
+        unpack.feed(data)
+        for frame in unpack:
+            if isinstance(frame, list) and frame:
+                yield frame
+
+
+def encode_error(e: BaseException) -> list:
+    """An exception as a reply carries it: its type's name, its errno, its message."""
+    if isinstance(e, XenError):
+        return ["XenError", int(e.errno), e.detail]
+    return [type(e).__name__, 0, str(e)]
+
+
+def decode_error(value: Any) -> Exception:
+    """The exception :func:`encode_error` carried: a XenError stays one, as do PeerGone and
+    TimeoutError (what callers tell apart); anything else is a RuntimeError with its text."""
+    try:
+        name, errno, message = value
+    except (TypeError, ValueError):
+        return RuntimeError(f"a malformed error: {value!r}")
+    if name == "XenError":
+        try:
+            return XenError(Errno(errno), message)
+        except ValueError:
+            return XenError(Errno.EINVAL, message)
+    if name == "PeerGone":
+        return PeerGone(message)
+    if name == "TimeoutError":
+        return TimeoutError(message)
+    return RuntimeError(f"{name}: {message}")
+
+
+class RelayClient:
+    """A forked domain process's transport: every call goes through its host's fork server.
+
+    Calls to this process run ``deliver(kind, *args)``: each call on a thread of its own (a
+    handler may itself call out, whose reply this reader must be free to read), one-way
+    messages in order on one thread, as one vCPU takes interrupts. The socket breaking (the
+    fork server killed) fails the calls waiting with :class:`PeerGone`; the process connects
+    again, for up to :data:`RECONNECT_S`, to the server Ray starts again."""
+
+    def __init__(self, address: str, component: str, deliver: Callable[..., Any],
+                 log: Any = None, reconnect_s: float = RECONNECT_S) -> None:
+        self.address, self.component = address, component
+        self.deliver = deliver
+        self.log = log
+        self.reconnect_s = reconnect_s
+        self._seq = itertools.count(1)
+        self._cv = threading.Condition()
+        self._replies: dict[int, tuple[bool, Any] | None] = {}  # seq -> (ok, value) once here
+        self._sock: socket.socket | None = None
+        self._send_lock = threading.Lock()
+        self._oneway: collections.deque[tuple[str, list]] = collections.deque()
+        self._oneway_cv = threading.Condition()
+        threading.Thread(target=self._run_oneway, name="relay-oneway", daemon=True).start()
+
+    # -- Transport ------------------------------------------------------------------------
+
+    def call(self, dest: str, kind: str, *args: Any, timeout: float | None = None) -> Any:
+        seq = next(self._seq)
+        with self._cv:
+            self._replies[seq] = None
+        try:
+            self._write(["call", seq, dest, kind, list(args), timeout])
+            deadline = None if timeout is None else time.monotonic() + timeout
+            with self._cv:
+                while self._replies.get(seq) is None:
+                    if seq not in self._replies:
+                        raise PeerGone(f"{dest}: the host's fork server went away")
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError(f"{dest} did not answer {kind} within {timeout} s")
+                    self._cv.wait(left)
+                ok, value = self._replies[seq]  # type: ignore[misc]
+        finally:
+            with self._cv:
+                self._replies.pop(seq, None)
+        if not ok:
+            raise decode_error(value)
+        return value
+
+    def send(self, dest: str, kind: str, *args: Any) -> None:
+        try:
+            self._write(["send", dest, kind, list(args)])
+        except PeerGone:
+            pass
+
+    def forget(self, dest: str) -> None:
+        """The fork server holds the routes."""
+
+    def prefetch(self, dest: str) -> None:
+        """The fork server holds the routes."""
+
+    # -- the socket -----------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Connect to the fork server and say who this is (raises OSError if it is not
+        there)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(self.address)
+            sock.sendall(pack(["hello", self.component, os.getpid()]))
+        except OSError:
+            sock.close()
+            raise
+        self._sock = sock
+
+    def serve(self) -> None:
+        """Read and dispatch frames for as long as a fork server is there; returns when none
+        has come back within :attr:`reconnect_s` of the last one going away."""
+        while self._sock is not None:
+            for frame in frames(self._sock, unpacker()):
+                self._dispatch(frame)
+            self._lost()
+            if not self._reconnect():
+                return
+
+    def _lost(self) -> None:
+        """The socket broke: every waiting call fails."""
+        with self._send_lock:
+            sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+        with self._cv:
+            for seq in [s for s, r in self._replies.items() if r is None]:
+                del self._replies[seq]
+            self._cv.notify_all()
+
+    def _reconnect(self) -> bool:
+        deadline = time.monotonic() + self.reconnect_s
+        while time.monotonic() < deadline:
+            try:
+                with self._send_lock:
+                    self.connect()
+                if self.log is not None:
+                    self.log.info("fork server back: reconnected")
+                return True
+            except OSError:
+                time.sleep(RECONNECT_POLL_S)
+        return False
+
+    def _write(self, frame: list) -> None:
+        data = pack(frame)
+        with self._send_lock:
+            if self._sock is None:
+                raise PeerGone("the host's fork server is not there")
+            try:
+                self._sock.sendall(data)
+            except OSError as e:
+                raise PeerGone(f"the host's fork server went away: {e}") from None
+
+    def _dispatch(self, frame: list) -> None:
+        match frame:
+            case ["reply", int(seq), ok, value]:
+                with self._cv:
+                    if seq in self._replies:
+                        self._replies[seq] = (bool(ok), value)
+                        self._cv.notify_all()
+            case ["call", int(seq), _, str(kind), list(args), _]:
+                threading.Thread(target=self._answer, args=(seq, kind, args),
+                                 name=f"relay-{kind}", daemon=True).start()
+            case ["send", _, str(kind), list(args)]:
+                with self._oneway_cv:
+                    self._oneway.append((kind, args))
+                    self._oneway_cv.notify()
+
+    def _answer(self, seq: int, kind: str, args: list) -> None:
+        try:
+            reply = ["reply", seq, True, self.deliver(kind, *args)]
+        except Exception as e:  # noqa: BLE001 - the caller gets it, as over Ray
+            reply = ["reply", seq, False, encode_error(e)]
+        try:
+            self._write(reply)
+        except PeerGone:
+            pass  # the caller's call failed with the server
+
+    def _run_oneway(self) -> None:
+        while True:
+            with self._oneway_cv:
+                self._oneway_cv.wait_for(lambda: self._oneway)
+                kind, args = self._oneway.popleft()
+            try:
+                self.deliver(kind, *args)
+            except Exception as e:  # noqa: BLE001 - one-way: nobody to tell but the log
+                if self.log is not None:
+                    self.log.warning("one-way message failed", kind=kind, error=str(e))

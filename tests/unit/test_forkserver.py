@@ -1,0 +1,111 @@
+"""A host's fork server (``actors.forkserver``) with its real zygote and real forked
+processes, over its real abstract Unix socket; the host's hypervisor and xenstored, which it
+calls on its processes' behalf over Ray in a cluster, are :class:`Peers` here."""
+
+import os
+import pathlib
+import uuid
+
+import pytest
+import structlog
+
+from actors.forkserver.actor import ForkServer
+from actors.transport import PeerGone
+from actors.transport.relay import RelayClient, decode_error, encode_error
+from protocols.errno import Errno, XenError
+from tests.waits import wait_until
+
+
+class Peers:
+    """The host's hypervisor and xenstored as a relayed call reaches them: each call is
+    recorded; ``fail`` raises xenstored's ENOENT, anything else echoes its arguments."""
+
+    def __init__(self):
+        self.calls = []
+
+    def call(self, dest, kind, *args, timeout=None):
+        self.calls.append((dest, kind, list(args)))
+        if kind == "fail":
+            raise XenError(Errno.ENOENT, "no such node")
+        return {"echo": list(args)}
+
+    def send(self, dest, kind, *args):
+        self.calls.append((dest, kind, list(args)))
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = ForkServer("t1", uuid.uuid4().hex[:8], None, Peers(), structlog.get_logger())
+    yield s
+    s.on_close()
+
+
+def parent(pid):
+    return int(pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_spawned_process_is_forked_by_the_zygote_answers_calls_and_dies_when_killed(server):
+    component = server.on_spawn()
+    pid = server.on_processes()[component]
+    assert parent(pid) == server._zygote.pid and pid != os.getpid()
+    assert server.on_relay(component, "process", [])["pid"] == pid
+    with pytest.raises(RuntimeError, match="no handler for 'nosuch'"):
+        server.on_relay(component, "nosuch", [])
+    assert server.on_kill(component)
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), "the killed process to be gone", 10)
+    with pytest.raises(PeerGone):
+        server.on_relay(component, "process", [])
+    assert not server.on_kill(component), "nothing left to kill"
+
+
+def connected(server, component, deliver=lambda kind, *args: (kind, list(args))):
+    """A :class:`RelayClient` of this test process, connected and served on a thread."""
+    import threading
+
+    client = RelayClient(server.address, component, deliver, reconnect_s=0)
+    client.connect()
+    threading.Thread(target=client.serve, daemon=True).start()
+    wait_until(lambda: component in server.on_processes(), "the hello", 10)
+    return client
+
+
+def test_a_process_s_calls_reach_its_hypervisor_and_xenstored_and_nobody_else(server):
+    peers = server.transport
+    client = connected(server, "vm-test0001")
+    assert client.call("t1/xenstored", "xs", 3, b"\x01\x02") == {"echo": [3, b"\x01\x02"]}
+    with pytest.raises(XenError) as err:
+        client.call("t1/xenstored", "fail")
+    assert err.value.errno is Errno.ENOENT, "a XenError crosses as itself"
+    before = len(peers.calls)
+    with pytest.raises(XenError) as err:
+        client.call("t1/xl", "destroy", "victim")
+    assert err.value.errno is Errno.EPERM and len(peers.calls) == before
+    client.send("t1/registry", "release", "victim")  # one-way, refused without a word
+    client.send("t1/hypervisor", "hypercall", 7)
+    wait_until(lambda: peers.calls[-1] == ("t1/hypervisor", "hypercall", [7]),
+               "the one-way hypercall", 10)
+    assert ("t1/registry", "release", ["victim"]) not in peers.calls
+    assert server.on_relay("vm-test0001", "upcall", [3, [1, 2]]) == ["upcall", [3, [1, 2]]]
+    with server._cv:  # this test's process is not the server's to kill at close
+        del server._processes["vm-test0001"]
+
+
+def test_a_hello_in_another_process_s_name_is_refused(server):
+    component = server.on_spawn()
+    pid = server.on_processes()[component]
+    liar = RelayClient(server.address, component, lambda kind, *a: "hijacked", reconnect_s=0)
+    liar.connect()
+    liar.serve()  # returns: the server shut the connection
+    assert server.on_processes()[component] == pid
+    assert server.on_relay(component, "process", [])["pid"] == pid, "still the real one"
+    server.on_kill(component)
+
+
+def test_an_error_crosses_the_wire_as_what_callers_tell_apart():
+    assert isinstance(decode_error(encode_error(PeerGone("h1/x"))), PeerGone)
+    assert isinstance(decode_error(encode_error(TimeoutError("slow"))), TimeoutError)
+    err = decode_error(encode_error(XenError(Errno.EAGAIN, "again")))
+    assert isinstance(err, XenError) and err.errno is Errno.EAGAIN and err.detail == "again"
+    assert "KeyError" in str(decode_error(encode_error(KeyError("k"))))
+    assert isinstance(decode_error("garbage"), RuntimeError)
+    assert decode_error(["XenError", 99999, "x"]).errno is Errno.EINVAL
