@@ -1,5 +1,7 @@
-"""A DomU: its PV guest kernel and the Ray shell around it (:mod:`.actor`, the only file using
-Ray). The kernel is split as Linux's is, one concept a module:
+"""A DomU: its PV guest kernel and the process around it (:mod:`.actor`: a process bound to
+one domain, forked by :mod:`.zygote` for the host's fork server, or a Ray actor with the
+``ray`` launcher; the only files that start anything). The kernel is split as Linux's is, one
+concept a module:
 
 * :mod:`.kernel`: boot from start_info (or resume in a new domain), the vCPU running the init
   program, the guest's clock, statistics (``arch/x86/xen/enlighten_pv.c``, ``init/main.c``);

@@ -1,6 +1,7 @@
-"""A DomU's shell: the only domain file that knows about Ray.
+"""A DomU's shell, and the process that runs it: the only domain file that knows about Ray.
 
-The toolstack binds it to a domain once the domain is built and paused; it maps
+The process is started as no domain (forked by the host's zygote, :mod:`.zygote`, or started
+as a Ray actor by the ``ray`` launcher), and the toolstack binds it to a domain once the domain is built and paused; it maps
 the domain's memory and builds the kernel with the domain's credential for hypercalls and
 xenstore (with ``resume=True`` for a restored or migrated domain, whose kernel resumes the
 suspended guest in that memory rather than booting). The kernel reads start_info at the first
@@ -8,7 +9,8 @@ unpause, so a restore may fill the memory after the shell is up. The hypervisor 
 it one-way (``vcpu_gate``, ``upcall``) and xenstored pushes watch events (``xs_event``); each
 handler hands over to the kernel and returns at once, while the kernel's own threads (from
 the :class:`~actors.runtime.Runtime` handed in: real ones here, a test's clock in tests) make
-the blocking calls, hence the thread pool (``max_concurrency``). The process dying is the
+the blocking calls (so calls to it are served at once: a Ray actor's thread pool, a forked
+process's thread per call, ``actors.transport.relay``). The process dying is the
 domain crashing: the hypervisor watches its pid (reference 19.8, DESIGN.md "Failure
 semantics").
 """

@@ -92,25 +92,40 @@ class ForkServer:
         self._listener.listen(128)
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._listener, selectors.EVENT_READ)
-        self._spawn_lock = threading.Lock()
-        self._zygote = subprocess.Popen(
-            [sys.executable, "-m", ZYGOTE, self.address.lstrip("\0"), host, log_dir or ""],
+        self._spawn_lock = threading.Lock()  # one fork at a time; guards the zygote
+        self._zygote = self._start_zygote()
+        threading.Thread(target=self._serve, name="forkserver", daemon=True).start()
+        log.info("fork server up", zygote=self._zygote.pid)
+
+    def _start_zygote(self) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", ZYGOTE, self.address.lstrip("\0"), self.host,
+             self.log_dir or ""],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, close_fds=True,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(
                 [ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])})
-        threading.Thread(target=self._serve, name="forkserver", daemon=True).start()
-        log.info("fork server up", zygote=self._zygote.pid)
+
+    def _fork(self, component: str) -> int:
+        """The zygote forks ``component``; its pid (0 if the zygote died meanwhile). A zygote
+        found dead (killed on its own) is started again first."""
+        with self._spawn_lock:
+            if self._zygote.poll() is not None:
+                self.log.warning("zygote dead: started again", rc=self._zygote.returncode)
+                self._zygote = self._start_zygote()
+            assert self._zygote.stdin is not None and self._zygote.stdout is not None
+            try:
+                self._zygote.stdin.write(component + "\n")
+                self._zygote.stdin.flush()
+                return int(self._zygote.stdout.readline() or 0)
+            except (OSError, ValueError):
+                return 0
 
     # -- commands ------------------------------------------------------------------------
 
     def on_spawn(self) -> str:
         """Fork a domain process; its component (``vm-1a2b``) once it has connected."""
         component = DOMAIN_PREFIX + secrets.token_hex(4)
-        with self._spawn_lock:
-            assert self._zygote.stdin is not None and self._zygote.stdout is not None
-            self._zygote.stdin.write(component + "\n")
-            self._zygote.stdin.flush()
-            pid = int(self._zygote.stdout.readline() or 0)
+        pid = self._fork(component)
         if pid <= 0:
             raise XenError(Errno.EAGAIN, f"{self.host}'s zygote is gone")
         with self._cv:
@@ -176,7 +191,8 @@ class ForkServer:
             procs, self._processes = list(self._processes.values()), {}
         for proc in procs:
             _kill(proc.pid)
-        _kill(self._zygote.pid)
+        with self._spawn_lock:
+            _kill(self._zygote.pid)
 
     # -- the sockets ---------------------------------------------------------------------
 
@@ -208,11 +224,16 @@ class ForkServer:
                     self._gone(key.data[0], sock)
                     sock.close()
                     continue
-                unpack = readers[sock]
-                unpack.feed(data)
-                for frame in unpack:
-                    if isinstance(frame, list) and frame:
-                        self._dispatch(frame, sock, key.data)
+                try:
+                    unpack = readers[sock]
+                    unpack.feed(data)
+                    for frame in unpack:
+                        if isinstance(frame, list) and frame:
+                            self._dispatch(frame, sock, key.data)
+                except Exception as e:  # noqa: BLE001 - a process's garbage: its own loss
+                    self.log.warning("malformed frames: connection closed",
+                                     component=key.data[0], error=repr(e))
+                    sock.shutdown(socket.SHUT_RDWR)  # read as closed at the next select
 
     def _dispatch(self, frame: list, sock: socket.socket, who: list) -> None:
         match frame:

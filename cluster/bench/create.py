@@ -67,8 +67,9 @@ def _phase(label: str, results: list[dict[str, Any]], elapsed_s: float) -> dict[
 
 def _run(n: int, launcher: str, pool: int,
          bodies: list[Callable[[Any, Any], tuple[list[dict], float]]],
-         status: Any) -> list[tuple[list[dict], float]]:
-    """Each of ``bodies`` in turn on one new one-host cluster (its pool full first)."""
+         status: Any) -> list[tuple[list[dict], float, dict[str, Any]]]:
+    """Each of ``bodies`` in turn on one new one-host cluster (its pool full first): its
+    results, seconds, and its launcher and processes taken from a pool (or forked)."""
     from cluster.api import Cluster
 
     with Cluster(hosts=1, host_memory_mib=DOMAIN_MIB * 3 * n + 512, launcher=launcher,
@@ -76,7 +77,11 @@ def _run(n: int, launcher: str, pool: int,
         out = []
         for body in bodies:
             _full_pool(xen, status)
-            out.append(body(xen, status))
+            before = xen._call("h1", "xl", "pool")["taken"]
+            results, elapsed = body(xen, status)
+            after = xen._call("h1", "xl", "pool")
+            out.append((results, elapsed, {"launcher": after["launcher"],
+                                           "taken": after["taken"] - before}))
         return out
 
 
@@ -106,8 +111,8 @@ def bench_create(out: Console, a: argparse.Namespace) -> BenchResult:
                 ("fork", 0, [("fork, one at a time", serial("forked")),
                              ("fork, all at once", burst)])):
             done = _run(n, launcher, pool, [body for _, body in phases], status)
-            rows += [_phase(label, results, elapsed)
-                     for (label, _), (results, elapsed) in zip(phases, done)]
+            rows += [{**_phase(label, results, elapsed), **launched}
+                     for (label, _), (results, elapsed, launched) in zip(phases, done)]
     base = rows[0]
     for row in rows:
         row["speedup"] = base["median_s"] / row["median_s"]

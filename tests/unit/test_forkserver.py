@@ -109,3 +109,28 @@ def test_an_error_crosses_the_wire_as_what_callers_tell_apart():
     assert "KeyError" in str(decode_error(encode_error(KeyError("k"))))
     assert isinstance(decode_error("garbage"), RuntimeError)
     assert decode_error(["XenError", 99999, "x"]).errno is Errno.EINVAL
+
+
+def test_garbage_on_a_socket_closes_that_connection_and_no_other(server):
+    import socket
+
+    component = server.on_spawn()
+    pid = server.on_processes()[component]
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.connect(server.address)
+    sock.sendall(b"\xc1" * 64)  # 0xc1: never used in msgpack
+    sock.settimeout(10)
+    assert sock.recv(1) == b"", "the server closed the connection"
+    sock.close()
+    assert server.on_relay(component, "process", [])["pid"] == pid, "the server serves on"
+    server.on_kill(component)
+
+
+def test_a_zygote_killed_on_its_own_is_started_again_at_the_next_spawn(server):
+    old = server._zygote.pid
+    os.kill(old, 9)
+    wait_until(lambda: server._zygote.poll() is not None, "the zygote to die", 10)
+    component = server.on_spawn()
+    assert server._zygote.pid != old
+    assert parent(server.on_processes()[component]) == server._zygote.pid
+    server.on_kill(component)
