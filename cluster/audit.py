@@ -19,7 +19,9 @@ in one line (host, kind, what):
 * **xenstore**: ``/local/domain/<domid>``, ``/libxl/<domid>``, a backend directory
   (``/local/domain/0/backend/<kind>/<domid>``) or ``/vm/<uuid>`` of a domain that is gone;
 * **console**, **device**: xenconsoled's console, or blkback's and netback's device, of a
-  domain that is gone.
+  domain that is gone;
+* **process**: a process of the host's fork server that runs no live domain (its vCPUs, as
+  the hypervisor knows them).
 
 A domain is gone unless the hypervisor lists it alive (a zombie is gone). The views are read
 one after another, so a domain being built or destroyed meanwhile may look inconsistent: a
@@ -72,6 +74,8 @@ class HostView:
     xenstore: dict[str, list[str]]
     consoles: list[dict[str, Any]]
     devices: dict[str, list[dict[str, Any]]]
+    processes: dict[str, int] = dataclasses.field(default_factory=dict)  # the fork server's
+    vcpu_pids: dict[int, int] = dataclasses.field(default_factory=dict)  # the hypervisor's
 
 
 def find_leaks(host: str, view: HostView) -> list[Leak]:
@@ -111,6 +115,11 @@ def find_leaks(host: str, view: HostView) -> list[Leak]:
             if row["domid"] not in alive:
                 leak("device", f"{component} holds {DEVICE_LISTS[component][0]} {row['devid']} "
                                f"of domain {row['domid']}, which is gone")
+    running = {pid for domid, pid in view.vcpu_pids.items() if domid in alive}
+    for component, pid in sorted(view.processes.items()):
+        if pid not in running:
+            leak("process", f"the fork server's process {component} (pid {pid}) runs no "
+                            "domain")
     return sorted(leaks)
 
 
@@ -165,13 +174,17 @@ def host_view(cluster: Cluster, host: str) -> HostView:
     consoles = cluster._call(host, "xenconsoled", "statistics")["consoles"]
     devices = {component: cluster._call(host, component, "statistics")[key]
                for component, (_, key) in DEVICE_LISTS.items()}
+    processes, vcpu_pids = {}, {}
+    if cluster._call(host, "xl", "pool")["launcher"] == "fork":
+        processes = cluster._call(host, "forkserver", "processes")
+        vcpu_pids = {int(d): p for d, p in cluster._call(host, "hypervisor", "vcpu_pids").items()}
     path = xenstored_socket(cluster.run_dir, host)
     try:
         with XsSocket(path) as xs:
             dirs = xenstore_dirs(xs)
     except OSError as e:
         raise HostUnreachable(host, "xenstored", f"cannot be read at {path}: {e}") from None
-    return HostView(names, hypervisor, dirs, consoles, devices)
+    return HostView(names, hypervisor, dirs, consoles, devices, processes, vcpu_pids)
 
 
 def xenstore_dirs(xs: Any) -> dict[str, list[str]]:

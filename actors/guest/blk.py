@@ -61,7 +61,8 @@ def blkverify(os: GuestOS) -> None:
     Prints the counts and publishes them as a result.
 
     ``flush=N`` flushes after every N acknowledged writes instead of once at the end
-    (``flush=0``: never), as an fsync-disciplined writer does. ``acklog=1`` prints what the
+    (``flush=0``: never), as an fsync-disciplined writer does. ``rate=R`` writes at most R
+    blocks a second (a steady writer, not a flat-out one; 0, the default: flat out). ``acklog=1`` prints what the
     disk acknowledged, for a durability checker that reads the image afterwards
     (``cluster.fault.disk.parse_acks``): ``ACK <seq> <first>-<last> gen=<seed> bs=<bs>``
     once a batch of writes is acknowledged (``seq``: the writes acknowledged before it;
@@ -88,6 +89,9 @@ def blkverify(os: GuestOS) -> None:
     retry = option(os, "retry", 0.5, float)
     if retry <= 0:
         raise ValueError(f"retry={retry:g}: want the seconds to wait before a failed step")
+    rate = option(os, "rate", 0.0, float)
+    if rate < 0:
+        raise ValueError(f"rate={rate:g}: want blocks a second, or 0 for flat out")
     sectors = bs // SECTOR_SIZE
     st = os.memory("blkverify", 1, BLKVERIFY)[0]
 
@@ -126,6 +130,8 @@ def blkverify(os: GuestOS) -> None:
         if first >= blocks:
             break
         end = min(first + depth, blocks, int(st["flushed"]) + every if every else blocks)
+        if rate and (ahead := float(st["t0"]) + first / rate - os.clock()) > 0:
+            os.sleep(ahead)  # paced from the start: a resumed run keeps the same schedule
         retried(f"writing blocks {first}-{end - 1}", write, first, end)
         if acklog:
             os.print(f"ACK {first} {first * sectors}-{end * sectors - 1} gen={seed} bs={bs}")

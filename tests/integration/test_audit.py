@@ -38,8 +38,12 @@ def test_audit_is_clean_after_domains_come_and_go_and_finds_planted_leaks(
     subprocess.run(["xenstore-write", f"{node}/x", "1"], env=env, check=True, timeout=30)
     stray = pathlib.Path(f"/dev/shm/xenray-{xen.run_id}-h2-d{UNUSED_DOMID}")
     stray.touch(mode=0o600)
+    forked = xen._call("h2", "forkserver", "spawn")  # as a toolstack that lost track would
+    pid = xen._call("h2", "forkserver", "processes")[forked]
     planted = {Leak("h1", "xenstore", node),
-               Leak("h2", "shm-file", f"{stray}: domain {UNUSED_DOMID} is gone")}
+               Leak("h2", "shm-file", f"{stray}: domain {UNUSED_DOMID} is gone"),
+               Leak("h2", "process", f"the fork server's process {forked} (pid {pid}) runs no "
+                                     "domain")}
     try:
         as_json = json.loads(cli(cluster_home, "audit", "--json").stdout)
         assert {Leak(**row) for row in as_json} == before | planted
@@ -48,5 +52,6 @@ def test_audit_is_clean_after_domains_come_and_go_and_finds_planted_leaks(
     finally:
         subprocess.run(["xenstore-rm", node], env=env, check=True, timeout=30)
         stray.unlink()
+        xen._call("h2", "forkserver", "kill", forked)
     assert set(audit(xen)) == before
     assert cli(cluster_home, "audit").returncode == (1 if before else 0)

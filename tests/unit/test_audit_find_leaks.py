@@ -160,3 +160,16 @@ def test_audit_lists_a_directory_longer_than_one_xenstore_reply(host, tmp_path):
         assert too_big.value.errno == Errno.E2BIG
     finally:
         server.stop()
+
+
+def test_audit_finds_a_fork_server_process_that_runs_no_live_domain(host):
+    """A process of the fork server is a leak unless a live domain runs in it: the
+    hypervisor's vCPU pid of a destroyed domain, or a pid no domain has, is none."""
+    live, gone = build(host, "live"), build(host, "gone")
+    destroy(host, gone)
+    view = HostView({"live": live.domid}, host.hypervisor.on_audit(), xenstore_dirs(host.xs),
+                    [], NO_DEVICES, processes={"vm-1": 101, "vm-2": 102, "vm-3": 103},
+                    vcpu_pids={live.domid: 101, gone.domid: 102})
+    assert kinds(find_leaks(HOST, view)) == [
+        ("process", "the fork server's process vm-2 (pid 102) runs no domain"),
+        ("process", "the fork server's process vm-3 (pid 103) runs no domain")]

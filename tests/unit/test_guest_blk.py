@@ -262,6 +262,39 @@ def test_blkverify_a_finished_run_resumed_only_idles():
     assert len(disk.log) == n and again.out == []
 
 
+def test_blkverify_rate_paces_its_writes_from_the_start():
+    """``rate=40`` with batches of 4: batch k is written no earlier than k/10 s after the
+    start (the clock advances by each sleep); flat out, it never sleeps."""
+    class Paced(Kernel):
+        def __init__(self, disk):
+            super().__init__(disk)
+            self.sleeps, self.written_at = [], []
+
+        def sleep(self, seconds):
+            if any(x.startswith("RESULT ") for x in self.out):
+                raise Idle  # the run's end: the idle loop
+            self.sleeps.append(seconds)
+            self.now += seconds
+
+    class Timed(FreezingDisk):
+        def submit_write(self, sector, data):
+            kernel.written_at.append(kernel.now)
+            return super().submit_write(sector, data)
+
+    disk = Timed(sectors=64)
+    kernel = Paced(disk)
+    with pytest.raises(Idle):
+        find("blkverify")(GuestOS(kernel, argv=("blocks=16", "iodepth=4", "bs=1024",
+                                                "rate=40"), domid=3, name="b"))
+    firsts = kernel.written_at[::4]
+    assert [round(t, 2) for t in firsts] == [0.0, 0.1, 0.2, 0.3]
+    assert len(kernel.sleeps) == 3
+    result = json.loads(next(x for x in kernel.out if x.startswith("RESULT "))[7:])
+    assert result["verified"] == 16
+    flat = run_blkverify(FreezingDisk(sectors=64), "blocks=16", "iodepth=4", "bs=1024")
+    assert any(x.startswith("RESULT ") for x in flat.out), "flat out: no sleep before the end"
+
+
 def test_blkverify_reports_blocks_that_do_not_read_back():
     class Rotten(FreezingDisk):
         def submit_read(self, sector, nbytes):
