@@ -3,7 +3,8 @@ process on request (Android's zygote, Python's ``forkserver``).
 
 Its fork server (``actors.forkserver``, a Ray actor) starts it with pipes for stdin and stdout. It
 imports everything a domain runs, freezes the garbage collector's generations (so a child
-touching no object does not copy the page it lies in), and then, for each line read (a
+touching no object does not copy the page it lies in), says ``ready``, and then, for each
+line read (a
 component, ``vm-1a2b``), forks: the child connects to the fork server's socket and waits to
 be bound to a domain; the zygote writes the child's pid back. It has one thread, so the fork
 is safe, and it ignores SIGCHLD, so its children are reaped by the kernel (the hypervisor
@@ -31,6 +32,8 @@ def main(argv: list[str]) -> None:
     gc.freeze()
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)
     out = sys.stdout
+    out.write("ready\n")  # the first create does not wait for the imports
+    out.flush()
     for line in sys.stdin:
         component = line.strip()
         if not component:

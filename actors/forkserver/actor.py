@@ -36,7 +36,7 @@ from actors import log as xlog
 from actors.transport import PeerGone, Transport
 from actors.transport.naming import DOMAIN_PREFIX, actor_name
 from actors.transport.raycall import RayEndpoint, RayTransport
-from actors.transport.relay import decode_error, encode_error, pack, unpacker
+from actors.transport.relay import decode_error, encode_error, send_frame, unpacker
 from protocols.errno import Errno, XenError
 
 SPAWN_TIMEOUT_S = 30.0  # a fork and a connect take milliseconds; a loaded machine, seconds
@@ -60,14 +60,8 @@ class _Process:
         self.lock = threading.Lock()  # one writer at a time
 
     def write(self, frame: list) -> None:
-        data = pack(frame)
         with self.lock:
-            if self.sock is None:
-                raise PeerGone("the domain process is not connected")
-            try:
-                self.sock.sendall(data)
-            except OSError as e:
-                raise PeerGone(f"the domain process went away: {e}") from None
+            send_frame(self.sock, frame, f"domain process {self.pid}")
 
 
 class ForkServer:
@@ -98,12 +92,17 @@ class ForkServer:
         log.info("fork server up", zygote=self._zygote.pid)
 
     def _start_zygote(self) -> subprocess.Popen:
-        return subprocess.Popen(
+        """A new zygote, once it has imported the kernel (about 1.5 s of a core)."""
+        zygote = subprocess.Popen(
             [sys.executable, "-m", ZYGOTE, self.address.lstrip("\0"), self.host,
              self.log_dir or ""],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, close_fds=True,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(
                 [ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])})
+        assert zygote.stdout is not None
+        if zygote.stdout.readline().strip() != "ready":
+            self.log.warning("zygote failed to start", rc=zygote.wait())
+        return zygote
 
     def _fork(self, component: str) -> int:
         """The zygote forks ``component``; its pid (0 if the zygote died meanwhile). A zygote

@@ -44,6 +44,17 @@ def pack(frame: list) -> bytes:
     return msgpack.packb(frame, use_bin_type=True)
 
 
+def send_frame(sock: socket.socket | None, frame: list, peer: str) -> None:
+    """Write ``frame`` on ``sock`` (the caller holds its write lock): :class:`PeerGone`
+    naming ``peer`` if there is no socket or it broke."""
+    if sock is None:
+        raise PeerGone(f"{peer} is not connected")
+    try:
+        sock.sendall(pack(frame))
+    except OSError as e:
+        raise PeerGone(f"{peer} went away: {e}") from None
+
+
 def unpacker() -> msgpack.Unpacker:
     return msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=64 << 20)
 
@@ -199,14 +210,8 @@ class RelayClient:
         return False
 
     def _write(self, frame: list) -> None:
-        data = pack(frame)
         with self._send_lock:
-            if self._sock is None:
-                raise PeerGone("the host's fork server is not there")
-            try:
-                self._sock.sendall(data)
-            except OSError as e:
-                raise PeerGone(f"the host's fork server went away: {e}") from None
+            send_frame(self._sock, frame, "the host's fork server")
 
     def _dispatch(self, frame: list) -> None:
         match frame:
