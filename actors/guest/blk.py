@@ -36,7 +36,8 @@ def verify_block(seed: int, index: int, bs: int) -> bytes:
 # acknowledged, the bad blocks so far (the first 16 of them), its start on the guest clock,
 # the writes a completed flush covers, the I/O steps that failed and were done again
 BLKVERIFY = np.dtype([("phase", "<u8"), ("next", "<u8"), ("nbad", "<u8"), ("t0", "<f8"),
-                      ("bad", "<u8", (16,)), ("flushed", "<u8"), ("errors", "<u8")])
+                      ("bad", "<u8", (16,)), ("flushed", "<u8"), ("errors", "<u8"),
+                      ("t1", "<f8")])  # t1: when verifying started
 WRITING, VERIFYING, DONE = 1, 2, 3
 
 
@@ -61,8 +62,9 @@ def blkverify(os: GuestOS) -> None:
     Prints the counts and publishes them as a result.
 
     ``flush=N`` flushes after every N acknowledged writes instead of once at the end
-    (``flush=0``: never), as an fsync-disciplined writer does. ``rate=R`` writes at most R
-    blocks a second (a steady writer, not a flat-out one; 0, the default: flat out). ``acklog=1`` prints what the
+    (``flush=0``: never), as an fsync-disciplined writer does. ``rate=R`` writes, then reads
+    back, at most R blocks a second (a steady writer, not a flat-out one; 0, the default:
+    flat out). ``acklog=1`` prints what the
     disk acknowledged, for a durability checker that reads the image afterwards
     (``cluster.fault.disk.parse_acks``): ``ACK <seq> <first>-<last> gen=<seed> bs=<bs>``
     once a batch of writes is acknowledged (``seq``: the writes acknowledged before it;
@@ -113,6 +115,12 @@ def blkverify(os: GuestOS) -> None:
     def read(indices: range) -> list[bytes]:
         return _results([disk.submit_read(i * sectors, bs) for i in indices])
 
+    def pace(start: float, done: int) -> None:
+        """With ``rate``, wait until ``done`` blocks are due since ``start`` (a schedule
+        kept in guest memory: a resumed run keeps it)."""
+        if rate and (ahead := start + done / rate - os.clock()) > 0:
+            os.sleep(ahead)
+
     def flush(n: int) -> None:
         retried("flush", disk.flush, 60)
         if acklog:
@@ -130,8 +138,7 @@ def blkverify(os: GuestOS) -> None:
         if first >= blocks:
             break
         end = min(first + depth, blocks, int(st["flushed"]) + every if every else blocks)
-        if rate and (ahead := float(st["t0"]) + first / rate - os.clock()) > 0:
-            os.sleep(ahead)  # paced from the start: a resumed run keeps the same schedule
+        pace(float(st["t0"]), first)
         retried(f"writing blocks {first}-{end - 1}", write, first, end)
         if acklog:
             os.print(f"ACK {first} {first * sectors}-{end * sectors - 1} gen={seed} bs={bs}")
@@ -139,9 +146,10 @@ def blkverify(os: GuestOS) -> None:
     if st["phase"] == WRITING:
         if every is None:
             flush(blocks)
-        st["next"], st["nbad"], st["phase"] = 0, 0, VERIFYING
+        st["next"], st["nbad"], st["t1"], st["phase"] = 0, 0, os.clock(), VERIFYING
     while st["phase"] == VERIFYING and st["next"] < blocks:
         first = int(st["next"])
+        pace(float(st["t1"]), first)
         indices = range(first, min(first + depth, blocks))
         data = retried(f"reading blocks {first}-{indices[-1]}", read, indices)
         bad = [i for i, got in zip(indices, data) if got != verify_block(seed, i, bs)]

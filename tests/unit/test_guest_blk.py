@@ -262,13 +262,14 @@ def test_blkverify_a_finished_run_resumed_only_idles():
     assert len(disk.log) == n and again.out == []
 
 
-def test_blkverify_rate_paces_its_writes_from_the_start():
-    """``rate=40`` with batches of 4: batch k is written no earlier than k/10 s after the
-    start (the clock advances by each sleep); flat out, it never sleeps."""
+def test_blkverify_rate_paces_its_writes_and_reads():
+    """``rate=40`` with batches of 4: batch k is written (then read back) no earlier than
+    k/10 s after the start of its phase (the clock advances by each sleep); flat out, it
+    never sleeps."""
     class Paced(Kernel):
         def __init__(self, disk):
             super().__init__(disk)
-            self.sleeps, self.written_at = [], []
+            self.sleeps, self.written_at, self.read_at = [], [], []
 
         def sleep(self, seconds):
             if any(x.startswith("RESULT ") for x in self.out):
@@ -281,6 +282,10 @@ def test_blkverify_rate_paces_its_writes_from_the_start():
             kernel.written_at.append(kernel.now)
             return super().submit_write(sector, data)
 
+        def submit_read(self, sector, nbytes):
+            kernel.read_at.append(kernel.now)
+            return super().submit_read(sector, nbytes)
+
     disk = Timed(sectors=64)
     kernel = Paced(disk)
     with pytest.raises(Idle):
@@ -288,7 +293,9 @@ def test_blkverify_rate_paces_its_writes_from_the_start():
                                                 "rate=40"), domid=3, name="b"))
     firsts = kernel.written_at[::4]
     assert [round(t, 2) for t in firsts] == [0.0, 0.1, 0.2, 0.3]
-    assert len(kernel.sleeps) == 3
+    read_at = [round(t - kernel.read_at[0], 2) for t in kernel.read_at[::4]]
+    assert read_at == [0.0, 0.1, 0.2, 0.3], "read back at the same pace"
+    assert len(kernel.sleeps) == 6
     result = json.loads(next(x for x in kernel.out if x.startswith("RESULT "))[7:])
     assert result["verified"] == 16
     flat = run_blkverify(FreezingDisk(sectors=64), "blocks=16", "iodepth=4", "bs=1024")
