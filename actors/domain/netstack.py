@@ -5,7 +5,8 @@ its uplinks need the ARP traffic a real guest makes, gratuitous ARP included (Li
 ``netdev_notify_peers`` after a backend reconnect, xen-reference.md 19.4). It behaves as a
 Linux host on one Ethernet: ARP answers requests for our address, creates an entry for the
 sender of a request for us or of an answer we asked for, and only refreshes entries it has
-otherwise (``arp_accept`` = 0); it takes frames for our MAC, and broadcast ones for ARP only;
+otherwise (``arp_accept`` = 0), and probes an entry gone stale by unicast, as Linux's NUD
+does (:meth:`NetStack._due_probe`); it takes frames for our MAC, and broadcast ones for ARP only;
 IPv4 datagrams must be for our address, with a valid header checksum and not fragmented
 (there is no reassembly; MTU 1500 needs none). Echo replies go to the request's source MAC.
 What it sends carries valid IP, ICMP and UDP checksums (dpkt fills zero ones in).
@@ -33,6 +34,8 @@ from protocols.errno import Errno, XenError
 ETH_BROADCAST = b"\xff" * 6
 ETH_ZERO = bytes(6)
 _ETH_ARP, _ETH_IP = b"\x08\x06", b"\x08\x00"
+REACHABLE_S, DELAY_S, RETRANS_S = 30.0, 5.0, 1.0  # Linux's neigh defaults: base_reachable_time,
+# delay_first_probe_time, retrans_time
 ARP_OP_REQUEST, ARP_OP_REPLY = dpkt.arp.ARP_OP_REQUEST, dpkt.arp.ARP_OP_REPLY
 IP_TTL = 64  # Linux ip_default_ttl
 UDP_RCVQ_MAX = 256  # datagrams a socket queues before it drops (SO_RCVBUF, "RcvbufErrors")
@@ -110,6 +113,8 @@ class NetStack:
         self.arp_timeout, self.arp_retries = arp_timeout, arp_retries  # Linux: 1 s, 3 probes
         self._cv = threading.Condition()  # an RLock: stats may be counted while it is held
         self._arp: dict[bytes, bytes] = {}  # IPv4 -> MAC
+        self._confirmed: dict[bytes, float] = {}  # IPv4 -> when an ARP reply last came
+        self._probed: dict[bytes, float] = {}  # IPv4 -> when a unicast probe last went
         self._resolving: set[bytes] = set()  # requests sent, no answer yet (INCOMPLETE)
         self._echo: dict[tuple[int, int], float | None] = {}  # (ident, seq) -> reply stamp
         self._udp: dict[int, UdpSocket] = {}
@@ -118,7 +123,7 @@ class NetStack:
         self.stats = dict.fromkeys((
             "rx_frames tx_frames tx_busy rx_not_for_us rx_malformed rx_bad_checksum rx_unknown "
             "rx_fragments arp_requests_rx arp_replies_rx arp_requests_tx arp_replies_tx "
-            "arp_gratuitous_tx arp_failed icmp_echo_requests_rx icmp_echo_replies_tx "
+            "arp_gratuitous_tx arp_probes_tx arp_failed icmp_echo_requests_rx icmp_echo_replies_tx "
             "icmp_echo_requests_tx icmp_echo_replies_rx icmp_unexpected udp_rx udp_tx "
             "udp_no_port udp_rcvbuf_errors").split(), 0)
         nic.on_receive = self.receive
@@ -184,6 +189,10 @@ class NetStack:
             self.stats["arp_requests_rx" if arp.op == ARP_OP_REQUEST else "arp_replies_rx"] += 1
             if arp.sha != self._mac and arp.spa not in (bytes(4), me) and (
                     for_me or arp.spa in self._arp or arp.spa in self._resolving):
+                if arp.op == ARP_OP_REPLY:  # a reply confirms (REACHABLE)
+                    self._confirmed[arp.spa] = self._clock()
+                elif arp.spa not in self._arp:  # a request creates a STALE entry
+                    self._confirmed[arp.spa] = self._clock() - REACHABLE_S
                 self._arp[arp.spa] = arp.sha
                 self._resolving.discard(arp.spa)
                 self._cv.notify_all()
@@ -293,17 +302,36 @@ class NetStack:
         for _ in range(max(1, tries)):
             with self._cv:
                 if dst in self._arp:
-                    return self._arp[dst]
+                    mac, probe = self._arp[dst], self._due_probe(dst)
+                    break
                 self._resolving.add(dst)
             if self._send_arp(ARP_OP_REQUEST, ETH_BROADCAST, ETH_ZERO, dst):
                 self._count("arp_requests_tx")
             with self._cv:
                 if self._cv.wait_for(lambda: dst in self._arp, per_try):
                     return self._arp[dst]
-        with self._cv:
-            self._resolving.discard(dst)
-            self.stats["arp_failed"] += 1
-        return None
+        else:
+            with self._cv:
+                self._resolving.discard(dst)
+                self.stats["arp_failed"] += 1
+            return None
+        if probe and self._send_arp(ARP_OP_REQUEST, mac, ETH_ZERO, dst):
+            self._count("arp_probes_tx")
+        return mac
+
+    def _due_probe(self, dst: bytes) -> bool:
+        """Under the lock: is a unicast probe of ``dst``'s entry due? Linux's NUD: an entry
+        not confirmed for ``REACHABLE_S`` is STALE; sending on it probes the cached MAC after
+        ``DELAY_S``, every ``RETRANS_S`` until a reply confirms it (UDP confirms nothing
+        else). The reply is what keeps a one-way stream's receiver in the bridges' tables:
+        without it, its entry ages out after 300 s and the stream floods every port. An
+        entry is never dropped for want of replies (a send never waits on a re-resolve)."""
+        now = self._clock()
+        if now - self._confirmed.get(dst, now) < REACHABLE_S + DELAY_S or \
+                now - self._probed.get(dst, -RETRANS_S) < RETRANS_S:
+            return False
+        self._probed[dst] = now
+        return True
 
     def arp_cache(self) -> dict[str, str]:
         with self._cv:

@@ -14,12 +14,13 @@ each batch (N/4, N/2, 3N/4, N), samples what could grow with N:
   watchers wait for ``@releaseDomain/<domid>`` (how long until each sees it) and xenstored
   counts the WATCH_EVENTs it sends for that one destroy (its fan-out).
 
-Each sample and each batch starts once every host's pool of started domain processes is
-full again (``actors.toolstack.pool``: the state a create is meant to find). The batches
+With ``--launcher ray``, each sample and each batch starts once every host's pool of
+started domain processes is full again (``actors.toolstack.pool``: the state a create is
+meant to find; the default launcher, ``fork``, keeps none). The batches
 give each domain's creation latency against k, its order on its host (LightVM's Figure 4),
 and domains/s. With all N running: the USS and PSS of every domain process
 (``/proc/<pid>/smaps_rollup``) and their idle CPU (``/proc/<pid>/stat``), beside a bare Ray
-actor's in the same run (what any actor costs); then the time to destroy all, the hosts in
+actor's in the same run (what a domain as a Ray actor would cost at least); then the time to destroy all, the hosts in
 parallel, and whether every host's free memory is back where it started.
 """
 

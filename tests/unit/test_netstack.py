@@ -192,3 +192,41 @@ def test_netstack_replies_arriving_on_another_thread_wake_the_waiters():
         assert got == [(IPS[0], 9, b"late")]
     finally:
         wire.stop()
+
+
+def test_netstack_a_stale_entry_is_probed_unicast_and_the_reply_confirms_it():
+    """Linux's NUD: a UDP sender's entry of its receiver, unconfirmed for 30 s, goes STALE;
+    sending on it probes the cached MAC 5 s later, then every 1 s, until a reply confirms it.
+    That reply is what keeps a one-way stream's receiver in the bridges' tables."""
+    now = [0.0]
+    lost = [False]
+    wire = Wire(drop=lambda f: lost[0] and f[12:14] == b"\x08\x06" and f[:6] != BROADCAST)
+    a, b = wire.stack(0, clock=lambda: now[0]), wire.stack(1)
+    sock = b.udp_bind(5000)
+
+    def send():
+        assert a.udp_send(IPS[1], 4000, 5000, b"x") and sock.recv(0) is not None
+        return [(e.dst, e.data) for e in wire.parsed()[-2:] if e.type == 0x0806]
+
+    send()  # resolved by broadcast: confirmed at t=0
+    n = len(_arps(wire))
+    now[0] = 34.0
+    assert send() == [] and len(_arps(wire)) == n, "within 30 + 5 s: no probe"
+    now[0] = 36.0
+    lost[0] = True  # the probe and its answer are lost
+    send()
+    probe = _arps(wire)[n]
+    assert (wire.parsed()[-2].dst, probe.op, probe.tpa, probe.tha) == (
+        _b(MACS[1]), dpkt.arp.ARP_OP_REQUEST, _b(IPS[1]), bytes(6)), "unicast, to the cached MAC"
+    assert a.statistics()["arp_probes_tx"] == 1
+    now[0] = 36.5
+    send()
+    assert a.statistics()["arp_probes_tx"] == 1, "1 s between probes"
+    lost[0] = False
+    now[0] = 37.0
+    send()  # probed again, answered: confirmed at 37
+    assert a.statistics()["arp_probes_tx"] == 2 and b.statistics()["arp_replies_tx"] == 2
+    now[0] = 70.0
+    send()
+    assert a.statistics()["arp_probes_tx"] == 2, "confirmed 33 s ago: REACHABLE + DELAY"
+    assert a.arp_cache() == {IPS[1]: MACS[1]}, "never dropped"
