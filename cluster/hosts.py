@@ -14,7 +14,7 @@ import glob
 import os
 
 from actors import memory
-from actors.transport.naming import DOMAIN_PREFIX, FORKSERVER
+from actors.transport.naming import DOMAIN_PREFIX, FORKSERVER, actor_name
 
 LAUNCHERS = ("fork", "ray")  # how a host starts its domains' processes (actors.toolstack)
 POOL_SIZE = 2  # Ray workers the ray launcher starts ahead of need (actors.toolstack.pool)
@@ -52,6 +52,8 @@ def boot_host(spec: HostSpec, *, run_id: str, run_dir: str, log_dir: str) -> Non
                for kind in ("xenconsoled", "blkback", "netback")]
     if spec.launcher == "fork":
         daemons.append(launch.start("forkserver", host, FORKSERVER, host, run_id, log_dir))
+        for peer in (hv, xs):  # they call the host's domains through it: looked up now
+            peer.deliver.remote("prefetch", actor_name(host, FORKSERVER))
     daemons.append(launch.start("xl", host, "xl", host, dom0_secret, log_dir, spec.launcher,
                                 spec.pool))
     launch.ask_all([(d, "process", ()) for d in daemons])

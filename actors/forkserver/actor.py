@@ -74,6 +74,8 @@ class ForkServer:
         self.address = address(run_id, host)
         self.peers = {actor_name(host, "hypervisor"), actor_name(host, "xenstored")}  # as in
         # Xen, a domain makes hypercalls and talks on its xenstore ring, to nobody else
+        for peer in self.peers:  # looked up now, not by the first domain's first call
+            transport.prefetch(peer)
         self._processes: dict[str, _Process] = {}
         self._cv = threading.Condition()
         self._seq = itertools.count(1)

@@ -32,6 +32,9 @@ class Peers:
     def send(self, dest, kind, *args):
         self.calls.append((dest, kind, list(args)))
 
+    def prefetch(self, dest):
+        self.calls.append((dest, "prefetch", []))
+
 
 @pytest.fixture(scope="module")
 def server():
@@ -71,6 +74,8 @@ def connected(server, component, deliver=lambda kind, *args: (kind, list(args)))
 
 def test_a_process_s_calls_reach_its_hypervisor_and_xenstored_and_nobody_else(server):
     peers = server.transport
+    assert {d for d, kind, _ in peers.calls if kind == "prefetch"} == {
+        "t1/hypervisor", "t1/xenstored"}, "looked up when the server started"
     client = connected(server, "vm-test0001")
     assert client.call("t1/xenstored", "xs", 3, b"\x01\x02") == {"echo": [3, b"\x01\x02"]}
     with pytest.raises(XenError) as err:
