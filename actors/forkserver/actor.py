@@ -39,6 +39,8 @@ from actors.transport.raycall import RayEndpoint, RayTransport
 from actors.transport.relay import decode_error, encode_error, send_frame, unpacker
 from protocols.errno import Errno, XenError
 
+WRITE_TIMEOUT_S = 2.0  # a process whose socket stays full this long is cut off (it connects
+# again once it reads: a frozen domain's calls in flight fail, as the fork server's death's do)
 SPAWN_TIMEOUT_S = 30.0  # a fork and a connect take milliseconds; a loaded machine, seconds
 CALL_THREADS = 32  # the calls domain processes make at once, over Ray
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -131,8 +133,8 @@ class ForkServer:
             raise XenError(Errno.EAGAIN, f"{self.host}'s zygote is gone")
         with self._cv:
             self._processes.setdefault(component, _Process(pid))
-            if not self._cv.wait_for(lambda: self._processes[component].sock is not None,
-                                     SPAWN_TIMEOUT_S):
+            if not self._cv.wait_for(lambda: getattr(self._processes.get(component), "sock",
+                                                     None) is not None, SPAWN_TIMEOUT_S):
                 self._processes.pop(component, None)
                 _kill(pid)
                 raise XenError(Errno.EAGAIN, f"{component} did not connect within "
@@ -205,13 +207,27 @@ class ForkServer:
         return proc
 
     def _serve(self) -> None:
-        """Accept processes and read what they send (one thread, for every process)."""
+        """The one thread for every process's socket. If it fails, the server is useless:
+        the process exits, and Ray starts it again (its processes connect again)."""
+        try:
+            self._read_all()
+        except BaseException as e:  # noqa: BLE001 - nothing would read any socket again
+            self.log.error("fork server thread failed: restarting", error=repr(e))
+            os._exit(1)
+
+    def _read_all(self) -> None:
+        """Accept processes and read what they send."""
         readers: dict[socket.socket, Any] = {}
         while True:
             for key, _ in self._selector.select():
                 sock = key.fileobj
                 if sock is self._listener:
-                    conn, _ = self._listener.accept()
+                    try:
+                        conn, _ = self._listener.accept()
+                    except OSError as e:  # out of descriptors: the next select tries again
+                        self.log.warning("accept failed", error=str(e))
+                        continue
+                    conn.settimeout(WRITE_TIMEOUT_S)  # a process not reading blocks no one
                     readers[conn] = unpacker()
                     self._selector.register(conn, selectors.EVENT_READ, data=[None])
                     continue
@@ -251,18 +267,18 @@ class ForkServer:
                     with proc.lock:
                         proc.sock = sock
                     self._cv.notify_all()
-            case ["reply", int(seq), ok, value]:
-                with self._cv:
-                    if seq in self._replies:
+            case ["reply", int(seq), ok, value] if who[0]:
+                with self._cv:  # only to a call made to that very process
+                    if seq in self._replies and self._waiting.get(seq) == who[0]:
                         self._replies[seq] = (bool(ok), value)
                         self._cv.notify_all()
             case ["call", int(seq), str(dest), str(kind), list(args), timeout] if who[0]:
                 if dest in self.peers:
                     self._calls.submit(self._call, who[0], seq, dest, kind, args, timeout)
-                else:
-                    self._reply(who[0], ["reply", seq, False, encode_error(XenError(
-                        Errno.EPERM, f"a domain talks to its hypervisor and xenstored, "
-                                     f"not {dest!r}"))])
+                else:  # written by another thread: this one never blocks on a write
+                    self._calls.submit(self._reply, who[0], ["reply", seq, False, encode_error(
+                        XenError(Errno.EPERM, f"a domain talks to its hypervisor and "
+                                              f"xenstored, not {dest!r}"))])
             case ["send", str(dest), str(kind), list(args)] if who[0] and dest in self.peers:
                 self.transport.send(dest, kind, *args)
 

@@ -22,6 +22,7 @@ Frames are msgpack arrays, one after another on the stream:
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import os
 import socket
@@ -38,6 +39,7 @@ from protocols.errno import Errno, XenError
 RECONNECT_S = 60.0  # how long a process whose server died waits for the restarted one
 RECONNECT_POLL_S = 0.1
 CHUNK = 1 << 16
+MAX_FRAME = 8 << 20  # a frame larger than this breaks the connection
 
 
 def pack(frame: list) -> bytes:
@@ -46,17 +48,27 @@ def pack(frame: list) -> bytes:
 
 def send_frame(sock: socket.socket | None, frame: list, peer: str) -> None:
     """Write ``frame`` on ``sock`` (the caller holds its write lock): :class:`PeerGone`
-    naming ``peer`` if there is no socket or it broke."""
+    naming ``peer`` if there is no socket, or it broke or timed out (then it is shut down:
+    half a frame written leaves the stream unreadable). A value msgpack cannot carry is
+    sent as the error it raised instead, if ``frame`` is a reply."""
     if sock is None:
         raise PeerGone(f"{peer} is not connected")
     try:
-        sock.sendall(pack(frame))
+        data = pack(frame)
+    except (TypeError, ValueError, OverflowError) as e:
+        if frame[0] != "reply":
+            raise
+        data = pack(["reply", frame[1], False, encode_error(e)])
+    try:
+        sock.sendall(data)
     except OSError as e:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
         raise PeerGone(f"{peer} went away: {e}") from None
 
 
 def unpacker() -> msgpack.Unpacker:
-    return msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=64 << 20)
+    return msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=MAX_FRAME)
 
 
 def frames(sock: socket.socket, unpack: msgpack.Unpacker) -> Iterator[list]:

@@ -40,6 +40,9 @@ class Peers:
 def server():
     s = ForkServer("t1", uuid.uuid4().hex[:8], None, Peers(), structlog.get_logger())
     yield s
+    with s._cv:  # the test's own clients are not the server's to kill at close
+        for component in [c for c, p in s._processes.items() if p.pid == os.getpid()]:
+            del s._processes[component]
     s.on_close()
 
 
@@ -91,8 +94,6 @@ def test_a_process_s_calls_reach_its_hypervisor_and_xenstored_and_nobody_else(se
                "the one-way hypercall", 10)
     assert ("t1/registry", "release", ["victim"]) not in peers.calls
     assert server.on_relay("vm-test0001", "upcall", [3, [1, 2]]) == ["upcall", [3, [1, 2]]]
-    with server._cv:  # this test's process is not the server's to kill at close
-        del server._processes["vm-test0001"]
 
 
 def test_a_hello_in_another_process_s_name_is_refused(server):
@@ -139,3 +140,32 @@ def test_a_zygote_killed_on_its_own_is_started_again_at_the_next_spawn(server):
     assert server._zygote.pid != old
     assert parent(server.on_processes()[component]) == server._zygote.pid
     server.on_kill(component)
+
+
+def test_a_process_cannot_answer_a_call_made_to_another(server):
+    """Replies are taken only from the process the call went to: a liar sending a reply
+    for every sequence number does not answer another process's call."""
+    import socket
+    import threading
+
+    from actors.transport.relay import pack
+
+    release = threading.Event()
+    connected(server, "vm-slow0001", lambda kind, *args: release.wait(10) and "the real one")
+    liar = connected(server, "vm-liar0001")
+    answers = []
+    caller = threading.Thread(target=lambda: answers.append(
+        server.on_relay("vm-slow0001", "anything", [], 10)))
+    caller.start()
+    wait_until(lambda: server._waiting, "the call to wait", 10)
+    for seq in range(1, 2000):
+        liar._write(["reply", seq, True, "forged"])
+    stranger = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # and one with no hello
+    stranger.connect(server.address)
+    stranger.sendall(b"".join(pack(["reply", seq, True, "forged"]) for seq in range(1, 2000)))
+    assert server.on_relay("vm-liar0001", "x", []) == ["x", []], "the liar's frames were read"
+    assert answers == [], "no forged reply was taken"
+    release.set()
+    caller.join(10)
+    assert answers == ["the real one"]
+    stranger.close()

@@ -56,7 +56,8 @@ def test_the_shrunk_soak_is_the_same_file_smaller():
     assert s.duration == 30 and len(s.hosts.names) == 4
     assert [(g, len(m)) for g, m in s.groups().items()] == [
         ("writer", 2), ("rx", 1), ("tx", 1), ("target", 1), ("pinger", 1), ("idle", 3)]
-    assert s.domain("writer-1").argv[0] == "blocks=600"  # ${duration*20} at 30 s
+    assert s.domain("writer-1").argv[:2] == ["blocks=150", "rate=10"]  # ${duration*5} at 30 s
+    assert "idle=3" in s.domain("rx-1").argv  # ${duration*0.01+3}: 3 s at 30 s, 9 at 600
 
 
 # -- memory -----------------------------------------------------------------------------------
