@@ -95,8 +95,8 @@ def stop_host(host: str, *, run_id: str, run_dir: str | None = None) -> None:
 def remove_host_files(host: str, *, run_id: str, run_dir: str | None = None) -> None:
     """What a host's processes leave on this machine once they are dead: domain memory,
     same-host pipes and their FIFOs, the dirty-logging handover socket, xenstored's journal
-    and socket."""
-    for pattern in ("d*", "pipe*", "logdirty", "xenstored.*"):
+    and socket, the fork server's list of its processes."""
+    for pattern in ("d*", "pipe*", "logdirty", "xenstored.*", "forkserver*"):
         for path in glob.glob(str(memory.SHM_DIR / f"xenray-{run_id}-{host}-{pattern}")):
             memory.remove(path)
     if run_dir is not None:

@@ -18,6 +18,7 @@ kills every process (the host is going away).
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import itertools
 import os
 import secrets
@@ -33,6 +34,7 @@ from typing import Any
 import ray
 
 from actors import log as xlog
+from actors import memory
 from actors.transport import PeerGone, Transport
 from actors.transport.naming import DOMAIN_PREFIX, actor_name
 from actors.transport.raycall import RayEndpoint, RayTransport
@@ -79,6 +81,8 @@ class ForkServer:
         for peer in self.peers:  # looked up now, not by the first domain's first call
             transport.prefetch(peer)
         self._processes: dict[str, _Process] = {}
+        self._state_path = str(memory.SHM_DIR / f"xenray-{run_id}-{host}-forkserver")
+        self._load()
         self._cv = threading.Condition()
         self._seq = itertools.count(1)
         self._replies: dict[int, tuple[bool, Any] | None] = {}  # seq -> (ok, value) once here
@@ -133,9 +137,11 @@ class ForkServer:
             raise XenError(Errno.EAGAIN, f"{self.host}'s zygote is gone")
         with self._cv:
             self._processes.setdefault(component, _Process(pid))
+            self._save()
             if not self._cv.wait_for(lambda: getattr(self._processes.get(component), "sock",
                                                      None) is not None, SPAWN_TIMEOUT_S):
                 self._processes.pop(component, None)
+                self._save()
                 _kill(pid)
                 raise XenError(Errno.EAGAIN, f"{component} did not connect within "
                                              f"{SPAWN_TIMEOUT_S} s")
@@ -178,6 +184,7 @@ class ForkServer:
         is none."""
         with self._cv:
             proc = self._processes.pop(component, None)
+            self._save()
         if proc is None:
             return False
         _kill(proc.pid)
@@ -192,10 +199,36 @@ class ForkServer:
         """Kill every domain process and the zygote (the host is going away)."""
         with self._cv:
             procs, self._processes = list(self._processes.values()), {}
+            memory.remove(self._state_path)
         for proc in procs:
             _kill(proc.pid)
         with self._spawn_lock:
             _kill(self._zygote.pid)
+
+    # -- what a restarted server knows ---------------------------------------------------
+
+    def _save(self) -> None:
+        """Under ``_cv``: each process's pid, where a server Ray starts again finds it (so it
+        kills a process before it has connected again, and refuses a hello in its name
+        from another pid)."""
+        tmp = f"{self._state_path}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({c: p.pid for c, p in self._processes.items()}, f)
+        os.replace(tmp, self._state_path)
+
+    def _load(self) -> None:
+        """The processes a dead server of this host knew, still alive (not yet connected)."""
+        try:
+            with open(self._state_path) as f:
+                known = json.load(f)
+        except (OSError, ValueError):
+            return
+        for component, pid in known.items():
+            if isinstance(pid, int) and _exists(pid):
+                self._processes[component] = _Process(pid)
+        if self._processes:
+            self.log.info("processes of the last fork server", count=len(self._processes))
 
     # -- the sockets ---------------------------------------------------------------------
 
@@ -266,6 +299,7 @@ class ForkServer:
                     who[0] = component
                     with proc.lock:
                         proc.sock = sock
+                    self._save()
                     self._cv.notify_all()
             case ["reply", int(seq), ok, value] if who[0]:
                 with self._cv:  # only to a call made to that very process
@@ -316,6 +350,14 @@ def _peer_pid(sock: socket.socket) -> int:
     """The pid of the process at the other end (``SO_PEERCRED``), which it cannot forge."""
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     return struct.unpack("3i", creds)[0]
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _kill(pid: int) -> None:

@@ -169,3 +169,47 @@ def test_a_process_cannot_answer_a_call_made_to_another(server):
     caller.join(10)
     assert answers == ["the real one"]
     stranger.close()
+
+
+RESTARTED = """
+import os, sys, structlog
+from actors.forkserver.actor import ForkServer
+class Peers:
+    def call(self, *a, **k): return None
+    def send(self, *a): pass
+    def prefetch(self, dest): pass
+s = ForkServer("t2", sys.argv[1], None, Peers(), structlog.get_logger())
+c = s.on_spawn()
+print(c, s.on_processes()[c], flush=True)
+os._exit(0)  # as a SIGKILL would: no close; its zygote ends, its process lives on
+"""
+
+
+def test_a_restarted_server_knows_its_processes_before_they_connect_again(tmp_path):
+    """The server's list outlives it (in /dev/shm): the next one kills a process that has
+    not connected again yet, and refuses a hello in its name from another pid."""
+    import subprocess
+    import sys
+
+    run_id = uuid.uuid4().hex[:8]
+    first = subprocess.Popen([sys.executable, "-c", RESTARTED, run_id], text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                             cwd=pathlib.Path(__file__).parents[2])
+    said = next(line for line in first.stdout if line.startswith("vm-"))  # after its log
+    component, pid = said.split()[0], int(said.split()[1])
+    first.wait(30)
+    again = ForkServer("t2", run_id, None, Peers(), structlog.get_logger())
+    try:
+        assert again.on_processes() == {component: pid}, "known before it connects"
+        liar = RelayClient(again.address, component, lambda kind, *a: "hijacked",
+                           reconnect_s=0)
+        liar.connect()
+        liar.serve()  # returns: refused, the pid is not the one the last server forked
+        wait_until(lambda: again._processes[component].sock is not None,
+                   "the process to connect again", 30)
+        assert again.on_relay(component, "process", [])["pid"] == pid
+        assert again.on_kill(component)
+        wait_until(lambda: not os.path.exists(f"/proc/{pid}"), "the process to die", 10)
+    finally:
+        again.on_close()
+    assert not pathlib.Path(again._state_path).exists(), "close leaves nothing in /dev/shm"
