@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import itertools
 import os
 import secrets
 import selectors
@@ -38,7 +37,7 @@ from actors import memory
 from actors.transport import PeerGone, Transport
 from actors.transport.naming import DOMAIN_PREFIX, actor_name
 from actors.transport.raycall import RayEndpoint, RayTransport
-from actors.transport.relay import decode_error, encode_error, send_frame, unpacker
+from actors.transport.relay import Pending, encode_error, send_frame, unpacker
 from protocols.errno import Errno, XenError
 
 WRITE_TIMEOUT_S = 2.0  # a process whose socket stays full this long is cut off (it connects
@@ -83,10 +82,8 @@ class ForkServer:
         self._processes: dict[str, _Process] = {}
         self._state_path = str(memory.SHM_DIR / f"xenray-{run_id}-{host}-forkserver")
         self._load()
-        self._cv = threading.Condition()
-        self._seq = itertools.count(1)
-        self._replies: dict[int, tuple[bool, Any] | None] = {}  # seq -> (ok, value) once here
-        self._waiting: dict[int, str] = {}  # seq -> the process a relayed call waits on
+        self._cv = threading.Condition()  # guards _processes
+        self._pending = Pending()  # calls relayed to processes, by component
         self._calls = concurrent.futures.ThreadPoolExecutor(CALL_THREADS,
                                                             thread_name_prefix="relay-call")
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -150,27 +147,8 @@ class ForkServer:
     def on_relay(self, component: str, kind: str, args: list,
                  timeout: float | None = None) -> Any:
         """A call to process ``component``: its handler's value, or what it raised."""
-        seq = next(self._seq)
-        with self._cv:
-            self._replies[seq] = None
-            self._waiting[seq] = component
-        try:
-            self._process(component).write(["call", seq, "", kind, args, timeout])
-            with self._cv:
-                if not self._cv.wait_for(lambda: self._replies.get(seq) is not None
-                                         or seq not in self._replies, timeout):
-                    raise TimeoutError(f"{component} did not answer {kind} within {timeout} s")
-                answer = self._replies.get(seq)
-        finally:
-            with self._cv:
-                self._replies.pop(seq, None)
-                self._waiting.pop(seq, None)
-        if answer is None:
-            raise PeerGone(f"{self.host}/{component} went away during {kind}")
-        ok, value = answer
-        if not ok:
-            raise decode_error(value)
-        return value
+        return self._pending.call(component, kind, lambda seq: self._process(component).write(
+            ["call", seq, "", kind, args, timeout]), timeout)
 
     def on_relay_send(self, component: str, kind: str, args: list) -> None:
         """One-way: like an interrupt, lost if the process is not there."""
@@ -287,9 +265,10 @@ class ForkServer:
 
     def _dispatch(self, frame: list, sock: socket.socket, who: list) -> None:
         match frame:
-            case ["hello", str(component), int(_)] if who[0] is None:
+            case ["hello", str(component)] if who[0] is None:
                 pid = _peer_pid(sock)
                 with self._cv:
+                    known = component in self._processes
                     proc = self._processes.setdefault(component, _Process(pid))
                     if proc.pid != pid:  # another process's name: a guest's lie
                         self.log.warning("hello refused: not that process's name",
@@ -299,13 +278,11 @@ class ForkServer:
                     who[0] = component
                     with proc.lock:
                         proc.sock = sock
-                    self._save()
+                    if not known:  # one forked by a server whose list was lost
+                        self._save()
                     self._cv.notify_all()
             case ["reply", int(seq), ok, value] if who[0]:
-                with self._cv:  # only to a call made to that very process
-                    if seq in self._replies and self._waiting.get(seq) == who[0]:
-                        self._replies[seq] = (bool(ok), value)
-                        self._cv.notify_all()
+                self._pending.answer(seq, ok, value, peer=who[0])  # only to a call made to it
             case ["call", int(seq), str(dest), str(kind), list(args), timeout] if who[0]:
                 if dest in self.peers:
                     self._calls.submit(self._call, who[0], seq, dest, kind, args, timeout)
@@ -341,9 +318,7 @@ class ForkServer:
             if proc is not None and proc.sock is sock:
                 with proc.lock:
                     proc.sock = None
-            for seq in [s for s, c in self._waiting.items() if c == component]:
-                self._replies.pop(seq, None)
-            self._cv.notify_all()
+        self._pending.fail(component)
 
 
 def _peer_pid(sock: socket.socket) -> int:

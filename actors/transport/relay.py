@@ -10,8 +10,8 @@ toolstack's ``bind``, an upcall before the pipe opens) comes down the same socke
 
 Frames are msgpack arrays, one after another on the stream:
 
-* ``["hello", component, pid]``: a process introduces itself (again, after the server
-  restarted);
+* ``["hello", component]``: a process introduces itself (again, after the server
+  restarted); the server takes its pid from the socket (``SO_PEERCRED``);
 * ``["call", seq, dest, kind, args, timeout]``: a call; from a process, to ``dest`` by Ray;
   from the server, to the process (``dest`` empty);
 * ``["send", dest, kind, args]``: one-way, the same two ways;
@@ -24,7 +24,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import itertools
-import os
 import socket
 import threading
 import time
@@ -112,6 +111,57 @@ def decode_error(value: Any) -> Exception:
     return RuntimeError(f"{name}: {message}")
 
 
+class Pending:
+    """Calls sent and not answered yet, by sequence number: what each end of the wire waits
+    on. A call's reply is taken only from the peer it went to; a peer going away fails its
+    calls (:class:`PeerGone`)."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._seq = itertools.count(1)
+        self._slots: dict[int, tuple[str, tuple[bool, Any] | None]] = {}  # seq -> (peer, reply)
+
+    def call(self, peer: str, kind: str, send: Callable[[int], None],
+             timeout: float | None) -> Any:
+        """``send(seq)`` the call, then wait for its reply: the value, or what it raised."""
+        seq = next(self._seq)
+        with self._cv:
+            self._slots[seq] = (peer, None)
+        try:
+            send(seq)
+            with self._cv:
+                if not self._cv.wait_for(lambda: seq not in self._slots or
+                                         self._slots[seq][1] is not None, timeout):
+                    raise TimeoutError(f"{peer} did not answer {kind} within {timeout} s")
+                reply = self._slots.get(seq, (peer, None))[1]
+        finally:
+            with self._cv:
+                self._slots.pop(seq, None)
+        if reply is None:
+            raise PeerGone(f"{peer} went away during {kind}")
+        ok, value = reply
+        if not ok:
+            raise decode_error(value)
+        return value
+
+    def answer(self, seq: int, ok: Any, value: Any, peer: str | None = None) -> None:
+        """The reply for call ``seq``; ignored unless the call waits for one, and went to
+        ``peer`` if that is given (the fork server, whose many peers could lie)."""
+        with self._cv:
+            slot = self._slots.get(seq)
+            if slot is not None and slot[1] is None and peer in (None, slot[0]):
+                self._slots[seq] = (slot[0], (bool(ok), value))
+                self._cv.notify_all()
+
+    def fail(self, peer: str | None = None) -> None:
+        """Every call waiting on ``peer`` (on anyone: None) fails: it went away."""
+        with self._cv:
+            for seq in [s for s, (p, r) in self._slots.items()
+                        if r is None and peer in (None, p)]:
+                del self._slots[seq]
+            self._cv.notify_all()
+
+
 class RelayClient:
     """A forked domain process's transport: every call goes through its host's fork server.
 
@@ -127,9 +177,7 @@ class RelayClient:
         self.deliver = deliver
         self.log = log
         self.reconnect_s = reconnect_s
-        self._seq = itertools.count(1)
-        self._cv = threading.Condition()
-        self._replies: dict[int, tuple[bool, Any] | None] = {}  # seq -> (ok, value) once here
+        self._pending = Pending()
         self._sock: socket.socket | None = None
         self._send_lock = threading.Lock()
         self._oneway: collections.deque[tuple[str, list]] = collections.deque()
@@ -139,27 +187,8 @@ class RelayClient:
     # -- Transport ------------------------------------------------------------------------
 
     def call(self, dest: str, kind: str, *args: Any, timeout: float | None = None) -> Any:
-        seq = next(self._seq)
-        with self._cv:
-            self._replies[seq] = None
-        try:
-            self._write(["call", seq, dest, kind, list(args), timeout])
-            deadline = None if timeout is None else time.monotonic() + timeout
-            with self._cv:
-                while self._replies.get(seq) is None:
-                    if seq not in self._replies:
-                        raise PeerGone(f"{dest}: the host's fork server went away")
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if left is not None and left <= 0:
-                        raise TimeoutError(f"{dest} did not answer {kind} within {timeout} s")
-                    self._cv.wait(left)
-                ok, value = self._replies[seq]  # type: ignore[misc]
-        finally:
-            with self._cv:
-                self._replies.pop(seq, None)
-        if not ok:
-            raise decode_error(value)
-        return value
+        return self._pending.call(dest, kind, lambda seq: self._write(
+            ["call", seq, dest, kind, list(args), timeout]), timeout)
 
     def send(self, dest: str, kind: str, *args: Any) -> None:
         try:
@@ -181,7 +210,7 @@ class RelayClient:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.connect(self.address)
-            sock.sendall(pack(["hello", self.component, os.getpid()]))
+            sock.sendall(pack(["hello", self.component]))  # its pid: SO_PEERCRED's
         except OSError:
             sock.close()
             raise
@@ -203,10 +232,7 @@ class RelayClient:
             sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
-        with self._cv:
-            for seq in [s for s, r in self._replies.items() if r is None]:
-                del self._replies[seq]
-            self._cv.notify_all()
+        self._pending.fail()
 
     def _reconnect(self) -> bool:
         deadline = time.monotonic() + self.reconnect_s
@@ -228,10 +254,7 @@ class RelayClient:
     def _dispatch(self, frame: list) -> None:
         match frame:
             case ["reply", int(seq), ok, value]:
-                with self._cv:
-                    if seq in self._replies:
-                        self._replies[seq] = (bool(ok), value)
-                        self._cv.notify_all()
+                self._pending.answer(seq, ok, value)
             case ["call", int(seq), _, str(kind), list(args), _]:
                 threading.Thread(target=self._answer, args=(seq, kind, args),
                                  name=f"relay-{kind}", daemon=True).start()

@@ -157,7 +157,7 @@ def test_a_process_cannot_answer_a_call_made_to_another(server):
     caller = threading.Thread(target=lambda: answers.append(
         server.on_relay("vm-slow0001", "anything", [], 10)))
     caller.start()
-    wait_until(lambda: server._waiting, "the call to wait", 10)
+    wait_until(lambda: server._pending._slots, "the call to wait", 10)
     for seq in range(1, 2000):
         liar._write(["reply", seq, True, "forged"])
     stranger = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)  # and one with no hello
