@@ -9,13 +9,20 @@ Files are sparse: a 128 MiB guest costs only the pages it touches.
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import pathlib
+from collections.abc import Iterable
 
 from protocols.page import PAGE_SIZE
 
 SHM_DIR = pathlib.Path("/dev/shm")
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 0x01, 0x02  # linux/falloc.h
+
+_fallocate = ctypes.CDLL(None, use_errno=True).fallocate
+_fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+_fallocate.restype = ctypes.c_int
 
 
 def create(path: str | os.PathLike, nr_pages: int) -> None:
@@ -25,6 +32,28 @@ def create(path: str | os.PathLike, nr_pages: int) -> None:
         os.ftruncate(fd, nr_pages * PAGE_SIZE)
     finally:
         os.close(fd)
+
+
+def punch(path: str | os.PathLike, runs: Iterable[tuple[int, int]]) -> None:
+    """Give these pages of a memory file back to the host: ``fallocate(PUNCH_HOLE |
+    KEEP_SIZE)`` over each ``(first frame, count)`` run (Python has only
+    ``os.posix_fallocate``, so libc's, through ctypes). The file keeps its size; the pages
+    read as zeros after, and every mapping of them (the guest's, a backend's) drops them."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for first, count in runs:
+            if _fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                          first * PAGE_SIZE, count * PAGE_SIZE) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"punching pages {first}..{first + count - 1} of {path}: "
+                                   f"{os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def usage(path: str | os.PathLike) -> int:
+    """The bytes of host memory a memory file holds now (its pages not punched out)."""
+    return os.stat(path).st_blocks * 512
 
 
 def remove(path: str | os.PathLike) -> None:

@@ -62,7 +62,9 @@ class HostUnreachable(Exception):
 
 class Cluster:
     def __init__(self, hosts: int | Sequence[str] = 2, *, address: str | None = None,
-                 boot: bool | None = None, host_memory_mib: int = 2048, host_cpus: int = 2,
+                 boot: bool | None = None, host_memory_mib: int = 2048,
+                 host_cpus: int | None = None, sched: str = "credit2",
+                 sched_params: dict[str, Any] | None = None,
                  dom0_memory_mib: int = 256, pool: int = POOL_SIZE, launcher: str = "fork",
                  run_id: str | None = None, run_dir: str | os.PathLike | None = None,
                  progress: Callable[[str], None] | None = None):
@@ -70,12 +72,22 @@ class Cluster:
         run's own, so clusters sharing one ``$XENRAY_HOME`` never take each other's (the
         daemon of ``xenray up`` passes ``$XENRAY_HOME/run``). ``launcher``: ``fork`` (each
         host's fork server forks its domains' processes) or ``ray`` (each domain is a Ray
-        actor, of which each host keeps ``pool`` started ahead of need)."""
+        actor, of which each host keeps ``pool`` started ahead of need). ``host_cpus``: each
+        host's pCPUs (default: this machine's CPUs), which its hypervisor's ``sched``
+        (credit2 or credit) hands to the vCPUs."""
+        from actors.hypervisor.sched import SCHEDULERS
+
         if launcher not in LAUNCHERS:
             raise ValueError(f"launcher must be one of {', '.join(LAUNCHERS)}, not {launcher!r}")
+        if sched not in SCHEDULERS:
+            raise ValueError(f"sched must be one of {', '.join(SCHEDULERS)}, not {sched!r}")
+        host_cpus = host_cpus or os.cpu_count() or 1
+        if host_cpus < 1:
+            raise ValueError(f"a host needs at least one pCPU, not {host_cpus}")
         names = [f"h{i + 1}" for i in range(hosts)] if isinstance(hosts, int) else list(hosts)
         self.specs = {n: HostSpec(n, host_memory_mib, host_cpus, dom0_memory_mib, pool,
-                                  launcher) for n in names}
+                                  launcher, sched, tuple(sorted((sched_params or {}).items())))
+                      for n in names}
         self.address = address
         self.boot = address is None if boot is None else boot
         self.run_id = run_id or uuid.uuid4().hex[:8]
@@ -398,6 +410,45 @@ class Cluster:
 
         return self._each_host(one, errors)
 
+    def xenstat(self, errors: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """What ``xentop`` reads, one call per host (all at once): per host its memory,
+        pCPUs and sample time, and per domain the hypervisor's counters (flags, cpu_time,
+        pages) and its vifs' and vbds' counters (``actors.toolstack.xenstat``)."""
+        return self._each_host(lambda h: self._call(h, "xl", "xenstat"), errors)
+
+    def sched(self, kind: str, name: str | None = None, *, weight: int | None = None,
+              cap: int | None = None, tslice_ms: int | None = None,
+              ratelimit_us: int | None = None) -> list[dict[str, Any]]:
+        """``xl sched-credit`` / ``sched-credit2`` (``kind``): set what is given (of domain
+        ``name``; the hosts' timeslice and ratelimit), then per host its parameters and its
+        domains' weights and caps. A host that runs another scheduler is a ValueError, as
+        xl refuses to talk credit to a credit2 pool."""
+        hosts = [self._where(name)] if name is not None else self.hosts
+        running = {h: self.specs[h].sched for h in hosts}
+        if any(s != kind for s in running.values()):
+            raise ValueError(f"the hosts run {', '.join(sorted(set(running.values())))}, not "
+                             f"{kind} (choose it with `xenray up --sched {kind}`)")
+        return [self._call(h, "xl", "sched", name, weight, cap, tslice_ms, ratelimit_us)
+                for h in hosts]
+
+    def vcpu_list(self, name: str | None = None,
+                  errors: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """``xl vcpu-list``: a row per vCPU of ``name``, or of every domain."""
+        if name is not None:
+            return self._call(self._where(name), "xl", "vcpu_list", name)
+        rows: list[dict[str, Any]] = []
+        for host_rows in self._each_host(lambda h: self._call(h, "xl", "vcpu_list"), errors):
+            rows.extend(host_rows)
+        return rows
+
+    def vcpu_set(self, name: str, count: int) -> None:
+        """``xl vcpu-set``: ``count`` vCPUs of ``name`` online (the guest follows)."""
+        self._call(self._where(name), "xl", "vcpu_set", name, count)
+
+    def vcpu_pin(self, name: str, vcpu: int | None, cpus: str) -> None:
+        """``xl vcpu-pin``: vCPU ``vcpu`` (None: all) of ``name`` may run only on ``cpus``."""
+        self._call(self._where(name), "xl", "vcpu_pin", name, vcpu, cpus)
+
     def destroy(self, name: str) -> None:
         self._call(self._where(name), "xl", "destroy", name, timeout=CREATE_TIMEOUT_S)
 
@@ -406,6 +457,26 @@ class Cluster:
 
     def unpause(self, name: str) -> None:
         self._call(self._where(name), "xl", "unpause", name)
+
+    def mem_set(self, name: str, size: str | int) -> int:
+        """``xl mem-set``: the domain's memory target, ``size`` as xl reads it (``"128m"``,
+        ``"1g"``; a plain number is MiB). Refused above its ``maxmem`` (static-max); its
+        max_mem follows the target. The guest's balloon driver then gives pages back or takes
+        them until its memory (``list``'s Mem, the host's free memory in ``info``) is the
+        target; its progress is in ``domain_statistics(name)["balloon"]``. The target in
+        KiB."""
+        from cluster.xlcfg.memsize import parse_mem_size_kb
+
+        kib = parse_mem_size_kb(size)
+        return self._call(self._where(name), "xl", "mem_set", name, kib)
+
+    def mem_max(self, name: str, size: str | int) -> int:
+        """``xl mem-max``: the domain's maximum memory (static-max, and max_mem), ``size``
+        as for :meth:`mem_set`; refused below its current target. In KiB."""
+        from cluster.xlcfg.memsize import parse_mem_size_kb
+
+        kib = parse_mem_size_kb(size)
+        return self._call(self._where(name), "xl", "mem_max", name, kib)
 
     def shutdown(self, name: str, *, wait: bool = False, timeout: float = 60.0) -> None:
         self._control(name, "poweroff", wait, timeout)

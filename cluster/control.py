@@ -164,6 +164,11 @@ def _with_errors(method: str) -> Op:
     return op
 
 
+def _vcpu_list(xen: Any, args: dict, emit: Emit) -> dict:
+    errors: dict[str, str] = {}
+    return {"rows": xen.vcpu_list(args.get("name"), errors=errors), "errors": errors}
+
+
 def _audit(xen: Any, args: dict, emit: Emit) -> dict:
     from cluster.audit import audit
 
@@ -203,10 +208,19 @@ OPS: dict[str, Op] = {
     "create_many": _create_many,
     "list": _with_errors("list"),
     "info": _with_errors("info"),
+    "xenstat": _with_errors("xenstat"),
     "links": _with_errors("links"),
+    "sched": lambda xen, args, emit: xen.sched(args.pop("kind"), args.pop("name", None),
+                                               **args),
+    "vcpu_list": _vcpu_list,
+    "vcpu_set": lambda xen, args, emit: xen.vcpu_set(args["name"], args["count"]),
+    "vcpu_pin": lambda xen, args, emit: xen.vcpu_pin(args["name"], args["vcpu"],
+                                                     args["cpus"]),
     "destroy": _by_name("destroy"),
     "pause": _by_name("pause"),
     "unpause": _by_name("unpause"),
+    "mem_set": lambda xen, args, emit: xen.mem_set(args["name"], args["size"]),
+    "mem_max": lambda xen, args, emit: xen.mem_max(args["name"], args["size"]),
     "shutdown": _control("shutdown"),
     "reboot": _control("reboot"),
     "console": lambda xen, args, emit: xen.console(args["name"], args.get("lines", 20)),

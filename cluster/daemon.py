@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="xenray-daemon")
     p.add_argument("--hosts", type=int, default=2)
     p.add_argument("--host-memory", type=int, default=2048)
-    p.add_argument("--host-cpus", type=int, default=2)
+    p.add_argument("--pcpus", type=int, default=None)
+    p.add_argument("--sched", default="credit2")
     p.add_argument("--pool", type=int, default=None)
     p.add_argument("--launcher", default="fork")
     args = p.parse_args(argv)
@@ -44,8 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     pool = {} if args.pool is None else {"pool": args.pool}
-    xen = Cluster(hosts=args.hosts, host_memory_mib=args.host_memory, host_cpus=args.host_cpus,
-                  launcher=args.launcher, run_dir=home.run_dir(), **pool)
+    xen = Cluster(hosts=args.hosts, host_memory_mib=args.host_memory, host_cpus=args.pcpus,
+                  sched=args.sched, launcher=args.launcher, run_dir=home.run_dir(), **pool)
     log = xlog.setup(host="cluster", component="daemon", log_dir=xen.log_dir)
     token = home.token_path()
     server = None

@@ -30,6 +30,8 @@ class HostSpec:
     dom0_memory_mib: int = 256
     pool: int = POOL_SIZE
     launcher: str = "fork"
+    sched: str = "credit2"  # the hypervisor's scheduler (actors.hypervisor.sched)
+    sched_params: tuple[tuple[str, object], ...] = ()  # its constructor's, for experiments
 
 
 def xenstored_socket(run_dir: str, host: str) -> str:
@@ -43,7 +45,7 @@ def boot_host(spec: HostSpec, *, run_id: str, run_dir: str, log_dir: str) -> Non
 
     host = spec.name
     hv = launch.start("hypervisor", host, "hypervisor", host, spec.memory_mib, spec.pcpus,
-                      run_id, log_dir)
+                      run_id, log_dir, spec.sched, dict(spec.sched_params))
     dom0_secret = launch.ask(hv, "boot_dom0", spec.dom0_memory_mib)
     xs = launch.start("xenstored", host, "xenstored", host, dom0_secret,
                       xenstored_socket(run_dir, host), log_dir, run_id)

@@ -37,6 +37,42 @@ def domain_table(rows: list[dict[str, Any]]) -> str:
          f"{r['time']:.1f}", r["host"], r["health"]) for r in rows])
 
 
+VCPU_COLUMNS = (("Name", "left"), ("ID", "right"), ("VCPU", "right"), ("CPU", "right"),
+                ("State", "left"), ("Time(s)", "right"), ("Affinity (Hard / Soft)", "left"),
+                ("Host", "left"))
+
+
+def vcpu_table(rows: list[dict[str, Any]]) -> str:
+    """``xl vcpu-list`` (``xl_vcpu.c`` ``print_vcpuinfo``): an offline vCPU shows CPU "-" and
+    State "--p"; an online one r (running) and b (blocked)."""
+    def state(r: dict[str, Any]) -> str:
+        if not r["online"]:
+            return "--p"
+        return ("r" if r["running"] else "-") + ("b" if r["blocked"] else "-") + "-"
+
+    return text_table(VCPU_COLUMNS, [
+        (r["name"], str(r["domid"]), str(r["vcpu"]),
+         str(r["cpu"]) if r["online"] and r["cpu"] >= 0 else "-", state(r), f"{r['time']:.1f}",
+         f"{r['hard']} / {r['soft']}", r["host"]) for r in rows])
+
+
+SCHED_COLUMNS = (("Name", "left"), ("ID", "right"), ("Weight", "right"), ("Cap", "right"))
+
+
+def sched_text(kind: str, answers: list[dict[str, Any]]) -> str:
+    """``xl sched-credit`` / ``sched-credit2``: per host its pool line (credit: tslice and
+    ratelimit; credit2: ratelimit), then Name, ID, Weight, Cap."""
+    out = []
+    for a in answers:
+        pool = a["pool"]
+        params = (f"tslice={pool['tslice_ms']}ms " if "tslice_ms" in pool else "") + \
+            f"ratelimit={pool['ratelimit_us']}us"
+        out.append(f"Cpupool Pool-0 ({a['host']}): {params}")
+        out.append(text_table(SCHED_COLUMNS, [(r["name"], str(r["domid"]), str(r["weight"]),
+                                               str(r["cap"])) for r in a["rows"]]))
+    return "\n".join(out)
+
+
 HOST_COLUMNS = (("Host", "left"), ("Memory MiB", "right"), ("Free MiB", "right"),
                 ("CPUs", "right"), ("Domains", "right"), ("Hypercalls", "right"),
                 ("Pipes", "right"))

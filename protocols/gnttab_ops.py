@@ -14,8 +14,9 @@ Decisions where the reference is silent (checked against ``grant_table.c``):
 * A copy into a grant marked ``GTF_readonly`` fails with ``GNTST_general_error`` (Xen's
   ``_set_status_v1`` "Attempt to write-pin a r/o grant entry"), not ``permission_denied``,
   which Xen uses only for a local-frame side whose domid is not ``DOMID_SELF``.
-* A granted frame beyond the granter's memory (``ActiveGrants.nr_pages``) gives
-  ``GNTST_bad_page`` (``get_paged_frame``), so a mapper never mmaps past the file.
+* A granted frame beyond the granter's memory (``ActiveGrants.nr_pages``), or one of its
+  holes (a pfn it gave back, ``ActiveGrants.p2m``), gives ``GNTST_bad_page``
+  (``get_paged_frame``), so a mapper never mmaps past the file or a page the host took back.
 * xenray has no page tables: an unmap releases the handle's host mapping whatever ``host_addr``
   says. ``dev_bus_addr`` is Xen's (``unmap_common``): non-zero releases a ``GNTMAP_device_map``
   mapping, and must then match the frame (else ``GNTST_bad_dev_addr``); a handle without a
@@ -71,13 +72,21 @@ class ActiveEntry:
 
 class ActiveGrants:
     """The hypervisor's active entries of one granting domain (only pinned refs are kept),
-    and that domain's memory size in pages (``get_paged_frame``'s bound)."""
+    and that domain's memory size in pages and, if it has holes, its p2m (one byte per pfn
+    up to the highest populated, 0 for a hole): ``get_paged_frame``'s bounds."""
 
-    __slots__ = ("_act", "nr_pages")
+    __slots__ = ("_act", "nr_pages", "p2m")
 
-    def __init__(self, nr_pages: int) -> None:
+    def __init__(self, nr_pages: int, p2m: bytearray | None = None) -> None:
         self._act: dict[int, ActiveEntry] = {}
         self.nr_pages = nr_pages
+        self.p2m = p2m
+
+    def has_frame(self, frame: int) -> bool:
+        """Is ``frame`` one of the granter's pages (``get_paged_frame`` finds it)?"""
+        if frame >= self.nr_pages:
+            return False
+        return self.p2m is None or (frame < len(self.p2m) and self.p2m[frame] == 1)
 
     def get(self, ref: int) -> ActiveEntry | None:
         return self._act.get(ref)
@@ -151,6 +160,11 @@ def write_pinned_frames(active: ActiveGrants) -> set[int]:
     return {act.frame for act in active._act.values() if act.pin & _WRITE_PINS}
 
 
+def pinned_frames(active: ActiveGrants) -> set[int]:
+    """The granter's frames some mapping (or a copy in progress) holds now, whatever way."""
+    return {act.frame for act in active._act.values()}
+
+
 # -- pinning (map_grant_ref, acquire_grant_for_copy, and their undo) --------------------------
 
 def _pin(table: GrantTable, active: ActiveGrants, ref: int, ldomid: int, readonly: bool,
@@ -166,7 +180,7 @@ def _pin(table: GrantTable, active: ActiveGrants, ref: int, ldomid: int, readonl
             return status, 0
         if not pin:
             frame = table.frame(ref)
-            if frame >= active.nr_pages:  # get_paged_frame fails: undo (unlock_out_clear)
+            if not active.has_frame(frame):  # get_paged_frame fails: undo (unlock_out_clear)
                 table.clear_flags(ref, _READING | (0 if readonly else _WRITING))
                 return GNTST.bad_page, 0
             act = active._act[ref] = ActiveEntry(ldomid, frame)
@@ -327,7 +341,7 @@ def grant_copy(granters: Lookup, *, caller: int, op: GnttabCopy,
                 if status:
                     return status
                 pinned.append((g, ref, readonly))
-            elif ptr.u >= g.active.nr_pages:
+            elif not g.active.has_frame(ptr.u):
                 return GNTST.bad_page
             else:
                 frame = ptr.u

@@ -149,6 +149,31 @@ class SchedOp(enum.IntEnum):
     pin_override = 7
 
 
+class TimerOp(enum.IntEnum):
+    """``set_timer_op`` has no sub-op in Xen; xenray's wire carries this one."""
+
+    set = 0
+
+
+class SchedulerId(enum.IntEnum):
+    """``XEN_SCHEDULER_*`` (``xen/include/public/domctl.h``)."""
+
+    CREDIT = 5
+    CREDIT2 = 6
+    ARINC653 = 7
+    RTDS = 8
+    NULL = 9
+
+
+class SchedCmd(enum.IntEnum):
+    """``XEN_DOMCTL_SCHEDOP_*`` / ``XEN_SYSCTL_SCHEDOP_*``."""
+
+    putinfo = 0
+    getinfo = 1
+    putvcpuinfo = 2
+    getvcpuinfo = 3
+
+
 class ShutdownReason(enum.IntEnum):
     """``SHUTDOWN_*``, ``xen/include/public/sched.h``."""
 
@@ -412,6 +437,7 @@ SUBOPS: Mapping[Hypercall, type[enum.IntEnum]] = MappingProxyType({
     Hypercall.event_channel_op: EvtchnOp,
     Hypercall.grant_table_op: GnttabOp,
     Hypercall.sched_op: SchedOp,
+    Hypercall.set_timer_op: TimerOp,
     Hypercall.memory_op: MemoryOp,
     Hypercall.vcpu_op: VcpuOp,
     Hypercall.xen_version: XenVersion,
@@ -427,6 +453,7 @@ SCHEMA: Mapping[tuple[Hypercall, enum.IntEnum], Struct] = MappingProxyType({
         (Hypercall.event_channel_op, hypercall_args.EVENT_CHANNEL_OP),
         (Hypercall.grant_table_op, hypercall_args.GRANT_TABLE_OP),
         (Hypercall.sched_op, hypercall_args.SCHED_OP),
+        (Hypercall.set_timer_op, hypercall_args.TIMER_OP),
         (Hypercall.memory_op, hypercall_args.MEMORY_OP),
         (Hypercall.vcpu_op, hypercall_args.VCPU_OP),
         (Hypercall.xen_version, hypercall_args.XEN_VERSION),

@@ -29,6 +29,7 @@ MAX_GNTTAB_BATCH = 1 << 16  # grant-table ops per call (Xen: u32 count, preempte
 MAX_EXTENTS = 1 << 20  # memory_op extents per call (4 GiB of 4 KiB pages)
 MAX_CPUMAP_BYTES = 512  # a cpumap for 4096 pCPUs
 MAX_BLOB_BYTES = 1 << 20  # vCPU / HVM context, console text
+E820MAX = 1024  # xen/arch/x86/include/asm/e820.h: entries of a memory map
 
 
 def _invalid(where: str, why: str) -> XenError:
@@ -136,6 +137,7 @@ _RESERVATION = struct(  # struct xen_memory_reservation
     domid=DOMID,
 )
 _VCPU = struct(vcpuid=U32)  # vcpu_op(cmd, vcpuid, NULL)
+_E820_ENTRY = struct(addr=U64, size=U64, type=U32)  # struct e820entry
 
 # xen/include/public/event_channel.h. The FIFO ABI (init_control, expand_array,
 # set_priority) is not served: -ENOSYS, as from a Xen without it, and guests fall back to
@@ -164,11 +166,14 @@ GRANT_TABLE_OP = {
 }
 
 # xen/include/public/sched.h (reference section 12.1).
+# A hypercall here has no current vCPU, so the ops that act on the caller's vCPU name it
+# (``vcpu``); ``events`` in block is the upcalls the guest has taken (what Xen reads from
+# ``vcpu_info.evtchn_upcall_pending`` for block's atomic "events pending?" check).
 SCHED_OP = {
-    "yield_": NO_ARGS,
-    "block": NO_ARGS,
+    "yield_": struct(vcpu=U32),
+    "block": struct(vcpu=U32, events=U64),
     "shutdown": struct(reason=U32),
-    "poll": struct(ports=Array(PORT, MAX_POLL_PORTS), timeout=U64),
+    "poll": struct(vcpu=U32, events=U64, ports=Array(PORT, MAX_POLL_PORTS), timeout=U64),
     "remote_shutdown": struct(domain_id=DOMID, reason=U32),
     "shutdown_code": struct(reason=U32),
 }
@@ -185,10 +190,20 @@ MEMORY_OP = {
     "add_to_physmap_batch": struct(
         domid=DOMID, space=U32, size=U16, foreign_domid=DOMID,
         idxs=Array(U64, MAX_EXTENTS), gpfns=Array(U64, MAX_EXTENTS)),
+    # struct xen_memory_map (the caller's own; IN: how many entries its buffer takes) and
+    # struct xen_foreign_memory_map (the toolstack sets a domain's: libxl's
+    # xc_domain_set_memmap_limit). Entries are struct e820entry (E820_RAM is type 1).
+    "memory_map": struct(nr_entries=U32),
+    "set_memory_map": struct(domid=DOMID, map=Array(_E820_ENTRY, E820MAX)),
 }
 
 # xen/include/public/vcpu.h.
-VCPU_OP = {"up": _VCPU, "down": _VCPU, "is_up": _VCPU, "get_runstate_info": _VCPU}
+VCPU_OP = {"up": _VCPU, "down": _VCPU, "is_up": _VCPU, "get_runstate_info": _VCPU,
+           "set_singleshot_timer": struct(vcpuid=U32, timeout_abs_ns=U64, flags=U32),
+           "stop_singleshot_timer": _VCPU}
+
+# set_timer_op(u64 timeout): no sub-op in Xen; the wire carries 0, and the vCPU.
+TIMER_OP = {"set": struct(vcpu=U32, timeout=U64)}
 
 # xen/include/public/version.h: every XENVER_* sub-op only has OUT data.
 XEN_VERSION = {
@@ -246,4 +261,8 @@ DOMCTL = {
 SYSCTL = {
     "physinfo": NO_ARGS,
     "getdomaininfolist": struct(first_domain=DOMID, max_domains=U32),
+    # struct xen_sysctl_scheduler_op: the pool's global parameters (cmd putinfo 0, getinfo 1)
+    "scheduler_op": struct(cpupool_id=U32, sched_id=U32, cmd=U32, tslice_ms=U32,
+                           ratelimit_us=U32),
+    "sched_id": NO_ARGS,
 }

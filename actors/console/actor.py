@@ -32,7 +32,7 @@ class ConsoleShell(Endpoint):
         self.daemon.start()
         self.log.info("xenconsoled up")
 
-    def on_upcall(self, domid: int, ports: list[int]) -> None:
+    def on_upcall(self, domid: int, ports: list[int], vcpu: int = 0) -> None:
         self.daemon.upcall(domid, ports)
 
     def on_xs_event(self, data: bytes) -> None:

@@ -60,14 +60,20 @@ class DomainShell(Endpoint):
     def on_vcpu_gate(self, paused: bool, seq: int = 0) -> None:
         self.kernel.vcpu_gate(paused, seq)
 
-    def on_upcall(self, domid: int, ports: list[int]) -> None:
-        self.kernel.upcall(domid, ports)
+    def on_vcpu_run(self, vcpu: int, run: bool, seq: int = 0) -> None:
+        self.kernel.vcpu_run(vcpu, run, seq)
+
+    def on_upcall(self, domid: int, ports: list[int], vcpu: int = 0) -> None:
+        self.kernel.upcall(domid, ports, vcpu)
 
     def on_xs_event(self, data: bytes) -> None:
         self.kernel.xs_event(data)
 
     def on_statistics(self) -> dict[str, Any]:
-        return self.kernel.statistics()
+        """The kernel's counts, and its balloon driver's (``xen_memory0``'s, once booted)."""
+        balloon = getattr(self.kernel, "balloon", None)
+        return {**self.kernel.statistics(),
+                "balloon": balloon.statistics() if balloon is not None else {}}
 
 
 class DomainProcess(DomainShell):

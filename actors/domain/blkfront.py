@@ -38,6 +38,7 @@ import itertools
 import threading
 from typing import Any
 
+from actors.domain.rungate import vcpu_blocking
 from actors.xenbus.frontend import Page, XenbusFrontend
 from protocols.blkif import (BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
                              BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE,
@@ -82,7 +83,9 @@ class BlkRequest:
                 self._waiter = threading.Lock()
                 self._waiter.acquire()
             waiter = self._waiter
-        if waiter.acquire(timeout=-1 if timeout is None else timeout):
+        with vcpu_blocking():
+            done = waiter.acquire(timeout=-1 if timeout is None else timeout)
+        if done:
             waiter.release()  # and the next waiter, if any
             return True
         return self._done

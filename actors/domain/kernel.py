@@ -54,6 +54,7 @@ Decisions:
 
 from __future__ import annotations
 
+import time
 import traceback
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
@@ -65,6 +66,7 @@ from actors.domain.kdata import KernelData
 from actors.domain.manage import PVControl
 from actors.domain.netdev import NetDevices
 from actors.domain.rungate import GateChange, Halted, RunGate
+from actors.domain.smp import Smp
 from actors.domain.xenwatch import Xenwatch
 from actors.guest.api import GuestOS, parse_init
 from actors.guest import inits
@@ -73,7 +75,7 @@ from actors.runtime import THREADS, Runtime
 from actors.xenbus.frontend import PagePool
 from protocols.console import ConsoleInterface
 from protocols.errno import Errno, XenError
-from protocols.hypercall import Hypercall, SchedOp, ShutdownReason
+from protocols.hypercall import EvtchnOp, Hypercall, SchedOp, ShutdownReason, TimerOp, Virq
 from protocols.page import PAGE_SIZE
 from protocols.pv_layout import (GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES, PFN_CONSOLE, PFN_FIRST_FREE,
                                  PFN_KERNEL_DATA, PFN_START_INFO)
@@ -103,6 +105,39 @@ class XsLike(Protocol):
     def on_event(self, data: bytes) -> None: ...
 
 
+class _SchedPort:
+    """The vCPUs' scheduling hypercalls, for the run gate (:class:`rungate.SchedPort`):
+    ``ipi`` holds each vCPU's reschedule IPI port."""
+
+    def __init__(self, hypercall: Callable[..., Any]) -> None:
+        self.hypercall = hypercall
+        self.ipi: dict[int, int] = {}
+        self.timer: dict[int, int] = {}
+
+    def bind(self, vcpu: int) -> None:
+        """``xen_setup_timer`` and ``xen_smp_intr_init`` for one vCPU: its VIRQ_TIMER and
+        its reschedule IPI (XenError if the hypervisor refuses)."""
+        self.timer[vcpu] = self.hypercall(Hypercall.event_channel_op, EvtchnOp.bind_virq,
+                                          virq=Virq.TIMER, vcpu=vcpu)["port"]
+        self.ipi[vcpu] = self.hypercall(Hypercall.event_channel_op, EvtchnOp.bind_ipi,
+                                        vcpu=vcpu)["port"]
+
+    def unbind(self, vcpu: int) -> None:
+        """``xen_teardown_timer`` and ``xen_smp_intr_free``: a vCPU gone down."""
+        for ports in (self.timer, self.ipi):
+            if (port := ports.pop(vcpu, None)) is not None:
+                self.hypercall(Hypercall.event_channel_op, EvtchnOp.close, port=port)
+
+    def block(self, vcpu: int, events: int) -> dict[str, Any]:
+        return self.hypercall(Hypercall.sched_op, SchedOp.block, vcpu=vcpu, events=events)
+
+    def kick(self, vcpu: int) -> None:
+        self.hypercall(Hypercall.event_channel_op, EvtchnOp.send, port=self.ipi[vcpu])
+
+    def set_timer(self, vcpu: int, deadline_ns: int) -> None:
+        self.hypercall(Hypercall.set_timer_op, TimerOp.set, vcpu=vcpu, timeout=deadline_ns)
+
+
 class PVKernel:
     """One DomU's PV kernel; ``resume``: it continues a suspended guest whose memory this is
     (module docstring), rather than booting.
@@ -128,6 +163,8 @@ class PVKernel:
         self.hvc = HvcConsole(ConsoleInterface(memory.page(PFN_CONSOLE)), None, hypercall,
                               self.gate, log)
         self.xenwatch = Xenwatch(xs, self.gate, runtime, log)
+        self.sched_port = _SchedPort(hypercall)
+        self.smp = Smp(self.gate, hypercall, xs, runtime, log, self.sched_port)
         self.control = PVControl(xs, self.gate, hypercall, self.hvc.printk, self.power_off, log,
                                  pre_suspend=self._pre_suspend,
                                  suspend_failed=self._suspend_cancel)
@@ -163,9 +200,14 @@ class PVKernel:
             self.log.info("suspend cancelled: resuming in the same domain")
             self._suspend_cancel()
 
-    def upcall(self, domid: int, ports: list[int]) -> None:
-        """Event-channel ports that fired (already dequeued by the hypervisor); held pending
-        while a suspend has interrupts off."""
+    def vcpu_run(self, vcpu: int, run: bool, seq: int = 0) -> None:
+        """The scheduler gave vCPU ``vcpu`` a pCPU or took it away (:meth:`RunGate.set_run`)."""
+        self.gate.set_run(run, seq, vcpu)
+
+    def upcall(self, domid: int, ports: list[int], vcpu: int = 0) -> None:
+        """Event-channel ports that fired for ``vcpu`` (already dequeued by the hypervisor);
+        held pending while a suspend has interrupts off."""
+        self.gate.took_upcall(vcpu)  # VIRQ_TIMER and the reschedule IPI need nothing more
         with self.gate.cv:
             self.stats["upcalls"] += 1
             if self._irqs_masked:
@@ -214,7 +256,9 @@ class PVKernel:
     def sleep(self, seconds: float) -> None:
         self.gate.enter()
         monotonic = self.runtime.monotonic
-        self.gate.schedule_timeout(monotonic() + max(0.0, seconds), monotonic)
+        seconds = max(0.0, seconds)
+        self.gate.schedule_timeout(monotonic() + seconds, monotonic,
+                                   time.monotonic_ns() + int(seconds * 1e9))
         self.gate.enter()
 
     def init_memory(self, name: str, nbytes: int) -> memoryview:
@@ -247,6 +291,16 @@ class PVKernel:
         with self.gate.cv:
             return self._now()
 
+    def vcpus(self) -> list[int]:
+        """The online vCPUs, for the init program."""
+        self.gate.enter()
+        return self.smp.vcpus()
+
+    def on_each_vcpu(self, fn: Callable[[int], Any]) -> list[Any]:
+        """``fn(n)`` on every online vCPU at once (:meth:`Smp.run_on_each`)."""
+        self.gate.enter()
+        return self.smp.run_on_each(fn)
+
     def _now(self) -> float:
         """Guest time: seconds since boot, from the suspended kernel's clock after a resume."""
         started = self._boot_time
@@ -256,8 +310,10 @@ class PVKernel:
     # -- the vCPU: boot or resume, then init ----------------------------------------------
 
     def _vcpu_main(self) -> None:
+        self.gate.on_vcpu_thread()
         try:
             self.gate.enter()
+            self._setup_timer_and_ipi()
             if not self._start_kernel():
                 return
             if self.resume:
@@ -270,6 +326,16 @@ class PVKernel:
             pass
         finally:
             self.gate.vcpu_stopped()
+
+    def _setup_timer_and_ipi(self) -> None:
+        """vCPU 0's VIRQ_TIMER and reschedule IPI, after which the vCPUs block in the
+        hypervisor when they wait (rungate). Without them it boots on, never blocking there."""
+        try:
+            self.sched_port.bind(0)
+        except XenError as e:
+            self.log.warning("no timer or IPI: the vCPU will not block in Xen", error=str(e))
+            return
+        self.gate.attach(self.sched_port)
 
     def _start_kernel(self) -> bool:
         """``xen_start_kernel``: read start_info (the toolstack wrote it, or a restore brought
@@ -333,13 +399,23 @@ class PVKernel:
         return True
 
     def _xenbus_steps(self) -> None:
-        for step in (self._read_identity, self._setup_shutdown_watcher,
-                     self._setup_devices, self._wait_for_devices):
+        for step in (self._read_identity, self._setup_shutdown_watcher, self._setup_vcpus,
+                     self._setup_devices, self._wait_for_devices, self._setup_balloon):
             try:
                 step()
             except Exception as e:  # Linux boots on without xenbus, deaf to control/shutdown
                 self.log.exception("xenbus setup failed", step=step.__name__)
                 self.hvc.printk(f"xenbus: {step.__name__.lstrip('_')} failed: {e}")
+
+    def _setup_balloon(self) -> None:
+        """The balloon driver (:mod:`.balloon`), once the drivers have their pages: its
+        thread, and its watch on ``memory/target``. ``self.balloon`` reports its counts."""
+        from actors.domain import balloon
+
+        nr_pages = min(self.start_info.nr_pages, self.memory.first_frame + self.memory.nr_pages)
+        self.balloon = balloon.start(self.hypercall, self.xs, self.xenwatch, self.gate,
+                                     self.runtime, self.pages, nr_pages,
+                                     self.memory.first_frame + self.memory.nr_pages, self.log)
 
     def _read_identity(self) -> None:
         """``~/domid`` and ``~/name`` (reference 11.5): start_info does not carry them."""
@@ -348,6 +424,15 @@ class PVKernel:
 
     def _setup_shutdown_watcher(self) -> None:
         self.control.setup_shutdown_watcher(self.xenwatch)
+
+    def _setup_vcpus(self) -> None:
+        """``smp_prepare_cpus`` and ``setup_cpu_watcher``: the vCPUs it may have, up as
+        ``cpu/N/availability`` says (:mod:`.smp`); only once vCPU 0's IPI is bound."""
+        if self.gate.port is None:
+            return
+        if (n := self.smp.probe()) > 1:
+            self.hvc.printk(f"smpboot: Allowing {n} CPUs")
+        self.smp.watch(self.xenwatch.register_watch)
 
     def _setup_devices(self) -> None:
         """xen-blkfront's and xen-netfront's probes: a frontend per ``device/vbd`` and

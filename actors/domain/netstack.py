@@ -21,7 +21,6 @@ from __future__ import annotations
 import collections
 import ipaddress
 import itertools
-import threading
 import time
 from collections.abc import Callable
 from socket import inet_ntoa
@@ -29,6 +28,7 @@ from typing import Protocol
 
 import dpkt
 
+from actors.domain.rungate import VcpuCondition
 from protocols.errno import Errno, XenError
 
 ETH_BROADCAST = b"\xff" * 6
@@ -111,7 +111,8 @@ class NetStack:
         self._ip_seen: tuple[str | None, bytes | None] = (None, None)
         self._clock, self._sleep = clock, sleep
         self.arp_timeout, self.arp_retries = arp_timeout, arp_retries  # Linux: 1 s, 3 probes
-        self._cv = threading.Condition()  # an RLock: stats may be counted while it is held
+        # an RLock: stats may be counted while it is held; a vCPU waiting on it blocks in Xen
+        self._cv = VcpuCondition()
         self._arp: dict[bytes, bytes] = {}  # IPv4 -> MAC
         self._confirmed: dict[bytes, float] = {}  # IPv4 -> when an ARP reply last came
         self._probed: dict[bytes, float] = {}  # IPv4 -> when a unicast probe last went

@@ -9,6 +9,18 @@ suspend is in progress, and for good once the domain has shut down: a shut-down 
 in existence, idle, until the toolstack destroys it (reference 19.8). At a shut-down gate
 :class:`Halted` unwinds whoever stands there.
 
+The gate is also the scheduler's dispatch (issue 14): the vCPU runs guest code only while it
+holds a pCPU (``held``). The hypervisor's scheduler gives and takes pCPUs with one-way
+``vcpu_run`` messages (:meth:`RunGate.set_run`); one taken away is given up at the vCPU's next
+kernel entry, so the preemption granularity is the time between two kernel entries (every
+GuestOS call, every ring request). Wherever the vCPU waits for something (its sleeps, its
+device completions, its network stack) it blocks in the hypervisor first (``SCHEDOP_block``,
+:meth:`RunGate.blocking`), and after the wait it needs a pCPU again: an upcall that arrived
+meanwhile already woke it in the hypervisor; otherwise (a local timeout, a wake-up from
+xenwatch) it sends itself Linux's reschedule IPI (an event channel bound with
+``EVTCHNOP_bind_ipi``). Until the kernel has bound that port (:meth:`RunGate.attach`) the
+vCPU never blocks in the hypervisor.
+
 It is its own module, below the kernel (:mod:`.kernel`), the console driver (:mod:`.hvc`) and
 xenwatch (:mod:`.xenwatch`), because all three stop at it and none may import another's
 owner.
@@ -31,9 +43,11 @@ Decisions:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 from protocols.hypercall import ShutdownReason
 
@@ -60,18 +74,82 @@ class GateChange(enum.Enum):
     RESUMED = "resumed"  # reopened after SHUTDOWN_suspend: the suspend was cancelled (12.1)
 
 
-PARKED = ("blocked", "gated", "offline", "stopped")  # vCPU states a freeze accepts
+PARKED = ("blocked", "gated", "runnable", "offline", "stopped")  # what a freeze accepts
+IN_FLIGHT_S = 0.001  # how long a VcpuCondition that did not block waits before it checks again
+_current = threading.local()  # .gate, .vcpu: the RunGate and vCPU this thread is
+
+
+class SchedPort(Protocol):
+    """The kernel's hypercalls for the gate (so the gate imports no transport)."""
+
+    def block(self, vcpu: int, events: int) -> dict[str, Any]: ...  # SCHEDOP_block
+    def kick(self, vcpu: int) -> None: ...  # the reschedule IPI to that vCPU
+    def set_timer(self, vcpu: int, deadline_ns: int) -> None: ...  # set_timer_op
+
+
+@dataclasses.dataclass
+class VcpuSlot:
+    """One vCPU's view at the gate: ``state`` is offline, running, blocked, runnable
+    (waiting for a pCPU), gated (waiting for the domain to run) or stopped; ``held``: it
+    holds a pCPU (the scheduler's last word, ordered by ``run_seq``); ``upcalls`` taken."""
+
+    state: str = "offline"
+    held: bool = False
+    run_seq: int = 0
+    upcalls: int = 0
+    blocks: int = 0
+
+
+def current_gate() -> RunGate | None:
+    """The gate of the vCPU this thread is, if it is one."""
+    return getattr(_current, "gate", None)
+
+
+def current_vcpu() -> int:
+    """The vCPU this thread is (0 for any other thread that enters as a vCPU)."""
+    return getattr(_current, "vcpu", 0)
+
+
+def vcpu_blocking() -> contextlib.AbstractContextManager[None]:
+    """:meth:`RunGate.blocking` if this thread is a vCPU, else nothing: for a wait in a
+    driver that may run on the vCPU or on another thread."""
+    gate = current_gate()
+    return gate.blocking() if gate is not None else contextlib.nullcontext()
+
+
+class VcpuCondition(threading.Condition):
+    """A condition whose waits on a vCPU thread block the vCPU in the hypervisor
+    (:meth:`RunGate.blocking`). The block is made holding the lock (let go of it, and a
+    notify before the wait would be lost); the lock is let go while the vCPU waits for a
+    pCPU again after the wait, since the upcall that brings it may need the lock."""
+
+    def wait(self, timeout: float | None = None) -> bool:
+        gate = current_gate()
+        if gate is None or gate.port is None:
+            return super().wait(timeout)
+        token = gate._block(wait_in_flight=False)
+        if token is None:  # upcalls were in flight to it: let them land, with the lock let go
+            return super().wait(IN_FLIGHT_S if timeout is None else min(timeout, IN_FLIGHT_S))
+        try:
+            return super().wait(timeout)
+        finally:
+            saved = self._release_save()
+            try:
+                gate._unblock(token)
+            finally:
+                self._acquire_restore(saved)
 
 
 class RunGate:
     """The kernel's run state, one lock and one condition for everything that waits on it.
 
     ``cv`` is public for the kernel's collaborators that block the vCPU on their own condition
-    (:meth:`wait_event` runs under it, :meth:`wake` notifies it). ``vcpu`` is the vCPU's own
-    view: offline, running, blocked, gated (waiting here) or stopped. The hypervisor's messages
-    reach :meth:`set_paused`; the vCPU thread calls :meth:`enter`, :meth:`schedule_timeout`,
-    :meth:`wait_event`; xenwatch calls :meth:`enter` with ``vcpu=False`` and, for a suspend,
-    :meth:`freeze`/:meth:`thaw`; :meth:`shut_down` is final.
+    (:meth:`wait_event` runs under it, :meth:`wake` notifies it). ``slots`` are the vCPUs'
+    own views (:class:`VcpuSlot`; ``vcpu``, ``held``, ``blocks`` and ``upcalls`` read vCPU 0's).
+    The hypervisor's messages reach :meth:`set_paused` and :meth:`set_run`; a vCPU thread
+    calls :meth:`enter`, :meth:`schedule_timeout`, :meth:`wait_event`; xenwatch calls
+    :meth:`enter` with ``vcpu=False`` and, for a suspend, :meth:`freeze`/:meth:`thaw`;
+    :meth:`shut_down` is final.
     """
 
     def __init__(self) -> None:
@@ -79,9 +157,39 @@ class RunGate:
         self.state = KernelState.CREATED
         self.paused = True
         self.reason: ShutdownReason | None = None
-        self.vcpu = "offline"
+        self.slots = [VcpuSlot()]
         self._seq = 0
-        self._no_freeze = 0  # the vCPU is in a no_freeze section
+        self._no_freeze = 0  # vCPUs in a no_freeze section
+        self.port: SchedPort | None = None  # set by attach: vCPUs may block from then on
+
+    @property
+    def vcpu(self) -> str:
+        return self.slots[0].state
+
+    @vcpu.setter
+    def vcpu(self, state: str) -> None:
+        self.slots[0].state = state
+
+    held = property(lambda self: self.slots[0].held)
+    blocks = property(lambda self: self.slots[0].blocks)
+    upcalls = property(lambda self: self.slots[0].upcalls)
+
+    def add_vcpus(self, n: int) -> None:
+        """The domain has ``n`` vCPUs (``cpu_possible``), each offline until it starts."""
+        with self.cv:
+            self.slots += [VcpuSlot() for _ in range(n - len(self.slots))]
+
+    def attach(self, port: SchedPort) -> None:
+        """The kernel can block its vCPUs in the hypervisor and wake them (IPIs bound)."""
+        with self.cv:
+            self.port = port
+
+    def on_vcpu_thread(self, vcpu: int = 0) -> None:
+        """The calling thread is this gate's vCPU ``vcpu`` (its waits block in Xen)."""
+        _current.gate, _current.vcpu = self, vcpu
+
+    def _slot(self) -> VcpuSlot:
+        return self.slots[current_vcpu()]
 
     # -- the hypervisor's side ---------------------------------------------------------------
 
@@ -102,6 +210,27 @@ class RunGate:
             self.cv.notify_all()
             return change
 
+    def set_run(self, run: bool, seq: int = 0, vcpu: int = 0) -> None:
+        """The scheduler gave ``vcpu`` a pCPU (True) or took it away; a stale ``seq`` (its
+        own register, apart from the pause's) is ignored."""
+        with self.cv:
+            if not 0 <= vcpu < len(self.slots):
+                return
+            slot = self.slots[vcpu]
+            if seq and seq <= slot.run_seq:
+                return
+            slot.run_seq = max(slot.run_seq, seq)
+            slot.held = run
+            self.cv.notify_all()
+
+    def took_upcall(self, vcpu: int = 0) -> None:
+        """An upcall for ``vcpu`` reached the kernel (cv held by the caller or not: an
+        RLock)."""
+        with self.cv:
+            if 0 <= vcpu < len(self.slots):
+                self.slots[vcpu].upcalls += 1
+            self.cv.notify_all()
+
     def runnable(self) -> bool:
         return not self.paused and self.state is KernelState.RUNNING
 
@@ -110,24 +239,33 @@ class RunGate:
     def enter(self, vcpu: bool = True) -> None:
         """A scheduling point: return only while the domain may run; Halted once shut down.
         ``vcpu``: the caller is the vCPU (its state is tracked), not xenwatch."""
-        if vcpu and self.vcpu == "running" and self.runnable():
+        slot = self._slot() if vcpu else None
+        if slot is not None and slot.state == "running" and slot.held and self.runnable():
             return  # the common case, without the lock: a pause is seen at the next entry
         with self.cv:
-            while not (self.runnable() or (vcpu and self._no_freeze and not self.paused
-                                           and self.state is KernelState.SUSPENDING)):
+            while not (self.runnable() or (slot and self._no_freeze and not self.paused
+                                           and self.state is KernelState.SUSPENDING)) \
+                    or (slot and not slot.held and self.port is not None):
                 if self.state is KernelState.SHUTDOWN:
                     raise Halted
-                if vcpu:
-                    self._park("gated")
+                if slot:
+                    self._park(slot, "runnable" if self.runnable() and not slot.held
+                               else "gated")
                 self.cv.wait()
-            if vcpu:
-                self.vcpu = "running"
+            if slot:
+                slot.state = "running"
 
-    def schedule_timeout(self, deadline: float, monotonic: Callable[[], float]) -> None:
+    def schedule_timeout(self, deadline: float, monotonic: Callable[[], float],
+                         deadline_ns: int | None = None) -> None:
         """Block the vCPU until ``deadline`` on ``monotonic`` (Linux ``schedule_timeout``);
-        the domain may be paused meanwhile. Halted if it shuts down."""
-        with self.cv:
-            self._park("blocked")
+        the domain may be paused meanwhile. Halted if it shuts down. ``deadline_ns``: the
+        same on the host's clock, for the hypervisor's timer (``set_timer_op``), whose
+        VIRQ_TIMER wakes the vCPU."""
+        if deadline_ns is not None and self.port is not None and \
+                current_gate() is self:
+            self.port.set_timer(current_vcpu(), deadline_ns)
+        with self.blocking(), self.cv:
+            self._park(self._slot(), "blocked")
             while (left := deadline - monotonic()) > 0:
                 if self.state is KernelState.SHUTDOWN:
                     raise Halted
@@ -138,9 +276,63 @@ class RunGate:
         calls :meth:`wake`) or shutdown, at most ``timeout`` seconds (Linux
         ``wait_event_timeout``). True unless it timed out."""
         with self.cv:
-            self._park("blocked")
+            if condition():
+                return True
+        with self.blocking(), self.cv:
+            self._park(self._slot(), "blocked")
             return self.cv.wait_for(
                 lambda: condition() or self.state is KernelState.SHUTDOWN, timeout)
+
+    @contextlib.contextmanager
+    def blocking(self) -> Iterator[None]:
+        """The vCPU waits inside: it gives its pCPU up (``SCHEDOP_block``) before and takes
+        one again after (module docstring). Anywhere else, or before :meth:`attach`, it does
+        nothing. The caller holds no lock the upcall path takes."""
+        token = self._block()
+        try:
+            yield
+        finally:
+            self._unblock(token)
+
+    def _block(self, wait_in_flight: bool = True) -> int | None:
+        """``SCHEDOP_block``: the upcall count it blocked at, or None if it did not block
+        (upcalls were still in flight to it, which is what Xen's atomic "events pending?"
+        check finds; with ``wait_in_flight`` it waits here for them to land, which only a
+        caller holding no lock the upcall path takes may do)."""
+        if self.port is None or current_gate() is not self:
+            return None
+        vcpu, slot = current_vcpu(), self._slot()
+        with self.cv:
+            events = slot.upcalls
+        answer = self.port.block(vcpu, events)
+        with self.cv:
+            if not answer["blocked"]:
+                if wait_in_flight:
+                    self.cv.wait_for(lambda: slot.upcalls >= answer["events"], 1.0)
+                return None
+            slot.blocks += 1
+            if slot.run_seq <= answer["seq"]:  # no newer word from the scheduler yet
+                slot.run_seq, slot.held = answer["seq"], False
+            self._park(slot, "blocked")
+            return events
+
+    def _unblock(self, events: int | None) -> None:
+        """After a wait: take a pCPU again (an upcall since the block already woke the
+        vCPU in the hypervisor; otherwise it kicks itself) and wait for it."""
+        if events is None:
+            return
+        slot = self._slot()
+        with self.cv:
+            kick = not slot.held and slot.upcalls == events
+        if kick:
+            self.port.kick(current_vcpu())
+        with self.cv:
+            self._park(slot, "runnable")
+            while not slot.held:
+                if self.state is KernelState.SHUTDOWN:
+                    raise Halted
+                self.cv.wait()
+            slot.state = "running"
 
     def wake(self) -> None:
         with self.cv:
@@ -160,11 +352,11 @@ class RunGate:
 
     def vcpu_stopped(self) -> None:
         with self.cv:
-            self._park("stopped")
+            self._park(self._slot(), "stopped")
 
-    def _park(self, vcpu: str) -> None:
-        """The vCPU stops at a scheduling point; a freeze in progress hears of it. cv held."""
-        self.vcpu = vcpu
+    def _park(self, slot: VcpuSlot, state: str) -> None:
+        """A vCPU stops at a scheduling point; a freeze in progress hears of it. cv held."""
+        slot.state = state
         if self.state is KernelState.SUSPENDING:
             self.cv.notify_all()
 
@@ -179,8 +371,9 @@ class RunGate:
                 return None
             self.state = KernelState.SUSPENDING
             self.cv.notify_all()
-            frozen = self.cv.wait_for(lambda: self.vcpu in PARKED and not self._no_freeze,
-                                      timeout)
+            frozen = self.cv.wait_for(
+                lambda: all(s.state in PARKED for s in self.slots) and not self._no_freeze,
+                timeout)
             self.state = KernelState.SUSPENDED if frozen else KernelState.RUNNING
             self.reason = ShutdownReason.suspend if frozen else None
             self.cv.notify_all()
@@ -212,4 +405,6 @@ class RunGate:
             elif not self.runnable() and vcpu in ("blocked", "gated"):
                 vcpu = "paused"
             return {"state": self.state.value, "vcpu": vcpu, "paused": self.paused,
+                    "held": self.held, "blocks": sum(s.blocks for s in self.slots),
+                    "vcpus": [s.state for s in self.slots],
                     "shutdown_reason": self.reason.name if self.reason is not None else None}

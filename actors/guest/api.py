@@ -57,6 +57,12 @@ class GuestKernel(Protocol):
         """``nbytes`` of guest memory for the init, the same pages for the same name (also
         after a resume in a new domain); zero when first made."""
 
+    def vcpus(self) -> list[int]:
+        """The online vCPUs."""
+
+    def on_each_vcpu(self, fn: Callable[[int], Any]) -> list[Any]:
+        """``fn(n)`` on every online vCPU ``n`` at once; their results once all are done."""
+
 
 class GuestOS:
     """The API an init program gets. Only the vCPU thread running the program calls it.
@@ -107,6 +113,17 @@ class GuestOS:
 
     def clock(self) -> float:
         return self._kernel.clock()
+
+    def vcpus(self) -> list[int]:
+        """The domain's online vCPUs (``vcpus=`` in xl.cfg, then ``xenray vcpu-set``)."""
+        return self._kernel.vcpus()
+
+    def on_each_vcpu(self, fn: Callable[[int], Any]) -> list[Any]:
+        """Run ``fn(n)`` on every online vCPU ``n`` at once, as a multithreaded program runs
+        a thread per CPU: vCPU 0 runs its share on this thread, each other vCPU on its own.
+        Returns their results in vCPU order once all are done (the first exception raised
+        is raised here). ``fn`` may call this GuestOS from its vCPU."""
+        return self._kernel.on_each_vcpu(fn)
 
     def disk(self, name: str = "xvda") -> Any:
         """A virtual disk (blkfront): ``read``/``write``/``flush``/``discard`` and the

@@ -17,16 +17,18 @@ import os
 import pathlib
 import select
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import ray
 
 from actors import log as xlog
-from actors import memory, procstat, uffd
+from actors import memory, uffd
 from actors.hypervisor.audit import audit
+from actors.hypervisor import sched as schedulers
 from actors.hypervisor.effects import (ConsoleLine, Deliver, Effect, GateVcpus, ReleaseMemory,
-                                       SizeMemory, WatchVcpu)
+                                       PunchMemory, RunVcpu, SizeMemory, WatchVcpu)
 from actors.hypervisor.hvpipes import HvPipeServer
 from actors.hypervisor.logdirty import GuestTracker, HandoverServer, UffdDirtyLog
 from actors.hypervisor.state import Hypervisor
@@ -42,16 +44,18 @@ class HypervisorShell(Endpoint):
     ``mem_prefix`` names its ``/dev/shm`` files; ``transport`` carries what has no pipe."""
 
     def __init__(self, host: str, memory_mib: int, pcpus: int, mem_prefix: str,
-                 transport: Transport, log: Any, runtime: Runtime = THREADS) -> None:
+                 transport: Transport, log: Any, runtime: Runtime = THREADS,
+                 sched: str = schedulers.DEFAULT, sched_params: dict | None = None) -> None:
         self.log, self.transport, self.runtime = log, transport, runtime
         self.lock = threading.RLock()  # effects can re-enter (a vCPU already gone at watch)
         self._mem_prefix = mem_prefix
         self._maps: dict[str, memory.Mapping] = {}
         self.dirtylog = UffdDirtyLog(log)
-        self._cpu_base: dict[int, int] = {}  # domid -> its process's CPU time at hand-over
         self.state = Hypervisor(host, memory_mib=memory_mib, pcpus=pcpus, mem_prefix=mem_prefix,
-                                frames=self._frames, cpu_time_ns=self._cpu_time_ns,
-                                dirtylog=self.dirtylog)
+                                frames=self._frames, sched=sched,
+                                sched_params=sched_params, dirtylog=self.dirtylog)
+        self._timer_cv = threading.Condition(self.lock)  # the timer thread waits here
+        self._timer_until: int | None = None  # until when it sleeps (None: until woken)
         self.handovers: HandoverServer | None = None
         try:
             self.handovers = HandoverServer(uffd.handover_path(mem_prefix), self._on_handover,
@@ -67,10 +71,11 @@ class HypervisorShell(Endpoint):
         self._pid_poll.register(self._wake_r, select.EPOLLIN)
         self._stopping = False
         runtime.spawn(self._watch_pids, name="vcpu-watch")
+        runtime.spawn(self._timer_interrupt, name="timer")
         # this process's first name lookup costs 0.2-0.4 s: pay it now, on the route every
         # domain's death takes (VIRQ_DOM_EXC to xenstored), not in a domain's first gate
         transport.prefetch(actor_name(host, "xenstored"))
-        self.log.info("hypervisor up", memory_mib=memory_mib, pcpus=pcpus)
+        self.log.info("hypervisor up", memory_mib=memory_mib, pcpus=pcpus, sched=sched)
 
     # -- entry points -------------------------------------------------------------------
 
@@ -143,6 +148,8 @@ class HypervisorShell(Endpoint):
         """Stop the threads and drop the maps and pipes (the host is going away)."""
         self._stopping = True
         os.write(self._wake_w, b"x")
+        with self._timer_cv:
+            self._timer_cv.notify_all()
         if self.pipes is not None:
             self.pipes.close()
         if self.handovers is not None:
@@ -167,31 +174,54 @@ class HypervisorShell(Endpoint):
     # -- effects ----------------------------------------------------------------------
 
     def _carry_out(self, effects: list[Effect]) -> None:
+        """Carry out ``effects`` (lock held); the timer thread is woken if whatever made them
+        brought the next deadline forward."""
+        deadline = self.state.next_deadline()
+        if deadline is not None and (self._timer_until is None or deadline < self._timer_until):
+            self._timer_cv.notify()
         for e in effects:
             match e:
-                case Deliver(endpoint, domid, ports):
-                    self._send(endpoint, "upcall", domid, list(ports))
+                case Deliver(endpoint, domid, ports, vcpu):
+                    self._send(endpoint, "upcall", domid, list(ports), vcpu)
                 case GateVcpus(endpoint, paused, seq):
                     self._send(endpoint, "vcpu_gate", paused, seq)
+                case RunVcpu(endpoint, vcpu, run, seq):
+                    self._send(endpoint, "vcpu_run", vcpu, run, seq)
                 case SizeMemory(path, nr_pages):
                     memory.create(path, nr_pages)
+                case PunchMemory(path, runs):
+                    try:
+                        memory.punch(path, runs)
+                    except OSError as err:  # the pages stay the host's cost, not the guest's
+                        self.log.warning("cannot punch out pages given back", error=str(err))
                 case ReleaseMemory(path):
                     if (m := self._maps.pop(path, None)) is not None:
                         m.close()
                     memory.remove(path)
                 case WatchVcpu(domid, pid, endpoint):
-                    self._cpu_base[domid] = procstat.cpu_ns(pid)
                     if endpoint:
                         self.transport.prefetch(endpoint)
                     self._watch(pid, lambda d=domid: self._vcpu_exited(d))
                 case ConsoleLine(domid, text):
                     self.log.info("console_io", domid=domid, text=text.rstrip("\n"))
 
-    def _cpu_time_ns(self, domid: int) -> int:
-        """The domain's vCPU time: its process's CPU time since it was handed the vCPUs
-        (a process from the host's pool spent some starting up, which is not the guest's)."""
-        pid = self.state.vcpu_pids.get(domid)
-        return max(0, procstat.cpu_ns(pid) - self._cpu_base.get(domid, 0)) if pid else 0
+    def _timer_interrupt(self) -> None:
+        """The host's timer: sleep until the state machine's next deadline (vCPU timers, the
+        scheduler's tick), then let it expire what is due. With every vCPU blocked and no
+        timer set it sleeps until an effect wakes it: an idle host costs nothing."""
+        with self._timer_cv:
+            while not self._stopping:
+                deadline = self.state.next_deadline()
+                wait = None if deadline is None else (deadline - time.monotonic_ns()) / 1e9
+                if wait is None or wait > 0:
+                    self._timer_until = deadline
+                    self._timer_cv.wait(wait)
+                    self._timer_until = None
+                    continue
+                try:
+                    self._carry_out(self.state.expire_timers())
+                except Exception:  # noqa: BLE001 - the host's clock must keep ticking
+                    self.log.exception("timer interrupt failed")
 
     def _frames(self, domid: int, pfn: int, count: int) -> memoryview:
         """Pages of a domain's memory, through one shared mapping of its file per domain."""
@@ -218,7 +248,6 @@ class HypervisorShell(Endpoint):
 
     def _vcpu_exited(self, domid: int) -> None:
         with self.lock:
-            self._cpu_base.pop(domid, None)
             effects = self.state.vcpu_exited(domid)
             if effects:
                 self.log.warning("vcpu process died: domain crashed", domid=domid)
@@ -246,7 +275,9 @@ class HypervisorShell(Endpoint):
 @ray.remote(max_restarts=0)
 class HypervisorActor(RayEndpoint, HypervisorShell):
     def __init__(self, host: str, memory_mib: int, pcpus: int, run_id: str,
-                 log_dir: str | None = None) -> None:
+                 log_dir: str | None = None, sched: str = schedulers.DEFAULT,
+                 sched_params: dict | None = None) -> None:
         super().__init__(host, memory_mib, pcpus, str(memory.SHM_DIR / f"xenray-{run_id}-{host}"),
                          RayTransport(), xlog.setup(host=host, component="hypervisor",
-                                                    log_dir=log_dir))
+                                                    log_dir=log_dir), sched=sched,
+                         sched_params=sched_params)

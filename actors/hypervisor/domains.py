@@ -14,11 +14,17 @@ import dataclasses
 import enum
 import itertools
 import secrets
+from collections.abc import Callable
 
+from actors.hypervisor.p2m import P2M, runs_of
 from protocols.errno import Errno, XenError
 from protocols.hypercall import DOMID_ANY, DOMID_FIRST_RESERVED, DomInfoFlag, dominf_flags
+from protocols.page import PAGE_SIZE
 
 MAX_PAUSE_COUNT = 255
+E820_RAM = 1  # xen/arch/x86/include/asm/e820.h
+MAX_PFNS = 1 << 32  # the largest address space a domain may have here: 16 TiB
+MAX_PAGES_FIELD = 0xFFFFFFFF  # struct domain's unsigned int max_pages
 
 
 class Dying(enum.IntEnum):
@@ -50,13 +56,16 @@ class Domain:
     dying: Dying = Dying.ALIVE
     blocked: bool = False  # every online vCPU blocked (reported by the guest kernel)
     cpu_time_ns: int = 0
+    p2m: P2M = dataclasses.field(default_factory=P2M, repr=False)  # its populated pfns
 
     @property
     def paused(self) -> bool:
         return self.pause_count > 0
 
-    def info_flags(self) -> int:
-        """``getdomaininfo`` flags, with the shutdown code in bits 16..23."""
+    def info_flags(self, vcpus: tuple[bool, bool] | None = None) -> int:
+        """``getdomaininfo`` flags, with the shutdown code in bits 16..23. ``vcpus``: the
+        scheduler's (any vCPU running, every online vCPU blocked); None for a domain it does
+        not run (Dom0: running unless the guest said blocked)."""
         flags = DomInfoFlag(0)
         if self.dying is Dying.DEAD:
             flags |= DomInfoFlag.dying
@@ -68,7 +77,11 @@ class Domain:
             flags |= DomInfoFlag.paused
         runnable = self.online_vcpus > 0 and not self.paused and not self.is_shutdown
         if runnable and self.dying is Dying.ALIVE:
-            flags |= DomInfoFlag.blocked if self.blocked else DomInfoFlag.running
+            running, blocked = vcpus if vcpus is not None else (not self.blocked, self.blocked)
+            if running:
+                flags |= DomInfoFlag.running
+            if blocked:
+                flags |= DomInfoFlag.blocked
         return dominf_flags(flags, self.shutdown_code or 0)
 
 
@@ -189,25 +202,74 @@ class DomainTable:
         return self.pressure_pages
 
     def set_max_pages(self, domid: int, max_pages: int) -> None:
-        """``XEN_DOMCTL_max_mem``: lowering below tot_pages is allowed (13)."""
+        """``XEN_DOMCTL_max_mem``: lowering below tot_pages is allowed (13): the domain then
+        gets no page until it has given enough back. ``d->max_pages`` is an unsigned int:
+        a larger value is clamped to it."""
         if max_pages < 0:
             raise XenError(Errno.EINVAL, "negative max_mem")
-        self.get(domid).max_pages = max_pages
+        self.get(domid).max_pages = min(max_pages, MAX_PAGES_FIELD)
+
+    def set_memory_map(self, domid: int, e820: list[dict[str, int]]) -> int:
+        """``XENMEM_set_memory_map``: the domain's e820 (libxl: one RAM entry up to maxmem,
+        ``xc_domain_set_memmap_limit``). The end of its highest RAM entry is the domain's
+        address space (:mod:`.p2m`), which only grows: a map ending below it is EINVAL (the
+        guest maps its memory file, which cannot shrink under it), as is one beyond
+        :data:`MAX_PFNS`. Returns the address space's pfns."""
+        p2m = self.get(domid).p2m
+        end = max((e["addr"] + e["size"] for e in e820 if e["type"] == E820_RAM),
+                  default=0) // PAGE_SIZE
+        if end > MAX_PFNS:
+            raise XenError(Errno.EINVAL, f"a memory map of {end} pages: at most {MAX_PFNS}")
+        if end < p2m.nr_pfns:
+            raise XenError(Errno.EINVAL, f"a memory map of {end} pages below the {p2m.nr_pfns} "
+                                         "the domain has")
+        p2m.grow(end)
+        p2m.mapped, p2m.e820 = True, [dict(e) for e in e820]
+        return end
 
     def populate(self, domid: int, nr_pages: int) -> int:
-        """Grow a domain by ``nr_pages`` within max_pages and the host budget; returns done."""
+        """Grow a domain by ``nr_pages`` within max_pages and the host budget, at its lowest
+        holes (a domain whose memory map was never set grows its address space as needed);
+        returns done."""
         dom = self.get(domid)
-        room = min(dom.max_pages - dom.tot_pages, self.host_free_pages)
-        done = max(0, min(nr_pages, room))
-        dom.tot_pages += done
+        p2m = dom.p2m
+        want = max(0, min(nr_pages, dom.max_pages - dom.tot_pages, self.host_free_pages))
+        runs = p2m.lowest_holes(want)
+        short = want - sum(count for _, count in runs)
+        if short and not p2m.mapped:
+            runs.append((p2m.nr_pfns, short))
+            p2m.grow(p2m.nr_pfns + short)
+        for first, count in runs:
+            p2m.fill(first, count)
+        done = p2m.tot_pages - dom.tot_pages
+        dom.tot_pages = p2m.tot_pages
         self._allocated += done
         return done
 
-    def decrease(self, domid: int, nr_pages: int) -> int:
-        """Give back up to ``nr_pages`` of a domain's memory (``decrease_reservation``);
-        returns the pages freed."""
+    def populate_extents(self, domid: int, extents: list[int], order: int) -> int:
+        """``populate_physmap`` of these extents (:meth:`P2M.populate`), each within
+        max_pages and the host budget (``assign_pages``: "Over-allocation"); the extents
+        done."""
         dom = self.get(domid)
-        done = max(0, min(nr_pages, dom.tot_pages))
-        dom.tot_pages -= done
-        self._allocated -= done
-        return done
+
+        def room(size: int) -> bool:
+            if dom.max_pages - dom.tot_pages < size or self.host_free_pages < size:
+                return False
+            dom.tot_pages += size
+            self._allocated += size
+            return True
+
+        return dom.p2m.populate(extents, order, room)
+
+    def decrease_extents(self, domid: int, extents: list[int], order: int,
+                         keep: Callable[[int, int], bool]) -> tuple[int, list[tuple[int, int]]]:
+        """``decrease_reservation`` of these extents (:meth:`P2M.decrease`; ``keep`` names
+        the pages the domain may not give back); the extents done and the ``(first pfn,
+        count)`` runs freed, whose memory the host may take back."""
+        dom = self.get(domid)
+        freed: list[tuple[int, int]] = []
+        done = dom.p2m.decrease(extents, order, keep, freed)
+        pages = dom.tot_pages - dom.p2m.tot_pages
+        dom.tot_pages = dom.p2m.tot_pages
+        self._allocated -= pages
+        return done, runs_of(freed)

@@ -16,6 +16,7 @@ class Deliver:
     endpoint: str
     domid: int
     ports: tuple[int, ...]
+    vcpu: int = 0  # the vCPU they are for (a DomU's kernel counts them per vCPU)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,18 @@ class GateVcpus:
 
 
 @dataclasses.dataclass(frozen=True)
+class RunVcpu:
+    """The scheduler gave vCPU ``vcpu`` a pCPU (``run``) or took it away: a vCPU runs guest
+    code only while it holds one, and stops at its next kernel entry when it loses it.
+    Ordered by ``seq``, from the same counter as :class:`GateVcpus`."""
+
+    endpoint: str
+    vcpu: int
+    run: bool
+    seq: int
+
+
+@dataclasses.dataclass(frozen=True)
 class SizeMemory:
     """Create or grow a domain's memory file to ``nr_pages`` frames."""
 
@@ -41,6 +54,15 @@ class SizeMemory:
 @dataclasses.dataclass(frozen=True)
 class ReleaseMemory:
     path: str
+
+
+@dataclasses.dataclass(frozen=True)
+class PunchMemory:
+    """A domain gave these pages back (``decrease_reservation``): punch them out of its
+    memory file, so the host really gets the memory back. ``runs``: ``(first pfn, count)``."""
+
+    path: str
+    runs: tuple[tuple[int, int], ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,4 +83,5 @@ class ConsoleLine:
     text: str
 
 
-Effect = Deliver | GateVcpus | SizeMemory | ReleaseMemory | WatchVcpu | ConsoleLine
+Effect = (Deliver | GateVcpus | RunVcpu | SizeMemory | ReleaseMemory | PunchMemory
+          | WatchVcpu | ConsoleLine)

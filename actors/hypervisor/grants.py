@@ -45,14 +45,20 @@ class Grants:
         self._mark_dirty = mark_dirty
         self._doms: dict[int, ops.DomainGrants] = {}
         self._pages: dict[int, int] = {}
+        self._p2m: dict[int, bytearray] = {}
         self._maptrack: dict[int, ops.Maptrack] = {}
         self._unmapped_granters: set[int] = set()  # since unmapped_granters() last asked
 
-    def attach(self, domid: int, nr_pages: int) -> None:
-        """The domain has ``nr_pages`` of memory; its table is the frames at GNTTAB_FIRST_PFN."""
+    def attach(self, domid: int, nr_pages: int, p2m: bytearray | None = None) -> None:
+        """The domain's memory is ``nr_pages`` pfns, of which ``p2m`` (one byte per pfn, 0:
+        a hole; None: none) says which hold a page; its table is the frames at
+        GNTTAB_FIRST_PFN. A granted frame must be one of its pages."""
         self._pages[domid] = nr_pages
+        if p2m is not None:
+            self._p2m[domid] = p2m
         if domid in self._doms:
             self._doms[domid].active.nr_pages = nr_pages
+            self._doms[domid].active.p2m = self._p2m.get(domid)
 
     def lookup(self, domid: int) -> ops.DomainGrants | None:
         """A domain's grant state, mapped on first use (its memory file exists by then)."""
@@ -60,7 +66,8 @@ class Grants:
         nr_pages = self._pages.get(domid, 0)
         if g is None and nr_pages >= GNTTAB_FIRST_PFN + NR_GNTTAB_FRAMES:
             table = GrantTable(self._frames(domid, GNTTAB_FIRST_PFN, NR_GNTTAB_FRAMES))
-            g = self._doms[domid] = ops.DomainGrants(table, ops.ActiveGrants(nr_pages))
+            g = self._doms[domid] = ops.DomainGrants(
+                table, ops.ActiveGrants(nr_pages, self._p2m.get(domid)))
         return g
 
     def maptrack(self, domid: int) -> ops.Maptrack:
@@ -90,6 +97,12 @@ class Grants:
         g = self._doms.get(granter)
         return set() if g is None else ops.write_pinned_frames(g.active)
 
+    def pinned_frames(self, granter: int) -> set[int]:
+        """The granter's pages some domain maps through a grant now, read-only or writable
+        (a page it may not give back: the mapper would lose it under its feet)."""
+        g = self._doms.get(granter)
+        return set() if g is None else ops.pinned_frames(g.active)
+
     def unmapped_granters(self) -> set[int]:
         """The granters some mapping of which was released since the last call: only these
         can have stopped being in use (a zombie that may go now)."""
@@ -114,6 +127,7 @@ class Grants:
 
     def forget(self, domid: int) -> None:
         self._pages.pop(domid, None)
+        self._p2m.pop(domid, None)
         g = self._doms.pop(domid, None)
         if g is not None:
             g.table.release()

@@ -31,17 +31,21 @@ import msgpack
 import numpy as np
 
 from actors.hypervisor.domains import Domain, DomainTable, Dying
+from actors.hypervisor import memops
+from actors.hypervisor import sched as schedulers
 from actors.hypervisor.effects import (ConsoleLine, Deliver, Effect, GateVcpus, ReleaseMemory,
-                                       SizeMemory, WatchVcpu)
+                                       RunVcpu, WatchVcpu)
 from actors.hypervisor.grants import Frames, Grants
 from actors.hypervisor.logdirty import DirtyLog, NoDirtyLog
+from actors.hypervisor.vcpus import Vcpus
 from protocols import evtchn as ev
+from protocols.cpumap import from_bitmap, to_bitmap
 from protocols.errno import Errno, XenError
 from protocols.gnttab import GNTST
 from protocols.hypercall import (DOMID_SELF, SHADOW_LOGDIRTY_FINAL, ConsoleIO, CreateDomainFlag,
-                                 Domctl, EvtchnOp, GnttabOp, Hypercall, MemoryOp, Runstate, SchedOp,
-                                 ShadowMode, ShadowOp, ShutdownReason, Sysctl, VcpuOp, Virq,
-                                 XenMapSpace, XenVersion, decode_call, encode_result)
+                                 Domctl, EvtchnOp, GnttabOp, Hypercall, SchedCmd,
+                                 SchedOp, ShadowMode, ShadowOp, ShutdownReason, Sysctl, VcpuOp,
+                                 Virq, XenVersion, decode_call, encode_result)
 from protocols.migration.vcpu import VGCF_IN_KERNEL, VGCF_ONLINE, VcpuContext
 from protocols.page import PAGE_SIZE
 from protocols.shared_info import EVTCHN_2L_NR_CHANNELS
@@ -52,11 +56,12 @@ GTSC_KHZ = 1_000_000  # the guest's TSC counts nanoseconds: a 1 GHz clock
 
 class Hypervisor:
     def __init__(self, host: str, *, memory_mib: int, pcpus: int, mem_prefix: str,
-                 frames: Frames, cpu_time_ns: Callable[[int], int] = lambda domid: 0,
-                 dirtylog: DirtyLog | None = None,
+                 frames: Frames, sched: str = schedulers.DEFAULT,
+                 sched_params: dict | None = None, dirtylog: DirtyLog | None = None,
                  clock_ns: Callable[[], int] = time.monotonic_ns) -> None:
         self.host = host
         self.pcpus = pcpus
+        self.vcpus = Vcpus(schedulers.make(sched, pcpus, **(sched_params or {})))
         self.mem_prefix = mem_prefix
         self.table = DomainTable(host_pages=memory_mib * 1024 * 1024 // PAGE_SIZE)
         self.evtchn = ev.EventChannels(hardware_domid=0)
@@ -68,7 +73,6 @@ class Hypervisor:
         self._foreign: dict[int, set[int]] = {}  # pfns Dom0 mapped with add_to_physmap_batch
         self.zombies: set[int] = set()
         self._gate_seq = 0
-        self._cpu_time_ns = cpu_time_ns
         self._domu_endpoint: dict[int, str] = {}
         self._port_endpoint: dict[int, dict[int, str]] = {}  # domid -> port -> endpoint
         # Dom0's grant handles and ports by the process that made them (Linux's gntdev and
@@ -82,6 +86,7 @@ class Hypervisor:
             Hypercall.xen_version: self._xen_version,
             Hypercall.console_io: self._console_io,
             Hypercall.sched_op: self._sched_op,
+            Hypercall.set_timer_op: self._set_timer_op,
             Hypercall.event_channel_op: self._event_channel_op,
             Hypercall.memory_op: self._memory_op,
             Hypercall.grant_table_op: self._grant_table_op,
@@ -173,6 +178,23 @@ class Hypervisor:
             return []
         return self._shutdown(dom, ShutdownReason.crash)
 
+    def next_deadline(self) -> int | None:
+        """When :meth:`expire_timers` must next run (``time.monotonic_ns``), None: never."""
+        return self.vcpus.next_deadline(self._clock_ns())
+
+    def expire_timers(self) -> list[Effect]:
+        """The host's timer interrupt: vCPU timers due raise ``VIRQ_TIMER`` (and wake their
+        vCPUs), and the scheduler ticks if it is due."""
+        now = self._clock_ns()
+        fired, switches = self.vcpus.expire(now)
+        effects = self._switched(switches)
+        for domid, vcpu in fired:
+            upcall = self.evtchn.send_virq(domid, Virq.TIMER, vcpu)
+            effects += self._route(upcall)
+            if upcall is None:  # not bound: the timer still wakes a blocked vCPU
+                effects += self._switched(self.vcpus.wake(domid, vcpu, now))
+        return effects
+
     def statistics(self) -> dict[str, Any]:
         es = self.evtchn.statistics()
         return {
@@ -187,6 +209,7 @@ class Hypervisor:
             # what per-domain operations cost, in entries looked at (issue 13: flat in N)
             "evtchn_ports_probed": es.ports_probed,
             "domids_probed": self.table.domids_probed,
+            "scheduler": {"name": self.vcpus.sched.name, **self.vcpus.sched.statistics()},
         }
 
     def port_endpoint(self, domid: int, port: int) -> str | None:
@@ -209,7 +232,33 @@ class Hypervisor:
             if ep is not None:
                 by_endpoint.setdefault(ep, []).append(port)
         self.stats["upcalls"] += len(by_endpoint)
-        return [Deliver(ep, upcall.domid, tuple(p)) for ep, p in by_endpoint.items()]
+        effects: list[Effect] = [Deliver(ep, upcall.domid, tuple(p), upcall.vcpu)
+                                 for ep, p in by_endpoint.items()]
+        if by_endpoint and upcall.domid in self.vcpus.domains:  # after it: the upcall first
+            effects += self._switched(self.vcpus.delivered(upcall.domid, upcall.vcpu,
+                                                           upcall.port, self._clock_ns()))
+        return effects
+
+    def _switched(self, switches: list) -> list[Effect]:
+        """What the scheduler's context switches mean to the domains' processes: the vCPU
+        switched from stops at its next kernel entry, the one switched to may run."""
+        effects: list[Effect] = []
+        for sw in switches:
+            for key, run in ((sw.prev, False), (sw.next, True)):
+                if key is None:
+                    continue
+                ep = self._domu_endpoint.get(key[0])
+                if ep is not None:
+                    self._gate_seq += 1
+                    effects.append(RunVcpu(ep, key[1], run, self._gate_seq))
+        return effects
+
+    def _set_running(self, dom: Domain) -> list[Effect]:
+        """``vcpu_runnable``'s domain part changed (pause, shutdown, the process handed
+        over): tell the scheduler."""
+        running = (dom.domid in self._domu_endpoint and not dom.paused
+                   and not dom.is_shutdown and dom.dying is Dying.ALIVE)
+        return self._switched(self.vcpus.set_running(dom.domid, running, self._clock_ns()))
 
     def _own_port(self, domid: int, port: int, endpoint: str) -> None:
         self._port_endpoint.setdefault(domid, {})[port] = endpoint
@@ -261,8 +310,16 @@ class Hypervisor:
         raise XenError(Errno.ENOSYS, "CONSOLEIO_read has no input here")
 
     def _sched_op(self, dom, ep, sub, args):
-        if sub in (SchedOp.yield_, SchedOp.block):
-            return 0, []
+        if sub == SchedOp.block:
+            blocked, switches = self.vcpus.block(dom.domid, args["vcpu"], args["events"],
+                                                 self._clock_ns())
+            return self._block_answer(dom, args["vcpu"], blocked), self._switched(switches)
+        if sub == SchedOp.yield_:
+            self.vcpus.get(dom.domid, args["vcpu"])
+            return 0, self._switched(self.vcpus.sched.yield_(dom.domid, args["vcpu"],
+                                                             self._clock_ns()))
+        if sub == SchedOp.poll:
+            return self._poll(dom, args)
         if sub == SchedOp.shutdown:
             return 0, self._shutdown(dom, _reason(args["reason"]))
         if sub == SchedOp.remote_shutdown:
@@ -271,11 +328,36 @@ class Hypervisor:
             return 0, self._shutdown(target, _reason(args["reason"]))
         raise XenError(Errno.ENOSYS)
 
+    def _poll(self, dom: Domain, args: dict) -> tuple[Any, list[Effect]]:
+        """``do_poll``: block until one of the ports is pending or the timeout (absolute ns,
+        0: none). Xen's refusals: more than 128 ports or one beyond the domain's -EINVAL."""
+        ports = frozenset(args["ports"])
+        if any(p >= EVTCHN_2L_NR_CHANNELS for p in ports):
+            raise XenError(Errno.EINVAL, "poll on a port beyond the 2-level ABI's")
+        shared = self.evtchn.shared_info(dom.domid)
+        if any(shared.is_pending(p) for p in ports):
+            return self._block_answer(dom, args["vcpu"], False), []
+        blocked, switches = self.vcpus.poll(dom.domid, args["vcpu"], ports, args["timeout"],
+                                            args["events"], self._clock_ns())
+        return self._block_answer(dom, args["vcpu"], blocked), self._switched(switches)
+
+    def _block_answer(self, dom: Domain, vcpu: int, blocked: bool) -> dict[str, Any]:
+        """Blocked or not; the last vCPU-message seq (older ones are stale to the guest now);
+        the upcalls sent for the vCPU (it waits for those in flight when it did not block)."""
+        return {"blocked": blocked, "seq": self._gate_seq,
+                "events": self.vcpus.get(dom.domid, vcpu).delivered}
+
+    def _set_timer_op(self, dom, ep, sub, args):
+        """``set_timer_op(timeout)``: the vCPU's one-shot timer, absolute ns on the host's
+        clock (0: cancel). It raises ``VIRQ_TIMER`` (:meth:`expire_timers`)."""
+        self.vcpus.set_timer(dom.domid, args["vcpu"], args["timeout"])
+        return 0, []
+
     def _shutdown(self, dom: Domain, reason: int) -> list[Effect]:
         """``domain_shutdown``: latch the first code, stop the vCPUs, tell Dom0 (DOM_EXC)."""
         if not self.table.shutdown(dom.domid, reason):
             return []
-        effects: list[Effect] = []
+        effects: list[Effect] = self._set_running(dom)
         if dom.domid in self._domu_endpoint:
             effects.append(self._gate_effect(self._domu_endpoint[dom.domid], True))
         return effects + self._route(self.evtchn.send_global_virq(Virq.DOM_EXC))
@@ -325,33 +407,9 @@ class Hypervisor:
         raise XenError(Errno.ENOSYS)
 
     def _memory_op(self, dom, ep, sub, a):
-        if sub in (MemoryOp.current_reservation, MemoryOp.maximum_reservation):
-            target = self._target(dom, a["domid"])
-            pages = target.tot_pages if sub == MemoryOp.current_reservation else target.max_pages
-            return (pages, None), []  # memory_op returns counts as its rc (13)
-        if sub in (MemoryOp.populate_physmap, MemoryOp.increase_reservation):
-            target = self._target(dom, a["domid"])
-            want = a["nr_extents"] << a["extent_order"]
-            done = self.table.populate(target.domid, want)
-            extents = done >> a["extent_order"]
-            if not done:
-                return (0, None), []
-            self.grants.attach(target.domid, target.tot_pages)
-            return (extents, None), [SizeMemory(self.memory_path(target.domid), target.tot_pages)]
-        if sub == MemoryOp.decrease_reservation:
-            target = self._target(dom, a["domid"])
-            pages = self.table.decrease(target.domid, a["nr_extents"] << a["extent_order"])
-            return (pages >> a["extent_order"], None), []
-        if sub == MemoryOp.add_to_physmap_batch:
-            _privileged(dom)
-            if a["space"] != XenMapSpace.gmfn_foreign:
-                raise XenError(Errno.EINVAL, "only XENMAPSPACE_gmfn_foreign is emulated")
-            foreign = self.table.get(a["foreign_domid"])
-            errs = [0 if i < foreign.tot_pages else -Errno.EINVAL for i in a["idxs"]]
-            self._foreign.setdefault(foreign.domid, set()).update(
-                i for i in a["idxs"] if i < foreign.tot_pages)
-            return {"errs": errs, "path": self.memory_path(foreign.domid)}, []
-        raise XenError(Errno.ENOSYS)
+        """Reservations over each domain's p2m, memory maps, foreign maps (:mod:`.memops`)."""
+        return memops.memory_op(self.table, self.grants, self._foreign, self.memory_path,
+                                dom, sub, a)
 
     def _grant_table_op(self, dom, ep, sub, a):
         results = self.grants.op(dom.domid, dom.privileged, sub, a["ops"])
@@ -375,12 +433,24 @@ class Hypervisor:
     def _vcpu_op(self, dom, ep, sub, a):
         if a["vcpuid"] >= dom.max_vcpus:
             raise XenError(Errno.ENOENT, f"no vCPU {a['vcpuid']}")
+        v, now = a["vcpuid"], self._clock_ns()
+        scheduled = dom.domid in self.vcpus.domains
         if sub == VcpuOp.is_up:
-            return int(a["vcpuid"] < dom.online_vcpus), []
+            if scheduled:
+                return int(self.vcpus.get(dom.domid, v).online), []
+            return int(v < dom.online_vcpus), []
+        if not scheduled:
+            raise XenError(Errno.ENOSYS, "Dom0's vCPUs are not scheduled here")
         if sub == VcpuOp.get_runstate_info:
-            stopped = dom.paused or dom.is_shutdown
-            state = Runstate.offline if stopped else Runstate.running
-            return {"state": int(state), "time": [self._cpu_time_ns(dom.domid), 0, 0, 0]}, []
+            return self.vcpus.sched.runstate(dom.domid, v, now), []
+        if sub in (VcpuOp.up, VcpuOp.down):
+            return 0, self._switched(self.vcpus.set_online(dom.domid, v, sub == VcpuOp.up, now))
+        if sub == VcpuOp.set_singleshot_timer:
+            self.vcpus.set_timer(dom.domid, v, a["timeout_abs_ns"])
+            return 0, []
+        if sub == VcpuOp.stop_singleshot_timer:
+            self.vcpus.set_timer(dom.domid, v, None)
+            return 0, []
         raise XenError(Errno.ENOSYS)
 
     # -- privileged: domctl and sysctl -------------------------------------------------
@@ -394,6 +464,8 @@ class Hypervisor:
             max_port = a["max_evtchn_port"] or ev.MAX_EVENT_CHANNELS_DEFAULT
             self.evtchn.add_domain(new.domid, max_port=max_port, max_vcpus=new.max_vcpus)
             self._created_ns[new.domid] = self._clock_ns()
+            # vCPU 0 only: the others are down until the guest brings them up (VCPUOP_up)
+            self.vcpus.add_domain(new.domid, new.max_vcpus, 1, self._clock_ns())
             return {"domain": new.domid, "secret": new.secret}, []
         target = self.table.get(a["domain"])
         d = target.domid
@@ -419,6 +491,16 @@ class Hypervisor:
             return self._shadow_op(dom, target, a), []
         if sub == Domctl.getvcpucontext:
             return self._get_vcpu_context(dom, target, a["vcpu"]), []
+        if sub == Domctl.scheduler_op:
+            return self._scheduler_op(target, a)
+        if sub == Domctl.getvcpuinfo:
+            return self._getvcpuinfo(target, a["vcpu"]), []
+        if sub == Domctl.setvcpuaffinity:
+            return self._setvcpuaffinity(target, a)
+        if sub == Domctl.getvcpuaffinity:
+            self.vcpus.get(d, a["vcpu"])
+            return {"cpumap_hard": to_bitmap(self.vcpus.get(d, a["vcpu"]).affinity, self.pcpus),
+                    "cpumap_soft": to_bitmap(None, self.pcpus)}, []
         if sub == Domctl.gettscinfo:
             if target is dom:
                 raise XenError(Errno.EINVAL, "gettscinfo on itself")
@@ -426,6 +508,46 @@ class Hypervisor:
             return {"tsc_mode": 0, "gtsc_khz": GTSC_KHZ, "incarnation": 0,
                     "elapsed_nsec": max(0, now - self._created_ns.get(d, now))}, []
         raise XenError(Errno.ENOSYS)
+
+    # -- the scheduler's controls ---------------------------------------------------------
+
+    def _scheduler_op(self, target: Domain, a: dict) -> tuple[Any, list[Effect]]:
+        """``XEN_DOMCTL_scheduler_op``: weight and cap of one domain. Xen's refusals: another
+        scheduler's id -EINVAL; out-of-range values -EINVAL. For putinfo, weight 0 and cap
+        0xFFFF leave the value as it is (``sched_credit_domain_set``)."""
+        sched = self.vcpus.sched
+        if a["sched_id"] != sched.sched_id or target.domid not in self.vcpus.domains:
+            raise XenError(Errno.EINVAL, f"the host runs {sched.name} (id {sched.sched_id})")
+        if a["cmd"] == SchedCmd.getinfo:
+            return sched.get_params(target.domid), []
+        if a["cmd"] != SchedCmd.putinfo:
+            raise XenError(Errno.EINVAL, f"scheduler cmd {a['cmd']}")
+        weight = a["weight"] or None
+        cap = None if a["cap"] == 0xFFFF else a["cap"]
+        try:
+            switches = sched.set_params(target.domid, self._clock_ns(), weight=weight, cap=cap)
+        except ValueError as e:
+            raise XenError(Errno.EINVAL, str(e)) from e
+        return 0, self._switched(switches)
+
+    def _getvcpuinfo(self, target: Domain, vcpu: int) -> dict[str, Any]:
+        """``XEN_DOMCTL_getvcpuinfo``: what ``xl vcpu-list`` shows."""
+        v = self.vcpus.get(target.domid, vcpu)
+        rs = self.vcpus.sched.runstate(target.domid, vcpu, self._clock_ns())
+        cpu = self.vcpus.sched.where(target.domid, vcpu)
+        return {"vcpu": vcpu, "online": int(v.online), "blocked": int(v.blocked),
+                "running": int(rs["state"] == 0), "cpu_time": rs["time"][0],
+                "cpu": -1 if cpu is None else cpu}
+
+    def _setvcpuaffinity(self, target: Domain, a: dict) -> tuple[Any, list[Effect]]:
+        """``XEN_DOMCTL_setvcpuaffinity`` (hard affinity): a mask with no online pCPU
+        -EINVAL; the effective mask comes back."""
+        cpus = from_bitmap(a["cpumap_hard"], self.pcpus)
+        try:
+            switches = self.vcpus.set_affinity(target.domid, a["vcpu"], cpus, self._clock_ns())
+        except ValueError as e:
+            raise XenError(Errno.EINVAL, str(e)) from e
+        return {"cpumap_hard": to_bitmap(cpus, self.pcpus)}, self._switched(switches)
 
     # -- log-dirty (XEN_DOMCTL_shadow_op, xen/arch/x86/mm/paging.c) ----------------------
 
@@ -475,7 +597,7 @@ class Hypervisor:
         ``add_to_physmap_batch`` (xenconsoled's console ring: Dom0 unmaps without telling the
         hypervisor, so such a page counts in every round while log-dirty is on; a handful of
         pages). ``LOGDIRTY_FINAL`` adds nothing: those are in every round already."""
-        d, nr = target.domid, target.tot_pages
+        d, nr = target.domid, target.p2m.nr_pfns  # its address space: holes included
         written = self.dirtylog.scan(d, clean)
         bits = np.zeros(nr, dtype=bool)
         m = min(nr, len(written))
@@ -508,7 +630,9 @@ class Hypervisor:
             raise XenError(Errno.EBUSY, f"domain {target.domid} is running")
         if target.domid not in self.vcpu_pids:
             raise XenError(Errno.ENODATA, f"vCPU {vcpu} was never initialised")
-        flags = VGCF_IN_KERNEL | (VGCF_ONLINE if vcpu < target.online_vcpus else 0)
+        online = (self.vcpus.get(target.domid, vcpu).online if target.domid in
+                  self.vcpus.domains else vcpu < target.online_vcpus)
+        flags = VGCF_IN_KERNEL | (VGCF_ONLINE if online else 0)
         return {"ctxt": VcpuContext(flags=flags, rax=0).pack()}
 
     def _set_vcpu_context(self, target: Domain, ctxt: bytes) -> list[Effect]:
@@ -524,13 +648,14 @@ class Hypervisor:
             endpoints[port] = endpoint
         self.vcpu_pids[target.domid] = pid
         self.dirtylog.claim(target.domid, pid)
-        return [WatchVcpu(target.domid, pid, endpoint)]
+        return [WatchVcpu(target.domid, pid, endpoint), *self._set_running(target)]
 
     def _gate(self, target: Domain) -> list[Effect]:
         ep = self._domu_endpoint.get(target.domid)
         if ep is None:
             return []
-        return [self._gate_effect(ep, target.paused or target.is_shutdown)]
+        return [self._gate_effect(ep, target.paused or target.is_shutdown),
+                *self._set_running(target)]
 
     def _gate_effect(self, endpoint: str, paused: bool) -> GateVcpus:
         self._gate_seq += 1
@@ -540,6 +665,7 @@ class Hypervisor:
         """``domain_kill``: close its event channels (peers go UNBOUND), free memory, DOM_EXC."""
         d = target.domid
         self.table.kill(d)
+        effects: list[Effect] = self._switched(self.vcpus.remove_domain(d, self._clock_ns()))
         self.evtchn.remove_domain(d)
         self._port_endpoint.pop(d, None)
         self._domu_endpoint.pop(d, None)
@@ -551,7 +677,6 @@ class Hypervisor:
         self.grants.release(d)
         zombie = self.grants.in_use(d)  # its pages are still mapped by others
         self.table.reap(d, zombie=zombie)
-        effects: list[Effect] = []
         if zombie:
             self.zombies.add(d)
         else:
@@ -572,13 +697,15 @@ class Hypervisor:
         return [ReleaseMemory(self.memory_path(d)) for d in done]
 
     def _dominfo(self, target: Domain) -> dict[str, Any]:
+        now = self._clock_ns()
         return {
             "domain": target.domid,
-            "flags": target.info_flags(),
+            "flags": target.info_flags(self.vcpus.flags(target.domid, now)),
             "tot_pages": target.tot_pages,
             "max_pages": target.max_pages,
-            "cpu_time": self._cpu_time_ns(target.domid),
-            "nr_online_vcpus": target.online_vcpus,
+            "cpu_time": self.vcpus.cpu_time(target.domid, now),
+            "nr_online_vcpus": (target.online_vcpus if (n := self.vcpus.online(target.domid))
+                                is None else n),
             "max_vcpu_id": target.max_vcpus - 1,
             "handle": target.handle,
             "ssidref": 0,
@@ -593,7 +720,29 @@ class Hypervisor:
         if sub == Sysctl.physinfo:
             return {"nr_cpus": self.pcpus, "total_pages": self.table.host_pages,
                     "free_pages": self.table.host_free_pages, "host": self.host}, []
+        if sub == Sysctl.sched_id:
+            return {"sched_id": self.vcpus.sched.sched_id}, []
+        if sub == Sysctl.scheduler_op:
+            return self._sysctl_scheduler_op(a), []
         raise XenError(Errno.ENOSYS)
+
+    def _sysctl_scheduler_op(self, a: dict) -> dict[str, Any]:
+        """``XEN_SYSCTL_scheduler_op``: the host's (pool 0's) timeslice and ratelimit; 0
+        leaves a value as it is. Another scheduler's id or pool, or a value out of range:
+        -EINVAL."""
+        sched = self.vcpus.sched
+        if a["sched_id"] != sched.sched_id or a["cpupool_id"] != 0:
+            raise XenError(Errno.EINVAL, f"the host runs {sched.name} in pool 0")
+        if a["cmd"] == SchedCmd.putinfo:
+            kw = {k: a[k] for k in ("tslice_ms", "ratelimit_us")
+                  if a[k] and k in sched.get_global()}
+            try:
+                sched.set_global(self._clock_ns(), **kw)
+            except ValueError as e:
+                raise XenError(Errno.EINVAL, str(e)) from e
+        elif a["cmd"] != SchedCmd.getinfo:
+            raise XenError(Errno.EINVAL, f"scheduler cmd {a['cmd']}")
+        return {"sched": sched.name, **sched.get_global()}
 
 
 def _privileged(dom: Domain) -> None:

@@ -49,8 +49,10 @@ from actors.transport.clients import HostClients, host_clients
 from actors.transport.naming import CLUSTER, actor_name
 from actors.transport.partition import PartitionedTransport
 from actors.transport.raycall import RayEndpoint
+from protocols.cpumap import format_cpus, from_bitmap, parse_cpulist, to_bitmap
 from protocols.errno import Errno, XenError
-from protocols.hypercall import Domctl, DomInfoFlag, Hypercall, ShutdownReason, Sysctl
+from protocols.hypercall import (Domctl, DomInfoFlag, Hypercall, SchedCmd, ShutdownReason,
+                                 Sysctl)
 from protocols.libxl_types import DomainConfig
 from protocols.page import PAGES_PER_MIB
 from protocols.xenstore.paths import RELEASE_DOMAIN, domain_path
@@ -189,6 +191,103 @@ class ToolstackShell(MigrationShell, Endpoint):
     def on_unpause(self, name: str) -> None:
         self.hv(Hypercall.domctl, Domctl.unpausedomain, domain=self._domid(name))
 
+    def on_mem_set(self, name: str, target_kib: int) -> int:
+        """``xl mem-set``: the balloon target, max_mem with it (``builder.set_memory_target``)."""
+        return builder.set_memory_target(self.hv, self.xs, self._domid(name), target_kib)
+
+    def on_mem_max(self, name: str, max_kib: int) -> int:
+        """``xl mem-max``: the maximum reservation (``builder.set_max_memory``)."""
+        return builder.set_max_memory(self.hv, self.xs, self._domid(name), max_kib)
+
+    def on_sched(self, name: str | None = None, weight: int | None = None,
+                 cap: int | None = None, tslice_ms: int | None = None,
+                 ratelimit_us: int | None = None) -> dict[str, Any]:
+        """``xl sched-credit`` / ``sched-credit2``: set what is given (a domain's weight and
+        cap; the host's timeslice and ratelimit), then answer the host's parameters and a
+        row per domain (Name, ID, Weight, Cap)."""
+        sched_id = self.hv(Hypercall.sysctl, Sysctl.sched_id)["sched_id"]
+        if tslice_ms is not None or ratelimit_us is not None:
+            self.hv(Hypercall.sysctl, Sysctl.scheduler_op, cpupool_id=0, sched_id=sched_id,
+                    cmd=SchedCmd.putinfo, tslice_ms=tslice_ms or 0,
+                    ratelimit_us=ratelimit_us or 0)
+        if name is not None and (weight is not None or cap is not None):
+            self.hv(Hypercall.domctl, Domctl.scheduler_op, domain=self._domid(name),
+                    sched_id=sched_id, cmd=SchedCmd.putinfo, weight=weight or 0,
+                    cap=0xFFFF if cap is None else cap)
+        pool = self.hv(Hypercall.sysctl, Sysctl.scheduler_op, cpupool_id=0, sched_id=sched_id,
+                       cmd=SchedCmd.getinfo, tslice_ms=0, ratelimit_us=0)
+        rows = []
+        for row in self._named_domains(name):
+            if row["domid"] == 0:
+                continue  # Dom0's processes are not scheduled here (actors.hypervisor.vcpus)
+            params = self.hv(Hypercall.domctl, Domctl.scheduler_op, domain=row["domid"],
+                             sched_id=sched_id, cmd=SchedCmd.getinfo, weight=0, cap=0)
+            rows.append({**row, "weight": params["weight"], "cap": params["cap"]})
+        return {"host": self.host, "pool": pool, "rows": rows}
+
+    def on_vcpu_list(self, name: str | None = None) -> list[dict[str, Any]]:
+        """``xl vcpu-list``: a row per vCPU (Name, ID, VCPU, CPU, State, Time(s), Affinity)."""
+        nr_cpus = self.hv(Hypercall.sysctl, Sysctl.physinfo)["nr_cpus"]
+        rows = []
+        for row in self._named_domains(name):
+            if row["domid"] == 0:
+                continue
+            info = self.hv(Hypercall.domctl, Domctl.getdomaininfo, domain=row["domid"])
+            for vcpu in range(info["max_vcpu_id"] + 1):
+                v = self.hv(Hypercall.domctl, Domctl.getvcpuinfo, domain=row["domid"], vcpu=vcpu)
+                aff = self.hv(Hypercall.domctl, Domctl.getvcpuaffinity, domain=row["domid"],
+                              vcpu=vcpu, flags=1)
+                rows.append({**row, "vcpu": vcpu, "cpu": v["cpu"], "online": v["online"],
+                             "running": v["running"], "blocked": v["blocked"],
+                             "time": v["cpu_time"] / 1e9, "host": self.host,
+                             "hard": format_cpus(from_bitmap(aff["cpumap_hard"], nr_cpus),
+                                                 nr_cpus),
+                             "soft": format_cpus(from_bitmap(aff["cpumap_soft"], nr_cpus),
+                                                 nr_cpus)})
+        return rows
+
+    def on_vcpu_pin(self, name: str, vcpu: int | None, cpus: str) -> None:
+        """``xl vcpu-pin DOM VCPU|all CPUS``: hard affinity (xl's words for a bad list)."""
+        domid = self._domid(name)
+        nr_cpus = self.hv(Hypercall.sysctl, Sysctl.physinfo)["nr_cpus"]
+        try:
+            chosen = parse_cpulist(cpus, nr_cpus)
+        except ValueError as e:
+            raise XenError(Errno.EINVAL, str(e)) from None
+        info = self.hv(Hypercall.domctl, Domctl.getdomaininfo, domain=domid)
+        vcpus = range(info["max_vcpu_id"] + 1) if vcpu is None else [vcpu]
+        for v in vcpus:
+            self.hv(Hypercall.domctl, Domctl.setvcpuaffinity, domain=domid, vcpu=v, flags=1,
+                    cpumap_hard=to_bitmap(chosen, nr_cpus),
+                    cpumap_soft=to_bitmap(None, nr_cpus))
+
+    def on_vcpu_set(self, name: str, count: int) -> None:
+        """``xl vcpu-set``: vCPUs 0..count-1 online, the rest offline, as the PV guest reads
+        ``cpu/N/availability`` (``libxl_set_vcpuonline``); more than maxvcpus or fewer than
+        one is -EINVAL."""
+        domid = self._domid(name)
+        info = self.hv(Hypercall.domctl, Domctl.getdomaininfo, domain=domid)
+        maxvcpus = info["max_vcpu_id"] + 1
+        if not 1 <= count <= maxvcpus:
+            raise XenError(Errno.EINVAL, f"{name!r} may have 1 to {maxvcpus} vCPUs (maxvcpus), "
+                                         f"not {count}")
+        dom = domain_path(domid)
+
+        def body(t: int) -> None:
+            for n in range(maxvcpus):
+                self.xs.write(f"{dom}/cpu/{n}/availability",
+                              "online" if n < count else "offline", t)
+        self.xs.transact(body)
+
+    def _named_domains(self, name: str | None) -> list[dict[str, Any]]:
+        """This host's domains as (name, domid), or just ``name`` (ENOENT if not here)."""
+        if name is not None:
+            return [{"name": name, "domid": self._domid(name)}]
+        with self.lock:
+            recs = sorted((r.domid, r.name) for r in self.core.records.values()
+                          if r.domid is not None)
+        return [{"name": n, "domid": d} for d, n in recs]
+
     def on_shutdown(self, name: str, word: str) -> None:
         """The PV control protocol: write the command; the guest acks and shuts down."""
         if word not in SHUTDOWN_WORDS:
@@ -215,6 +314,21 @@ class ToolstackShell(MigrationShell, Endpoint):
                          "time": info["cpu_time"] / 1e9, "host": self.host, "pid": pid,
                          "health": "frozen" if procstat.stopped(pid) else "ok"})
         return rows
+
+    def on_xenstat(self) -> dict[str, Any]:
+        """What ``xentop`` reads of this host, in one call (libxenstat's node,
+        :mod:`actors.toolstack.xenstat`): the hypervisor's domain list and physinfo, and the
+        device counters of this host's netback and blkback."""
+        from actors.toolstack import xenstat
+
+        with self.lock:
+            names = {r.domid: r.name for r in self.core.records.values()
+                     if r.domid is not None}
+        return xenstat.gather(
+            self.host, self.hv, names, self.runtime.monotonic,
+            lambda component: self.transport.call(actor_name(self.host, component),
+                                                  "statistics",
+                                                  timeout=xenstat.BACKEND_TIMEOUT_S))
 
     def on_pool(self) -> dict[str, Any]:
         """The domain process pool: its size, its idle processes' components, how many are
@@ -244,7 +358,7 @@ class ToolstackShell(MigrationShell, Endpoint):
     def on_xs_event(self, data: bytes) -> None:
         self.xs.on_event(data)
 
-    def on_upcall(self, domid: int, ports: list[int]) -> None:
+    def on_upcall(self, domid: int, ports: list[int], vcpu: int = 0) -> None:
         """Dom0's xl binds no ports of its own; nothing to service."""
 
     # -- the create pipeline ---------------------------------------------------------------

@@ -27,8 +27,10 @@ from actors.memory import Mapping
 from actors.toolstack.devices import DEVICE_TYPES, DeviceType, devices_of
 from protocols import start_info as si
 from protocols.errno import Errno, XenError
+from protocols.cpumap import parse_cpulist, to_bitmap
 from protocols.hypercall import (DOMID_ANY, Domctl, DomInfoFlag, EvtchnOp, Hypercall, MemoryOp,
-                                 ShutdownReason, XenMapSpace, dominf_shutdown_code)
+                                 SchedCmd, ShutdownReason, Sysctl, XenMapSpace,
+                                 dominf_shutdown_code)
 from protocols.libxl_types import DomainConfig
 from protocols.page import PAGES_PER_MIB
 from protocols.pv_layout import PFN_CONSOLE, PFN_FIRST_FREE, PFN_START_INFO
@@ -38,6 +40,10 @@ from protocols.xenstore.paths import (INIT_STATUS, RELEASE_DOMAIN, backend_path,
 from protocols.xenstore.wire import XsType
 
 XEN_LEGACY_MAX_VCPUS = 32  # vcpu_info slots in the shared-info page (xen.h)
+LIBXL_MAXMEM_CONSTANT = 1024  # KiB above the target in max_mem (libxl__arch_extra_memory, x86)
+PV_SLACK_MEMKB = 0  # b_info->u.pv.slack_memkb's default (libxl_create.c)
+SUPERPAGE_ORDER = 9  # 2 MiB extents (SUPERPAGE_2MB_SHIFT)
+E820_RAM = 1
 HOTPLUG_TIMEOUT_S = 40.0  # LIBXL_HOTPLUG_TIMEOUT
 INIT_TIMEOUT_S = 30.0  # how long create waits for the guest's init to start
 
@@ -77,20 +83,60 @@ def create_domain(hv: Any, cfg: DomainConfig) -> tuple[int, str, str]:
                  max_evtchn_port=cfg.max_event_channels,
                  max_grant_frames=cfg.max_grant_frames,
                  max_maptrack_frames=cfg.max_maptrack_frames)
+    set_sched_params(hv, created["domain"], cfg)
     return created["domain"], created["secret"], dom_uuid
 
 
+def set_sched_params(hv: Any, domid: int, cfg: DomainConfig) -> None:
+    """``libxl__sched_set_params`` and ``libxl_set_vcpuaffinity_all``: ``cpu_weight`` and
+    ``cap`` to the host's scheduler, ``cpus`` (one list for all vCPUs, or one per vCPU) as
+    each vCPU's hard affinity. A list the host cannot meet is -EINVAL, in xl's words."""
+    sched_id = hv(Hypercall.sysctl, Sysctl.sched_id)["sched_id"]
+    hv(Hypercall.domctl, Domctl.scheduler_op, domain=domid, sched_id=sched_id,
+       cmd=SchedCmd.putinfo, weight=cfg.cpu_weight, cap=cfg.cap)
+    if cfg.cpus is None:
+        return
+    nr_cpus = hv(Hypercall.sysctl, Sysctl.physinfo)["nr_cpus"]
+    lists = [cfg.cpus] * cfg.maxvcpus if isinstance(cfg.cpus, str) else list(cfg.cpus)
+    for vcpu, text in enumerate(lists[:cfg.maxvcpus]):
+        try:
+            cpus = parse_cpulist(text, nr_cpus)
+        except ValueError as e:
+            raise XenError(Errno.EINVAL, f"cpus: {e}") from None
+        hv(Hypercall.domctl, Domctl.setvcpuaffinity, domain=domid, vcpu=vcpu, flags=1,
+           cpumap_hard=to_bitmap(cpus, nr_cpus), cpumap_soft=to_bitmap(None, nr_cpus))
+
+
 def populate(hv: Any, domid: int, cfg: DomainConfig, name: str) -> str:
-    """``XEN_DOMCTL_max_mem`` then ``populate_physmap``: short of memory is -ENOMEM. Returns
-    the domain's memory file (what a foreign map of its first page answers)."""
-    hv(Hypercall.domctl, Domctl.max_mem, domain=domid, max_memkb=cfg.maxmem * 1024)
+    """libxl's memory steps for a PV domain, with its numbers: ``XEN_DOMCTL_max_mem`` of
+    ``memory`` plus :data:`LIBXL_MAXMEM_CONSTANT` (``libxl__build_pre``: the balloon may not
+    grow past the target until ``mem-set`` raises it), the memory map up to ``maxmem`` (plus
+    PV ``slack_memkb``, 0: ``xc_domain_set_memmap_limit``; the guest's address space and
+    memory file), then ``populate_physmap`` of pfns 0 .. ``memory``, in 2 MiB extents and the
+    rest in pages (libxc's PV ``meminit``). Short of memory is -ENOMEM. Returns the domain's
+    memory file (what a foreign map of its first page answers)."""
+    hv(Hypercall.domctl, Domctl.max_mem, domain=domid,
+       max_memkb=cfg.memory * 1024 + LIBXL_MAXMEM_CONSTANT)
+    limit_kib = cfg.maxmem * 1024 + PV_SLACK_MEMKB
+    hv(Hypercall.memory_op, MemoryOp.set_memory_map, domid=domid,
+       map=[{"addr": 0, "size": limit_kib * 1024, "type": E820_RAM}])
     want = cfg.memory * PAGES_PER_MIB
-    done = hv(Hypercall.memory_op, MemoryOp.populate_physmap, extent_start=[],
-              nr_extents=want, extent_order=0, mem_flags=0, domid=domid)
+    supers = want >> SUPERPAGE_ORDER << SUPERPAGE_ORDER
+    done = _populate(hv, domid, range(0, supers, 1 << SUPERPAGE_ORDER), SUPERPAGE_ORDER)
+    # the rest in pages (or, short of memory, what is left of it: the error's count is exact)
+    done += _populate(hv, domid, range(done, min(want, done + (1 << SUPERPAGE_ORDER))), 0)
     if done < want:
         raise XenError(Errno.ENOMEM, f"host has memory for {done // PAGES_PER_MIB} of the "
                                      f"{cfg.memory} MiB domain {name!r} asks for")
     return memory_path(hv, domid)
+
+
+def _populate(hv: Any, domid: int, gpfns: range, order: int) -> int:
+    """``populate_physmap`` of these extents; the pages populated."""
+    if not gpfns:
+        return 0
+    return hv(Hypercall.memory_op, MemoryOp.populate_physmap, extent_start=list(gpfns),
+              nr_extents=len(gpfns), extent_order=order, mem_flags=0, domid=domid) << order
 
 
 def memory_path(hv: Any, domid: int) -> str:
@@ -310,6 +356,63 @@ def wait_xenstore(xs: Any, paths: list[str], ready: Callable[[], T | None], time
                 xs.unwatch(path, token)
             except XenError:
                 pass
+
+
+# -- the memory target and maximum (libxl_mem.c) ------------------------------------------
+
+def set_memory_target(hv: Any, xs: Any, domid: int, target_kib: int) -> int:
+    """``libxl_set_memory_target(domid, target, relative=0, enforce=1)``, what ``xl mem-set``
+    calls, in one xenstore transaction: a target above ``memory/static-max`` is EINVAL
+    (libxl's words); ``max_mem`` becomes the target plus :data:`LIBXL_MAXMEM_CONSTANT`, so
+    Xen gives the balloon no more than that; then ``memory/target`` (KiB: the guest's balloon
+    driver watches it) and ``/vm/<uuid>/memory`` (MiB). Returns the target (KiB)."""
+    dom = domain_path(domid)
+
+    def body(t: int) -> None:
+        _read_kib(xs, f"{dom}/memory/target", t)
+        static_max = _read_kib(xs, f"{dom}/memory/static-max", t)
+        if not 0 <= target_kib <= static_max:
+            raise XenError(Errno.EINVAL, "memory_dynamic_max must be less than or equal to "
+                                         f"memory_static_max ({target_kib} KiB > "
+                                         f"{static_max} KiB)")
+        hv(Hypercall.domctl, Domctl.max_mem, domain=domid,
+           max_memkb=target_kib + LIBXL_MAXMEM_CONSTANT)
+        xs.write(f"{dom}/memory/target", str(target_kib), tx_id=t)
+        vm = xs.read_str(f"{dom}/vm", default="", tx_id=t)
+        if vm:
+            xs.write(f"{vm}/memory", str(target_kib // 1024), tx_id=t)
+
+    xs.transact(body)
+    return target_kib
+
+
+def set_max_memory(hv: Any, xs: Any, domid: int, max_kib: int) -> int:
+    """``libxl_domain_setmaxmem``, what ``xl mem-max`` calls: a maximum below the current
+    ``memory/target`` is EINVAL (libxl's words); ``max_mem`` becomes it plus
+    :data:`LIBXL_MAXMEM_CONSTANT`, and ``memory/static-max`` it, so a later ``mem-set`` may
+    go up to it (the guest's address space stays what ``maxmem`` made it at create). Returns
+    the maximum (KiB)."""
+    dom = domain_path(domid)
+
+    def body(t: int) -> None:
+        target = _read_kib(xs, f"{dom}/memory/target", t)
+        if max_kib < target:
+            raise XenError(Errno.EINVAL, "memory_static_max must be greater than or equal to "
+                                         f"memory_dynamic_max ({max_kib} KiB < {target} KiB)")
+        hv(Hypercall.domctl, Domctl.max_mem, domain=domid,
+           max_memkb=max_kib + LIBXL_MAXMEM_CONSTANT)
+        xs.write(f"{dom}/memory/static-max", str(max_kib), tx_id=t)
+
+    xs.transact(body)
+    return max_kib
+
+
+def _read_kib(xs: Any, path: str, tx_id: int) -> int:
+    """A KiB count the toolstack wrote (EINVAL if it is not one, ENOENT if none)."""
+    text = xs.read_str(path, tx_id=tx_id)
+    if not text.isdigit():
+        raise XenError(Errno.EINVAL, f"invalid memory {text!r} in {path}")
+    return int(text)
 
 
 # -- suspend (libxl_dom_suspend.c) ---------------------------------------------------------

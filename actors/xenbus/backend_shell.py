@@ -47,7 +47,7 @@ class BackendShell(Endpoint):
         core = self.backend.core
         self.log.info(f"{self.component} up", **{core.driver.devices_key: len(core.devices)})
 
-    def on_upcall(self, domid: int, ports: list[int]) -> None:
+    def on_upcall(self, domid: int, ports: list[int], vcpu: int = 0) -> None:
         self.data.upcall(ports)
 
     def on_xs_event(self, data: bytes) -> None:

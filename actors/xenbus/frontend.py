@@ -53,7 +53,13 @@ class PagePool:
     ``first`` up; the kernel gives the top of memory to the init program
     (:meth:`reserve_above`, ``actors.domain.initmem``) and the two never meet. The pool keeps
     at least ``keep`` pages (what its drivers may take at most) and ``headroom`` pages more
-    than it has handed out."""
+    than it has handed out.
+
+    The balloon (``actors.domain.balloon``) takes the pages in between, nobody's yet, to give
+    back to Xen (:meth:`balloon_take`): a block from just above what the pool keeps, growing
+    up, given back from its top (:meth:`balloon_give`). Neither the pool nor the init's
+    memory hands out a page of it: the pool stops below it, and a region reaching into it is
+    ENOMEM (the guest has that much less memory)."""
 
     def __init__(self, page_of: Callable[[int], memoryview], first: int, count: int,
                  *, headroom: int = 0) -> None:
@@ -65,12 +71,13 @@ class PagePool:
         self._next = first  # the lowest pfn never handed out
         self._ceiling = first + count  # the first pfn not the pool's
         self._freed: list[int] = []
+        self._balloon_lo = self._balloon_hi = first  # the ballooned block [lo, hi)
 
     def alloc(self) -> int:
         with self._lock:  # blkfront and netfront share the pool
             if self._freed:
                 return self._freed.pop()
-            if self._next >= self._ceiling:
+            if self._next >= self._limit():
                 raise XenError(Errno.ENOSPC, "no free guest page")
             self._next += 1
             return self._next - 1
@@ -90,11 +97,60 @@ class PagePool:
             if pfn < floor:
                 raise XenError(Errno.ENOMEM, f"pages from {pfn} up: the drivers keep the "
                                              f"pages below {floor}")
+            if pfn < self._balloon_hi:
+                raise XenError(Errno.ENOMEM, f"pages from {pfn} up: the pages below "
+                                             f"{self._balloon_hi} are ballooned out")
             self._ceiling = pfn
 
     @property
     def ceiling(self) -> int:
         return self._ceiling
+
+    # -- the balloon's pages -----------------------------------------------------------------
+
+    def _limit(self) -> int:
+        """The first pfn the pool may not hand out (lock held)."""
+        return self._balloon_lo if self._balloon_hi > self._balloon_lo else self._ceiling
+
+    def _balloon_start(self) -> int:
+        """Where the ballooned block grows from (lock held): its top, or, empty, just above
+        what the pool keeps."""
+        if self._balloon_hi > self._balloon_lo:
+            return self._balloon_hi
+        return max(self._next + self.headroom, self._first + self.keep)
+
+    def balloon_room(self) -> int:
+        """How many pages :meth:`balloon_take` could take now."""
+        with self._lock:
+            return max(0, self._ceiling - self._balloon_start())
+
+    def balloon_take(self, nr: int) -> list[int]:
+        """Up to ``nr`` pages nobody uses, ascending, out of the pool's reach until given
+        back (fewer, or none, when the pool and the init's memory leave no more)."""
+        with self._lock:
+            start = self._balloon_start()
+            count = max(0, min(nr, self._ceiling - start))
+            if count:
+                if self._balloon_hi == self._balloon_lo:
+                    self._balloon_lo = start
+                self._balloon_hi = start + count
+            return list(range(start, start + count))
+
+    def balloon_give(self, pfns: Iterable[int]) -> None:
+        """Pages the balloon took, back to the pool: the top of its block, last taken first
+        (EINVAL otherwise)."""
+        given = sorted(pfns)
+        with self._lock:
+            lo = self._balloon_hi - len(given)
+            if given != list(range(lo, self._balloon_hi)) or lo < self._balloon_lo:
+                raise XenError(Errno.EINVAL, "the balloon gives back pages it did not take "
+                                             "last")
+            self._balloon_hi = lo
+
+    @property
+    def ballooned(self) -> int:
+        """The pool's pages out in the balloon now."""
+        return self._balloon_hi - self._balloon_lo
 
 
 class XsLike(Protocol):

@@ -77,7 +77,7 @@ class XenstoredShell(Endpoint):
     def on_release(self, domid: int) -> None:
         self.connections.release(domid)
 
-    def on_upcall(self, domid: int, ports: list[int]) -> None:
+    def on_upcall(self, domid: int, ports: list[int], vcpu: int = 0) -> None:
         if self.dom_exc_port not in ports:
             return
         try:

@@ -21,6 +21,7 @@ BENCHMARKS = {
     "cli": "cluster.bench.cli:bench_cli",
     "migrate": "cluster.bench.migrate:bench_migrate",
     "scale": "cluster.bench.scale:bench_scale",
+    "sched": "cluster.bench.sched:bench_sched",
 }
 
 

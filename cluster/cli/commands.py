@@ -17,7 +17,7 @@ from typing import Any
 
 from cluster.cli.client import ask
 from cluster.report import (creation_summary, domain_table, host_table, link_row_text, link_text, migration_text,
-                            sockets_text)
+                            sched_text, sockets_text, vcpu_table)
 
 
 def _warn(command: str, errors: dict[str, str]) -> int:
@@ -93,6 +93,48 @@ def cmd_info(a: argparse.Namespace) -> int:
     return _warn("info", answer["errors"])
 
 
+def _sched(kind: str):
+    def impl(a: argparse.Namespace) -> int:
+        args = {"kind": kind, "name": a.domain, "weight": a.weight, "cap": a.cap,
+                "ratelimit_us": a.ratelimit}
+        if kind == "credit":
+            args["tslice_ms"] = a.tslice
+        if (a.weight is not None or a.cap is not None) and a.domain is None:
+            print(f"xenray sched-{kind}: -w and -c need a domain (-d)", file=sys.stderr)
+            return 2
+        answers = ask("sched", **args)
+        print(json.dumps(answers) if a.json else sched_text(kind, answers))
+        return 0
+    return impl
+
+
+cmd_sched_credit = _sched("credit")
+cmd_sched_credit2 = _sched("credit2")
+
+
+def cmd_vcpu_list(a: argparse.Namespace) -> int:
+    answer = ask("vcpu_list", name=a.name)
+    print(json.dumps(answer["rows"]) if a.json else vcpu_table(answer["rows"]))
+    return _warn("vcpu-list", answer["errors"])
+
+
+def cmd_vcpu_set(a: argparse.Namespace) -> int:
+    ask("vcpu_set", name=a.name, count=a.count)
+    return 0
+
+
+def cmd_vcpu_pin(a: argparse.Namespace) -> int:
+    vcpu = None if a.vcpu == "all" else _vcpu_number(a.vcpu)
+    ask("vcpu_pin", name=a.name, vcpu=vcpu, cpus=a.cpus)
+    return 0
+
+
+def _vcpu_number(word: str) -> int:
+    if not word.isdigit():
+        raise SystemExit(f"xenray vcpu-pin: `{word}' is not a vCPU number or `all'")
+    return int(word)
+
+
 def _by_name(op: str):
     def impl(a: argparse.Namespace) -> int:
         ask(op, name=a.name)
@@ -103,6 +145,17 @@ def _by_name(op: str):
 cmd_destroy = _by_name("destroy")
 cmd_pause = _by_name("pause")
 cmd_unpause = _by_name("unpause")
+
+
+def cmd_mem_set(a: argparse.Namespace) -> int:
+    """``xl mem-set NAME SIZE``: silent on success, as xl."""
+    ask("mem_set", name=a.name, size=a.size)
+    return 0
+
+
+def cmd_mem_max(a: argparse.Namespace) -> int:
+    ask("mem_max", name=a.name, size=a.size)
+    return 0
 
 
 def cmd_shutdown(a: argparse.Namespace) -> int:

@@ -30,7 +30,8 @@ def cmd_up(a: argparse.Namespace) -> int:
     with log_path.open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "cluster.daemon", "--hosts", str(a.hosts),
                                  "--host-memory", str(a.host_memory),
-                                 "--host-cpus", str(a.host_cpus), "--pool", str(a.pool),
+                                 *(["--pcpus", str(a.pcpus)] if a.pcpus else []),
+                                 "--sched", a.sched, "--pool", str(a.pool),
                                  "--launcher", a.launcher],
                                 stdout=log, stderr=log, stdin=subprocess.DEVNULL,
                                 start_new_session=True)

@@ -58,7 +58,7 @@ class Guest:
         clients = host.clients(endpoint, domid, secret)
         self.hv, self.xs = clients.hv, clients.xs
         self.blk = BlockDevices(self.mapping, NR_PAGES, self.hv, self.xs)
-        host.start(endpoint, {"upcall": lambda d, ports: self.blk.upcall(ports),
+        host.start(endpoint, {"upcall": lambda d, ports, vcpu=0: self.blk.upcall(ports),
                               "xs_event": self.xs.on_event})
 
     def probe(self) -> None:

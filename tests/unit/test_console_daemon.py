@@ -32,7 +32,7 @@ class Guest(Endpoint):
         self.page = self.mapping.page(PFN_CONSOLE)
         self.intf = ConsoleInterface(self.page)
 
-    def on_upcall(self, domid, ports):
+    def on_upcall(self, domid, ports, vcpu=0):
         self.upcalls.extend(ports)
 
     def notify(self):

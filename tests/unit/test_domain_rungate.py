@@ -57,6 +57,7 @@ def test_rungate_12_2_a_parked_vcpu_of_a_paused_domain_reads_as_paused():
     assert gate.status()["vcpu"] == "blocked"
     gate.set_paused(True)
     assert gate.status() == {"state": "running", "vcpu": "paused", "paused": True,
+                             "held": False, "blocks": 0, "vcpus": ["blocked"],
                              "shutdown_reason": None}
     gate.shut_down(ShutdownReason.poweroff)
 

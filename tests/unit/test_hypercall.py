@@ -12,7 +12,7 @@ from protocols.hypercall import (DOMID_ANY, DOMID_COW, DOMID_FIRST_RESERVED, DOM
                                  SCHEMA, SUBOPS, XEN_DOMCTL_INTERFACE_VERSION, XEN_LEGACY_MAX_VCPUS,
                                  ConsoleIO, Domctl, DomInfoFlag, EvtchnOp, GnttabOp, Hypercall,
                                  HypercallRequest, HypercallResult, MemoryOp, SchedOp, ShadowOp,
-                                 ShutdownReason, Sysctl, VcpuOp, Virq, XenVersion, decode_call,
+                                 ShutdownReason, Sysctl, TimerOp, VcpuOp, Virq, XenVersion, decode_call,
                                  decode_result, dominf_flags, dominf_shutdown_code, encode_call,
                                  encode_result)
 from protocols.hypercall_args import MAX_POLL_PORTS, Array, Bytes, Int, Struct
@@ -143,9 +143,10 @@ SERVED = {
     Hypercall.memory_op: {
         MemoryOp.increase_reservation, MemoryOp.decrease_reservation,
         MemoryOp.populate_physmap, MemoryOp.current_reservation, MemoryOp.maximum_reservation,
-        MemoryOp.add_to_physmap_batch,
+        MemoryOp.add_to_physmap_batch, MemoryOp.memory_map, MemoryOp.set_memory_map,
     },
-    Hypercall.vcpu_op: {VcpuOp.up, VcpuOp.down, VcpuOp.is_up, VcpuOp.get_runstate_info},
+    Hypercall.vcpu_op: {VcpuOp.up, VcpuOp.down, VcpuOp.is_up, VcpuOp.get_runstate_info,
+                        VcpuOp.set_singleshot_timer, VcpuOp.stop_singleshot_timer},
     Hypercall.xen_version: set(XenVersion),
     Hypercall.console_io: set(ConsoleIO),
     Hypercall.domctl: {
@@ -157,7 +158,9 @@ SERVED = {
         Domctl.sethvmcontext, Domctl.set_target, Domctl.gettscinfo, Domctl.soft_reset,
         Domctl.get_domain_state,
     },
-    Hypercall.sysctl: {Sysctl.getdomaininfolist, Sysctl.physinfo},
+    Hypercall.sysctl: {Sysctl.getdomaininfolist, Sysctl.physinfo, Sysctl.scheduler_op,
+                       Sysctl.sched_id},
+    Hypercall.set_timer_op: {TimerOp.set},
 }  # fmt: skip
 
 

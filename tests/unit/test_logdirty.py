@@ -590,8 +590,10 @@ def test_getvcpucontext_only_for_a_stopped_domain_and_xens_refusals(hv):
     assert get(0)[0] == -Errno.ENODATA  # paused, but no vCPU process handed over yet
     _call(hv, 0, Hypercall.domctl, Domctl.setvcpucontext, domain=d, vcpu=0,
           ctxt=msgpack.packb({"pid": 4242, "endpoint": "h1/dom1"}))
-    rc, res = get(1)
+    rc, res = get(0)
     assert rc == 0 and VcpuContext.unpack(res["ctxt"]).flags == VGCF_ONLINE | VGCF_IN_KERNEL
+    rc, res = get(1)  # down until the guest brings it up (VCPUOP_up)
+    assert rc == 0 and VcpuContext.unpack(res["ctxt"]).flags == VGCF_IN_KERNEL
     assert get(2)[0] == -Errno.EINVAL  # beyond max_vcpus
     assert get(0, dom=0)[0] == -Errno.EINVAL  # the caller's own vCPU
     assert get(0, caller=d)[0] == -Errno.EPERM

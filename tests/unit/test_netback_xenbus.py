@@ -97,7 +97,7 @@ class Guest:
             self.xs.watch(f"{nic.backend}/state", f"vif-{devid}",
                           lambda _p, _t, nic=nic: nic.on_backend_changed())
 
-    def upcall(self, domid: int, ports: list[int]) -> None:
+    def upcall(self, domid: int, ports: list[int], vcpu: int = 0) -> None:
         for nic in self.nics.values():
             if nic.evtchn is not None and nic.evtchn in ports:
                 nic.on_event()

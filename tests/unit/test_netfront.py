@@ -170,12 +170,12 @@ class Guest:
                               grefs=GrantRefAllocator(self.gnttab.nr_entries), hypercall=hv,
                               xs=self.xs)
         host.start(domain_endpoint(self.domid), {
-            "upcall": lambda _d, ports: self.net.upcall(ports), "xs_event": self.xs.on_event})
+            "upcall": lambda _d, ports, _v=0: self.net.upcall(ports), "xs_event": self.xs.on_event})
         self.devids = self.net.probe(self.domid, lambda path, token, handler: self.xs.watch(
             path, token, lambda _p, _t: handler()))
         self.host.pump()
 
-    def _backend_upcall(self, _domid: int, _ports: list[int]) -> None:
+    def _backend_upcall(self, _domid: int, _ports: list[int], _vcpu: int = 0) -> None:
         self.backend_kicks += 1
 
     def page(self, pfn: int) -> memoryview:
