@@ -125,7 +125,10 @@ class Cluster:
 
     def start(self) -> Cluster:
         """Start (embedded) or join (attach) the cluster; what it started is stopped again if
-        it fails half way."""
+        it fails half way. Once started, starting again does nothing (``with
+        Cluster(...).start()`` would otherwise leave a second host watch running)."""
+        if self._watch is not None or self._embedded is not None:
+            return self
         try:
             return self._start()
         except BaseException:

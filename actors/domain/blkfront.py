@@ -38,7 +38,7 @@ import itertools
 import threading
 from typing import Any
 
-from actors.domain.rungate import vcpu_blocking
+from actors.domain.rungate import RunGate, current_gate
 from actors.xenbus.frontend import Page, XenbusFrontend
 from protocols.blkif import (BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_OP_DISCARD,
                              BLKIF_OP_FLUSH_DISKCACHE, BLKIF_OP_READ, BLKIF_OP_WRITE,
@@ -59,7 +59,8 @@ _COMPLETION = threading.Lock()  # hands a request's completion to its waiters (a
 class BlkRequest:
     """One caller I/O (a future): done when all its ring requests have answered."""
 
-    __slots__ = ("op", "sector", "nbytes", "data", "_parts", "_status", "_done", "_waiter")
+    __slots__ = ("op", "sector", "nbytes", "data", "_parts", "_status", "_done", "_waiter",
+                 "_gate")
 
     def __init__(self, op: int, sector: int, nbytes: int, data: bytes | None) -> None:
         self.op, self.sector, self.nbytes = op, sector, nbytes
@@ -68,6 +69,7 @@ class BlkRequest:
         self._status = BLKIF_RSP_OKAY
         self._done = False
         self._waiter: threading.Lock | None = None  # made only if someone waits before done
+        self._gate: RunGate | None = None  # a vCPU waiting for it (blocked in the hypervisor)
 
     def done(self) -> bool:
         return self._done
@@ -76,6 +78,12 @@ class BlkRequest:
         """Block until done (or ``timeout`` seconds); True if done."""
         if self._done:
             return True
+        gate = current_gate()
+        if gate is not None and gate.port is not None:  # a vCPU: it blocks in Xen meanwhile
+            with _COMPLETION:
+                self._gate = gate
+            gate.wait_event(lambda: self._done, None if timeout is None else timeout)
+            return self._done
         with _COMPLETION:
             if self._done:
                 return True
@@ -83,8 +91,7 @@ class BlkRequest:
                 self._waiter = threading.Lock()
                 self._waiter.acquire()
             waiter = self._waiter
-        with vcpu_blocking():
-            done = waiter.acquire(timeout=-1 if timeout is None else timeout)
+        done = waiter.acquire(timeout=-1 if timeout is None else timeout)
         if done:
             waiter.release()  # and the next waiter, if any
             return True
@@ -108,9 +115,11 @@ class BlkRequest:
         if self._parts == 0:
             with _COMPLETION:
                 self._done = True
-                waiter = self._waiter
+                waiter, gate = self._waiter, self._gate
             if waiter is not None:
                 waiter.release()
+            if gate is not None:
+                gate.wake()
 
 
 class _Part:

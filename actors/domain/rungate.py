@@ -46,6 +46,7 @@ import contextlib
 import dataclasses
 import enum
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
@@ -76,6 +77,7 @@ class GateChange(enum.Enum):
 
 PARKED = ("blocked", "gated", "runnable", "offline", "stopped")  # what a freeze accepts
 IN_FLIGHT_S = 0.001  # how long a VcpuCondition that did not block waits before it checks again
+LOST_UPCALL_S = 1.0  # an upcall Xen sent that has not landed after this is taken as lost
 _current = threading.local()  # .gate, .vcpu: the RunGate and vCPU this thread is
 
 
@@ -98,6 +100,8 @@ class VcpuSlot:
     run_seq: int = 0
     upcalls: int = 0
     blocks: int = 0
+    waiting_on: threading.Condition | None = None  # a VcpuCondition it blocks on
+    short_since: float | None = None  # since when Xen counts upcalls it has not seen
 
 
 def current_gate() -> RunGate | None:
@@ -108,13 +112,6 @@ def current_gate() -> RunGate | None:
 def current_vcpu() -> int:
     """The vCPU this thread is (0 for any other thread that enters as a vCPU)."""
     return getattr(_current, "vcpu", 0)
-
-
-def vcpu_blocking() -> contextlib.AbstractContextManager[None]:
-    """:meth:`RunGate.blocking` if this thread is a vCPU, else nothing: for a wait in a
-    driver that may run on the vCPU or on another thread."""
-    gate = current_gate()
-    return gate.blocking() if gate is not None else contextlib.nullcontext()
 
 
 class VcpuCondition(threading.Condition):
@@ -130,9 +127,14 @@ class VcpuCondition(threading.Condition):
         token = gate._block(wait_in_flight=False)
         if token is None:  # upcalls were in flight to it: let them land, with the lock let go
             return super().wait(IN_FLIGHT_S if timeout is None else min(timeout, IN_FLIGHT_S))
-        try:
+        slot = gate._slot()
+        slot.waiting_on = self  # an upcall for the vCPU ends this wait: the caller checks
+        try:                    # its condition and, still waiting, blocks again
+            if slot.upcalls != token:
+                return True
             return super().wait(timeout)
         finally:
+            slot.waiting_on = None
             saved = self._release_save()
             try:
                 gate._unblock(token)
@@ -224,12 +226,18 @@ class RunGate:
             self.cv.notify_all()
 
     def took_upcall(self, vcpu: int = 0) -> None:
-        """An upcall for ``vcpu`` reached the kernel (cv held by the caller or not: an
-        RLock)."""
+        """An upcall for ``vcpu`` reached the kernel: it woke the vCPU in Xen, so a vCPU
+        blocked in a wait runs (Linux's idle loop takes the interrupt) and blocks again if
+        its wait is not over. Wakes its waits: those on ``cv`` and a VcpuCondition's."""
         with self.cv:
+            cond = None
             if 0 <= vcpu < len(self.slots):
                 self.slots[vcpu].upcalls += 1
+                cond = self.slots[vcpu].waiting_on
             self.cv.notify_all()
+        if cond is not None:
+            with cond:
+                cond.notify_all()
 
     def runnable(self) -> bool:
         return not self.paused and self.state is KernelState.RUNNING
@@ -264,12 +272,8 @@ class RunGate:
         if deadline_ns is not None and self.port is not None and \
                 current_gate() is self:
             self.port.set_timer(current_vcpu(), deadline_ns)
-        with self.blocking(), self.cv:
-            self._park(self._slot(), "blocked")
-            while (left := deadline - monotonic()) > 0:
-                if self.state is KernelState.SHUTDOWN:
-                    raise Halted
-                self.cv.wait(left)
+        self._wait_blocked(lambda: deadline - monotonic() <= 0,
+                           lambda: max(0.0, deadline - monotonic()))
 
     def wait_event(self, condition: Callable[[], bool], timeout: float) -> bool:
         """Block the vCPU until ``condition()`` (checked under ``cv``; whoever makes it true
@@ -278,19 +282,42 @@ class RunGate:
         with self.cv:
             if condition():
                 return True
-        with self.blocking(), self.cv:
-            self._park(self._slot(), "blocked")
-            return self.cv.wait_for(
-                lambda: condition() or self.state is KernelState.SHUTDOWN, timeout)
+        end = None if timeout is None else time.monotonic() + timeout
+        ended = self._wait_blocked(
+            lambda: condition() or self.state is KernelState.SHUTDOWN,
+            lambda: None if end is None else max(0.0, end - time.monotonic()), shutdown_ok=True)
+        with self.cv:
+            return ended or condition()
+
+    def _wait_blocked(self, done: Callable[[], bool], left: Callable[[], float | None],
+                      shutdown_ok: bool = False) -> bool:
+        """Wait on ``cv`` until ``done()`` (True) or no time is ``left`` (False), blocked in
+        the hypervisor; an upcall meanwhile wakes the vCPU there, so it takes its pCPU and
+        blocks again (Linux's idle loop) rather than waiting on as a running vCPU. Halted at
+        a shutdown unless ``shutdown_ok`` (``done`` sees it then)."""
+        while True:
+            with self.blocking() as token, self.cv:
+                slot = self._slot()
+                self._park(slot, "blocked")
+                while not done():
+                    if self.state is KernelState.SHUTDOWN and not shutdown_ok:
+                        raise Halted
+                    if (wait := left()) is not None and wait <= 0:
+                        return False
+                    if token is not None and slot.upcalls != token:
+                        break  # interrupted: run, then block again
+                    self.cv.wait(wait)
+                else:
+                    return True
 
     @contextlib.contextmanager
-    def blocking(self) -> Iterator[None]:
+    def blocking(self) -> Iterator[int | None]:
         """The vCPU waits inside: it gives its pCPU up (``SCHEDOP_block``) before and takes
         one again after (module docstring). Anywhere else, or before :meth:`attach`, it does
         nothing. The caller holds no lock the upcall path takes."""
         token = self._block()
         try:
-            yield
+            yield token
         finally:
             self._unblock(token)
 
@@ -307,9 +334,18 @@ class RunGate:
         answer = self.port.block(vcpu, events)
         with self.cv:
             if not answer["blocked"]:
-                if wait_in_flight:
-                    self.cv.wait_for(lambda: slot.upcalls >= answer["events"], 1.0)
+                landed = wait_in_flight and self.cv.wait_for(
+                    lambda: slot.upcalls >= answer["events"], LOST_UPCALL_S)
+                now = time.monotonic()
+                if landed or slot.short_since is None:
+                    slot.short_since = None if landed else now
+                elif now - slot.short_since >= LOST_UPCALL_S:
+                    # an upcall lost on its way (a pipe the hypervisor dropped): go on from
+                    # Xen's count, or every block from now on would be refused
+                    slot.upcalls = max(slot.upcalls, answer["events"])
+                    slot.short_since = None
                 return None
+            slot.short_since = None
             slot.blocks += 1
             if slot.run_seq <= answer["seq"]:  # no newer word from the scheduler yet
                 slot.run_seq, slot.held = answer["seq"], False
@@ -402,7 +438,7 @@ class RunGate:
             vcpu = self.vcpu
             if self.state is KernelState.SHUTDOWN:
                 vcpu = "stopped"
-            elif not self.runnable() and vcpu in ("blocked", "gated"):
+            elif not self.runnable() and vcpu in ("blocked", "gated", "runnable"):
                 vcpu = "paused"
             return {"state": self.state.value, "vcpu": vcpu, "paused": self.paused,
                     "held": self.held, "blocks": sum(s.blocks for s in self.slots),

@@ -41,9 +41,11 @@ class Smp:
         self.gate, self.hypercall, self.xs = gate, hypercall, xs
         self.runtime, self.log, self.ports = runtime, log, ports
         self.possible = 1
-        self.cv = VcpuCondition()  # guards the four below; secondaries wait on it for work
-        self.online: set[int] = {0}
-        self._going_down: set[int] = set()
+        self.cv = VcpuCondition()  # guards the sets below; secondaries wait on it for work
+        self.online: set[int] = {0}  # up, until VCPUOP_down and its ports closed
+        self._going_down: set[int] = set()  # asked to go down (cancelled by an up)
+        self._exiting: set[int] = set()  # its thread has left its work loop
+        self._reup: set[int] = set()  # wanted up again while exiting: up once it is down
         self._work: dict[int, Work] = {}
         self._results: dict[int, tuple[bool, Any]] = {}
 
@@ -75,6 +77,14 @@ class Smp:
                 continue  # no such node: as Linux, leave the vCPU as it is
             with self.cv:
                 up = n in self.online
+                if want and n in self._exiting:
+                    self._reup.add(n)  # up again as soon as it is down
+                    continue
+                if want and n in self._going_down:
+                    self._going_down.discard(n)  # not yet left its loop: it stays
+                    continue
+                if not want:
+                    self._reup.discard(n)
             if want and not up:
                 self._up(n)
             elif up and not want:
@@ -106,6 +116,7 @@ class Smp:
                 with self.cv:
                     self.cv.wait_for(lambda: n in self._work or n in self._going_down)
                     if n not in self._work:
+                        self._exiting.add(n)
                         break
                     work = self._work[n]
                 try:
@@ -123,26 +134,31 @@ class Smp:
             return
         finally:
             self.gate.vcpu_stopped()
-        with self.cv:
-            self.online.discard(n)
-            self._going_down.discard(n)
-            self.cv.notify_all()
         try:
             self.hypercall(Hypercall.vcpu_op, VcpuOp.down, vcpuid=n)
             self.ports.unbind(n)
         except XenError as e:
             self.log.warning("VCPUOP_down failed", vcpu=n, error=str(e))
+        with self.cv:
+            self.online.discard(n)
+            self._going_down.discard(n)
+            self._exiting.discard(n)
+            reup = n in self._reup
+            self._reup.discard(n)
+            self.cv.notify_all()
         self.log.info("vCPU down", vcpu=n)
+        if reup:
+            self._up(n)
 
     def vcpus(self) -> list[int]:
         with self.cv:
-            return sorted(self.online - self._going_down)
+            return sorted(self.online - self._going_down - self._exiting)
 
     def run_on_each(self, fn: Work) -> list[Any]:
         """``fn(n)`` on every online vCPU at once (vCPU 0: the caller), their results in vCPU
         order once all are done; the first exception raised is raised here."""
         with self.cv:
-            others = sorted(self.online - self._going_down - {0})
+            others = sorted(self.online - self._going_down - self._exiting - {0})
             for n in others:
                 self._work[n] = fn
             self.cv.notify_all()

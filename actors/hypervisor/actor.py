@@ -39,6 +39,9 @@ from actors.transport.raycall import RayEndpoint, RayTransport
 from protocols.page import PAGES_PER_MIB
 
 
+TIMER_MAX_S = 3600.0  # the timer thread looks again at least this often (and never overflows)
+
+
 class HypervisorShell(Endpoint):
     """One host's hypervisor: its state machine, its memory maps, its pipes, its pidfds.
     ``mem_prefix`` names its ``/dev/shm`` files; ``transport`` carries what has no pipe."""
@@ -211,16 +214,17 @@ class HypervisorShell(Endpoint):
         timer set it sleeps until an effect wakes it: an idle host costs nothing."""
         with self._timer_cv:
             while not self._stopping:
-                deadline = self.state.next_deadline()
-                wait = None if deadline is None else (deadline - time.monotonic_ns()) / 1e9
-                if wait is None or wait > 0:
-                    self._timer_until = deadline
-                    self._timer_cv.wait(wait)
-                    self._timer_until = None
-                    continue
                 try:
+                    deadline = self.state.next_deadline()
+                    wait = None if deadline is None else (deadline - time.monotonic_ns()) / 1e9
+                    if wait is None or wait > 0:
+                        self._timer_until = deadline
+                        self._timer_cv.wait(None if wait is None else min(wait, TIMER_MAX_S))
+                        self._timer_until = None
+                        continue
                     self._carry_out(self.state.expire_timers())
                 except Exception:  # noqa: BLE001 - the host's clock must keep ticking
+                    self._timer_until = None
                     self.log.exception("timer interrupt failed")
 
     def _frames(self, domid: int, pfn: int, count: int) -> memoryview:

@@ -337,8 +337,9 @@ class Hypervisor:
         shared = self.evtchn.shared_info(dom.domid)
         if any(shared.is_pending(p) for p in ports):
             return self._block_answer(dom, args["vcpu"], False), []
-        blocked, switches = self.vcpus.poll(dom.domid, args["vcpu"], ports, args["timeout"],
-                                            args["events"], self._clock_ns())
+        blocked, switches = self.vcpus.poll(dom.domid, args["vcpu"], ports,
+                                            self._timeout(args["timeout"]), args["events"],
+                                            self._clock_ns())
         return self._block_answer(dom, args["vcpu"], blocked), self._switched(switches)
 
     def _block_answer(self, dom: Domain, vcpu: int, blocked: bool) -> dict[str, Any]:
@@ -350,8 +351,16 @@ class Hypervisor:
     def _set_timer_op(self, dom, ep, sub, args):
         """``set_timer_op(timeout)``: the vCPU's one-shot timer, absolute ns on the host's
         clock (0: cancel). It raises ``VIRQ_TIMER`` (:meth:`expire_timers`)."""
-        self.vcpus.set_timer(dom.domid, args["vcpu"], args["timeout"])
+        self.vcpus.set_timer(dom.domid, args["vcpu"], self._timeout(args["timeout"]))
         return 0, []
+
+    def _timeout(self, timeout: int) -> int:
+        """``do_set_timer_op``: a timeout more than 2^50 ns (13 days) ahead is a guest's
+        "never" (Linux asks for ~0 when idle): it becomes now + 2^32 ns, as in Xen."""
+        now = self._clock_ns()
+        if timeout and timeout - now > 1 << 50:
+            return now + (1 << 32)
+        return timeout
 
     def _shutdown(self, dom: Domain, reason: int) -> list[Effect]:
         """``domain_shutdown``: latch the first code, stop the vCPUs, tell Dom0 (DOM_EXC)."""
@@ -446,7 +455,7 @@ class Hypervisor:
         if sub in (VcpuOp.up, VcpuOp.down):
             return 0, self._switched(self.vcpus.set_online(dom.domid, v, sub == VcpuOp.up, now))
         if sub == VcpuOp.set_singleshot_timer:
-            self.vcpus.set_timer(dom.domid, v, a["timeout_abs_ns"])
+            self.vcpus.set_timer(dom.domid, v, self._timeout(a["timeout_abs_ns"]))
             return 0, []
         if sub == VcpuOp.stop_singleshot_timer:
             self.vcpus.set_timer(dom.domid, v, None)

@@ -34,6 +34,7 @@ class Vcpu:
     blocked: bool = False  # _VPF_blocked: SCHEDOP_block until an event
     awake: bool = False  # what the scheduler was last told: runnable (True) or not
     timer_ns: int | None = None  # the singleshot timer (set_timer_op), absolute ns
+    poll_ns: int | None = None  # SCHEDOP_poll's own timeout (Xen's poll_timer)
     poll_ports: frozenset[int] = frozenset()  # SCHEDOP_poll in progress: the ports it waits on
     affinity: frozenset[int] | None = None  # hard affinity (None: every pCPU)
     delivered: int = 0  # upcalls sent to the domain's process for this vCPU
@@ -49,9 +50,12 @@ class Vcpus:
     def __init__(self, sched: Scheduler) -> None:
         self.sched = sched
         self.domains: dict[int, DomainVcpus] = {}
-        # armed timers, earliest first; an entry whose vCPU's timer_ns has changed since is
-        # stale and dropped when it comes up (so arming and expiring cost O(log n), not O(n))
-        self._timers: list[tuple[int, int, int]] = []
+        # armed timers, earliest first, as (deadline, domid, vcpu, kind, the Vcpu itself),
+        # kind "timer_ns" or "poll_ns"; an entry whose Vcpu is gone or has been re-armed
+        # since is stale, dropped when it comes up (arming and expiring cost O(log n)) or
+        # when stale ones outnumber the live
+        self._timers: list[tuple[int, int, int, str, Vcpu]] = []
+        self._armed_count = 0
 
     def add_domain(self, domid: int, max_vcpus: int, online: int, now: int, *,
                    weight: int = 256, cap: int = 0) -> None:
@@ -61,8 +65,12 @@ class Vcpus:
             self.sched.add_vcpu(domid, i, now)
 
     def remove_domain(self, domid: int, now: int) -> list[Switch]:
-        if self.domains.pop(domid, None) is None:
+        """The domain leaves (its timers' heap entries go stale: their Vcpus are gone)."""
+        dv = self.domains.pop(domid, None)
+        if dv is None:
             return []
+        self._armed_count -= sum((v.timer_ns is not None) + (v.poll_ns is not None)
+                                 for v in dv.vcpus)
         return self.sched.remove_domain(domid, now)
 
     def get(self, domid: int, vcpu: int) -> Vcpu:
@@ -110,8 +118,7 @@ class Vcpus:
         blocked, switches = self.block(domid, vcpu, events, now)
         if blocked:
             self.get(domid, vcpu).poll_ports = ports
-            if timeout_ns:
-                self.set_timer(domid, vcpu, timeout_ns)
+            self._arm(domid, vcpu, "poll_ns", timeout_ns or None)
         return blocked, switches
 
     def wake(self, domid: int, vcpu: int, now: int) -> list[Switch]:
@@ -120,6 +127,7 @@ class Vcpus:
         if not v.blocked:
             return []
         v.blocked, v.poll_ports = False, frozenset()
+        self._arm(domid, vcpu, "poll_ns", None)
         return self.refresh(domid, now)
 
     def delivered(self, domid: int, vcpu: int, port: int, now: int) -> list[Switch]:
@@ -149,15 +157,24 @@ class Vcpus:
         return switches
 
     def set_timer(self, domid: int, vcpu: int, deadline_ns: int | None) -> None:
-        v = self.get(domid, vcpu)
-        v.timer_ns = deadline_ns or None
-        if v.timer_ns is not None:
-            heapq.heappush(self._timers, (v.timer_ns, domid, vcpu))
+        """Arm (or with None or 0, cancel) the vCPU's one-shot timer."""
+        self._arm(domid, vcpu, "timer_ns", deadline_ns or None)
 
-    def _armed(self, entry: tuple[int, int, int]) -> bool:
-        when, domid, vcpu = entry
+    def _arm(self, domid: int, vcpu: int, kind: str, deadline_ns: int | None) -> None:
+        v = self.get(domid, vcpu)
+        self._armed_count += (deadline_ns is not None) - (getattr(v, kind) is not None)
+        setattr(v, kind, deadline_ns)
+        if deadline_ns is not None:
+            heapq.heappush(self._timers, (deadline_ns, domid, vcpu, kind, v))
+            if len(self._timers) > 2 * self._armed_count + 64:  # a guest re-arming at will
+                self._timers = [e for e in self._timers if self._armed(e)]
+                heapq.heapify(self._timers)
+
+    def _armed(self, entry: tuple[int, int, int, str, Vcpu]) -> bool:
+        when, domid, vcpu, kind, v = entry
         dv = self.domains.get(domid)
-        return dv is not None and dv.vcpus[vcpu].timer_ns == when
+        return (dv is not None and vcpu < len(dv.vcpus) and dv.vcpus[vcpu] is v
+                and getattr(v, kind) == when)
 
     def _first_timer(self) -> int | None:
         while self._timers and not self._armed(self._timers[0]):
@@ -172,13 +189,14 @@ class Vcpus:
     def expire(self, now: int) -> tuple[list[tuple[int, int]], list[Switch]]:
         """Timers due (their vCPUs, for VIRQ_TIMER), and the scheduler's tick if due."""
         fired = []
-        while (first := self._first_timer()) is not None and first <= now:
-            _, d, i = heapq.heappop(self._timers)
-            self.domains[d].vcpus[i].timer_ns = None
-            fired.append((d, i))
         switches: list[Switch] = []
-        for d, i in fired:
-            if self.domains[d].vcpus[i].poll_ports:  # a poll timed out
+        while (first := self._first_timer()) is not None and first <= now:
+            _, d, i, kind, v = heapq.heappop(self._timers)
+            setattr(v, kind, None)
+            self._armed_count -= 1
+            if kind == "timer_ns":
+                fired.append((d, i))
+            else:  # a poll timed out
                 switches += self.wake(d, i, now)
         event = self.sched.next_event(now)
         if event is not None and event <= now:

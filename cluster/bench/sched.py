@@ -65,7 +65,7 @@ def _one_scheduler(sched: str, params: dict[str, Any], runtime: float,
     label = sched + ("" if params.get("boost", True) else " (no BOOST)")
     rows: list[dict[str, Any]] = []
     with Cluster(hosts=1, host_cpus=1, sched=sched, sched_params=params,
-                 progress=status.update).start() as xen:
+                 progress=status.update) as xen:
         if params.get("boost", True):
             status.update(f"{label}: weights 256 and 512")
             xen.create(_config("w256", "cpuburn", cpu_weight=256))
@@ -112,10 +112,11 @@ def bench_sched(out: Console, a: argparse.Namespace) -> BenchResult:
              f"latency: cyclictest, a {LATENCY_INTERVAL_S * 1e3:g} ms sleep, in us; ratio: "
              "measured ÷ ideal (shares) or ÷ the same guest alone (latency)",
              f"weights: worst share {worst:.0%} off the ideal",
-             "BOOST: beside a hog, credit's median wake-up is "
-             f"{lat['credit']['p50_us']:.0f} us, without BOOST "
-             f"{lat['credit (no BOOST)']['p50_us']:.0f} us "
-             f"({lat['credit (no BOOST)']['p50_us'] / max(lat['credit']['p50_us'], 1):.0f}x)"]
+             "BOOST: beside a hog, credit's wake-up p50/p99 is "
+             f"{lat['credit']['p50_us']:.0f}/{lat['credit']['p99_us']:.0f} us, without BOOST "
+             f"{lat['credit (no BOOST)']['p50_us']:.0f}/"
+             f"{lat['credit (no BOOST)']['p99_us']:.0f} us (p99 "
+             f"{lat['credit (no BOOST)']['p99_us'] / max(lat['credit']['p99_us'], 1):.1f}x)"]
     return BenchResult(
         "sched", "the schedulers on one pCPU: CPU shares and wake-up latency",
         [("sched", "scheduler", ""), ("case", "case", ""), ("measured", "share", ".3f"),

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from actors.domain.rungate import GateChange, RunGate, VcpuCondition, vcpu_blocking
+from actors.domain.rungate import GateChange, RunGate, VcpuCondition
 from tests.waits import wait_until
 
 
@@ -85,7 +85,7 @@ def test_a_vcpu_waits_at_the_gate_until_it_holds_a_pcpu():
 
 def test_a_wait_blocks_in_the_hypervisor_and_a_local_wake_kicks_itself():
     gate, hv = vcpu_gate()
-    with vcpu_blocking():
+    with gate.blocking():
         assert hv.blocked and not gate.held and gate.vcpu == "blocked"
     assert hv.calls == ["block 0", "kick"]
     assert gate.held and gate.vcpu == "running" and gate.blocks == 1
@@ -93,7 +93,7 @@ def test_a_wait_blocks_in_the_hypervisor_and_a_local_wake_kicks_itself():
 
 def test_an_upcall_during_the_wait_woke_it_already_so_no_kick():
     gate, hv = vcpu_gate()
-    with vcpu_blocking():
+    with gate.blocking():
         hv.upcall()
     assert hv.calls == ["block 0"]
     assert gate.held
@@ -102,7 +102,7 @@ def test_an_upcall_during_the_wait_woke_it_already_so_no_kick():
 def test_a_block_with_upcalls_in_flight_does_not_block_and_waits_for_them():
     gate, hv = vcpu_gate()
     hv.in_flight = 1
-    with vcpu_blocking():
+    with gate.blocking():
         assert not hv.blocked and gate.held
     assert gate.upcalls == 1 and gate.blocks == 0
     assert hv.calls == ["block 0"]
@@ -111,7 +111,7 @@ def test_a_block_with_upcalls_in_flight_does_not_block_and_waits_for_them():
 def test_a_stale_block_answer_does_not_take_back_a_newer_dispatch():
     gate, hv = vcpu_gate()
     gate.set_run(True, 50)  # the scheduler's newer word raced ahead of block's answer
-    with vcpu_blocking():
+    with gate.blocking():
         assert gate.held  # seq 10 in the answer is older than 50
     assert "kick" not in hv.calls
 
@@ -144,7 +144,7 @@ def test_a_vcpu_condition_lets_go_of_its_lock_while_it_waits_for_a_pcpu():
 def test_off_the_vcpu_thread_nothing_blocks_in_the_hypervisor():
     gate, hv = vcpu_gate()
     done = []
-    t = threading.Thread(target=lambda: done.append(vcpu_blocking().__enter__()))
+    t = threading.Thread(target=lambda: done.append(gate.blocking().__enter__()))
     t.start()
     t.join(5)
     assert hv.calls == [] and done == [None]
@@ -190,3 +190,34 @@ def test_a_notify_while_the_vcpu_blocks_in_the_hypervisor_is_not_lost():
     threading.Thread(target=vcpu, daemon=True).start()
     assert done.wait(10), "the notify was lost: the vCPU still waits"
     assert gate.held
+
+
+@pytest.mark.parametrize("how", ["wait_event", "vcpu_condition"])
+def test_an_unrelated_upcall_wakes_the_vcpu_which_then_blocks_again(how):
+    """Linux's idle loop: the interrupt runs, the wait is not over, the vCPU blocks again;
+    it does not wait on as a running vCPU (and shows b, and costs no CPU time)."""
+    gate, hv = vcpu_gate()
+    cv = VcpuCondition()
+    state = {"ready": False}
+    done = threading.Event()
+
+    def vcpu():
+        gate.on_vcpu_thread()
+        if how == "wait_event":
+            gate.wait_event(lambda: state["ready"], 30)
+        else:
+            with cv:
+                cv.wait_for(lambda: state["ready"], 30)
+        done.set()
+
+    threading.Thread(target=vcpu, daemon=True).start()
+    wait_until(lambda: hv.blocked, "the vCPU to block")
+    hv.upcall()  # an interrupt that does not end the wait (a console drain, say)
+    wait_until(lambda: hv.calls.count("block 0") + hv.calls.count("block 1") == 2
+               and hv.blocked, "the vCPU to block again")
+    assert not done.is_set() and "kick" not in hv.calls
+    with cv:
+        state["ready"] = True
+        cv.notify_all()
+    gate.wake()
+    assert done.wait(10)

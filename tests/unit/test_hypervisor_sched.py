@@ -212,3 +212,54 @@ def test_destroy_frees_the_pcpu_for_the_next(world):
     xl(Hypercall.domctl, Domctl.destroydomain, domain=a)
     assert ("h1/b", True) in runs(xl.effects)
     assert a not in hv.vcpus.domains
+
+
+def test_a_timer_far_in_the_future_is_clamped_as_xen_does(world):
+    hv, clock = world
+    a, ga, _ = start(hv, "a")
+    ga(Hypercall.sched_op, SchedOp.block, vcpu=0, events=0)
+    assert ga(Hypercall.set_timer_op, TimerOp.set, vcpu=0, timeout=(1 << 64) - 1)[0] == 0
+    assert hv.next_deadline() == clock.ns + (1 << 32)  # do_set_timer_op's "never"
+
+
+def test_a_guest_re_arming_its_timer_does_not_grow_the_hypervisor(world):
+    hv, clock = world
+    a, ga, _ = start(hv, "a")
+    for i in range(5000):  # each earlier than the last: no stale entry ever reaches the top
+        ga(Hypercall.set_timer_op, TimerOp.set, vcpu=0, timeout=clock.ns + 10**12 - i)
+    assert len(hv.vcpus._timers) < 200
+    assert hv.vcpus._first_timer() == clock.ns + 10**12 - 4999
+
+
+def test_a_stale_timer_of_a_destroyed_domain_is_dropped_when_its_domid_is_reused(world):
+    hv, clock = world
+    xl = Caller(hv, 0, hv.table.domains[0].secret, "h1/xl")
+
+    def create(domid, vcpus):
+        rc, res = xl(Hypercall.domctl, Domctl.createdomain, domain=domid, ssidref=0,
+                     handle=HANDLE, flags=0, max_vcpus=vcpus, max_evtchn_port=1023,
+                     max_grant_frames=-1, max_maptrack_frames=-1)
+        assert rc == 0
+        return Caller(hv, domid, res["secret"], f"h1/d{domid}")
+
+    big = create(7, 2)
+    assert big(Hypercall.set_timer_op, TimerOp.set, vcpu=1, timeout=clock.ns + MS)[0] == 0
+    xl(Hypercall.domctl, Domctl.destroydomain, domain=7)
+    create(7, 1)  # the same domid, fewer vCPUs
+    assert hv.next_deadline() is None
+    clock.ns += 2 * MS
+    assert hv.expire_timers() == []
+
+
+def test_a_poll_times_out_on_its_own_timer_not_the_vcpus(world):
+    hv, clock = world
+    a, ga, _ = start(hv, "a")
+    ga(Hypercall.set_timer_op, TimerOp.set, vcpu=0, timeout=clock.ns + 50 * MS)
+    rc, answer = ga(Hypercall.sched_op, SchedOp.poll, vcpu=0, events=0, ports=[5],
+                    timeout=clock.ns + 2 * MS)
+    assert rc == 0 and answer["blocked"]
+    clock.ns += 2 * MS
+    effects = hv.expire_timers()
+    assert ("h1/a", True) in runs(effects)  # woken by the poll's timeout ...
+    assert not any(isinstance(e, Deliver) for e in effects)  # ... with no VIRQ_TIMER
+    assert hv.vcpus.get(a, 0).timer_ns == clock.ns + 48 * MS  # its own timer still armed
