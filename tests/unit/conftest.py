@@ -29,6 +29,26 @@ def threaded_host():
 
 
 @pytest.fixture
+def xl_host(threaded_host, tmp_path):
+    """``threaded_host`` with the real toolstack and xenconsoled, for tests that create
+    whole domains (``host.call(XL, "create", ...)``); what they leave is destroyed."""
+    from actors.console.actor import ConsoleShell
+    from protocols.errno import XenError
+    from tests.inprocess import HOST
+
+    threaded_host.start_toolstack()
+    threaded_host.start(f"{HOST}/xenconsoled", ConsoleShell(
+        HOST, threaded_host.clients(f"{HOST}/xenconsoled"), threaded_host.log,
+        str(tmp_path / "logs")))
+    yield threaded_host
+    for name in list(threaded_host.toolstack.core.records):
+        try:
+            threaded_host.call(f"{HOST}/xl", "destroy", name)
+        except XenError:
+            pass
+
+
+@pytest.fixture
 def clock():
     """A runtime whose time the test advances (``tests/clock.py``)."""
     return ManualRuntime()

@@ -5,23 +5,17 @@ toolstack, hypervisor, scheduler and PV kernel. The guest brings up the vCPUs
 
 import pytest
 
-from actors.console.actor import ConsoleShell
 from protocols.errno import XenError
 from protocols.hypercall import Runstate
 from protocols.libxl_types import DomainConfig
 from tests.inprocess import HOST
 
-XL, CONSOLED = f"{HOST}/xl", f"{HOST}/xenconsoled"
+XL = f"{HOST}/xl"
 
 
 @pytest.fixture
-def xl(threaded_host, tmp_path):
-    threaded_host.start_toolstack()
-    threaded_host.start(CONSOLED, ConsoleShell(HOST, threaded_host.clients(CONSOLED),
-                                               threaded_host.log, str(tmp_path / "logs")))
-    yield threaded_host
-    for name in list(threaded_host.toolstack.core.records):
-        threaded_host.call(XL, "destroy", name)
+def xl(xl_host):
+    return xl_host
 
 
 def vcpu_rows(host, name):

@@ -10,7 +10,6 @@ import struct
 
 import pytest
 
-from actors.console.actor import ConsoleShell
 from actors.transport import PeerGone
 from protocols.errno import Errno, XenError
 from protocols.libxl_types import DomainConfig
@@ -23,16 +22,8 @@ COUNT = re.compile(r"^counter (\d+)$")
 
 
 @pytest.fixture
-def host(threaded_host, tmp_path):
-    threaded_host.start_toolstack()
-    threaded_host.start(CONSOLED, ConsoleShell(HOST, threaded_host.clients(CONSOLED),
-                                               threaded_host.log, str(tmp_path / "logs")))
-    yield threaded_host
-    for name in list(threaded_host.toolstack.core.records):
-        try:
-            threaded_host.call(XL, "destroy", name)
-        except XenError:
-            pass
+def host(xl_host):
+    return xl_host
 
 
 def create(host, name, cmdline, memory=8):
