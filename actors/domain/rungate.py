@@ -295,6 +295,7 @@ class RunGate:
         the hypervisor; an upcall meanwhile wakes the vCPU there, so it takes its pCPU and
         blocks again (Linux's idle loop) rather than waiting on as a running vCPU. Halted at
         a shutdown unless ``shutdown_ok`` (``done`` sees it then)."""
+        can_block = self.port is not None and current_gate() is self
         while True:
             with self.blocking() as token, self.cv:
                 slot = self._slot()
@@ -304,8 +305,9 @@ class RunGate:
                         raise Halted
                     if (wait := left()) is not None and wait <= 0:
                         return False
-                    if token is not None and slot.upcalls != token:
-                        break  # interrupted: run, then block again
+                    if can_block and (token is None or slot.upcalls != token):
+                        break  # interrupted, or the block refused for upcalls that have
+                        # landed now: run, then block again
                     self.cv.wait(wait)
                 else:
                     return True

@@ -221,3 +221,15 @@ def test_an_unrelated_upcall_wakes_the_vcpu_which_then_blocks_again(how):
         cv.notify_all()
     gate.wake()
     assert done.wait(10)
+
+
+def test_a_wait_whose_block_was_refused_blocks_once_the_upcall_has_landed():
+    """SCHEDOP_block refused (an upcall in flight): once it lands the vCPU blocks again,
+    rather than spending the rest of its wait as a running vCPU."""
+    gate, hv = vcpu_gate()
+    hv.in_flight = 1
+    t = threading.Thread(target=lambda: (gate.on_vcpu_thread(),
+                                         gate.wait_event(lambda: False, 2)), daemon=True)
+    t.start()
+    wait_until(lambda: hv.blocked, "the vCPU to block after the refusal")
+    assert hv.calls[:2] == ["block 0", "block 1"]
