@@ -1,10 +1,13 @@
 """The hypervisor of one emulated host, as a pure state machine.
 
 It manages CPU and memory only (DESIGN.md): the domain table, memory, event channels,
-grant tables. Every request arrives as a msgpack hypercall with the caller's credential;
+grant tables, and the vCPUs the host's scheduler runs (their hypercalls in
+:mod:`.scheduling`, a base of :class:`Hypervisor`; ``memory_op`` in :mod:`.memops`). Every
+request arrives as a msgpack hypercall with the caller's credential;
 :meth:`Hypervisor.hypercall` returns the encoded ``[rc, result]`` plus the effects the Ray
-shell must carry out. State changes only through :meth:`hypercall`, :meth:`boot_dom0` and
-:meth:`vcpu_exited`; never touch the attributes from outside.
+shell must carry out. State changes only through :meth:`hypercall`, :meth:`boot_dom0`,
+:meth:`vcpu_exited` and the timer interrupt (``expire_timers``); never touch the attributes
+from outside.
 
 Upcall routing: a port's upcall goes to the endpoint (actor) that bound or allocated it,
 as ``/dev/xen/evtchn`` is per process in a real Dom0; a DomU has one endpoint, fixed by the
@@ -34,18 +37,19 @@ from actors.hypervisor.domains import Domain, DomainTable, Dying
 from actors.hypervisor import memops
 from actors.hypervisor import sched as schedulers
 from actors.hypervisor.effects import (ConsoleLine, Deliver, Effect, GateVcpus, ReleaseMemory,
-                                       RunVcpu, WatchVcpu)
+                                       WatchVcpu)
 from actors.hypervisor.grants import Frames, Grants
 from actors.hypervisor.logdirty import DirtyLog, NoDirtyLog
+from actors.hypervisor.scheduling import Scheduling
 from actors.hypervisor.vcpus import Vcpus
 from protocols import evtchn as ev
-from protocols.cpumap import from_bitmap, to_bitmap
+from protocols.cpumap import to_bitmap
 from protocols.errno import Errno, XenError
 from protocols.gnttab import GNTST
 from protocols.hypercall import (DOMID_SELF, SHADOW_LOGDIRTY_FINAL, ConsoleIO, CreateDomainFlag,
-                                 Domctl, EvtchnOp, GnttabOp, Hypercall, SchedCmd,
-                                 SchedOp, ShadowMode, ShadowOp, ShutdownReason, Sysctl, VcpuOp,
-                                 Virq, XenVersion, decode_call, encode_result)
+                                 Domctl, EvtchnOp, GnttabOp, Hypercall, SchedOp, ShadowMode,
+                                 ShadowOp, ShutdownReason, Sysctl, Virq, XenVersion,
+                                 decode_call, encode_result)
 from protocols.migration.vcpu import VGCF_IN_KERNEL, VGCF_ONLINE, VcpuContext
 from protocols.page import PAGE_SIZE
 from protocols.shared_info import EVTCHN_2L_NR_CHANNELS
@@ -54,7 +58,7 @@ XEN_VERSION = (4, 22)
 GTSC_KHZ = 1_000_000  # the guest's TSC counts nanoseconds: a 1 GHz clock
 
 
-class Hypervisor:
+class Hypervisor(Scheduling):
     def __init__(self, host: str, *, memory_mib: int, pcpus: int, mem_prefix: str,
                  frames: Frames, sched: str = schedulers.DEFAULT,
                  sched_params: dict | None = None, dirtylog: DirtyLog | None = None,
@@ -178,23 +182,6 @@ class Hypervisor:
             return []
         return self._shutdown(dom, ShutdownReason.crash)
 
-    def next_deadline(self) -> int | None:
-        """When :meth:`expire_timers` must next run (``time.monotonic_ns``), None: never."""
-        return self.vcpus.next_deadline(self._clock_ns())
-
-    def expire_timers(self) -> list[Effect]:
-        """The host's timer interrupt: vCPU timers due raise ``VIRQ_TIMER`` (and wake their
-        vCPUs), and the scheduler ticks if it is due."""
-        now = self._clock_ns()
-        fired, switches = self.vcpus.expire(now)
-        effects = self._switched(switches)
-        for domid, vcpu in fired:
-            upcall = self.evtchn.send_virq(domid, Virq.TIMER, vcpu)
-            effects += self._route(upcall)
-            if upcall is None:  # not bound: the timer still wakes a blocked vCPU
-                effects += self._switched(self.vcpus.wake(domid, vcpu, now))
-        return effects
-
     def statistics(self) -> dict[str, Any]:
         es = self.evtchn.statistics()
         return {
@@ -238,27 +225,6 @@ class Hypervisor:
             effects += self._switched(self.vcpus.delivered(upcall.domid, upcall.vcpu,
                                                            upcall.port, self._clock_ns()))
         return effects
-
-    def _switched(self, switches: list) -> list[Effect]:
-        """What the scheduler's context switches mean to the domains' processes: the vCPU
-        switched from stops at its next kernel entry, the one switched to may run."""
-        effects: list[Effect] = []
-        for sw in switches:
-            for key, run in ((sw.prev, False), (sw.next, True)):
-                if key is None:
-                    continue
-                ep = self._domu_endpoint.get(key[0])
-                if ep is not None:
-                    self._gate_seq += 1
-                    effects.append(RunVcpu(ep, key[1], run, self._gate_seq))
-        return effects
-
-    def _set_running(self, dom: Domain) -> list[Effect]:
-        """``vcpu_runnable``'s domain part changed (pause, shutdown, the process handed
-        over): tell the scheduler."""
-        running = (dom.domid in self._domu_endpoint and not dom.paused
-                   and not dom.is_shutdown and dom.dying is Dying.ALIVE)
-        return self._switched(self.vcpus.set_running(dom.domid, running, self._clock_ns()))
 
     def _own_port(self, domid: int, port: int, endpoint: str) -> None:
         self._port_endpoint.setdefault(domid, {})[port] = endpoint
@@ -310,57 +276,13 @@ class Hypervisor:
         raise XenError(Errno.ENOSYS, "CONSOLEIO_read has no input here")
 
     def _sched_op(self, dom, ep, sub, args):
-        if sub == SchedOp.block:
-            blocked, switches = self.vcpus.block(dom.domid, args["vcpu"], args["events"],
-                                                 self._clock_ns())
-            return self._block_answer(dom, args["vcpu"], blocked), self._switched(switches)
-        if sub == SchedOp.yield_:
-            self.vcpus.get(dom.domid, args["vcpu"])
-            return 0, self._switched(self.vcpus.sched.yield_(dom.domid, args["vcpu"],
-                                                             self._clock_ns()))
-        if sub == SchedOp.poll:
-            return self._poll(dom, args)
         if sub == SchedOp.shutdown:
             return 0, self._shutdown(dom, _reason(args["reason"]))
         if sub == SchedOp.remote_shutdown:
             _privileged(dom)
             target = self.table.get(args["domain_id"])
             return 0, self._shutdown(target, _reason(args["reason"]))
-        raise XenError(Errno.ENOSYS)
-
-    def _poll(self, dom: Domain, args: dict) -> tuple[Any, list[Effect]]:
-        """``do_poll``: block until one of the ports is pending or the timeout (absolute ns,
-        0: none). Xen's refusals: more than 128 ports or one beyond the domain's -EINVAL."""
-        ports = frozenset(args["ports"])
-        if any(p >= EVTCHN_2L_NR_CHANNELS for p in ports):
-            raise XenError(Errno.EINVAL, "poll on a port beyond the 2-level ABI's")
-        shared = self.evtchn.shared_info(dom.domid)
-        if any(shared.is_pending(p) for p in ports):
-            return self._block_answer(dom, args["vcpu"], False), []
-        blocked, switches = self.vcpus.poll(dom.domid, args["vcpu"], ports,
-                                            self._timeout(args["timeout"]), args["events"],
-                                            self._clock_ns())
-        return self._block_answer(dom, args["vcpu"], blocked), self._switched(switches)
-
-    def _block_answer(self, dom: Domain, vcpu: int, blocked: bool) -> dict[str, Any]:
-        """Blocked or not; the last vCPU-message seq (older ones are stale to the guest now);
-        the upcalls sent for the vCPU (it waits for those in flight when it did not block)."""
-        return {"blocked": blocked, "seq": self._gate_seq,
-                "events": self.vcpus.get(dom.domid, vcpu).delivered}
-
-    def _set_timer_op(self, dom, ep, sub, args):
-        """``set_timer_op(timeout)``: the vCPU's one-shot timer, absolute ns on the host's
-        clock (0: cancel). It raises ``VIRQ_TIMER`` (:meth:`expire_timers`)."""
-        self.vcpus.set_timer(dom.domid, args["vcpu"], self._timeout(args["timeout"]))
-        return 0, []
-
-    def _timeout(self, timeout: int) -> int:
-        """``do_set_timer_op``: a timeout more than 2^50 ns (13 days) ahead is a guest's
-        "never" (Linux asks for ~0 when idle): it becomes now + 2^32 ns, as in Xen."""
-        now = self._clock_ns()
-        if timeout and timeout - now > 1 << 50:
-            return now + (1 << 32)
-        return timeout
+        return self._vcpu_sched_op(dom, sub, args)
 
     def _shutdown(self, dom: Domain, reason: int) -> list[Effect]:
         """``domain_shutdown``: latch the first code, stop the vCPUs, tell Dom0 (DOM_EXC)."""
@@ -439,29 +361,6 @@ class Hypervisor:
         _privileged(dom)
         return self.table.get(domid)
 
-    def _vcpu_op(self, dom, ep, sub, a):
-        if a["vcpuid"] >= dom.max_vcpus:
-            raise XenError(Errno.ENOENT, f"no vCPU {a['vcpuid']}")
-        v, now = a["vcpuid"], self._clock_ns()
-        scheduled = dom.domid in self.vcpus.domains
-        if sub == VcpuOp.is_up:
-            if scheduled:
-                return int(self.vcpus.get(dom.domid, v).online), []
-            return int(v < dom.online_vcpus), []
-        if not scheduled:
-            raise XenError(Errno.ENOSYS, "Dom0's vCPUs are not scheduled here")
-        if sub == VcpuOp.get_runstate_info:
-            return self.vcpus.sched.runstate(dom.domid, v, now), []
-        if sub in (VcpuOp.up, VcpuOp.down):
-            return 0, self._switched(self.vcpus.set_online(dom.domid, v, sub == VcpuOp.up, now))
-        if sub == VcpuOp.set_singleshot_timer:
-            self.vcpus.set_timer(dom.domid, v, self._timeout(a["timeout_abs_ns"]))
-            return 0, []
-        if sub == VcpuOp.stop_singleshot_timer:
-            self.vcpus.set_timer(dom.domid, v, None)
-            return 0, []
-        raise XenError(Errno.ENOSYS)
-
     # -- privileged: domctl and sysctl -------------------------------------------------
 
     def _domctl(self, dom, ep, sub, a):
@@ -517,46 +416,6 @@ class Hypervisor:
             return {"tsc_mode": 0, "gtsc_khz": GTSC_KHZ, "incarnation": 0,
                     "elapsed_nsec": max(0, now - self._created_ns.get(d, now))}, []
         raise XenError(Errno.ENOSYS)
-
-    # -- the scheduler's controls ---------------------------------------------------------
-
-    def _scheduler_op(self, target: Domain, a: dict) -> tuple[Any, list[Effect]]:
-        """``XEN_DOMCTL_scheduler_op``: weight and cap of one domain. Xen's refusals: another
-        scheduler's id -EINVAL; out-of-range values -EINVAL. For putinfo, weight 0 and cap
-        0xFFFF leave the value as it is (``sched_credit_domain_set``)."""
-        sched = self.vcpus.sched
-        if a["sched_id"] != sched.sched_id or target.domid not in self.vcpus.domains:
-            raise XenError(Errno.EINVAL, f"the host runs {sched.name} (id {sched.sched_id})")
-        if a["cmd"] == SchedCmd.getinfo:
-            return sched.get_params(target.domid), []
-        if a["cmd"] != SchedCmd.putinfo:
-            raise XenError(Errno.EINVAL, f"scheduler cmd {a['cmd']}")
-        weight = a["weight"] or None
-        cap = None if a["cap"] == 0xFFFF else a["cap"]
-        try:
-            switches = sched.set_params(target.domid, self._clock_ns(), weight=weight, cap=cap)
-        except ValueError as e:
-            raise XenError(Errno.EINVAL, str(e)) from e
-        return 0, self._switched(switches)
-
-    def _getvcpuinfo(self, target: Domain, vcpu: int) -> dict[str, Any]:
-        """``XEN_DOMCTL_getvcpuinfo``: what ``xl vcpu-list`` shows."""
-        v = self.vcpus.get(target.domid, vcpu)
-        rs = self.vcpus.sched.runstate(target.domid, vcpu, self._clock_ns())
-        cpu = self.vcpus.sched.where(target.domid, vcpu)
-        return {"vcpu": vcpu, "online": int(v.online), "blocked": int(v.blocked),
-                "running": int(rs["state"] == 0), "cpu_time": rs["time"][0],
-                "cpu": -1 if cpu is None else cpu}
-
-    def _setvcpuaffinity(self, target: Domain, a: dict) -> tuple[Any, list[Effect]]:
-        """``XEN_DOMCTL_setvcpuaffinity`` (hard affinity): a mask with no online pCPU
-        -EINVAL; the effective mask comes back."""
-        cpus = from_bitmap(a["cpumap_hard"], self.pcpus)
-        try:
-            switches = self.vcpus.set_affinity(target.domid, a["vcpu"], cpus, self._clock_ns())
-        except ValueError as e:
-            raise XenError(Errno.EINVAL, str(e)) from e
-        return {"cpumap_hard": to_bitmap(cpus, self.pcpus)}, self._switched(switches)
 
     # -- log-dirty (XEN_DOMCTL_shadow_op, xen/arch/x86/mm/paging.c) ----------------------
 
@@ -734,25 +593,6 @@ class Hypervisor:
         if sub == Sysctl.scheduler_op:
             return self._sysctl_scheduler_op(a), []
         raise XenError(Errno.ENOSYS)
-
-    def _sysctl_scheduler_op(self, a: dict) -> dict[str, Any]:
-        """``XEN_SYSCTL_scheduler_op``: the host's (pool 0's) timeslice and ratelimit; 0
-        leaves a value as it is. Another scheduler's id or pool, or a value out of range:
-        -EINVAL."""
-        sched = self.vcpus.sched
-        if a["sched_id"] != sched.sched_id or a["cpupool_id"] != 0:
-            raise XenError(Errno.EINVAL, f"the host runs {sched.name} in pool 0")
-        if a["cmd"] == SchedCmd.putinfo:
-            kw = {k: a[k] for k in ("tslice_ms", "ratelimit_us")
-                  if a[k] and k in sched.get_global()}
-            try:
-                sched.set_global(self._clock_ns(), **kw)
-            except ValueError as e:
-                raise XenError(Errno.EINVAL, str(e)) from e
-        elif a["cmd"] != SchedCmd.getinfo:
-            raise XenError(Errno.EINVAL, f"scheduler cmd {a['cmd']}")
-        return {"sched": sched.name, **sched.get_global()}
-
 
 def _privileged(dom: Domain) -> None:
     if not dom.privileged:
