@@ -54,8 +54,6 @@ class Domain:
     shutdown_code: int | None = None
     is_shutdown: bool = False
     dying: Dying = Dying.ALIVE
-    blocked: bool = False  # every online vCPU blocked (reported by the guest kernel)
-    cpu_time_ns: int = 0
     p2m: P2M = dataclasses.field(default_factory=P2M, repr=False)  # its populated pfns
 
     @property
@@ -65,7 +63,7 @@ class Domain:
     def info_flags(self, vcpus: tuple[bool, bool] | None = None) -> int:
         """``getdomaininfo`` flags, with the shutdown code in bits 16..23. ``vcpus``: the
         scheduler's (any vCPU running, every online vCPU blocked); None for a domain it does
-        not run (Dom0: running unless the guest said blocked)."""
+        not run (Dom0: running)."""
         flags = DomInfoFlag(0)
         if self.dying is Dying.DEAD:
             flags |= DomInfoFlag.dying
@@ -77,7 +75,7 @@ class Domain:
             flags |= DomInfoFlag.paused
         runnable = self.online_vcpus > 0 and not self.paused and not self.is_shutdown
         if runnable and self.dying is Dying.ALIVE:
-            running, blocked = vcpus if vcpus is not None else (not self.blocked, self.blocked)
+            running, blocked = vcpus if vcpus is not None else (True, False)
             if running:
                 flags |= DomInfoFlag.running
             if blocked:

@@ -147,15 +147,16 @@ cmd_pause = _by_name("pause")
 cmd_unpause = _by_name("unpause")
 
 
-def cmd_mem_set(a: argparse.Namespace) -> int:
-    """``xl mem-set NAME SIZE``: silent on success, as xl."""
-    ask("mem_set", name=a.name, size=a.size)
-    return 0
+def _sized(op: str):
+    """``xl mem-set`` / ``mem-max NAME SIZE``: silent on success, as xl."""
+    def impl(a: argparse.Namespace) -> int:
+        ask(op, name=a.name, size=a.size)
+        return 0
+    return impl
 
 
-def cmd_mem_max(a: argparse.Namespace) -> int:
-    ask("mem_max", name=a.name, size=a.size)
-    return 0
+cmd_mem_set = _sized("mem_set")
+cmd_mem_max = _sized("mem_max")
 
 
 def cmd_shutdown(a: argparse.Namespace) -> int:
