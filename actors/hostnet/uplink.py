@@ -331,16 +331,20 @@ class UplinkSender:
         with self._cv:
             return self.schedule.admit(host, count)
 
-    def _wake_at(self, due: float) -> None:
-        """Under the lock: have the thread look again at ``due``."""
+    def _wake_at(self, due: float) -> bool:
+        """Under the lock: have the thread look again at ``due``. False if ``due`` has come
+        already: then there is no timer, only a notify, which the thread itself must not
+        wait for (it would be the one it wakes)."""
         delay = due - self._runtime.monotonic()
         if delay <= 0:
             self._cv.notify()
-        elif due < self._timer_due:
+            return False
+        if due < self._timer_due:
             if self._timer is not None:
                 self._timer.cancel()
             self._timer_due = due
             self._timer = self._runtime.call_later(delay, self._due)
+        return True
 
     def _due(self) -> None:
         with self._cv:
@@ -353,10 +357,12 @@ class UplinkSender:
                 while not self._closed:
                     batches = self.schedule.pop_due(self._runtime.monotonic())
                     if not batches:
+                        # the earliest frame may have come due since pop_due looked (a
+                        # loaded machine): look again, rather than wait for a notify nobody
+                        # sends (a submit notifies only for a frame due before all others)
                         due = self.schedule.next_due()
-                        if due is not None:
-                            self._wake_at(due)
-                        self._cv.wait()
+                        if due is None or self._wake_at(due):
+                            self._cv.wait()
                         continue
                     self._cv.release()  # send without holding up the submitters
                     try:

@@ -4,6 +4,7 @@ xenstore, and the sender thread (on the ``clock`` fixture's time). Link shaping 
 link.py's (tc netem)."""
 
 import random
+import threading
 
 import pytest
 from hypothesis import given
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from actors.hostnet.link import LinkSpec
 from actors.hostnet.uplink import (PEERS, Peer, UplinkSchedule, UplinkSender, load_peers,
                                    save_peers)
+from tests.clock import ManualRuntime
 from tests.waits import wait_until
 
 
@@ -184,6 +186,35 @@ def test_uplink_sender_sends_an_undelayed_frame_without_a_timer(clock):
         sender.submit("h2", "xenbr0", b"now")
         wait_until(lambda: got, "the frame")
         assert got == [("h2", "xenbr0", [b"now"])] and clock.pending() == 0
+    finally:
+        sender.close()
+
+
+class _SlowSenderClock(ManualRuntime):
+    """A test clock that moves ``step`` on each time the sender's thread reads it: the time a
+    loaded machine may take between two lines of that thread."""
+
+    step = 0.0
+
+    def monotonic(self) -> float:
+        if threading.current_thread().name == "uplink-sender":
+            with self._lock:
+                self.now += self.step
+        return super().monotonic()
+
+
+def test_uplink_sender_sends_a_frame_that_came_due_while_it_went_to_sleep():
+    """The frame is not due when the thread looks for due frames but is by the time it
+    would set its timer (the stall seen in CI: 3.4 s until an unrelated notify)."""
+    clock, got = _SlowSenderClock(), []
+    sender = UplinkSender(lambda *batch: got.append(batch), runtime=clock)
+    try:
+        sender.set_links({"h2": LinkSpec(latency_s=0.015)})
+        sender.submit("h2", "xenbr0", b"late")
+        clock.step = 0.01  # pop_due reads +0.01 (not due), the timer's arming +0.02 (due)
+        sender.set_links({"h2": LinkSpec(latency_s=0.015)})  # the thread looks again
+        wait_until(lambda: got, "the frame, without the clock moved by the test")
+        assert got == [("h2", "xenbr0", [b"late"])]
     finally:
         sender.close()
 
