@@ -169,6 +169,7 @@ class EventChannels:
         self._global_virq_handlers: dict[int, int] = {}
         self._sends = self._upcalls = self._coalesced = self._dropped = 0
         self.ports_probed = 0  # candidates get_free_port looked at: its cost
+        self._raised: list[tuple[int, int]] = []  # (domid, port) newly pending, for pollers
 
     # -- domains ------------------------------------------------------------------------------
 
@@ -551,8 +552,17 @@ class EventChannels:
         chn.free()
         d1.queue_free(port1)
 
+    def take_raised(self) -> list[tuple[int, int]]:
+        """The (domid, port)s newly made pending since the last call, masked or not: Xen
+        runs ``evtchn_check_pollers`` for each (a ``SCHEDOP_poll`` on a masked port wakes
+        on it, with no upcall)."""
+        raised, self._raised = self._raised, []
+        return raised
+
     def _set_pending(self, d: _Domain, vcpu: int, port: int) -> Upcall | None:
         done = d.shared_info.evtchn_2l_set_pending(vcpu, port)
+        if done is not SetPending.COALESCED:
+            self._raised.append((d.domid, port))
         if done is SetPending.KICK:
             self._upcalls += 1
             return Upcall(d.domid, vcpu, port)

@@ -63,6 +63,13 @@ class Scheduling:
                     effects.append(RunVcpu(ep, key[1], run, self._gate_seq))
         return effects
 
+    def _check_pollers(self) -> list[Effect]:
+        """``evtchn_check_pollers`` for every port an event-channel op made pending."""
+        now, switches = self._clock_ns(), []
+        for domid, port in self.evtchn.take_raised():
+            switches += self.vcpus.check_pollers(domid, port, now)
+        return self._switched(switches)
+
     def _set_running(self, dom: Domain) -> list[Effect]:
         """``vcpu_runnable``'s domain part changed (pause, shutdown, the process handed
         over): tell the scheduler."""

@@ -209,8 +209,10 @@ class Hypervisor(Scheduling):
     # -- upcall routing ----------------------------------------------------------------
 
     def _route(self, upcall: ev.Upcall | None) -> list[Effect]:
+        """What an event-channel op's upcall (if any) means: Deliver it to the endpoints
+        that bound its ports, then wake the vCPU, and pollers of the ports it raised."""
         if upcall is None:
-            return []
+            return self._check_pollers()
         ports = self.evtchn.shared_info(upcall.domid).guest_take_pending(upcall.vcpu)
         by_endpoint: dict[str, list[int]] = {}
         endpoints = self._port_endpoint.get(upcall.domid, {})
@@ -223,8 +225,8 @@ class Hypervisor(Scheduling):
                                  for ep, p in by_endpoint.items()]
         if by_endpoint and upcall.domid in self.vcpus.domains:  # after it: the upcall first
             effects += self._switched(self.vcpus.delivered(upcall.domid, upcall.vcpu,
-                                                           upcall.port, self._clock_ns()))
-        return effects
+                                                           self._clock_ns()))
+        return effects + self._check_pollers()
 
     def _own_port(self, domid: int, port: int, endpoint: str) -> None:
         self._port_endpoint.setdefault(domid, {})[port] = endpoint

@@ -130,17 +130,27 @@ class Vcpus:
         self._arm(domid, vcpu, "poll_ns", None)
         return self.refresh(domid, now)
 
-    def delivered(self, domid: int, vcpu: int, port: int, now: int) -> list[Switch]:
-        """An upcall went to the domain's process: count it; it wakes the vCPU it is for
-        (a poller only for one of its ports)."""
+    def delivered(self, domid: int, vcpu: int, now: int) -> list[Switch]:
+        """An upcall went to the domain's process: count it; it wakes the vCPU it is for,
+        a poller too (``vcpu_mark_events_pending`` kicks, and ``vcpu_kick`` unblocks)."""
         dv = self.domains.get(domid)
         if dv is None or not 0 <= vcpu < len(dv.vcpus):
             return []
-        v = dv.vcpus[vcpu]
-        v.delivered += 1
-        if v.poll_ports and port not in v.poll_ports:
-            return []
+        dv.vcpus[vcpu].delivered += 1
         return self.wake(domid, vcpu, now)
+
+    def check_pollers(self, domid: int, port: int, now: int) -> list[Switch]:
+        """``evtchn_check_pollers``: ``port`` of the domain became pending (masked or not);
+        a vCPU polling that one port wakes, and one polling several wakes on any port (Xen
+        keeps only ``poll_evtchn`` -1 for those; the guest looks again)."""
+        dv = self.domains.get(domid)
+        if dv is None:
+            return []
+        switches: list[Switch] = []
+        for i, v in enumerate(dv.vcpus):
+            if v.poll_ports and (len(v.poll_ports) > 1 or port in v.poll_ports):
+                switches += self.wake(domid, i, now)
+        return switches
 
     def set_online(self, domid: int, vcpu: int, online: bool, now: int) -> list[Switch]:
         """``VCPUOP_up`` / ``VCPUOP_down``."""

@@ -263,3 +263,48 @@ def test_a_poll_times_out_on_its_own_timer_not_the_vcpus(world):
     assert ("h1/a", True) in runs(effects)  # woken by the poll's timeout ...
     assert not any(isinstance(e, Deliver) for e in effects)  # ... with no VIRQ_TIMER
     assert hv.vcpus.get(a, 0).timer_ns == clock.ns + 48 * MS  # its own timer still armed
+
+
+def _pair(hv, ga, gb, a, b):
+    """An interdomain channel b -> a: (a's port, b's port)."""
+    port = ga(Hypercall.event_channel_op, EvtchnOp.alloc_unbound, dom=0x7FF0,
+              remote_dom=b)[1]["port"]
+    rport = gb(Hypercall.event_channel_op, EvtchnOp.bind_interdomain, remote_dom=a,
+               remote_port=port)[1]["local_port"]
+    return port, rport
+
+
+def test_a_poll_on_a_masked_port_wakes_when_it_is_raised_with_no_upcall(world):
+    """evtchn_check_pollers: Linux polls masked ports (xen_poll_irq); a masked port raised
+    sends no upcall, but wakes the vCPU polling it, and only that one's poller."""
+    hv, clock = world
+    a, ga, _ = start(hv, "a")
+    b, gb, _ = start(hv, "b")
+    (p1, r1), (p2, r2) = _pair(hv, ga, gb, a, b), _pair(hv, ga, gb, a, b)
+    for p in (p1, p2):
+        hv.evtchn.shared_info(a).mask(p)
+    assert ga(Hypercall.sched_op, SchedOp.poll, vcpu=0, events=0, ports=[p1],
+              timeout=0)[1]["blocked"]
+    gb(Hypercall.event_channel_op, EvtchnOp.send, port=r2)  # not the port it polls
+    assert hv.vcpus.get(a, 0).blocked and not any(isinstance(e, Deliver) for e in gb.effects)
+    gb(Hypercall.event_channel_op, EvtchnOp.send, port=r1)
+    assert not any(isinstance(e, Deliver) for e in gb.effects)  # masked: no upcall ...
+    assert not hv.vcpus.get(a, 0).blocked  # ... but the poller is woken
+    # a poll on several ports wakes on any port raised (Xen keeps no list: poll_evtchn -1)
+    hv.evtchn.shared_info(a).clear_pending(p1)
+    hv.evtchn.shared_info(a).clear_pending(p2)
+    assert ga(Hypercall.sched_op, SchedOp.poll, vcpu=0, events=0, ports=[p1, 7],
+              timeout=0)[1]["blocked"]
+    gb(Hypercall.event_channel_op, EvtchnOp.send, port=r2)
+    assert not hv.vcpus.get(a, 0).blocked
+
+
+def test_a_poll_wakes_on_an_upcall_for_any_port_as_vcpu_kick_unblocks(world):
+    hv, clock = world
+    a, ga, _ = start(hv, "a")
+    b, gb, _ = start(hv, "b")
+    p, r = _pair(hv, ga, gb, a, b)
+    assert ga(Hypercall.sched_op, SchedOp.poll, vcpu=0, events=0, ports=[p + 1],
+              timeout=0)[1]["blocked"]
+    gb(Hypercall.event_channel_op, EvtchnOp.send, port=r)
+    assert Deliver("h1/a", a, (p,)) in gb.effects and not hv.vcpus.get(a, 0).blocked
