@@ -237,14 +237,19 @@ class PVKernel:
         self.xs.on_event(data)
 
     def statistics(self) -> dict[str, Any]:
+        """The kernel's counters under ``gate.cv``, the devices' after it: a device's lock
+        is taken before ``gate.cv`` (a vCPU blocking on its network stack's VcpuCondition,
+        blkfront waking the gate), so asking a device under ``gate.cv`` could deadlock."""
         with self.gate.cv:
-            return {**self.stats, **self.xenwatch.stats, **self.hvc.stats, **self.control.stats,
-                    **self.gate.status(), "domid": self.domid, "init": self.init_name,
-                    "clock": self._now(), "resumed": self.resume, "suspends": self._suspends,
-                    "init_memory": {} if self.initmem is None else {
-                        name: pages for name, (_, pages, _) in self.initmem.regions().items()},
-                    "vbd": self.blk.statistics() if self.blk is not None else {},
-                    "vif": self.net_devices.statistics() if self.net_devices else {}}
+            stats = {**self.stats, **self.xenwatch.stats, **self.hvc.stats,
+                     **self.control.stats, **self.gate.status(), "domid": self.domid,
+                     "init": self.init_name, "clock": self._now(), "resumed": self.resume,
+                     "suspends": self._suspends,
+                     "init_memory": {} if self.initmem is None else {
+                         name: pages for name, (_, pages, _) in self.initmem.regions().items()}}
+            blk, net = self.blk, self.net_devices
+        return {**stats, "vbd": blk.statistics() if blk is not None else {},
+                "vif": net.statistics() if net else {}}
 
     # -- GuestKernel: what GuestOS calls, on the vCPU thread ------------------------------
 

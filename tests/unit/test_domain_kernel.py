@@ -12,6 +12,8 @@ import contextlib
 import dataclasses
 import json
 import pathlib
+import sys
+import threading
 from collections.abc import Callable
 
 import numpy as np
@@ -630,3 +632,34 @@ def test_11_ping_resumed_in_a_new_domain_keeps_its_sequence_and_the_bridge_relea
     assert fdb[PINGER_MAC] == f"vif{new.domid}.0"  # moved to the new domain's port
     stack = new.stats()["vif"][0]["stack"]
     assert stack["arp_gratuitous_tx"] >= 1 and stack["mac"] == PINGER_MAC
+
+
+def test_statistics_asks_the_devices_with_the_gate_let_go(xl, netback):
+    """A vCPU blocking on its network stack holds the stack's lock and then takes gate.cv
+    (VcpuCondition); statistics asking the stack under gate.cv deadlocked the domain (seen in
+    CI: its statistics never answered). Here the stack's lock is held while statistics waits
+    for it: gate.cv must be free meanwhile."""
+    guest = xl.create("init=idle", vif=(VifSpec(devid=0, mac=TARGET_MAC, ip="10.0.0.1"),))
+    xl.until(lambda: guest.kernel.net_devices and guest.kernel.net_devices.stacks, "its vif")
+    stack, gate = guest.kernel.net_devices.stacks[0], guest.kernel.gate
+    got = []
+    with stack._cv:
+        asking = threading.Thread(target=lambda: got.append(guest.kernel.statistics()))
+        asking.start()
+        xl.until(lambda: _waits_in(asking, "netstack.py", "statistics"),
+                 "statistics to wait for the stack")
+        free = gate.cv.acquire(timeout=1)
+        if free:
+            gate.cv.release()
+    asking.join(timeout=10)
+    assert free, "statistics held gate.cv while it waited for a device"
+    assert got and got[0]["vif"][0]["stack"]["mac"] == TARGET_MAC
+
+
+def _waits_in(thread: threading.Thread, filename: str, function: str) -> bool:
+    frame = sys._current_frames().get(thread.ident)
+    while frame is not None:
+        if frame.f_code.co_filename.endswith(filename) and frame.f_code.co_name == function:
+            return True
+        frame = frame.f_back
+    return False
