@@ -431,6 +431,12 @@ class ShadowMode(enum.IntFlag):
 
 SHADOW_LOGDIRTY_FINAL = 1 << 0  # mode for CLEAN/PEEK: the last pass of a migration
 
+# XEN_DOMCTL_PFINFO_*: getpageframeinfo3's page types, in bits 31..28 of each entry
+PFINFO_LTAB_SHIFT = 28
+PFINFO_NOTAB = 0x0 << PFINFO_LTAB_SHIFT
+PFINFO_XTAB = 0xF << PFINFO_LTAB_SHIFT  # invalid page: no frame at that gfn
+PFINFO_BATCH = 1024  # arch_do_domctl: more gfns in one call is -E2BIG
+
 # --- the schema ------------------------------------------------------------------------------
 
 SUBOPS: Mapping[Hypercall, type[enum.IntEnum]] = MappingProxyType({

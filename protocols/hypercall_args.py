@@ -185,6 +185,7 @@ MEMORY_OP = {
     "populate_physmap": _RESERVATION,
     "current_reservation": struct(domid=DOMID),
     "maximum_reservation": struct(domid=DOMID),
+    "maximum_gpfn": struct(domid=DOMID),
     # struct xen_add_to_physmap_batch: Dom0 tools map a guest's frames with
     # space = XENMAPSPACE_gmfn_foreign (4); the emulator answers with the memory file.
     "add_to_physmap_batch": struct(
@@ -253,6 +254,8 @@ DOMCTL = {
     "sethvmcontext": _domctl(buffer=_BLOB),
     "set_target": _domctl(target=DOMID),
     "gettscinfo": _domctl(),
+    # struct xen_domctl_getpageframeinfo3: IN the gfns, OUT each one's XEN_DOMCTL_PFINFO_*
+    "getpageframeinfo3": _domctl(num=U64, array=Array(U64, MAX_EXTENTS)),
     "soft_reset": _domctl(),
     "get_domain_state": _domctl(),
 }  # fmt: skip

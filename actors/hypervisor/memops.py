@@ -60,6 +60,8 @@ def memory_op(table: DomainTable, grants: Grants, foreign: dict[int, set[int]],
         target = _target(table, dom, a["domid"])
         pages = target.tot_pages if sub == MemoryOp.current_reservation else target.max_pages
         return (pages, None), []  # memory_op returns counts as its rc (13)
+    if sub == MemoryOp.maximum_gpfn:  # a saver sizes its p2m with it (xc_domain_nr_gpfns)
+        return (max(_target(table, dom, a["domid"]).p2m.max_pfn(), 0), None), []
     if sub in (MemoryOp.populate_physmap, MemoryOp.increase_reservation,
                MemoryOp.decrease_reservation):
         return _reservation(table, grants, foreign, memory_path, dom, sub, a)

@@ -51,6 +51,10 @@ class P2M:
         """Does ``pfn`` hold a page?"""
         return type(pfn) is int and 0 <= pfn < len(self.bits) and self.bits[pfn] == _PAGE
 
+    def max_pfn(self) -> int:
+        """The highest populated pfn, -1 if none (``domain_get_maximum_gpfn``)."""
+        return self.bits.rfind(_PAGE)
+
     def grow(self, nr_pfns: int) -> None:
         """The address space is ``nr_pfns`` now (never less than it was); new pfns are holes."""
         self.nr_pfns = max(self.nr_pfns, nr_pfns)

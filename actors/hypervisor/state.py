@@ -46,8 +46,9 @@ from protocols import evtchn as ev
 from protocols.cpumap import to_bitmap
 from protocols.errno import Errno, XenError
 from protocols.gnttab import GNTST
-from protocols.hypercall import (DOMID_SELF, SHADOW_LOGDIRTY_FINAL, ConsoleIO, CreateDomainFlag,
-                                 Domctl, EvtchnOp, GnttabOp, Hypercall, SchedOp, ShadowMode,
+from protocols.hypercall import (DOMID_SELF, PFINFO_BATCH, PFINFO_NOTAB, PFINFO_XTAB,
+                                 SHADOW_LOGDIRTY_FINAL, ConsoleIO, CreateDomainFlag, Domctl,
+                                 EvtchnOp, GnttabOp, Hypercall, MemoryOp, SchedOp, ShadowMode,
                                  ShadowOp, ShutdownReason, Sysctl, Virq, XenVersion,
                                  decode_call, encode_result)
 from protocols.migration.vcpu import VGCF_IN_KERNEL, VGCF_ONLINE, VcpuContext
@@ -340,9 +341,21 @@ class Hypervisor(Scheduling):
         raise XenError(Errno.ENOSYS)
 
     def _memory_op(self, dom, ep, sub, a):
-        """Reservations over each domain's p2m, memory maps, foreign maps (:mod:`.memops`)."""
-        return memops.memory_op(self.table, self.grants, self._foreign, self.memory_path,
-                                dom, sub, a)
+        """Reservations over each domain's p2m, memory maps, foreign maps (:mod:`.memops`).
+        A pfn populated or given back while its domain is in log-dirty mode is dirty (Xen's
+        p2m marks it as it changes the entry), so a live save sends it again: its new page,
+        or an XTAB for the hole."""
+        reply, effects = memops.memory_op(self.table, self.grants, self._foreign,
+                                          self.memory_path, dom, sub, a)
+        if sub in (MemoryOp.populate_physmap, MemoryOp.increase_reservation,
+                   MemoryOp.decrease_reservation) and reply[0]:
+            target = dom.domid if a["domid"] == DOMID_SELF else a["domid"]
+            marked = self._logdirty.get(target)
+            if marked is not None:
+                size = 1 << a["extent_order"]
+                marked.update(pfn for gpfn in a["extent_start"][:reply[0]]
+                              for pfn in range(gpfn, gpfn + size))
+        return reply, effects
 
     def _grant_table_op(self, dom, ep, sub, a):
         results = self.grants.op(dom.domid, dom.privileged, sub, a["ops"])
@@ -417,7 +430,22 @@ class Hypervisor(Scheduling):
             now = self._clock_ns()
             return {"tsc_mode": 0, "gtsc_khz": GTSC_KHZ, "incarnation": 0,
                     "elapsed_nsec": max(0, now - self._created_ns.get(d, now))}, []
+        if sub == Domctl.getpageframeinfo3:
+            return self._getpageframeinfo3(target, a["num"], a["array"]), []
         raise XenError(Errno.ENOSYS)
+
+    @staticmethod
+    def _getpageframeinfo3(target: Domain, num: int, gfns: list[int]) -> dict[str, list[int]]:
+        """``XEN_DOMCTL_getpageframeinfo3``: each gfn's type, ``XEN_DOMCTL_PFINFO_XTAB`` for
+        one with no frame (a hole). A PV guest's page tables here are not Xen's frames, so
+        every populated page is NOTAB. More than 1024 gfns is -E2BIG; a shorter array than
+        ``num`` faults at its end (-EFAULT)."""
+        if num > PFINFO_BATCH:
+            raise XenError(Errno.E2BIG, f"{num} gfns in one getpageframeinfo3")
+        if len(gfns) < num:
+            raise XenError(Errno.EFAULT, "the gfn array is shorter than num")
+        p2m = target.p2m
+        return {"array": [PFINFO_NOTAB if gfn in p2m else PFINFO_XTAB for gfn in gfns[:num]]}
 
     # -- log-dirty (XEN_DOMCTL_shadow_op, xen/arch/x86/mm/paging.c) ----------------------
 

@@ -419,7 +419,9 @@ class ToolstackShell(MigrationShell, Endpoint):
         return {"domid": domid, "secret": secret, "uuid": uuid}
 
     def _memory(self, rec: Record) -> dict[str, Any]:
-        return {"memory_path": builder.populate(self.hv, rec.domid, rec.config, rec.name)}
+        """A restore's memory is populated by its stream (:mod:`.restore`)."""
+        build = builder.prepare_restore if rec.resume else builder.populate
+        return {"memory_path": build(self.hv, rec.domid, rec.config, rec.name)}
 
     def _boot_pages(self, rec: Record) -> dict[str, Any]:
         return {"console_port": builder.write_boot_pages(self.hv, rec.domid, rec.memory_path,

@@ -115,11 +115,7 @@ def populate(hv: Any, domid: int, cfg: DomainConfig, name: str) -> str:
     memory file), then ``populate_physmap`` of pfns 0 .. ``memory``, in 2 MiB extents and the
     rest in pages (libxc's PV ``meminit``). Short of memory is -ENOMEM. Returns the domain's
     memory file (what a foreign map of its first page answers)."""
-    hv(Hypercall.domctl, Domctl.max_mem, domain=domid,
-       max_memkb=cfg.memory * 1024 + LIBXL_MAXMEM_CONSTANT)
-    limit_kib = cfg.maxmem * 1024 + PV_SLACK_MEMKB
-    hv(Hypercall.memory_op, MemoryOp.set_memory_map, domid=domid,
-       map=[{"addr": 0, "size": limit_kib * 1024, "type": E820_RAM}])
+    set_memory_limits(hv, domid, cfg, cfg.memory * 1024)
     want = cfg.memory * PAGES_PER_MIB
     supers = want >> SUPERPAGE_ORDER << SUPERPAGE_ORDER
     done = _populate(hv, domid, range(0, supers, 1 << SUPERPAGE_ORDER), SUPERPAGE_ORDER)
@@ -128,6 +124,28 @@ def populate(hv: Any, domid: int, cfg: DomainConfig, name: str) -> str:
     if done < want:
         raise XenError(Errno.ENOMEM, f"host has memory for {done // PAGES_PER_MIB} of the "
                                      f"{cfg.memory} MiB domain {name!r} asks for")
+    return memory_path(hv, domid)
+
+
+def set_memory_limits(hv: Any, domid: int, cfg: DomainConfig, max_kib: int) -> None:
+    """``max_mem`` (``max_kib`` plus :data:`LIBXL_MAXMEM_CONSTANT`) and the memory map up to
+    ``maxmem`` (static-max), with nothing populated yet."""
+    hv(Hypercall.domctl, Domctl.max_mem, domain=domid,
+       max_memkb=max_kib + LIBXL_MAXMEM_CONSTANT)
+    limit_kib = cfg.maxmem * 1024 + PV_SLACK_MEMKB
+    hv(Hypercall.memory_op, MemoryOp.set_memory_map, domid=domid,
+       map=[{"addr": 0, "size": limit_kib * 1024, "type": E820_RAM}])
+
+
+def prepare_restore(hv: Any, domid: int, cfg: DomainConfig, name: str) -> str:
+    """A restore's memory: ``max_mem`` of static-max (newer libxl's ``libxl__build_pre``: a
+    guest saved while ballooning down may hold more than its target) and the memory map,
+    and only the fixed pages below ``PFN_FIRST_FREE`` populated (the stream populates the
+    rest as it brings them), since xenconsoled maps the console ring as soon as the domain
+    is introduced, before the stream's end. Returns the domain's memory file."""
+    set_memory_limits(hv, domid, cfg, cfg.maxmem * 1024)
+    if _populate(hv, domid, range(PFN_FIRST_FREE), 0) < PFN_FIRST_FREE:
+        raise XenError(Errno.ENOMEM, f"host has no memory for domain {name!r}")
     return memory_path(hv, domid)
 
 
@@ -191,10 +209,12 @@ def write_boot_pages(hv: Any, domid: int, memory_path: str, cfg: DomainConfig) -
     return port
 
 
-def rewrite_start_info(memory_path: str, console_port: int, nr_pages: int) -> si.StartInfo:
+def rewrite_start_info(memory_path: str, console_port: int, p2m_size: int) -> si.StartInfo:
     """A restore's start_info (it came in the stream): the new domain's console port, as
     libxc's ``process_start_info`` (``xg_sr_restore_x86_pv.c``) rewrites the store and console
-    fields; EINVAL if the stream's page 0 is no start_info of a domain this size."""
+    fields; EINVAL if the stream's page 0 is no start_info of a domain whose boot pages fit
+    in the stream's ``p2m_size`` pfns (its ``nr_pages`` is what it booted with: a balloon
+    may since have moved its pages, even above it)."""
     mapping = Mapping(memory_path, 0, PFN_FIRST_FREE)
     try:
         info = si.StartInfo.unpack(bytes(mapping.page(PFN_START_INFO)[:si.SIZE]))
@@ -202,9 +222,9 @@ def rewrite_start_info(memory_path: str, console_port: int, nr_pages: int) -> si
         raise XenError(Errno.EINVAL, f"the stream's start_info page: {e.detail}") from None
     finally:
         mapping.close()
-    if info.nr_pages != nr_pages:
+    if not PFN_FIRST_FREE <= info.nr_pages <= p2m_size:
         raise XenError(Errno.EINVAL, f"the stream's start_info is of a {info.nr_pages}-page "
-                                     f"domain, not of this {nr_pages}-page one")
+                                     f"domain, not of this {p2m_size}-pfn one")
     info = dataclasses.replace(info, console_mfn=PFN_CONSOLE, console_evtchn=console_port,
                                store_mfn=0, store_evtchn=0)
     _write_start_info(memory_path, info)

@@ -49,6 +49,7 @@ from protocols.hypercall import Domctl, DomInfoFlag, Hypercall, ShutdownReason, 
 from protocols.libxl_types import DomainConfig
 from protocols.migration import savefile
 from protocols.page import PAGES_PER_MIB
+from protocols.pv_layout import PFN_FIRST_FREE
 from protocols.xenstore.paths import domain_path
 
 INCOMING, MIGRATEDAWAY = "--incoming", "--migratedaway"  # xl_migrate.c's suffixes
@@ -128,7 +129,7 @@ class MigrationShell:
         t0 = time.perf_counter()
         sender = None
         try:
-            config = dataclasses.replace(rec.config, uuid=rec.uuid)  # libxl keeps the UUID
+            config = dataclasses.replace(self._retrieve_config(rec), uuid=rec.uuid)
             self.transport.call(dest, "migrate_receive", session, name, config.to_dict(),
                                 timeout=HANDSHAKE_TIMEOUT_S)
             sender = ChunkSender(lambda seq, data: self.transport.call(
@@ -179,12 +180,29 @@ class MigrationShell:
 
     def _saver(self, rec: Record, sink: Callable[[Any], None], opts: MigrateOptions,
                ready: Callable[[], Any] = lambda: None) -> DomainSaver:
-        return DomainSaver(self.hv, rec.domid, rec.memory_path,
-                           rec.config.memory * PAGES_PER_MIB, sink,
+        return DomainSaver(self.hv, rec.domid, rec.memory_path, sink,
                            lambda: builder.suspend_domain(self.xs, self.hv, rec.domid),
                            live=opts.live, debug=opts.debug, ready=ready,
                            policy=policy_named(opts.policy, opts.max_iters,
                                                opts.dirty_threshold))
+
+    def _retrieve_config(self, rec: Record) -> DomainConfig:
+        """``libxl_retrieve_domain_configuration``: the creation config with what
+        ``mem-set``, ``mem-max`` and ``vcpu-set`` changed since, from xenstore: the memory
+        target and static-max (KiB, rounded up to MiB) and the online vCPUs, which a save
+        or migration recreates the domain with."""
+        dom = domain_path(rec.domid)
+
+        def mib(key: str) -> int:
+            text = self.xs.read_str(f"{dom}/memory/{key}")
+            if not text.isdigit():
+                raise XenError(Errno.EINVAL, f"invalid memory {text!r} in {dom}/memory/{key}")
+            return -(-int(text) // 1024)
+
+        online = sum(self.xs.read_str(f"{dom}/cpu/{n}/availability", default="") == "online"
+                     for n in range(rec.config.maxvcpus))
+        return dataclasses.replace(rec.config, memory=mib("target"), maxmem=mib("static-max"),
+                                   vcpus=max(online, 1))
 
     def _go(self, dest: str, session: str, name: str) -> None:
         """"you are cleared to unpause". If the answer is lost, ask whether the copy runs;
@@ -370,7 +388,8 @@ class MigrationShell:
         tmp = f"{path}.{uuid.uuid4().hex[:8]}.part"
         try:
             with open(tmp, "xb") as f:
-                f.write(savefile.encode(json.dumps(rec.config.to_dict()), json=True))
+                config = self._retrieve_config(rec).to_dict()
+                f.write(savefile.encode(json.dumps(config), json=True))
                 saver = self._saver(rec, f.write, MigrateOptions(live=False))
                 try:
                     report = saver.run()
@@ -439,7 +458,8 @@ class MigrationShell:
         fail = next((inc.chunks.fail for inc in self._incoming.values() if inc.rec is rec),
                     lambda why: None)
         reading = self._readings[rec.token] = StreamReading(DomainRestorer(
-            rec.memory_path, rec.config.memory * PAGES_PER_MIB, rec.config.maxvcpus), fail)
+            self.hv, rec.domid, rec.memory_path, rec.config.maxmem * PAGES_PER_MIB,
+            rec.config.maxvcpus, populated=range(PFN_FIRST_FREE)), fail)
         self.runtime.spawn(reading.run, read, name=f"xl-restore-{rec.name}")
 
     def _stream(self, rec: Record) -> dict[str, Any]:
@@ -449,8 +469,7 @@ class MigrationShell:
             if inc.rec is rec:
                 inc.prepared.set()  # the sender may suspend the domain now
         restored = self._readings[rec.token].result()
-        nr_pages = rec.config.memory * PAGES_PER_MIB
-        builder.rewrite_start_info(rec.memory_path, rec.console_port, nr_pages)
+        builder.rewrite_start_info(rec.memory_path, rec.console_port, restored["p2m_size"])
         flags = self.hv(Hypercall.domctl, Domctl.getdomaininfo, domain=rec.domid)["flags"]
         if flags & DomInfoFlag.shutdown:  # its vCPUs' process died while the stream came
             raise XenError(Errno.EIO, "the restored domain crashed before it could resume")

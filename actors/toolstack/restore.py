@@ -2,76 +2,79 @@
 
 The receiver of a migration, and ``xl restore``, read the libxl stream v2 and the libxc
 stream v3 inside it (:mod:`protocols.migration`), which refuses whatever a hostile or broken
-stream gets wrong, and write each PAGE_DATA page into the new domain's memory, whose size the
-configuration fixed (a pfn beyond it is refused). After a VERIFY record every page that
-follows is compared with what memory holds instead of written (``verify_frames`` in
-``xg_sr_restore.c``), and the mismatches are counted. The vCPU contexts and TSC information
-are kept for the caller; the stream ends with libxl's END, and a stream that stops before it
-is refused.
+stream gets wrong. The new domain's memory follows the stream, as libxc's restore builds it:
+the X86_PV_P2M_FRAMES record sizes the p2m (no larger than the address space the
+configuration gave the domain: a pfn beyond either is refused), and a PAGE_DATA pfn that
+carries data is populated (``populate_pfns``: ``XENMEM_populate_physmap``, within the
+domain's ``max_mem``, or ENOMEM) the first time it comes, then written. An XTAB pfn has no
+page on the sender (a balloon gave it back): it stays a hole here, and one populated by an
+earlier round is given back (``XENMEM_decrease_reservation``), so the new domain holds
+exactly the source's pages. After a VERIFY record every page that follows is compared with
+what memory holds instead of written (``verify_frames`` in ``xg_sr_restore.c``), and the
+mismatches are counted. The vCPU contexts and TSC information are kept for the caller; the
+stream ends with libxl's END, and a stream that stops before it is refused.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
-NO_DATA = (0xD, 0xE, 0xF)  # BROKEN, XALLOC, XTAB: pfn types that carry no page
-
 from actors.memory import Mapping
 from protocols.errno import Errno, XenError
-from protocols.migration.libxc import PageData, RecType
+from protocols.hypercall import Hypercall, MemoryOp
+from protocols.migration.libxc import PageData, PageType, RecType, page_type_has_data
 from protocols.migration.libxl import SaveStreamReader
 from protocols.page import PAGE_SIZE
 
 
 class DomainRestorer:
-    """One restore into the ``nr_pages`` frames of ``memory_path``, of a domain with
-    ``max_vcpus`` vCPUs."""
+    """One restore into domain ``domid`` (its memory file ``memory_path``, an address space
+    of ``max_pfns``) of a domain with ``max_vcpus`` vCPUs; ``populated``: pfns the toolstack
+    populated before the stream (their pages are written, never populated again)."""
 
-    def __init__(self, memory_path: str, nr_pages: int, max_vcpus: int) -> None:
-        self.memory_path, self.nr_pages, self.max_vcpus = memory_path, nr_pages, max_vcpus
+    def __init__(self, hv: Any, domid: int, memory_path: str, max_pfns: int, max_vcpus: int,
+                 populated: Iterable[int] = ()) -> None:
+        self.hv, self.domid = hv, domid
+        self.memory_path, self.max_pfns, self.max_vcpus = memory_path, max_pfns, max_vcpus
+        self._populated = np.zeros(max_pfns, dtype=bool)
+        self._populated[list(populated)] = True
+        self._mapping: Mapping | None = None
+        self._pages: np.ndarray | None = None
 
     def run(self, read: Callable[[], bytes]) -> dict[str, Any]:
         """Read chunks (``b""`` at the end) until the stream's end; what it carried besides
         memory: ``vcpus`` (id -> context bytes), ``tsc``, ``verify_mismatches`` (None unless
-        the sender verified), ``pages`` written."""
-        mapping = Mapping(self.memory_path, 0, self.nr_pages)
-        pages = np.frombuffer(mapping.mm, dtype=np.uint8).reshape(self.nr_pages, PAGE_SIZE)
-        reader = SaveStreamReader(p2m_size=self.nr_pages, max_vcpus=self.max_vcpus)
+        the sender verified), ``pages`` written, ``p2m_size`` (its pfns)."""
+        reader = SaveStreamReader(p2m_size=self.max_pfns, max_vcpus=self.max_vcpus)
         out: dict[str, Any] = {"vcpus": {}, "tsc": None, "verify_mismatches": None,
-                               "pages": 0}
+                               "pages": 0, "p2m_size": 0}
         try:
             while not reader.done:
                 chunk = read()
                 if not chunk:
                     reader.close()  # raises: the stream stopped before its END
                 for rec in reader.feed(chunk):
-                    self._apply(rec, pages, out)
+                    self._apply(rec, out)
         finally:
-            del pages
-            mapping.close()
+            self._pages = None
+            if self._mapping is not None:
+                self._mapping.close()
         return out
 
-    def _apply(self, rec: Any, pages: np.ndarray, out: dict[str, Any]) -> None:
+    def _apply(self, rec: Any, out: dict[str, Any]) -> None:
         if rec.layer != "libxc":
             return
         value = rec.value
         if isinstance(value, PageData):
-            if len(set(value.pfns)) != len(value.pfns):
-                raise XenError(Errno.EINVAL, "PAGE_DATA names a pfn twice")
-            if any(t in NO_DATA for t in value.types):
-                raise XenError(Errno.EINVAL, "PAGE_DATA of a page type a PV guest here has "
-                                             "not (broken, unallocated or invalid)")
-            pfns = np.asarray(value.pfns, dtype=np.int64)
-            data = np.frombuffer(value.data, dtype=np.uint8).reshape(len(pfns), PAGE_SIZE)
-            if out["verify_mismatches"] is None:
-                pages[pfns] = data
-                out["pages"] += len(pfns)
-            else:
-                out["verify_mismatches"] += int(np.count_nonzero(
-                    (pages[pfns] != data).any(axis=1)))
+            self._page_data(value, out)
+        elif rec.type == RecType.X86_PV_P2M_FRAMES:
+            out["p2m_size"] = value.end_pfn + 1
+            self._mapping = Mapping(self.memory_path, 0, out["p2m_size"])
+            self._pages = np.frombuffer(self._mapping.mm, dtype=np.uint8).reshape(
+                out["p2m_size"], PAGE_SIZE)
         elif rec.type == RecType.VERIFY:
             out["verify_mismatches"] = 0
         elif rec.type == RecType.X86_PV_VCPU_BASIC:
@@ -81,3 +84,41 @@ class DomainRestorer:
         elif rec.type == RecType.X86_TSC_INFO:
             out["tsc"] = {"mode": value.mode, "khz": value.khz, "nsec": value.nsec,
                           "incarnation": value.incarnation}
+
+    def _page_data(self, value: PageData, out: dict[str, Any]) -> None:
+        """``process_page_data``: populate and write the pages with data; give back a
+        populated pfn that now comes as XTAB."""
+        if len(set(value.pfns)) != len(value.pfns):
+            raise XenError(Errno.EINVAL, "PAGE_DATA names a pfn twice")
+        if any(t in (PageType.BROKEN, PageType.XALLOC) for t in value.types):
+            raise XenError(Errno.EINVAL, "PAGE_DATA of a page type a PV guest here has not "
+                                         "(broken or unallocated)")
+        pfns = np.asarray(value.pfns, dtype=np.int64)
+        has_data = np.fromiter((page_type_has_data(t) for t in value.types), dtype=bool,
+                               count=len(pfns))
+        data = np.frombuffer(value.data, dtype=np.uint8).reshape(-1, PAGE_SIZE)
+        with_data = pfns[has_data]
+        if out["verify_mismatches"] is not None:
+            out["verify_mismatches"] += int(np.count_nonzero(
+                (self._pages[with_data] != data).any(axis=1)))
+            return
+        self._memory_op(MemoryOp.populate_physmap, with_data[~self._populated[with_data]])
+        self._pages[with_data] = data
+        out["pages"] += len(with_data)
+        gone = pfns[~has_data]
+        self._memory_op(MemoryOp.decrease_reservation, gone[self._populated[gone]])
+
+    def _memory_op(self, op: MemoryOp, pfns: np.ndarray) -> None:
+        """Populate or give back these pfns, each a page; ENOMEM (populate: the domain's
+        ``max_mem`` or the host's memory is short) or EBUSY if Xen does not do them all."""
+        if not len(pfns):
+            return
+        done = self.hv(Hypercall.memory_op, op, extent_start=pfns.tolist(),
+                       nr_extents=len(pfns), extent_order=0, mem_flags=0, domid=self.domid)
+        self._populated[pfns[:done]] = op == MemoryOp.populate_physmap
+        if done < len(pfns) and op == MemoryOp.populate_physmap:
+            raise XenError(Errno.ENOMEM, f"domain {self.domid} may not have the {len(pfns)} "
+                                         f"more pages the stream brings ({done} populated)")
+        if done < len(pfns):
+            raise XenError(Errno.EBUSY, f"domain {self.domid} kept {len(pfns) - done} pages "
+                                        "the stream gave back")

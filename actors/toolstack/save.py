@@ -10,9 +10,13 @@ it suspends the domain; a plain save suspends first. A debug save (``--debug``) 
 after the last pass and every page again, for the receiver to compare.
 
 The saver reads the guest's pages through Dom0's mapping of its memory file and asks the
-hypervisor only for what Xen's toolstack asks it: log-dirty (``XEN_DOMCTL_shadow_op``), the
-domain's state (``getdomaininfo``), its vCPUs' contexts and its TSC information. It writes
-bytes to a sink and never knows whether they go to a file or to another host.
+hypervisor only for what Xen's toolstack asks it: the domain's extent (``XENMEM_maximum_gpfn``:
+the p2m it sends covers pfns up to the highest populated, which a balloon may have put above
+``memory``), each batch's page types (``XEN_DOMCTL_getpageframeinfo3``: a pfn with no frame,
+one the balloon gave back, goes as XTAB with no data, ``write_batch``), log-dirty
+(``XEN_DOMCTL_shadow_op``), the domain's state (``getdomaininfo``), its vCPUs' contexts and its
+TSC information. It writes bytes to a sink and never knows whether they go to a file or to
+another host.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ import numpy as np
 from actors.memory import Mapping
 from actors.toolstack.precopy import Round, SimplePolicy, send_memory_live
 from protocols.errno import Errno, XenError
-from protocols.hypercall import (SHADOW_LOGDIRTY_FINAL, Domctl, DomInfoFlag, Hypercall, ShadowOp,
-                                 ShutdownReason, XenVersion, dominf_shutdown_code)
+from protocols.hypercall import (PFINFO_LTAB_SHIFT, SHADOW_LOGDIRTY_FINAL, Domctl, DomInfoFlag,
+                                 Hypercall, MemoryOp, ShadowOp, ShutdownReason, XenVersion,
+                                 dominf_shutdown_code)
 from protocols.migration import libxc, libxl
 from protocols.page import PAGE_SIZE
 
@@ -54,18 +59,26 @@ class SaveReport:
                 "pages_sent": sum(r.pages_sent for r in self.rounds)}
 
 
+def p2m_size(hv: Any, domid: int) -> int:
+    """The pfns a save of ``domid`` covers: up to its highest populated one
+    (``xc_domain_nr_gpfns``)."""
+    return hv(Hypercall.memory_op, MemoryOp.maximum_gpfn, domid=domid) + 1
+
+
 class DomainSaver:
-    """One save of domain ``domid`` (``nr_pages`` frames in ``memory_path``) to ``sink``.
+    """One save of domain ``domid`` (its memory file ``memory_path``) to ``sink``; its p2m
+    (``nr_pages`` pfns) is sized by :func:`p2m_size` when the save starts.
 
     ``suspend()`` is libxl's suspend callback: it asks the guest to suspend and returns once
     the domain is shut down with reason suspend (or raises). ``clock`` is what rounds are
     timed with."""
 
-    def __init__(self, hv: Any, domid: int, memory_path: str, nr_pages: int,
+    def __init__(self, hv: Any, domid: int, memory_path: str,
                  sink: Callable[[bytes], None], suspend: Callable[[], None], *,
                  live: bool, policy: SimplePolicy | None = None, debug: bool = False,
                  ready: Callable[[], None] = lambda: None,
                  clock: Callable[[], float] = time.perf_counter) -> None:
+        nr_pages = p2m_size(hv, domid)
         self.hv, self.domid, self.nr_pages = hv, domid, nr_pages
         self.sink, self.suspend = sink, suspend
         self.live, self.debug, self.ready = live, debug, ready
@@ -132,17 +145,24 @@ class DomainSaver:
         self._emit(libxc.x86_pv_p2m_frames(end_pfn, [0] * libxc.p2m_frame_count(0, end_pfn)))
 
     def _send_pages(self, pfns: Sequence[int], rate_limit: float | None = None) -> None:
-        """PAGE_DATA records of at most 1024 pages; ``rate_limit`` bytes/s (Clark's policy)."""
+        """PAGE_DATA records of at most 1024 pages, each pfn with its type (a hole: XTAB, no
+        data); ``rate_limit`` bytes/s (Clark's policy)."""
         pfns = np.asarray(pfns if not isinstance(pfns, range) else np.arange(
             pfns.start, pfns.stop), dtype=np.int64)
         t0 = self.clock()
         for i in range(0, len(pfns), MAX_BATCH_SIZE):
             batch = pfns[i:i + MAX_BATCH_SIZE]
-            self._emit(libxc.page_data_gather(self._pages, batch))
+            self._emit(libxc.page_data_gather(self._pages, batch, self._types(batch)))
             if rate_limit:
                 ahead = (i + len(batch)) * PAGE_SIZE / rate_limit - (self.clock() - t0)
                 if ahead > 0:
                     time.sleep(ahead)
+
+    def _types(self, batch: np.ndarray) -> np.ndarray:
+        """``xc_get_pfn_type_batch``: the batch's ``XEN_DOMCTL_PFINFO_*`` as PAGE_DATA types."""
+        reply = self.hv(Hypercall.domctl, Domctl.getpageframeinfo3, domain=self.domid,
+                        num=len(batch), array=batch.tolist())
+        return np.asarray(reply["array"], dtype=np.uint64) >> PFINFO_LTAB_SHIFT
 
     # -- log-dirty (reference 15.3) ----------------------------------------------------------
 
@@ -172,6 +192,9 @@ class DomainSaver:
         destination is still being built."""
         self.ready()
         self._suspend()
+        if p2m_size(self.hv, self.domid) > self.nr_pages:  # its pages there were never logged
+            raise XenError(Errno.EAGAIN, "the guest populated pfns above the stream's p2m "
+                                         "during the live rounds")
         t0 = self.clock()
         dirty = self._clean(SHADOW_LOGDIRTY_FINAL)
         if self.report.rounds:

@@ -107,6 +107,7 @@ class PageType(enum.IntEnum):
 
 # xg_sr_common.h page_type_has_stream_data(): NOTAB and the (pinned) page tables.
 _HAS_DATA = tuple(t in (0, 1, 2, 3, 4, 9, 10, 11, 12) for t in range(16))
+_HAS_DATA_ARRAY = np.array(_HAS_DATA)
 _KNOWN_TYPE = tuple(t not in (5, 6, 7, 8) for t in range(16))
 PFN_MASK = (1 << 52) - 1
 PFN_RESERVED_MASK = ((1 << 60) - 1) & ~PFN_MASK
@@ -329,19 +330,25 @@ def page_data(pfns: Sequence[int], data, types: Sequence[int] | None = None) -> 
     return b"".join(page_data_parts(pfns, data, types))
 
 
-def page_data_gather(pages: np.ndarray, pfns: np.ndarray) -> np.ndarray:
-    """The PAGE_DATA record of pages ``pfns`` (all NOTAB) of ``pages`` (a ``(nr_pages, 4096)``
-    uint8 array over guest memory), built in one buffer with one copy of the data: what a
-    saver sends, 4 MiB at a time, as fast as memory copies."""
+def page_data_gather(pages: np.ndarray, pfns: np.ndarray,
+                     types: np.ndarray | None = None) -> np.ndarray:
+    """The PAGE_DATA record of pages ``pfns`` of ``pages`` (a ``(nr_pages, 4096)`` uint8
+    array over guest memory), built in one buffer with one copy of the data: what a saver
+    sends, 4 MiB at a time, as fast as memory copies. ``types`` (default: all NOTAB) are
+    :class:`PageType` values; a pfn whose type carries no data (XTAB) sends none."""
     count = len(pfns)
     if not 1 <= count <= MAX_BATCH_SIZE:
         raise err(f"PAGE_DATA needs 1..{MAX_BATCH_SIZE} pfns, got {count}")
+    with_data = pfns if types is None else pfns[_HAS_DATA_ARRAY[types]]
     head = RHDR.size + _PAGE_DATA_HDR.size + 8 * count
-    out = np.empty(head + count * PAGE_SIZE, dtype=np.uint8)
+    out = np.empty(head + len(with_data) * PAGE_SIZE, dtype=np.uint8)
     RHDR.pack_into(out, 0, RecType.PAGE_DATA, len(out) - RHDR.size)
     _PAGE_DATA_HDR.pack_into(out, RHDR.size, count, 0)
-    out[RHDR.size + _PAGE_DATA_HDR.size:head].view("<u8")[:] = pfns
-    np.take(pages, pfns, axis=0, out=out[head:].reshape(count, PAGE_SIZE))
+    words = out[RHDR.size + _PAGE_DATA_HDR.size:head].view("<u8")
+    words[:] = pfns
+    if types is not None:
+        words |= np.asarray(types, dtype=np.uint64) << np.uint64(TYPE_SHIFT)
+    np.take(pages, with_data, axis=0, out=out[head:].reshape(len(with_data), PAGE_SIZE))
     return out
 
 

@@ -116,3 +116,45 @@ def test_mem_set_balloons_512_to_128_and_back_and_the_host_gets_the_memory(xen, 
           f"command), 128 -> 512 MiB: {up_s[0]:.2f} s ({up_s[1]:.2f} s); "
           f"memory file {used0 / MIB:.0f} -> {used1 / MIB:.0f} MiB "
           f"({given / MIB:.0f} MiB back to the host); host free {free0} -> {free0 + 384} MiB")
+
+
+def test_a_ballooned_guest_migrates_with_its_pages_above_memory_its_target_and_vcpus(
+        xen, domains, cluster_home):
+    """A guest of memory=128 maxmem=256 ballooned up to 192 MiB (pfns above memory= in use)
+    and down to one of its two vCPUs moves to the other host as it is (libxl's retrieved
+    configuration, libxc's stream of its populated pages): the destination holds the pages
+    above memory= (a pattern Dom0 wrote there), 192 MiB (``xl list``), static-max as
+    max_mem, one vCPU online, and the workload verifies."""
+    name = "balloon-mig"
+    cfg = parse_config(f'name = "{name}"\nmemory = 128\nmaxmem = 256\nvcpus = 2\n'
+                       f'extra = "init=memdirty wss=16 rate=2000 check=0.5"\n')[0]
+    domains(cfg, "h1")
+    balloon_to(xen, cluster_home, name, 192)
+    xen.vcpu_set(name, 1)
+    wait_until(lambda: [r["online"] for r in xen.vcpu_list(name)] == [True, False],
+               f"{name} to take its second vCPU offline", timeout=15)
+    above = range(150 * PAGES_PER_MIB, 151 * PAGES_PER_MIB)  # the balloon's, no allocator's
+    pattern = [struct.pack("<Q", pfn) * (PAGE_SIZE // 8) for pfn in above]
+
+    def pages(host: str, domid: int, write: bool = False) -> list[bytes]:
+        fd = os.open(f"/dev/shm/xenray-{xen.run_id}-{host}-d{domid}", os.O_RDWR)
+        try:
+            mm = mmap.mmap(fd, above.stop * PAGE_SIZE)
+        finally:
+            os.close(fd)
+        with mm:
+            if write:
+                mm[above.start * PAGE_SIZE:] = b"".join(pattern)
+            return [mm[p * PAGE_SIZE:(p + 1) * PAGE_SIZE] for p in above]
+
+    pages("h1", xen.find(name)[1], write=True)
+    dirtied = verified_after(xen, name, -1)["dirtied"]
+    report = xen.migrate(name, "h2")
+    assert xen.find(name) == ("h2", report["domid"])
+    assert pages("h2", report["domid"]) == pattern
+    assert mem_mib(xen, name) == 192
+    dom = next(d for h in xen.xenstat() if h["host"] == "h2" for d in h["domains"]
+               if d["name"] == name)
+    assert dom["cur_mem"] == 192 * MIB and dom["max_mem"] == 257 * MIB  # static-max + 1 MiB
+    assert dom["online_vcpus"] == 1
+    assert verified_after(xen, name, dirtied)["bad"] == 0

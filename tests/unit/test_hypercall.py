@@ -143,7 +143,8 @@ SERVED = {
     Hypercall.memory_op: {
         MemoryOp.increase_reservation, MemoryOp.decrease_reservation,
         MemoryOp.populate_physmap, MemoryOp.current_reservation, MemoryOp.maximum_reservation,
-        MemoryOp.add_to_physmap_batch, MemoryOp.memory_map, MemoryOp.set_memory_map,
+        MemoryOp.maximum_gpfn, MemoryOp.add_to_physmap_batch, MemoryOp.memory_map,
+        MemoryOp.set_memory_map,
     },
     Hypercall.vcpu_op: {VcpuOp.up, VcpuOp.down, VcpuOp.is_up, VcpuOp.get_runstate_info,
                         VcpuOp.set_singleshot_timer, VcpuOp.stop_singleshot_timer},
@@ -156,7 +157,7 @@ SERVED = {
         Domctl.scheduler_op, Domctl.setdomainhandle, Domctl.settimeoffset,
         Domctl.getvcpuaffinity, Domctl.resumedomain, Domctl.subscribe, Domctl.gethvmcontext,
         Domctl.sethvmcontext, Domctl.set_target, Domctl.gettscinfo, Domctl.soft_reset,
-        Domctl.get_domain_state,
+        Domctl.get_domain_state, Domctl.getpageframeinfo3,
     },
     Hypercall.sysctl: {Sysctl.getdomaininfolist, Sysctl.physinfo, Sysctl.scheduler_op,
                        Sysctl.sched_id},

@@ -30,9 +30,10 @@ from actors.hypervisor.state import GTSC_KHZ, Hypervisor
 from actors.memory import Mapping
 from protocols.errno import Errno
 from protocols.gnttab import GNTCOPY_dest_gref, GNTCOPY_source_gref, GNTMAP
-from protocols.hypercall import (DOMID_ANY, SHADOW_LOGDIRTY_FINAL, Domctl, GnttabOp, Hypercall,
-                                 MemoryOp, SchedOp, ShadowMode, ShadowOp, ShutdownReason,
-                                 XenMapSpace, decode_result, encode_call)
+from protocols.hypercall import (DOMID_ANY, PFINFO_NOTAB, PFINFO_XTAB, SHADOW_LOGDIRTY_FINAL,
+                                 Domctl, GnttabOp, Hypercall, MemoryOp, SchedOp, ShadowMode,
+                                 ShadowOp, ShutdownReason, XenMapSpace, decode_result,
+                                 encode_call)
 from protocols.libxl_types import DomainConfig
 from protocols.migration.vcpu import VGCF_IN_KERNEL, VGCF_ONLINE, VcpuContext
 from protocols.page import PAGE_SIZE
@@ -293,6 +294,32 @@ def test_logdirty_pages_dom0_maps_foreign_are_dirty_in_every_round(host, dom, gu
     guest.write(90)
     assert dom.dirty() == {3, 90}
     assert dom.dirty() == {3}
+
+
+def test_logdirty_pfns_ballooned_out_or_in_are_dirty_and_getpageframeinfo3_types_them(
+        host, dom, guest):
+    """A page given back (or taken) in a live round is sent again: XTAB for the hole, which
+    ``getpageframeinfo3`` answers for a pfn with no frame."""
+    def reservation(op, pfns):
+        return host.xl(Hypercall.memory_op, op, extent_start=pfns, nr_extents=len(pfns),
+                       extent_order=0, mem_flags=0, domid=dom.domid)
+
+    def types(pfns):
+        return host.xl(Hypercall.domctl, Domctl.getpageframeinfo3, domain=dom.domid,
+                       num=len(pfns), array=pfns)["array"]
+
+    dom.shadow(ShadowOp.ENABLE_LOGDIRTY)
+    assert dom.dirty() == set()
+    assert reservation(MemoryOp.decrease_reservation, [40, 41]) == 2
+    assert dom.dirty() == {40, 41}
+    assert types([39, 40, 41]) == [PFINFO_NOTAB, PFINFO_XTAB, PFINFO_XTAB]
+    assert reservation(MemoryOp.populate_physmap, [41]) == 1
+    assert dom.dirty() == {41} and types([40, 41]) == [PFINFO_XTAB, PFINFO_NOTAB]
+    assert host.xl(Hypercall.memory_op, MemoryOp.maximum_gpfn, domid=dom.domid) == \
+        dom.nr_pages - 1
+    rc, _ = host.xl.raw(Hypercall.domctl, Domctl.getpageframeinfo3,
+                        {"domain": dom.domid, "num": 1025, "array": list(range(1025))})
+    assert rc == -Errno.E2BIG
 
 
 # -- the content checker: pre-copy from the bitmaps must reproduce the guest -----------------

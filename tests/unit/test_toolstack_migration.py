@@ -10,10 +10,14 @@ import struct
 
 import pytest
 
+from actors.memory import Mapping
 from actors.transport import PeerGone
 from protocols.errno import Errno, XenError
+from protocols.hypercall import Domctl, Hypercall, MemoryOp
 from protocols.libxl_types import DomainConfig
 from protocols.migration import savefile
+from protocols.page import PAGE_SIZE, PAGES_PER_MIB
+from protocols.xenstore.paths import domain_path
 from tests.inprocess import HOST, XL
 from tests.xen_tools import verify_stream_v2
 
@@ -26,8 +30,9 @@ def host(xl_host):
     return xl_host
 
 
-def create(host, name, cmdline, memory=8):
-    cfg = DomainConfig(name=name, memory=memory, maxmem=memory, cmdline=cmdline)
+def create(host, name, cmdline, memory=8, **more):
+    cfg = DomainConfig(name=name, memory=memory, maxmem=more.pop("maxmem", memory),
+                       cmdline=cmdline, **more)
     return host.call(XL, "create", cfg.to_dict())
 
 
@@ -210,3 +215,147 @@ def test_a_receiver_that_dies_mid_migration_leaves_the_domain_running_where_it_w
     for session in list(host.toolstack._incoming):  # what the receiver's restart would undo
         host.toolstack.on_migrate_abort(session)
     assert domids(host) == [0, made["domid"]]
+
+
+# -- a ballooned domain: its holes, its pages above memory=, its target and vCPUs ----------
+
+HOLES = range(1024, 1024 + 256)  # 4..5 MiB: below the init's memory, above the drivers' pages
+ABOVE = range(10 * PAGES_PER_MIB, 10 * PAGES_PER_MIB + 256)  # above memory=8, below maxmem
+
+
+def reservation(host, op, domid, pfns):
+    return host.toolstack.hv(Hypercall.memory_op, op, extent_start=list(pfns),
+                             nr_extents=len(pfns), extent_order=0, mem_flags=0, domid=domid)
+
+
+def pattern(pfn):
+    return struct.pack("<QQ", pfn, 0xB411007) * (PAGE_SIZE // 16)
+
+
+def pages_of(host, domid, pfns):
+    mapping = Mapping(host.memory_path(domid), 0, pfns[-1] + 1)
+    try:
+        return [bytes(mapping.page(pfn)) for pfn in pfns]
+    finally:
+        mapping.close()
+
+
+def balloon_by_hand(host, domid):
+    """What a balloon driver does, from Dom0: give back HOLES, take ABOVE (tot_pages stays
+    8 MiB), and write a pattern there."""
+    assert reservation(host, MemoryOp.decrease_reservation, domid, HOLES) == len(HOLES)
+    assert reservation(host, MemoryOp.populate_physmap, domid, ABOVE) == len(ABOVE)
+    mapping = Mapping(host.memory_path(domid), 0, ABOVE[-1] + 1)
+    try:
+        for pfn in ABOVE:
+            mapping.page(pfn)[:] = pattern(pfn)
+    finally:
+        mapping.close()
+
+
+@pytest.mark.parametrize("how", ["save", "migrate"])
+def test_a_ballooned_domain_comes_back_with_its_holes_pages_above_memory_target_and_vcpus(
+        host, tmp_path, xen_tools, how):
+    """xl keeps what mem-set, mem-max and vcpu-set changed (libxl_retrieve_domain_
+    configuration), the stream carries the pages above memory= and the holes as XTAB, and
+    the new domain holds exactly the source's pages."""
+    made = create(host, "bal", "init=counter interval=0.01", maxmem=16, vcpus=2, maxvcpus=2)
+    wait_counts(host, "bal", 2)
+    balloon_by_hand(host, made["domid"])
+    host.call(XL, "mem_max", "bal", 12 * 1024)
+    host.call(XL, "vcpu_set", "bal", 1)
+    table = host.hypervisor.state.table
+    tot_pages = table.get(made["domid"]).tot_pages
+    free = table.host_free_pages
+    before = counts(host, "bal")
+    if how == "save":
+        path = tmp_path / "bal.save"
+        host.call(XL, "save", "bal", str(path), False)
+        judged = verify_stream_v2(xen_tools, path.read_bytes(), "xl", tmp_path)
+        assert judged.returncode == 0, judged.stdout + judged.stderr
+        domid = host.call(XL, "restore", str(path), False)["domid"]
+    else:
+        domid = host.call(XL, "migrate", "bal", HOST, {})["domid"]
+    wait_counts(host, "bal", 2, after=before[-1])
+    p2m = table.get(domid).p2m
+    assert not any(pfn in p2m for pfn in HOLES) and all(pfn in p2m for pfn in ABOVE)
+    assert pages_of(host, domid, ABOVE) == [pattern(pfn) for pfn in ABOVE]
+    assert table.get(domid).tot_pages == tot_pages and table.host_free_pages == free
+    dom = domain_path(domid)
+    xs = host.toolstack.xs
+    assert xs.read_str(f"{dom}/memory/target") == str(8 * 1024)
+    assert xs.read_str(f"{dom}/memory/static-max") == str(12 * 1024)
+    assert [xs.read_str(f"{dom}/cpu/{n}/availability") for n in (0, 1)] == ["online",
+                                                                           "offline"]
+
+
+def _restore_target(host, name="target", memory=8, maxmem=8):
+    """A domain ready for a restore (``prepare_restore``), and its restorer."""
+    from actors.toolstack import builder
+    from actors.toolstack.restore import DomainRestorer
+    from protocols.pv_layout import PFN_FIRST_FREE
+
+    cfg = DomainConfig(name=name, memory=memory, maxmem=maxmem)
+    domid = builder.create_domain(host.toolstack.hv, cfg)[0]
+    path = builder.prepare_restore(host.toolstack.hv, domid, cfg, name)
+    return domid, DomainRestorer(host.toolstack.hv, domid, path, maxmem * PAGES_PER_MIB, 1,
+                                 populated=range(PFN_FIRST_FREE))
+
+
+def _stream(p2m_pfns, *batches):
+    """libxl's stream around libxc's, of a ``p2m_pfns`` domain; each batch ``(pfns, types)``
+    carries a page for each pfn whose type has one."""
+    from protocols.migration import libxc as xc
+    from protocols.migration import libxl as xl
+    from protocols.migration.vcpu import VGCF_IN_KERNEL, VGCF_ONLINE, VcpuContext
+
+    recs = [xc.stream_start(), xc.x86_pv_info(), xc.static_data_end(),
+            xc.x86_pv_p2m_frames(p2m_pfns - 1, [0] * xc.p2m_frame_count(0, p2m_pfns - 1))]
+    for pfns, types in batches:
+        data = b"".join(pattern(p) for p, t in zip(pfns, types) if xc.page_type_has_data(t))
+        recs.append(xc.page_data(pfns, data, types))
+    recs += [xc.x86_tsc_info(), xc.shared_info(bytes(PAGE_SIZE)),
+             xc.x86_pv_vcpu_basic(0, VcpuContext(flags=VGCF_ONLINE | VGCF_IN_KERNEL)), xc.end()]
+    return xl.wrap(b"".join(recs))
+
+
+def _chunks(data):
+    chunks = iter([data, b""])
+    return lambda: next(chunks)
+
+
+def test_a_restore_populates_pages_with_data_and_gives_back_an_xtab_one(host):
+    """A later round's XTAB (the balloon gave the page back meanwhile) leaves a hole."""
+    from protocols.migration.libxc import PageType
+
+    domid, restorer = _restore_target(host)
+    dom = host.hypervisor.state.table.get(domid)
+    pfns = [16, 17, 18, 2047]
+    out = restorer.run(_chunks(_stream(2048, (pfns, [0] * 4),
+                                       ([17, 100], [PageType.XTAB, PageType.XTAB]))))
+    assert out["pages"] == 4 and out["p2m_size"] == 2048
+    assert [p in dom.p2m for p in (16, 17, 18, 100, 2047)] == [True, False, True, False, True]
+    assert dom.tot_pages == 16 + 3
+    assert pages_of(host, domid, [16, 18, 2047]) == [pattern(p) for p in (16, 18, 2047)]
+
+
+@pytest.mark.parametrize("case", ["pfn beyond the p2m", "p2m beyond the address space",
+                                  "more pages than max_mem"])
+def test_a_hostile_stream_gets_xens_error_and_never_touches_another_domain(host, case):
+    other = create(host, "other", "init=idle")
+    odom = host.hypervisor.state.table.get(other["domid"])
+    other_pages, other_tot = pages_of(host, other["domid"], range(2048)), odom.tot_pages
+    domid, restorer = _restore_target(host, memory=4, maxmem=8)
+    host.toolstack.hv(Hypercall.domctl, Domctl.max_mem, domain=domid, max_memkb=64 * 4)
+    stream, errno = {
+        "pfn beyond the p2m": (_stream(1024, ([1024], [0])), Errno.EINVAL),
+        "p2m beyond the address space": (_stream(2049, ([16], [0])), Errno.EINVAL),
+        "more pages than max_mem": (_stream(1024, (list(range(16, 80)), [0] * 64)),
+                                    Errno.ENOMEM),
+    }[case]
+    with pytest.raises(XenError) as e:
+        restorer.run(_chunks(stream))
+    assert e.value.errno == errno
+    assert pages_of(host, other["domid"], range(2048)) == other_pages
+    assert odom.tot_pages == other_tot
+    assert host.hypervisor.state.table.get(domid).tot_pages <= 64
