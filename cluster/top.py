@@ -4,8 +4,8 @@ The samples are libxenstat nodes, one per host (``Cluster.xenstat``, laid out by
 :mod:`actors.toolstack.xenstat`). :func:`domain_rows` turns this sample and the one before
 into a :class:`Row` per domain; :data:`FIELDS` is xentop's ``fields[]`` (its headers, default
 widths, comparisons and printf formats), :func:`sort_rows` its ``qsort`` by the sort column,
-:func:`table` its ``top()`` (the header, a line per domain, the ``-n``/``-x`` lines), and
-:func:`summary` its ``do_summary()``. :class:`View` is what the keys change
+:func:`table` its ``top()`` (the header, a line per domain, the ``--vcpus``/``-n``/``-x``
+lines), and :func:`summary` its ``do_summary()``. :class:`View` is what the keys change
 (:func:`handle_key`, xentop's ``handle_key``). The terminal and the loop live in
 :mod:`cluster.cli.top`.
 
@@ -22,8 +22,10 @@ Decisions:
   ``cpu_time`` went back (a domid used again).
 * Rows that sort equal keep the order (host, domid): xentop's ``qsort`` leaves it unspecified.
 * ``-z`` puts every host's Domain-0 first, in host order.
-* No ``v`` key or ``-v`` (a line of per-vCPU times): getdomaininfo has only the domain's
-  total, and ``-v`` is xenray's ``--verbose``. VCPUS is libxenstat's ``max_vcpu_id + 1``.
+* xentop's per-vCPU line (``do_vcpu``, key ``v``) is turned on at start by ``--vcpus`` only:
+  its short ``-v`` is xenray's ``--verbose`` on every command. Each online vCPU's time is
+  getvcpuinfo's; Dom0's line is empty (:mod:`actors.toolstack.xenstat`). VCPUS is
+  libxenstat's ``max_vcpu_id + 1``.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ class Row:
     maxmem_pct: float | None
     vcpus: int
     ssid: int
+    vcpu_stats: tuple[Mapping[str, Any], ...] = ()  # xenstat_vcpu per vCPU: online, ns
     networks: tuple[Mapping[str, Any], ...] = ()
     vbds: tuple[Mapping[str, Any], ...] = ()
 
@@ -159,8 +162,8 @@ def domain_rows(nodes: Iterable[Node], previous: Iterable[Node] | None = None) -
                 mem=d["cur_mem"], mem_pct=d["cur_mem"] / total * 100,
                 maxmem=d["max_mem"],
                 maxmem_pct=None if d["max_mem"] is None else d["max_mem"] / total * 100,
-                vcpus=d["num_vcpus"], ssid=d["ssid"], networks=tuple(d["networks"]),
-                vbds=tuple(d["vbds"])))
+                vcpus=d["num_vcpus"], ssid=d["ssid"], vcpu_stats=tuple(d["vcpus"]),
+                networks=tuple(d["networks"]), vbds=tuple(d["vbds"])))
     return rows
 
 
@@ -270,6 +273,7 @@ class View:
 
     sort_field: int = NAME
     delay: float = 3.0
+    vcpus: bool = False  # --vcpus, key v: a line of per-vCPU times under its domain
     networks: bool = False  # -n, key n: a line per vif under its domain
     vbds: bool = False  # -x, key b: a line per vbd
     repeat_header: bool = False  # -r, key r: the header before each domain
@@ -303,6 +307,8 @@ def handle_key(view: View, key: str) -> View | None:
     match key.lower() if len(key) == 1 else key:
         case "q" | "\x1b":
             return None
+        case "v":
+            return dataclasses.replace(view, vcpus=not view.vcpus)
         case "n":
             return dataclasses.replace(view, networks=not view.networks)
         case "b":
@@ -326,7 +332,7 @@ def handle_key(view: View, key: str) -> View | None:
 class Line:
     """A line of the table: ``header`` or ``domain`` (one cell per column, joined by a
     space; the terminal shows the sort column bold, the header reversed) or ``detail`` (a
-    ``-n``/``-x`` line, one cell)."""
+    ``--vcpus``/``-n``/``-x`` line, one cell)."""
 
     kind: str
     cells: tuple[str, ...]
@@ -334,6 +340,18 @@ class Line:
     @property
     def text(self) -> str:
         return " ".join(self.cells)
+
+
+def vcpu_lines(row: Row) -> list[str]:
+    """``do_vcpu``: each online vCPU's seconds, a new line before vCPU 5, 10, ... (by its
+    number: an offline vCPU is skipped with its wrap)."""
+    lines = ["VCPUs(sec): "]
+    for i, vcpu in enumerate(row.vcpu_stats):
+        if vcpu["online"]:
+            if i != 0 and i % 5 == 0:
+                lines.append("        ")
+            lines[-1] += f" {i:2d}: {vcpu['ns'] // 10**9:10d}s"
+    return lines
 
 
 def network_lines(row: Row) -> list[str]:
@@ -362,7 +380,7 @@ def vbd_lines(row: Row) -> list[str]:
 def table(view: View, rows: Iterable[Row]) -> list[Line]:
     """xentop's ``top()`` below the summary: the rows sorted, from ``view.first`` on, the
     header first (and before each domain with ``repeat_header``), each domain's line and
-    its ``-n`` and ``-x`` lines."""
+    its ``--vcpus``, ``-n`` and ``-x`` lines."""
     shown = sort_rows(rows, view.sort_field, dom0_first=view.dom0_first)
     shown = shown[min(view.first, max(0, len(shown) - 1)):]
     ws = widths(shown, full_name=view.full_name)
@@ -372,6 +390,8 @@ def table(view: View, rows: Iterable[Row]) -> list[Line]:
         if i == 0 or view.repeat_header:
             lines.append(header)
         lines.append(Line("domain", tuple(f.cell(row, w) for f, w in zip(FIELDS, ws))))
+        if view.vcpus:
+            lines += [Line("detail", (text,)) for text in vcpu_lines(row)]
         if view.networks:
             lines += [Line("detail", (text,)) for text in network_lines(row)]
         if view.vbds:
@@ -402,8 +422,8 @@ def summary(nodes: Sequence[Node], rows: Iterable[Row], now: float | None = None
 
 
 BOTTOM_ITEMS = (("D", "elay", None), ("N", "etworks", "networks"), ("B", "vBds", "vbds"),
-                ("R", "epeat header", "repeat_header"), ("S", "ort order", None),
-                ("Q", "uit", None))
+                ("V", "CPUs", "vcpus"), ("R", "epeat header", "repeat_header"),
+                ("S", "ort order", None), ("Q", "uit", None))
 
 
 def bottom_line(view: View) -> list[tuple[str, str]]:
@@ -426,14 +446,18 @@ def bottom_line(view: View) -> list[tuple[str, str]]:
 
 def row_json(row: Row) -> dict[str, Any]:
     """A row as numbers: each column (``mem_k`` ..., None where xentop prints "no limit",
-    "n/a" or "-"), the raw ``cpu_ns`` and byte counts, and each vif's and vbd's counters."""
+    "n/a" or "-"), the raw ``cpu_ns`` and byte counts, each vCPU's time (``vcpus_s`` as the
+    VCPUs line shows it, None for an offline vCPU, which it skips; ``vcpus_ns`` raw), and
+    each vif's and vbd's counters."""
     return {
         "name": row.name, "host": row.host, "domid": row.domid, "state": row.state,
         "cpu_s": row.cpu_ns // 10**9, "cpu_ns": row.cpu_ns, "cpu_pct": round(row.cpu_pct, 3),
         "mem_k": row.mem // 1024, "mem_pct": round(row.mem_pct, 3),
         "maxmem_k": None if row.maxmem is None else row.maxmem // 1024,
         "maxmem_pct": None if row.maxmem_pct is None else round(row.maxmem_pct, 3),
-        "vcpus": row.vcpus, "nets": len(row.networks),
+        "vcpus": row.vcpus,
+        "vcpus_s": [v["ns"] // 10**9 if v["online"] else None for v in row.vcpu_stats],
+        "vcpus_ns": [v["ns"] for v in row.vcpu_stats], "nets": len(row.networks),
         "nettx_k": row.nettx // 1024, "netrx_k": row.netrx // 1024,
         "nettx_bytes": row.nettx, "netrx_bytes": row.netrx,
         "vbds": len(row.vbds), "vbd_oo": row.vbd_total("oo_reqs"),

@@ -40,7 +40,7 @@ def cmd_top(a: argparse.Namespace) -> int:
         raise ValueError(f"--delay must be a positive number of seconds, not {a.delay:g}")
     if a.iterations is not None and a.iterations < 1:
         raise ValueError(f"--iterations must be at least 1, not {a.iterations}")
-    view = top.View(delay=a.delay, networks=a.networks, vbds=a.vbds,
+    view = top.View(delay=a.delay, vcpus=a.vcpus, networks=a.networks, vbds=a.vbds,
                     repeat_header=a.repeat_header, full_name=a.full_name,
                     dom0_first=a.dom0_first)
     if a.batch or a.json or not sys.stdout.isatty():

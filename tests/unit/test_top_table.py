@@ -1,7 +1,7 @@
 """``xenray top``'s pure parts (cluster/top.py) against xentop.c: CPU(%) from two samples,
 the state letters, the sort of each column and the ``s`` key's cycle, the column widths and
-formats, the keys, and the JSON lines; and the CLI's batch loop and screen over a fake daemon
-(cluster/cli/top.py)."""
+formats, the vCPU, vif and vbd lines, the keys, and the JSON lines; and the CLI's batch loop
+and screen over a fake daemon (cluster/cli/top.py)."""
 
 import copy
 import io
@@ -12,6 +12,7 @@ import re
 import pytest
 
 from cluster import top
+from cluster.cli import main as cli_main
 from cluster.cli import top as cli_top
 from protocols.hypercall import DomInfoFlag, ShutdownReason, dominf_flags
 
@@ -24,10 +25,15 @@ XENTOP_HEADER = ("      NAME  STATE   CPU(sec) CPU(%)     MEM(k) MEM(%)  MAXMEM(
 
 
 def dom(domid, name, *, flags=BLOCKED, cpu_ns=0, mem=64 << 20, maxmem=64 << 20, vcpus=1,
-        networks=(), vbds=()):
+        vcpu_stats=(), networks=(), vbds=()):
     return {"domid": domid, "name": name, "flags": flags, "cpu_ns": cpu_ns, "num_vcpus": vcpus,
-            "online_vcpus": vcpus, "cur_mem": mem, "max_mem": maxmem, "ssid": 0,
-            "networks": list(networks), "vbds": list(vbds)}
+            "online_vcpus": vcpus, "vcpus": list(vcpu_stats), "cur_mem": mem,
+            "max_mem": maxmem, "ssid": 0, "networks": list(networks), "vbds": list(vbds)}
+
+
+def vcpu(seconds, online=1):
+    """A ``xenstat_vcpu``: a little over ``seconds`` of CPU (xentop prints whole seconds)."""
+    return {"online": online, "ns": seconds * 10**9 + 999_999_999}
 
 
 def node(host, domains, *, clock=100.0, tot_mem=GIB, free_mem=GIB // 2):
@@ -225,6 +231,35 @@ def test_xentop_n_and_x_lines_and_the_repeated_header():
                              "WR:        2   RSECT:          8   WSECT:         16")
 
 
+def test_xentop_vcpu_line_wraps_before_every_fifth_vcpu():
+    """do_vcpu's " %2u: %10llus" per vCPU, and "\\n        " before vCPU 5 and 10."""
+    assert top.vcpu_lines(row(vcpus=12, vcpu_stats=[vcpu(i * 100) for i in range(12)])) == [
+        ("VCPUs(sec):   0:          0s  1:        100s  2:        200s  3:        300s"
+         "  4:        400s"),
+        ("          5:        500s  6:        600s  7:        700s  8:        800s"
+         "  9:        900s"),
+        "         10:       1000s 11:       1100s"]
+
+
+def test_xentop_vcpu_line_skips_offline_vcpus_and_their_wrap():
+    """The wrap is by vCPU number and inside the online test: vCPU 5 offline, no new line."""
+    stats = [vcpu(1), vcpu(2, online=0), vcpu(3), vcpu(4), vcpu(5), vcpu(6, online=0),
+             vcpu(1234567890)]
+    assert top.vcpu_lines(row(vcpus=7, vcpu_stats=stats)) == [
+        ("VCPUs(sec):   0:          1s  2:          3s  3:          4s  4:          5s"
+         "  6: 1234567890s")]
+    assert top.vcpu_lines(row(vcpu_stats=[vcpu(7, online=0)])) == ["VCPUs(sec): "]
+    assert top.vcpu_lines(row(name="Domain-0", domid=0)) == ["VCPUs(sec): "], "no entries"
+
+
+def test_xentop_vcpu_line_comes_before_the_n_and_x_lines():
+    rows = [row(vcpu_stats=[vcpu(3)], networks=[net()], vbds=[vbd()])]
+    lines = top.table(top.View(vcpus=True, networks=True, vbds=True), rows)
+    assert [line.kind for line in lines] == ["header", "domain", "detail", "detail", "detail"]
+    assert [line.text.split()[0] for line in lines[2:]] == ["VCPUs(sec):", "Net0", "VBD"]
+    assert top.table(top.View(), rows)[1:] == lines[1:2], "off by default"
+
+
 def test_xentop_down_key_scrolls_and_is_kept_on_the_last_domain():
     rows = sample_rows()
     view = top.handle_key(top.handle_key(top.View(), top.KEY_DOWN), top.KEY_DOWN)
@@ -255,7 +290,8 @@ def test_xentop_keys_quit_and_toggles():
     for key in "qQ\x1b":
         assert top.handle_key(top.View(), key) is None
     view = top.View()
-    for key, attr in (("n", "networks"), ("B", "vbds"), ("r", "repeat_header")):
+    for key, attr in (("n", "networks"), ("B", "vbds"), ("r", "repeat_header"),
+                      ("v", "vcpus"), ("V", "vcpus")):
         assert getattr(top.handle_key(view, key), attr) is True
         assert getattr(top.handle_key(top.handle_key(view, key), key), attr) is False
     assert top.handle_key(view, "z") == view  # not one of xentop's keys
@@ -284,10 +320,11 @@ def typing_delay(text):
 
 def test_xentop_bottom_line_shows_the_keys_and_what_is_on():
     plain = "".join(text for text, _ in top.bottom_line(top.View()))
-    assert plain.rstrip() == "Delay  Networks  vBds  Repeat header  Sort order  Quit"
+    assert plain.rstrip() == "Delay  Networks  vBds  VCPUs  Repeat header  Sort order  Quit"
     styled = top.bottom_line(top.View(vbds=True))
     assert ("B", "key") in styled and ("v", "on") in styled and ("ds", "on") in styled
-    assert ("etworks", "plain") in styled
+    assert ("etworks", "plain") in styled and ("CPUs", "plain") in styled
+    assert ("V", "key") in styled and ("CPUs", "on") in top.bottom_line(top.View(vcpus=True))
 
 
 def test_terminal_keys_decode_arrows_and_a_lone_escape():
@@ -325,6 +362,16 @@ def test_json_sample_has_each_column_as_a_number_and_the_hosts():
     assert [d["name"] for d in by_mem["domains"]] == ["web", "Domain-0"]
 
 
+def test_json_vcpus_s_are_the_vcpu_lines_seconds_none_for_an_offline_vcpu():
+    nodes = [node("h1", [dom(0, "Domain-0", flags=RUNNING),
+                         dom(3, "web", vcpus=3, vcpu_stats=[vcpu(5), vcpu(2, online=0),
+                                                            vcpu(0)])])]
+    dom0, web = top.sample_json(top.View(), nodes, top.domain_rows(nodes), {})["domains"]
+    assert (web["vcpus"], web["vcpus_s"]) == (3, [5, None, 0])
+    assert web["vcpus_ns"] == [5_999_999_999, 2_999_999_999, 999_999_999]
+    assert dom0["vcpus_s"] == dom0["vcpus_ns"] == []
+
+
 # -- the CLI's loop and screen, over a fake daemon -------------------------------------------
 
 @pytest.fixture
@@ -351,6 +398,18 @@ def test_batch_prints_a_table_per_iteration_and_no_summary(daemon):
     assert [line.split()[0] for line in lines] == ["NAME", "Domain-0", "web"] * 2
     assert lines[0] == XENTOP_HEADER + " HOST"
     assert lines[2].split()[3] == "0.0" and lines[5].split()[3] == "20.0"
+
+
+def test_top_vcpus_option_adds_the_vcpu_line_and_v_stays_verbose(daemon, capsys):
+    """xentop's -v is --vcpus only: ``xenray top -v`` is every command's --verbose."""
+    sample = [node("h1", [dom(1, "web", vcpus=2, vcpu_stats=[vcpu(4), vcpu(9)])])]
+    daemon += [{"rows": sample, "errors": {}}, {"rows": sample, "errors": {}}]
+    assert cli_main(["top", "-b", "-i", "1", "--vcpus"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[2] == "VCPUs(sec):   0:          4s  1:          9s" and len(out) == 3
+    assert cli_main(["top", "-v", "-b", "-i", "1"]) == 0
+    got = capsys.readouterr()
+    assert len(got.out.splitlines()) == 2 and "xenray top: " in got.err
 
 
 def test_batch_json_a_line_per_sample_and_what_did_not_answer(daemon, capsys):
