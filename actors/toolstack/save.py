@@ -150,13 +150,24 @@ class DomainSaver:
         pfns = np.asarray(pfns if not isinstance(pfns, range) else np.arange(
             pfns.start, pfns.stop), dtype=np.int64)
         t0 = self.clock()
+        holes = self._holes()
         for i in range(0, len(pfns), MAX_BATCH_SIZE):
             batch = pfns[i:i + MAX_BATCH_SIZE]
-            self._emit(libxc.page_data_gather(self._pages, batch, self._types(batch)))
+            types = self._types(batch) if holes else None  # None: every pfn NOTAB
+            self._emit(libxc.page_data_gather(self._pages, batch, types))
             if rate_limit:
                 ahead = (i + len(batch)) * PAGE_SIZE / rate_limit - (self.clock() - t0)
                 if ahead > 0:
                     time.sleep(ahead)
+
+    def _holes(self) -> bool:
+        """Whether any pfn below the p2m's end has no page: only then is each batch's type
+        asked, so a domain no balloon touched costs one ``XENMEM_current_reservation`` a
+        round rather than a ``getpageframeinfo3`` a batch (the stream is the same). A pfn a
+        balloon moves during a live round is dirty: a later round sends it again, and the
+        last one, with the domain suspended, is exact."""
+        return self.hv(Hypercall.memory_op, MemoryOp.current_reservation,
+                       domid=self.domid) != self.nr_pages
 
     def _types(self, batch: np.ndarray) -> np.ndarray:
         """``xc_get_pfn_type_batch``: the batch's ``XEN_DOMCTL_PFINFO_*`` as PAGE_DATA types."""
