@@ -8,9 +8,10 @@ its grant frames); they lie between the console page and the first page the gues
 
 Two pages are the guest kernel's own, for what must outlive its process (issue 11: a migrated
 guest is a new process, and only its memory and vCPU context travel): the kernel data page
-(the guest clock at suspend, ``actors.domain.kdata``) and the directory of the init program's
-memory regions (``actors.domain.initmem``), whose pages are taken from the top of memory down
-while the drivers' page pool grows from ``PFN_FIRST_FREE`` up. Pfns 12..15 are unused.
+(the guest clock and the balloon's pfns at suspend, ``actors.domain.kdata``) and the directory
+of the init program's memory regions (``actors.domain.initmem``), whose pages are taken from
+the top of memory down while the drivers' page pool grows from ``PFN_FIRST_FREE`` up. Pfns
+12..15 are unused.
 """
 
 PFN_START_INFO = 0  # struct start_info (protocols.start_info)

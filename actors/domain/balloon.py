@@ -34,22 +34,31 @@ Decisions:
   what it has, as Linux without memory hotplug (``reserve_additional_memory``).
 * The thread passes the run gate before each batch: a paused or suspending domain does not
   balloon (Linux's balloon thread is freezable).
+* The driver's state moves with the guest (Linux keeps its list of ballooned pages in kernel
+  memory): at suspend the kernel writes it into the kernel data page (:class:`SavedBalloon`:
+  the ballooned pfns and the populated pfns above ``nr_pages`` as runs) and a resumed driver
+  goes on from it. If the runs do not fit in the page (a balloon scattered over more than
+  253), or what the page holds is not a state this guest could have had, the resumed driver
+  starts afresh from ``nr_pages``, as at boot, with a warning.
 * :meth:`Balloon.step` is one iteration of Linux's ``balloon_thread`` and takes the hypercall
   and the pages it is given, so a test drives it without a hypervisor or a thread.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import struct
 import threading
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from actors.domain.rungate import Halted, RunGate
 from actors.runtime import Runtime
-from protocols.errno import XenError
+from protocols.errno import Errno, XenError
 from protocols.hypercall import DOMID_SELF, Hypercall, MemoryOp
 from protocols.page import PAGE_SHIFT, PAGE_SIZE
+from protocols.pv_layout import PFN_FIRST_FREE
 
 BATCH = PAGE_SIZE // 8  # frame_list[PAGE_SIZE / sizeof(xen_pfn_t)]: pfns per hypercall
 MAX_SCHEDULE_DELAY_S = 32
@@ -73,6 +82,9 @@ class State(enum.Enum):
 class PageSource(Protocol):
     """The guest's pages the balloon may take (the guest does not use them) and give back."""
 
+    nr_pages: int
+
+    def populated(self) -> tuple[int, ...]: ...
     def take(self, nr: int) -> list[int]: ...
     def give(self, pfns: list[int]) -> None: ...
     def available(self) -> int: ...
@@ -91,9 +103,9 @@ class GuestPages:
     pfns from ``nr_pages`` up that Xen populated for the balloon and no allocator uses
     (taken first)."""
 
-    def __init__(self, pool: PoolLike, nr_pages: int) -> None:
+    def __init__(self, pool: PoolLike, nr_pages: int, populated: tuple[int, ...] = ()) -> None:
         self.pool, self.nr_pages = pool, nr_pages
-        self._extra: list[int] = []  # populated pfns >= nr_pages, free
+        self._extra: list[int] = list(populated)  # populated pfns >= nr_pages, free
 
     def take(self, nr: int) -> list[int]:
         got = self._extra[len(self._extra) - min(nr, len(self._extra)):]
@@ -109,6 +121,10 @@ class GuestPages:
     def available(self) -> int:
         return len(self._extra) + self.pool.balloon_room()
 
+    def populated(self) -> tuple[int, ...]:
+        """The populated pfns from ``nr_pages`` up, the next to take last."""
+        return tuple(self._extra)
+
 
 class Balloon:
     """One guest's balloon: ``current_pages`` (what Xen gave it, as it counts) moving toward
@@ -117,7 +133,7 @@ class Balloon:
     xenwatch, :meth:`step` from the balloon thread, :meth:`statistics` from anywhere."""
 
     def __init__(self, hypercall: Callable[..., Any], pages: PageSource, current_pages: int,
-                 *, extra: range = range(0), log: Any = None) -> None:
+                 *, extra: range | tuple[int, ...] = range(0), log: Any = None) -> None:
         self.hypercall, self.pages, self.log = hypercall, pages, log
         self.cv = threading.Condition()
         self.current_pages = current_pages
@@ -127,6 +143,20 @@ class Balloon:
         self.schedule_delay, self.retry_count = 1, 1
         self.stats = dict.fromkeys(("inflated", "deflated", "batches", "populate_short",
                                     "decrease_short"), 0)
+
+    @classmethod
+    def resumed(cls, hypercall: Callable[..., Any], pool: PoolLike, saved: SavedBalloon,
+                log: Any = None) -> Balloon:
+        """The driver as it was at suspend (the pool has its ballooned block again:
+        :meth:`SavedBalloon.pool_block`)."""
+        return cls(hypercall, GuestPages(pool, saved.nr_pages, saved.populated),
+                   saved.current_pages, extra=saved.ballooned[::-1], log=log)
+
+    def saved(self) -> SavedBalloon:
+        """What a resumed driver goes on from (the kernel writes it at suspend)."""
+        with self.cv:
+            return SavedBalloon(self.pages.nr_pages, self.current_pages, tuple(self.ballooned),
+                                self.pages.populated())
 
     # -- the target (xen-balloon.c) ---------------------------------------------------------
 
@@ -262,6 +292,98 @@ class Balloon:
             pass
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class SavedBalloon:
+    """The driver's state across a suspend, in the kernel data page from
+    ``actors.domain.kdata.BALLOON_OFFSET`` (module docstring).
+
+    Layout, little-endian: ``magic[8]`` = ``balloon\\0``, ``u32 nr_pages``, ``u32
+    current_pages``, ``u32`` runs of ``ballooned``, ``u32`` runs of ``populated``, then the runs,
+    ``u64 first pfn, s64 count`` each (a negative count: pfns going down). ``ballooned`` is the
+    stack from its bottom, ``populated`` the free pfns from ``nr_pages`` up (GuestPages')."""
+
+    nr_pages: int
+    current_pages: int
+    ballooned: tuple[int, ...]
+    populated: tuple[int, ...]
+
+    MAGIC: ClassVar[bytes] = b"balloon\0"
+    _HEAD: ClassVar[struct.Struct] = struct.Struct("<8sIIII")
+    _RUN: ClassVar[struct.Struct] = struct.Struct("<Qq")
+
+    @classmethod
+    def max_runs(cls, area: memoryview) -> int:
+        return (len(area) - cls._HEAD.size) // cls._RUN.size
+
+    def write(self, area: memoryview) -> bool:
+        """Into ``area``; False, and ``area`` holds no state, if the runs do not fit."""
+        ballooned, populated = _runs(self.ballooned), _runs(self.populated)
+        if len(ballooned) + len(populated) > self.max_runs(area):
+            area[:self._HEAD.size] = bytes(self._HEAD.size)
+            return False
+        self._HEAD.pack_into(area, 0, self.MAGIC, self.nr_pages, self.current_pages,
+                             len(ballooned), len(populated))
+        for i, run in enumerate(ballooned + populated):
+            self._RUN.pack_into(area, self._HEAD.size + i * self._RUN.size, *run)
+        return True
+
+    @classmethod
+    def read(cls, area: memoryview, nr_pages: int, max_pfn: int) -> SavedBalloon | None:
+        """The state a suspended driver left for a guest of ``nr_pages`` whose pfns end at
+        ``max_pfn``; None if it left none; EINVAL if it is not a state such a guest can have
+        (the page came in a migration stream: every pfn is checked before it is used)."""
+        magic, nr, current, n_ballooned, n_populated = cls._HEAD.unpack_from(area)
+        if magic != cls.MAGIC:
+            return None
+        if nr != nr_pages:
+            raise XenError(Errno.EINVAL, f"balloon state for {nr} pages, not {nr_pages}")
+        if n_ballooned + n_populated > cls.max_runs(area):
+            raise XenError(Errno.EINVAL, "balloon state: more runs than the page holds")
+        runs = [cls._RUN.unpack_from(area, cls._HEAD.size + i * cls._RUN.size)
+                for i in range(n_ballooned + n_populated)]
+        if any(n == 0 or min(first, first + n + (n < 0)) < PFN_FIRST_FREE
+               or max(first + 1, first + n) > max_pfn for first, n in runs):
+            raise XenError(Errno.EINVAL, f"balloon state: a pfn outside {PFN_FIRST_FREE}.."
+                                         f"{max_pfn - 1}")
+        if sum(abs(n) for _, n in runs) > max_pfn:
+            raise XenError(Errno.EINVAL, "balloon state: more pfns than the guest has")
+        ballooned = tuple(p for first, n in runs[:n_ballooned] for p in _pfns(first, n))
+        populated = tuple(p for first, n in runs[n_ballooned:] for p in _pfns(first, n))
+        low = [p for p in ballooned if p < nr_pages]
+        high = len(ballooned) - len(low) + len(populated)
+        if (len(set(ballooned + populated)) != len(ballooned) + len(populated)
+                or min(populated, default=nr_pages) < nr_pages
+                or high != max(0, max_pfn - nr_pages)
+                or low != list(range(low[0] if low else 0, low[-1] + 1 if low else 0))
+                or current != nr_pages - len(low) + len(populated)):
+            raise XenError(Errno.EINVAL, "balloon state: not a state of this guest's balloon")
+        return cls(nr, current, ballooned, populated)
+
+    def pool_block(self) -> tuple[int, int]:
+        """The drivers' pool's pfns in the balloon, ``[lo, hi)`` (PagePool's block)."""
+        low = [p for p in self.ballooned if p < self.nr_pages]
+        return (low[0], low[-1] + 1) if low else (PFN_FIRST_FREE, PFN_FIRST_FREE)
+
+
+def _runs(pfns: tuple[int, ...]) -> list[tuple[int, int]]:
+    """``pfns`` as (first, count) runs, in order; a negative count goes down."""
+    runs: list[tuple[int, int]] = []
+    for pfn in pfns:
+        if runs:
+            first, n = runs[-1]
+            if n == 1 and pfn == first - 1:  # a run of one goes either way
+                n = -1
+            if pfn == first + n:
+                runs[-1] = (first, n + (1 if n > 0 else -1))
+                continue
+        runs.append((pfn, 1))
+    return runs
+
+
+def _pfns(first: int, n: int) -> range:
+    return range(first, first + n) if n > 0 else range(first, first + n, -1)
+
+
 def memory_map_pfns(hypercall: Callable[..., Any]) -> int | None:
     """The end of the guest's RAM in its e820 (``XENMEM_memory_map``), in pfns; None if the
     toolstack set no map (``-ENOSYS``)."""
@@ -273,20 +395,31 @@ def memory_map_pfns(hypercall: Callable[..., Any]) -> int | None:
     return max(ends) // PAGE_SIZE if ends else None
 
 
+def guest_max_pfn(hypercall: Callable[..., Any], nr_pages: int, mapped_pfns: int) -> int:
+    """The end of the guest's pfns: its e820's end or ``mapped_pfns`` (the memory it maps),
+    whichever is less, and at least ``nr_pages``."""
+    return max(nr_pages, min(memory_map_pfns(hypercall) or nr_pages, mapped_pfns))
+
+
 def start(hypercall: Callable[..., Any], xs: Any, xenwatch: Any, gate: RunGate,
           runtime: Runtime, pool: PoolLike, nr_pages: int, mapped_pfns: int,
-          log: Any, printk: Callable[[str], None] = lambda line: None) -> Balloon:
+          log: Any, printk: Callable[[str], None] = lambda line: None,
+          saved: SavedBalloon | None = None) -> Balloon:
     """``balloon_init`` and ``xen_balloon_init``: the balloon over the guest's pages (the
-    pfns from ``nr_pages`` up to its e820's end, or to ``mapped_pfns``, the memory it maps,
-    whichever is less, in the balloon), its thread, and the watch on ``memory/target``.
-    ``printk``: where Linux's boot line goes (the kernel keeps its console for the init's
-    lines, so it passes none)."""
+    pfns from ``nr_pages`` up to :func:`guest_max_pfn` in the balloon; a resumed guest's as
+    ``saved`` left them), its thread, and the watch on ``memory/target``. ``printk``: where
+    Linux's boot line goes (the kernel keeps its console for the init's lines, so it passes
+    none)."""
     printk("xen:balloon: Initialising balloon driver")
-    max_pfn = min(memory_map_pfns(hypercall) or nr_pages, mapped_pfns)
-    balloon = Balloon(hypercall, GuestPages(pool, nr_pages), nr_pages,
-                      extra=range(nr_pages, max(nr_pages, max_pfn)), log=log)
+    if saved is not None:
+        balloon = Balloon.resumed(hypercall, pool, saved, log=log)
+    else:
+        max_pfn = guest_max_pfn(hypercall, nr_pages, mapped_pfns)
+        balloon = Balloon(hypercall, GuestPages(pool, nr_pages), nr_pages,
+                          extra=range(nr_pages, max_pfn), log=log)
     if log is not None:
-        log.info("balloon driver up", nr_pages=nr_pages, max_pfn=max(nr_pages, max_pfn))
+        log.info("balloon driver up", nr_pages=nr_pages, current_pages=balloon.current_pages,
+                 ballooned=len(balloon.ballooned))
 
     def watch_target() -> None:
         """``watch_target``: the target in KiB, in pages (PV: no ``target_diff``)."""

@@ -11,7 +11,9 @@ starts its clock from it, so guest time does not count the time the domain was s
 
 Layout, little-endian: ``magic[8]`` = ``xenray-k``, ``u32 suspends`` (suspends this guest has
 been through), ``u32`` reserved, ``f64 clock`` (guest seconds since boot at the last
-suspend). A fresh domain's page is zero: no magic, nothing to resume from.
+suspend). A fresh domain's page is zero: no magic, nothing to resume from. The rest of the
+page, from ``BALLOON_OFFSET``, is the balloon driver's: the pfns it had given back to Xen
+(:class:`actors.domain.balloon.SavedBalloon`), as Linux's balloon list is in kernel memory.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from protocols.errno import Errno, XenError
 
 MAGIC = b"xenray-k"
 _LAYOUT = struct.Struct("<8sIId")
+BALLOON_OFFSET = _LAYOUT.size  # the balloon driver's state, to the end of the page
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -57,12 +57,12 @@ from __future__ import annotations
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from actors.domain.blkdev import BlockDevices, GuestDisk
 from actors.domain.hvc import HvcConsole
 from actors.domain.initmem import InitMemory
-from actors.domain.kdata import KernelData
+from actors.domain.kdata import BALLOON_OFFSET, KernelData
 from actors.domain.manage import PVControl
 from actors.domain.netdev import NetDevices
 from actors.domain.rungate import GateChange, Halted, RunGate
@@ -83,6 +83,9 @@ from protocols.start_info import SIZE as START_INFO_SIZE
 from protocols.start_info import StartInfo
 from protocols.xenbus import XenbusState
 from protocols.xenstore.paths import INIT_STATUS
+
+if TYPE_CHECKING:
+    from actors.domain.balloon import Balloon, SavedBalloon
 
 NET_UP_TIMEOUT_S = 30.0  # how long GuestOS.net() waits for a vif's carrier
 DEVICE_WAIT_S = 30.0  # xenbus_probe_frontend.c: how long boot waits for devices to connect
@@ -170,6 +173,8 @@ class PVKernel:
                                  suspend_failed=self._suspend_cancel)
         self.pages: PagePool | None = None  # the drivers' free pages
         self.initmem: InitMemory | None = None  # the init's memory regions
+        self.balloon: Balloon | None = None  # the balloon driver, once set up
+        self._balloon_saved: SavedBalloon | None = None  # what a resumed balloon goes on from
         self.blk: BlockDevices | None = None
         self.net_devices: NetDevices | None = None
         self.init_name: str | None = None
@@ -388,6 +393,7 @@ class PVKernel:
             self.log.warning("cannot resume", error=str(e))
             self._shutdown(ShutdownReason.crash)
             return False
+        self._balloon_saved = self._resume_balloon()
         with self.gate.cv:
             self._clock_base, self._suspends = saved.clock, saved.suspends
             self._boot_time = self.runtime.monotonic()
@@ -417,10 +423,35 @@ class PVKernel:
         thread, and its watch on ``memory/target``. ``self.balloon`` reports its counts."""
         from actors.domain import balloon
 
-        nr_pages = min(self.start_info.nr_pages, self.memory.first_frame + self.memory.nr_pages)
         self.balloon = balloon.start(self.hypercall, self.xs, self.xenwatch, self.gate,
-                                     self.runtime, self.pages, nr_pages,
-                                     self.memory.first_frame + self.memory.nr_pages, self.log)
+                                     self.runtime, self.pages, self._nr_pages(),
+                                     self._mapped_pfns(), self.log, saved=self._balloon_saved)
+
+    def _resume_balloon(self) -> SavedBalloon | None:
+        """The balloon driver's state at suspend (kernel data page), its pool block taken out
+        of the pool again before the drivers allocate; None, the driver starting afresh from
+        ``nr_pages``, if there is none or it is not one this guest can have."""
+        from actors.domain.balloon import SavedBalloon, guest_max_pfn
+
+        area = self.memory.page(PFN_KERNEL_DATA)[BALLOON_OFFSET:]
+        nr_pages = self._nr_pages()
+        try:
+            saved = SavedBalloon.read(area, nr_pages,
+                                      guest_max_pfn(self.hypercall, nr_pages, self._mapped_pfns()))
+            if saved is not None:
+                self.pages.balloon_resume(*saved.pool_block())
+        except XenError as e:
+            self.log.warning("balloon state not resumed: the driver starts from nr_pages",
+                             error=str(e))
+            return None
+        return saved
+
+    def _nr_pages(self) -> int:
+        """start_info's ``nr_pages``, as far as this domain maps memory."""
+        return min(self.start_info.nr_pages, self._mapped_pfns())
+
+    def _mapped_pfns(self) -> int:
+        return self.memory.first_frame + self.memory.nr_pages
 
     def _read_identity(self) -> None:
         """``~/domid`` and ``~/name`` (reference 11.5): start_info does not carry them."""
@@ -518,7 +549,19 @@ class PVKernel:
                 self.log.warning("an upcall handler is still running at suspend")
             self._suspends += 1
             saved = KernelData(clock=self._now(), suspends=self._suspends)
-        saved.write(self.memory.page(PFN_KERNEL_DATA))
+        page = self.memory.page(PFN_KERNEL_DATA)
+        saved.write(page)
+        self._save_balloon(page[BALLOON_OFFSET:])
+
+    def _save_balloon(self, area: memoryview) -> None:
+        """The balloon driver's state, for the resumed kernel (``SavedBalloon``); none if it
+        has no driver or the state does not fit, and a resumed driver starts afresh."""
+        if self.balloon is None:
+            area[:] = bytes(len(area))
+        elif not self.balloon.saved().write(area):
+            self.log.warning("the ballooned pfns do not fit in the kernel data page: the "
+                             "resumed balloon driver will start from nr_pages",
+                             ballooned=len(self.balloon.ballooned))
 
     def _suspend_cancel(self) -> None:
         """Run on in place after a suspend that did not happen or was cancelled: deliver the

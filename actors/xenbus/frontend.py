@@ -147,6 +147,18 @@ class PagePool:
                                              "last")
             self._balloon_hi = lo
 
+    def balloon_resume(self, lo: int, hi: int) -> None:
+        """A resumed balloon's block, ``[lo, hi)``, out of the pool's reach again, before the
+        drivers allocate: the pages are not populated. EINVAL if the pool has handed out a page
+        of it, the init's memory holds one, or the pool already has a block."""
+        with self._lock:
+            if lo == hi:
+                return
+            if not self._next <= lo < hi <= self._ceiling or self._balloon_hi > self._balloon_lo:
+                raise XenError(Errno.EINVAL, f"ballooned pages {lo}..{hi - 1} are not the "
+                                             f"pool's free pages {self._next}..{self._ceiling - 1}")
+            self._balloon_lo, self._balloon_hi = lo, hi
+
     @property
     def ballooned(self) -> int:
         """The pool's pages out in the balloon now."""

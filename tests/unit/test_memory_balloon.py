@@ -8,12 +8,15 @@ acts as the guest, or through a fake that refuses what a test wants refused."""
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
-from actors.domain.balloon import (BATCH, MAX_RETRY_COUNT, Balloon, GuestPages, State,
-                                   memory_map_pfns)
+from actors.domain.balloon import (BATCH, MAX_RETRY_COUNT, Balloon, GuestPages, SavedBalloon,
+                                   State, memory_map_pfns)
 from actors.domain import balloon as balloon_mod
 from actors.domain.initmem import InitMemory
+from actors.domain.kdata import BALLOON_OFFSET
 from actors.hypervisor.effects import PunchMemory, SizeMemory
 from actors.hypervisor.memops import DOMU_MAX_ORDER, MAX_NR_EXTENTS
 from actors.hypervisor.p2m import P2M, runs_of
@@ -490,6 +493,126 @@ def test_balloon_start_watches_memory_target_in_kib():
     xs.nodes["memory/target"] = b"garbage"
     watch.handler()
     assert b.target_pages == 1024
+
+
+# -- the balloon across a suspend: its state in the kernel data page ------------------------
+
+def balloon_area() -> memoryview:
+    return memoryview(bytearray(PAGE_SIZE))[BALLOON_OFFSET:]
+
+
+def resumed(g: Guest, area: memoryview) -> Balloon:
+    """The balloon of ``g`` resumed in a new kernel (fresh pool and init memory) from
+    ``area``, as the kernel's resume path does."""
+    nr = MEMORY * PAGES_PER_MIB
+    g.mem = GuestMemory(nr)
+    g.mem.pool.keep = 16
+    g.mem.initmem.region("work", 256 * PAGE_SIZE)
+    saved = SavedBalloon.read(area, nr, memory_map_pfns(g.client))
+    g.mem.pool.balloon_resume(*saved.pool_block())
+    g.balloon = Balloon.resumed(g.client, g.mem.pool, saved)
+    return g.balloon
+
+
+def test_a_resumed_balloon_goes_on_from_the_pfns_it_had_given_back(hv):
+    d = build(hv)
+    g = Guest(hv, d)
+    nr, top = MEMORY * PAGES_PER_MIB, MAXMEM * PAGES_PER_MIB
+    Caller(hv, 0)(Hypercall.domctl, Domctl.max_mem, domain=d, max_memkb=MAXMEM * 1024 + 1024)
+    for target in (nr + 1024, nr - 300):  # pfns above nr_pages in use, then the pool's too
+        g.balloon.set_target(target)
+        assert set(g.run()) == {State.DONE}
+    before = g.balloon.saved()
+    area = balloon_area()
+    assert before.write(area)
+    assert struct.unpack_from("<II", area, 16) == (4, 0)  # four runs: compact
+    b = resumed(g, area)
+    assert b.saved() == before and g.mem.pool.ballooned == 300
+    assert b.current_pages == b.target_pages == tot_pages(hv, d) == nr - 300
+    # it follows the target from there: its pfns are the ones Xen has unpopulated
+    for target in (nr + 100, nr - 500):
+        b.set_target(target)
+        assert set(g.run()) == {State.DONE} and tot_pages(hv, d) == target
+        assert b.saved().write(area)
+        b = resumed(g, area)  # and again, from pfns above nr_pages in use
+    b.set_target(top)
+    assert set(g.run()) == {State.DONE}
+    assert tot_pages(hv, d) == b.current_pages == top and not b.ballooned
+    assert g.mem.pool.ballooned == 0 and b.stats["populate_short"] == 0
+
+
+def test_a_balloon_too_scattered_for_the_page_is_not_saved():
+    area = balloon_area()
+    SavedBalloon(2048, 2048, (), ()).write(area)
+    scattered = tuple(range(4096, 8192, 2))
+    assert not SavedBalloon(2048, 2048, scattered, ()).write(area)
+    assert SavedBalloon.read(area, 2048, 8192) is None  # the resumed driver starts afresh
+
+
+def _valid(area: memoryview) -> None:
+    """A guest of 2048 pages, pfns to 4096: the top 1048 and 100 of the pool's ballooned,
+    1000 above nr_pages populated. Runs: (4095, -1048), (600, 100); (2048, 1000)."""
+    SavedBalloon(2048, 2048 - 100 + 1000, tuple(range(4095, 3047, -1)) + tuple(range(600, 700)),
+                 tuple(range(2048, 3048))).write(area)
+
+
+def _run(i: int, first: int, n: int):
+    return lambda a: struct.pack_into("<Qq", a, 24 + 16 * i, first, n)
+
+
+@pytest.mark.parametrize("corrupt", [
+    lambda a: struct.pack_into("<I", a, 8, 1024),  # another nr_pages
+    lambda a: struct.pack_into("<I", a, 12, 2049),  # current_pages not what its pfns say
+    lambda a: struct.pack_into("<II", a, 16, 1000, 1000),  # more runs than the page holds
+    _run(0, 4095, 0),  # an empty run
+    _run(0, 4096, -1000),  # a pfn past the guest's memory
+    _run(1, 3, 100),  # the kernel's own pages
+    _run(1, 1 << 63, -(1 << 62)),  # huge
+    _run(1, 3000, 100),  # pfns twice
+    _run(1, 699, -100),  # the pool's block going down
+    _run(2, 2047, 1000),  # a pfn below nr_pages as populated above it
+    lambda a: struct.pack_into("<I", a, 20, 0),  # the populated run missing
+], ids=["nr_pages", "current", "runs", "empty", "past-end", "low", "huge", "twice", "down",
+        "populated-low", "missing"])
+def test_a_garbage_balloon_state_is_einval(corrupt):
+    area = balloon_area()
+    _valid(area)
+    assert SavedBalloon.read(area, 2048, 4096).current_pages == 2948
+    corrupt(area)
+    with pytest.raises(XenError) as e:
+        SavedBalloon.read(area, 2048, 4096)
+    assert e.value.errno == Errno.EINVAL
+
+
+def test_random_balloon_state_is_einval_or_a_state_the_guest_can_have():
+    import random
+
+    rng = random.Random(14)
+    for _ in range(300):
+        area = balloon_area()
+        _valid(area)
+        for _ in range(rng.randrange(1, 8)):
+            area[rng.randrange(8, 24 + 16 * 4)] = rng.randrange(256)
+        try:
+            saved = SavedBalloon.read(area, 2048, 4096)
+        except XenError as e:
+            assert e.errno == Errno.EINVAL
+            continue
+        assert set(saved.ballooned) | set(saved.populated) >= set(range(2048, 4096))
+
+
+def test_a_resumed_pool_block_must_be_free_pool_pages():
+    mem = GuestMemory(1024)
+    mem.initmem.region("work", 512 * PAGE_SIZE)  # pfns 512..1023
+    [mem.pool.alloc() for _ in range(10)]  # 16..25
+    for lo, hi in ((20, 100), (400, 600)):
+        with pytest.raises(XenError) as e:
+            mem.pool.balloon_resume(lo, hi)
+        assert e.value.errno == Errno.EINVAL
+    mem.pool.balloon_resume(100, 500)
+    assert mem.pool.ballooned == 400 and mem.pool.balloon_room() == 12  # 500..511
+    mem.pool.balloon_give(range(450, 500))  # the driver gives back from the block's top
+    assert mem.pool.ballooned == 350
 
 
 # -- mem-set and mem-max (libxl_mem.c), and xl's sizes --------------------------------------
