@@ -50,12 +50,16 @@ CTLDOM_MAX_ORDER = 18  # CONFIG_CTLDOM_MAX_ORDER = PAGEALLOC_MAX_ORDER (x86: 2 *
 _GNTTAB = range(GNTTAB_FIRST_PFN, GNTTAB_FIRST_PFN + NR_GNTTAB_FRAMES)
 
 Result = tuple[Any, list[Effect]]
+MarkDirty = Callable[[int, list[int], int], None]  # (domid, extents, order)
 
 
 def memory_op(table: DomainTable, grants: Grants, foreign: dict[int, set[int]],
-              memory_path: Callable[[int], str], dom: Domain, sub: int, a: dict) -> Result:
+              memory_path: Callable[[int], str], mark_dirty: MarkDirty,
+              dom: Domain, sub: int, a: dict) -> Result:
     """One ``memory_op`` of ``dom``; ``foreign``: the pfns of each domain Dom0 has mapped
-    with ``add_to_physmap_batch`` (updated here)."""
+    with ``add_to_physmap_batch`` (updated here); ``mark_dirty(domid, extents, order)``:
+    ``paging_mark_dirty`` for the pfns a reservation change populates or empties (Xen's p2m
+    marks an entry as it changes it), so a live save sends it again."""
     if sub in (MemoryOp.current_reservation, MemoryOp.maximum_reservation):
         target = _target(table, dom, a["domid"])
         pages = target.tot_pages if sub == MemoryOp.current_reservation else target.max_pages
@@ -64,7 +68,7 @@ def memory_op(table: DomainTable, grants: Grants, foreign: dict[int, set[int]],
         return (max(_target(table, dom, a["domid"]).p2m.max_pfn(), 0), None), []
     if sub in (MemoryOp.populate_physmap, MemoryOp.increase_reservation,
                MemoryOp.decrease_reservation):
-        return _reservation(table, grants, foreign, memory_path, dom, sub, a)
+        return _reservation(table, grants, foreign, memory_path, mark_dirty, dom, sub, a)
     if sub == MemoryOp.memory_map:
         if not dom.p2m.e820:
             raise XenError(Errno.ENOSYS, "no memory map was set for this domain")
@@ -99,7 +103,8 @@ def _target(table: DomainTable, dom: Domain, domid: int) -> Domain:
 
 
 def _reservation(table: DomainTable, grants: Grants, foreign: dict[int, set[int]],
-                 memory_path: Callable[[int], str], dom: Domain, sub: int, a: dict) -> Result:
+                 memory_path: Callable[[int], str], mark_dirty: MarkDirty,
+                 dom: Domain, sub: int, a: dict) -> Result:
     """``increase_reservation``, ``decrease_reservation``, ``populate_physmap``: the extents
     done as the rc; a refusal is 0 (module docstring)."""
     nothing: Result = (0, None), []
@@ -123,10 +128,12 @@ def _reservation(table: DomainTable, grants: Grants, foreign: dict[int, set[int]
             return any(pfn in _GNTTAB or pfn in held for pfn in range(gpfn, gpfn + size))
 
         done, runs = table.decrease_extents(target.domid, extents, order, keep)
+        mark_dirty(target.domid, extents[:done], order)
         return (done, None), [PunchMemory(path, tuple(runs))] if runs else []
     before = p2m.nr_pfns
     if a["extent_start"]:
         done = table.populate_extents(target.domid, extents, order)
+        mark_dirty(target.domid, extents[:done], order)
     else:  # no list: the lowest holes (module docstring)
         done = table.populate(target.domid, nr << order) >> order
     if not done:

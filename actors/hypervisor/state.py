@@ -16,11 +16,8 @@ guest's part of the 2-level protocol on the domain's behalf (clear ``evtchn_upca
 the selector, then each pending port, 19.1) and ships the dequeued ports with the upcall, so
 no two processes ever read-modify-write the same bitmap word.
 
-Log-dirty mode (``shadow_op``, reference 15.3): a guest's own writes are logged by the
-dirty-logging hardware its process handed over, reached through an injected
-:class:`~actors.hypervisor.logdirty.DirtyLog` (called in place, as ``frames`` is); what the
-hypervisor itself and other domains' grant mappings dirty is marked here (:meth:`mark_dirty`,
-``gnttab_mark_dirty``).
+Log-dirty mode and the page types a saver asks for are :mod:`.paging`'s, another base of
+:class:`Hypervisor`.
 """
 
 from __future__ import annotations
@@ -31,7 +28,6 @@ from collections.abc import Callable
 from typing import Any
 
 import msgpack
-import numpy as np
 
 from actors.hypervisor.domains import Domain, DomainTable, Dying
 from actors.hypervisor import memops
@@ -40,17 +36,16 @@ from actors.hypervisor.effects import (ConsoleLine, Deliver, Effect, GateVcpus, 
                                        WatchVcpu)
 from actors.hypervisor.grants import Frames, Grants
 from actors.hypervisor.logdirty import DirtyLog, NoDirtyLog
+from actors.hypervisor.paging import Paging
 from actors.hypervisor.scheduling import Scheduling
 from actors.hypervisor.vcpus import Vcpus
 from protocols import evtchn as ev
 from protocols.cpumap import to_bitmap
 from protocols.errno import Errno, XenError
 from protocols.gnttab import GNTST
-from protocols.hypercall import (DOMID_SELF, PFINFO_BATCH, PFINFO_NOTAB, PFINFO_XTAB,
-                                 SHADOW_LOGDIRTY_FINAL, ConsoleIO, CreateDomainFlag, Domctl,
-                                 EvtchnOp, GnttabOp, Hypercall, MemoryOp, SchedOp, ShadowMode,
-                                 ShadowOp, ShutdownReason, Sysctl, Virq, XenVersion,
-                                 decode_call, encode_result)
+from protocols.hypercall import (DOMID_SELF, ConsoleIO, CreateDomainFlag, Domctl, EvtchnOp,
+                                 GnttabOp, Hypercall, SchedOp, ShutdownReason, Sysctl, Virq,
+                                 XenVersion, decode_call, encode_result)
 from protocols.migration.vcpu import VGCF_IN_KERNEL, VGCF_ONLINE, VcpuContext
 from protocols.page import PAGE_SIZE
 from protocols.shared_info import EVTCHN_2L_NR_CHANNELS
@@ -59,7 +54,7 @@ XEN_VERSION = (4, 22)
 GTSC_KHZ = 1_000_000  # the guest's TSC counts nanoseconds: a 1 GHz clock
 
 
-class Hypervisor(Scheduling):
+class Hypervisor(Scheduling, Paging):
     def __init__(self, host: str, *, memory_mib: int, pcpus: int, mem_prefix: str,
                  frames: Frames, sched: str = schedulers.DEFAULT,
                  sched_params: dict | None = None, dirtylog: DirtyLog | None = None,
@@ -156,25 +151,6 @@ class Hypervisor(Scheduling):
                                    or self.vcpu_pids.get(domid) != pid):
             return -Errno.EPERM
         return 0
-
-    def authorize_dirtylog(self, domid: int, secret: str, pid: int) -> int:
-        """May process ``pid`` hand over the dirty logging of ``domid`` (``actors.uffd``)? 0,
-        or -EPERM. Only a live DomU's own credential, and once the toolstack has named the
-        vCPU process only that process; before, the handover waits for it (``claim``)."""
-        dom = self.table.domains.get(domid)
-        if dom is None or dom.dying is not Dying.ALIVE or dom.privileged or \
-                not isinstance(secret, str) or not hmac.compare_digest(dom.secret, secret):
-            return -Errno.EPERM
-        if self.vcpu_pids.get(domid, pid) != pid:
-            return -Errno.EPERM
-        return 0
-
-    def mark_dirty(self, domid: int, pfn: int) -> None:
-        """``paging_mark_dirty``: the hypervisor (or a grant mapping) dirtied this page through
-        a mapping the guest's own logging does not see. Nothing unless in log-dirty mode."""
-        marked = self._logdirty.get(domid)
-        if marked is not None:
-            marked.add(pfn)
 
     def vcpu_exited(self, domid: int) -> list[Effect]:
         """The process running a domain's vCPUs died: unless it was being destroyed, crash."""
@@ -341,21 +317,9 @@ class Hypervisor(Scheduling):
         raise XenError(Errno.ENOSYS)
 
     def _memory_op(self, dom, ep, sub, a):
-        """Reservations over each domain's p2m, memory maps, foreign maps (:mod:`.memops`).
-        A pfn populated or given back while its domain is in log-dirty mode is dirty (Xen's
-        p2m marks it as it changes the entry), so a live save sends it again: its new page,
-        or an XTAB for the hole."""
-        reply, effects = memops.memory_op(self.table, self.grants, self._foreign,
-                                          self.memory_path, dom, sub, a)
-        if sub in (MemoryOp.populate_physmap, MemoryOp.increase_reservation,
-                   MemoryOp.decrease_reservation) and reply[0]:
-            target = dom.domid if a["domid"] == DOMID_SELF else a["domid"]
-            marked = self._logdirty.get(target)
-            if marked is not None:
-                size = 1 << a["extent_order"]
-                marked.update(pfn for gpfn in a["extent_start"][:reply[0]]
-                              for pfn in range(gpfn, gpfn + size))
-        return reply, effects
+        """Reservations over each domain's p2m, memory maps, foreign maps (:mod:`.memops`)."""
+        return memops.memory_op(self.table, self.grants, self._foreign, self.memory_path,
+                                self.mark_extents_dirty, dom, sub, a)
 
     def _grant_table_op(self, dom, ep, sub, a):
         results = self.grants.op(dom.domid, dom.privileged, sub, a["ops"])
@@ -433,85 +397,6 @@ class Hypervisor(Scheduling):
         if sub == Domctl.getpageframeinfo3:
             return self._getpageframeinfo3(target, a["num"], a["array"]), []
         raise XenError(Errno.ENOSYS)
-
-    @staticmethod
-    def _getpageframeinfo3(target: Domain, num: int, gfns: list[int]) -> dict[str, list[int]]:
-        """``XEN_DOMCTL_getpageframeinfo3``: each gfn's type, ``XEN_DOMCTL_PFINFO_XTAB`` for
-        one with no frame (a hole). A PV guest's page tables here are not Xen's frames, so
-        every populated page is NOTAB. More than 1024 gfns is -E2BIG; a shorter array than
-        ``num`` faults at its end (-EFAULT)."""
-        if num > PFINFO_BATCH:
-            raise XenError(Errno.E2BIG, f"{num} gfns in one getpageframeinfo3")
-        if len(gfns) < num:
-            raise XenError(Errno.EFAULT, "the gfn array is shorter than num")
-        p2m = target.p2m
-        return {"array": [PFINFO_NOTAB if gfn in p2m else PFINFO_XTAB for gfn in gfns[:num]]}
-
-    # -- log-dirty (XEN_DOMCTL_shadow_op, xen/arch/x86/mm/paging.c) ----------------------
-
-    def _shadow_op(self, dom: Domain, target: Domain, a: dict) -> Any:
-        """``paging_domctl``: ENABLE_LOGDIRTY (or ENABLE with LOG_DIRTY), OFF, CLEAN, PEEK.
-
-        Xen's refusals: a paging op on itself or on a dying domain, ENABLE when already on,
-        CLEAN/PEEK mode bits other than ``LOGDIRTY_FINAL``: -EINVAL. Shadow-paging ops
-        (ENABLE_TEST, the allocation ops, ENABLE without LOG_DIRTY) are not emulated: -EINVAL.
-        A domain whose process handed over no dirty logging: -EOPNOTSUPP. One deviation:
-        CLEAN/PEEK when log-dirty is off is -EINVAL here, where Xen answers an all-clear
-        bitmap; a saver that forgot ENABLE would otherwise miss every page silently."""
-        d, op, mode = target.domid, a["op"], a["mode"]
-        if target is dom:
-            raise XenError(Errno.EINVAL, "a paging op on itself")
-        if target.dying is not Dying.ALIVE:
-            raise XenError(Errno.EINVAL, f"a paging op on dying domain {d}")
-        if op == ShadowOp.ENABLE_LOGDIRTY or (op == ShadowOp.ENABLE
-                                              and mode & ShadowMode.LOG_DIRTY):
-            if d in self._logdirty:
-                raise XenError(Errno.EINVAL, f"domain {d} is already in log-dirty mode")
-            self.dirtylog.enable(d)  # -EOPNOTSUPP without the guest's descriptors
-            self._logdirty[d] = set()
-            return 0
-        if op == ShadowOp.OFF:
-            if self._logdirty.pop(d, None) is not None:
-                self.dirtylog.disable(d)
-            return 0
-        if op in (ShadowOp.CLEAN, ShadowOp.PEEK):
-            if mode & ~SHADOW_LOGDIRTY_FINAL:
-                raise XenError(Errno.EINVAL, f"log-dirty mode {mode:#x}")
-            if d not in self._logdirty:
-                raise XenError(Errno.EINVAL, f"domain {d} is not in log-dirty mode")
-            return self._log_dirty_op(target, a["pages"], clean=op == ShadowOp.CLEAN)
-        raise XenError(Errno.EINVAL, f"shadow op {op} is not emulated")
-
-    def _log_dirty_op(self, target: Domain, pages: int, *, clean: bool) -> dict[str, Any]:
-        """``paging_log_dirty_op``: the bitmap of the first ``pages`` pfns (bit i of byte i//8,
-        LSB first; ``pages`` comes back as the size returned, at most the domain's) and the
-        stats since the last CLEAN; CLEAN starts a new round.
-
-        Dirty = written by the guest's process (its write-protect faults: ``fault_count``),
-        marked by the hypervisor since the last CLEAN (its writes to grant-table frames and
-        ``gnttab_copy`` destinations, pages a backend unmapped after mapping them writable:
-        ``gnttab_mark_dirty``), mapped writable through a grant right now (the backend may
-        write at any time without the hypervisor seeing it), or mapped by Dom0 through
-        ``add_to_physmap_batch`` (xenconsoled's console ring: Dom0 unmaps without telling the
-        hypervisor, so such a page counts in every round while log-dirty is on; a handful of
-        pages). ``LOGDIRTY_FINAL`` adds nothing: those are in every round already."""
-        d, nr = target.domid, target.p2m.nr_pfns  # its address space: holes included
-        written = self.dirtylog.scan(d, clean)
-        bits = np.zeros(nr, dtype=bool)
-        m = min(nr, len(written))
-        bits[:m] = written[:m]
-        fault_count = int(np.count_nonzero(bits))
-        marked = self._logdirty[d]
-        extra = [p for p in (*marked, *self.grants.writable_frames(d),
-                             *self._foreign.get(d, ())) if 0 <= p < nr]
-        bits[extra] = True
-        dirty_count = int(np.count_nonzero(bits))
-        if clean:
-            marked.clear()
-        n = min(pages, nr)
-        return {"pages": n, "dirty_bitmap": np.packbits(bits[:n], bitorder="little").tobytes(),
-                "stats": {"fault_count": min(fault_count, 0xFFFFFFFF),
-                          "dirty_count": min(dirty_count, 0xFFFFFFFF)}}
 
     def _get_vcpu_context(self, dom: Domain, target: Domain, vcpu: int) -> dict[str, bytes]:
         """``XEN_DOMCTL_getvcpucontext``: vCPU ``vcpu``'s ``vcpu_guest_context`` (x86_64).
