@@ -37,16 +37,14 @@ class Scheduling:
         return self.vcpus.next_deadline(self._clock_ns())
 
     def expire_timers(self) -> list[Effect]:
-        """The host's timer interrupt: vCPU timers due raise ``VIRQ_TIMER`` (and wake their
-        vCPUs), and the scheduler ticks if it is due."""
-        now = self._clock_ns()
-        fired, switches = self.vcpus.expire(now)
+        """The host's timer interrupt: vCPU timers due raise ``VIRQ_TIMER``
+        (``send_timer_event``), and the scheduler ticks if it is due. As in Xen, the VIRQ
+        wakes a blocked vCPU only by its upcall: an unbound one is dropped, and a masked one
+        wakes only a vCPU polling its port."""
+        fired, switches = self.vcpus.expire(self._clock_ns())
         effects = self._switched(switches)
         for domid, vcpu in fired:
-            upcall = self.evtchn.send_virq(domid, Virq.TIMER, vcpu)
-            effects += self._route(upcall)
-            if upcall is None:  # not bound: the timer still wakes a blocked vCPU
-                effects += self._switched(self.vcpus.wake(domid, vcpu, now))
+            effects += self._route(self.evtchn.send_virq(domid, Virq.TIMER, vcpu))
         return effects
 
     def _switched(self, switches: list[Switch]) -> list[Effect]:

@@ -111,6 +111,35 @@ def test_set_timer_op_raises_virq_timer_and_wakes_the_blocked_vcpu(world):
     assert hv.next_deadline() != clock.ns - 3 * MS
 
 
+def test_an_unbound_or_masked_virq_timer_does_not_wake_a_blocked_vcpu(world):
+    """send_timer_event: an unbound VIRQ_TIMER is dropped and a masked one sends no upcall,
+    so neither unblocks the vCPU (only vcpu_kick does); a masked one still wakes a vCPU
+    polling its port (evtchn_check_pollers)."""
+    hv, clock = world
+    a, ga, _ = start(hv, "a")
+    ga(Hypercall.set_timer_op, TimerOp.set, vcpu=0, timeout=clock.ns + 3 * MS)
+    ga(Hypercall.sched_op, SchedOp.block, vcpu=0, events=0)
+    clock.ns += 3 * MS
+    assert hv.expire_timers() == [] and hv.vcpus.get(a, 0).blocked  # unbound: dropped
+    port = ga(Hypercall.event_channel_op, EvtchnOp.bind_virq, virq=Virq.TIMER,
+              vcpu=0)[1]["port"]
+    hv.evtchn.shared_info(a).mask(port)
+    ga(Hypercall.set_timer_op, TimerOp.set, vcpu=0, timeout=clock.ns + 3 * MS)
+    clock.ns += 3 * MS
+    assert hv.expire_timers() == [] and hv.vcpus.get(a, 0).blocked  # masked: no upcall
+    assert hv.evtchn.shared_info(a).is_pending(port)
+    ga(Hypercall.event_channel_op, EvtchnOp.unmask, port=port)  # the upcall wakes it
+    assert not hv.vcpus.get(a, 0).blocked
+    hv.evtchn.shared_info(a).clear_pending(port)
+    hv.evtchn.shared_info(a).mask(port)
+    assert ga(Hypercall.sched_op, SchedOp.poll, vcpu=0, events=1, ports=[port],
+              timeout=0)[1]["blocked"]  # events: the guest took the unmask's upcall
+    ga(Hypercall.set_timer_op, TimerOp.set, vcpu=0, timeout=clock.ns + 3 * MS)
+    clock.ns += 3 * MS
+    hv.expire_timers()
+    assert not hv.vcpus.get(a, 0).blocked  # ... but its poller wakes
+
+
 def test_an_idle_host_has_no_deadline(world):
     hv, clock = world
     a, ga, _ = start(hv, "a")
