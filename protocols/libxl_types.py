@@ -170,6 +170,7 @@ class DomainConfig:
     maxmem: int = DEFAULT_MEMORY_MIB
     vcpus: int = 1
     maxvcpus: int = 1
+    avail_vcpus: tuple[int, ...] | None = None  # libxl's bitmap; None: vCPUs 0..vcpus-1
     kernel: str | None = None
     ramdisk: str | None = None
     cmdline: str | None = None
@@ -214,6 +215,15 @@ class DomainConfig:
             d[key] = Action.from_xl_name(d[key])
         d["disk"] = tuple(DiskSpec.from_dict(x) for x in d["disk"])
         d["vif"] = tuple(VifSpec.from_dict(x) for x in d["vif"])
-        for key in ("cpus", "cpus_soft"):
-            d[key] = tuple(d[key]) if isinstance(d[key], list) else d[key]
+        for key in ("cpus", "cpus_soft", "avail_vcpus"):
+            d[key] = tuple(d[key]) if isinstance(d.get(key), list) else d.get(key)
         return cls(**d)
+
+    @property
+    def online_vcpus(self) -> frozenset[int]:
+        """The vCPUs that start online (``b_info.avail_vcpus``): xl.cfg's ``vcpus=`` gives
+        the first ``vcpus``; a configuration libxl retrieved from a running domain (a save
+        or a migration) gives the set that was online, which may have gaps."""
+        if self.avail_vcpus is None:
+            return frozenset(range(self.vcpus))
+        return frozenset(self.avail_vcpus)

@@ -71,6 +71,13 @@ def check_config(cfg: DomainConfig) -> None:
         raise XenError(Errno.EINVAL, f"maxvcpus {cfg.maxvcpus}: a PV domain here has at most "
                                      f"{XEN_LEGACY_MAX_VCPUS} vCPUs (the vcpu_info slots of its "
                                      "shared-info page)")
+    avail = cfg.avail_vcpus
+    if avail is not None and not (
+            isinstance(avail, tuple) and all(type(v) is int and 0 <= v < cfg.maxvcpus
+                                             for v in avail)
+            and len(set(avail)) == len(avail) == cfg.vcpus):
+        raise XenError(Errno.EINVAL, f"avail_vcpus {avail!r}: {cfg.vcpus} distinct vCPUs "
+                                     f"below maxvcpus {cfg.maxvcpus} expected")
     for dtype, dev in devices_of(cfg):
         dtype.check(dev)
 
@@ -262,7 +269,8 @@ def write_xenstore(xs: Any, domid: int, dom_uuid: str, name: str, cfg: DomainCon
             f"{libxl_path(domid)}/type": cfg.type,
         }
         for vcpu in range(cfg.maxvcpus):
-            nodes[f"{dom}/cpu/{vcpu}/availability"] = "online" if vcpu < cfg.vcpus else "offline"
+            nodes[f"{dom}/cpu/{vcpu}/availability"] = ("online" if vcpu in cfg.online_vcpus
+                                                       else "offline")
         ops: list[tuple[XsType, tuple[Any, ...]]] = []
         for path in (dom, f"{dom}/cpu", f"{dom}/memory", f"{dom}/control", f"{dom}/device",
                      f"{dom}/console", vm):  # libxl__xs_mknod first: the keys inherit these

@@ -189,7 +189,8 @@ class MigrationShell:
     def _retrieve_config(self, rec: Record) -> DomainConfig:
         """``libxl_retrieve_domain_configuration``: the creation config with what
         ``mem-set``, ``mem-max`` and ``vcpu-set`` changed since, from xenstore: the memory
-        target and static-max (KiB, rounded up to MiB) and the online vCPUs, which a save
+        target and static-max (KiB, rounded up to MiB) and the online vCPUs (the set, gaps
+        and all: ``libxl__update_avail_vcpus_xenstore``), which a save
         or migration recreates the domain with."""
         dom = domain_path(rec.domid)
 
@@ -199,10 +200,11 @@ class MigrationShell:
                 raise XenError(Errno.EINVAL, f"invalid memory {text!r} in {dom}/memory/{key}")
             return -(-int(text) // 1024)
 
-        online = sum(self.xs.read_str(f"{dom}/cpu/{n}/availability", default="") == "online"
-                     for n in range(rec.config.maxvcpus))
+        online = tuple(n for n in range(rec.config.maxvcpus)
+                       if self.xs.read_str(f"{dom}/cpu/{n}/availability", default="")
+                       == "online") or (0,)
         return dataclasses.replace(rec.config, memory=mib("target"), maxmem=mib("static-max"),
-                                   vcpus=max(online, 1))
+                                   vcpus=len(online), avail_vcpus=online)
 
     def _go(self, dest: str, session: str, name: str) -> None:
         """"you are cleared to unpause". If the answer is lost, ask whether the copy runs;

@@ -1,6 +1,7 @@
 """The toolstack's device checks and vif defaults (actors.toolstack): what ``create``
 refuses before anything is built, and the MAC libxl would choose."""
 
+import dataclasses
 import re
 
 import pytest
@@ -29,3 +30,17 @@ def test_vif_in_a_driver_domain_is_refused_before_anything_is_built():
         check_config(cfg)
     assert e.value.errno == Errno.EOPNOTSUPP and "driver domains" in str(e.value)
     check_config(parse_config('name = "n"\nvif = [ "bridge=xenbr1" ]\n')[0])  # accepted
+
+
+@pytest.mark.parametrize("avail", [(0, 3), (0, 0), (0,), (0, "2"), "02", 2, (0, -1)])
+def test_an_online_vcpu_set_that_does_not_fit_the_domain_is_einval(avail):
+    """A retrieved configuration (a save file's, a migration's) carries libxl's avail_vcpus:
+    ``vcpus`` distinct vCPUs below maxvcpus, or EINVAL before anything is built."""
+    cfg = dataclasses.replace(parse_config('name = "n"\nvcpus = 2\nmaxvcpus = 3\n')[0],
+                              avail_vcpus=avail)
+    with pytest.raises(XenError) as e:
+        check_config(cfg)
+    assert e.value.errno == Errno.EINVAL and "avail_vcpus" in str(e.value)
+    gap = dataclasses.replace(cfg, avail_vcpus=(0, 2))
+    check_config(gap)  # accepted, and it survives the record's round trip
+    assert type(cfg).from_dict(gap.to_dict()).online_vcpus == {0, 2}

@@ -259,11 +259,14 @@ def test_a_ballooned_domain_comes_back_with_its_holes_pages_above_memory_target_
     """xl keeps what mem-set, mem-max and vcpu-set changed (libxl_retrieve_domain_
     configuration), the stream carries the pages above memory= and the holes as XTAB, and
     the new domain holds exactly the source's pages."""
-    made = create(host, "bal", "init=counter interval=0.01", maxmem=16, vcpus=2, maxvcpus=2)
+    made = create(host, "bal", "init=counter interval=0.01", maxmem=16, vcpus=3, maxvcpus=3)
     wait_counts(host, "bal", 2)
     balloon_by_hand(host, made["domid"])
     host.call(XL, "mem_max", "bal", 12 * 1024)
-    host.call(XL, "vcpu_set", "bal", 1)
+    host.call(XL, "vcpu_set", "bal", 2)
+    # libxl_set_vcpuonline with the bitmap {0, 2}: a gap that a count cannot carry
+    for n, value in ((1, "offline"), (2, "online")):
+        host.toolstack.xs.write(f"{domain_path(made['domid'])}/cpu/{n}/availability", value)
     table = host.hypervisor.state.table
     tot_pages = table.get(made["domid"]).tot_pages
     free = table.host_free_pages
@@ -285,8 +288,8 @@ def test_a_ballooned_domain_comes_back_with_its_holes_pages_above_memory_target_
     xs = host.toolstack.xs
     assert xs.read_str(f"{dom}/memory/target") == str(8 * 1024)
     assert xs.read_str(f"{dom}/memory/static-max") == str(12 * 1024)
-    assert [xs.read_str(f"{dom}/cpu/{n}/availability") for n in (0, 1)] == ["online",
-                                                                           "offline"]
+    assert [xs.read_str(f"{dom}/cpu/{n}/availability") for n in (0, 1, 2)] == [
+        "online", "offline", "online"]
 
 
 def _restore_target(host, name="target", memory=8, maxmem=8):
