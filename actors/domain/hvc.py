@@ -27,6 +27,7 @@ from typing import Any
 
 from actors.domain.rungate import RunGate
 from protocols.console import ConsoleInterface
+from protocols.errno import XenError
 from protocols.hypercall import EvtchnOp, Hypercall
 
 CONSOLE_RECHECK_S = 0.25  # re-check a full console ring this often, signal or not
@@ -98,7 +99,12 @@ class HvcConsole:
             self.gate.cv.notify_all()
 
     def notify_daemon(self) -> None:
-        self.hypercall(Hypercall.event_channel_op, EvtchnOp.send, port=self.evtchn)
+        """``notify_remote_via_evtchn``: Linux ignores what the send returns. A domain being
+        destroyed gets EPERM here while it still prints."""
+        try:
+            self.hypercall(Hypercall.event_channel_op, EvtchnOp.send, port=self.evtchn)
+        except XenError:
+            pass
 
     def _wait_for_space(self) -> None:
         """Block until xenconsoled signals back; after a quiet spell kick it again, in case
