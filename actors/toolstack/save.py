@@ -203,7 +203,9 @@ class DomainSaver:
         destination is still being built."""
         self.ready()
         self._suspend()
-        if p2m_size(self.hv, self.domid) > self.nr_pages:  # its pages there were never logged
+        # its pages there were never logged; libxc aborts on a changed p2m as well
+        # ("p2m generation count changed", x86_pv_check_vm_state_p2m_list)
+        if p2m_size(self.hv, self.domid) > self.nr_pages:
             raise XenError(Errno.EAGAIN, "the guest populated pfns above the stream's p2m "
                                          "during the live rounds")
         t0 = self.clock()
