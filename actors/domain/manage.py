@@ -91,7 +91,11 @@ class PVControl:
                 self.xs.write(CONTROL_SHUTDOWN, "", tx_id=tx_id)
             return command
 
-        command = self.xs.transact(read_and_ack)
+        try:
+            command = self.xs.transact(read_and_ack)
+        except XenError as e:  # Linux returns when its transaction cannot start
+            self.log.info("shutdown watch: xenstore refused the transaction", error=str(e))
+            return
         if not command:
             return  # the watch firing on registration, or our own ack
         with self._lock:

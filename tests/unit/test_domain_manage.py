@@ -135,3 +135,19 @@ def test_manage_11_a_failed_suspend_undoes_pre_suspend_and_thaws(host, failing):
     assert kernel.printk == ["PM: suspending", "PM: suspend failed: resuming"]
     assert len(kernel.hypercalls) == (failing == "hypercall")
     assert gate.state is KernelState.RUNNING and gate.runnable()
+
+
+def test_manage_a_transaction_xenstored_refuses_is_no_request(host, monkeypatch):
+    """A domain being destroyed loses its xenstore connection while the watch fires (xenstored
+    answers EACCES): Linux's shutdown_handler returns when its transaction cannot start."""
+    kernel = Kernel()
+    pv = control(host, booted(), kernel)
+    host.xs.write(NODE, "poweroff")
+
+    def refused(op, *args, **kw):
+        raise XenError(Errno.EACCES, "xenstored: domain 1 is not introduced")
+
+    monkeypatch.setattr(host.xs, "request", refused)
+    pv.shutdown_handler()  # no exception for xenwatch to log
+    assert kernel.power_off == [] and pv.stats == {"control_requests": 0,
+                                                   "control_ignored": 0}
