@@ -77,12 +77,18 @@ class ChunkSender:
         self._pending.clear()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def drain(self) -> int:
+        """Flush, then wait for every chunk to be taken; the chunks sent so far."""
+        self.flush()
+        for future in self._futures:
+            future.result()
+        self._futures.clear()
+        return self._seq
+
     def close(self) -> None:
-        """Flush, then wait for every chunk to be taken."""
+        """:meth:`drain`, and send nothing more."""
         try:
-            self.flush()
-            for future in self._futures:
-                future.result()
+            self.drain()
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -144,6 +150,15 @@ class ChunkReceiver:
             self._next += 1
             self._cv.notify_all()
             return data
+
+    def wait_read(self, count: int, timeout: float) -> bool:
+        """Wait, at most ``timeout`` s, until the reader has taken the first ``count`` chunks
+        (True), or the stream failed (EIO)."""
+        with self._cv:
+            done = self._cv.wait_for(lambda: self._error is not None or self._next >= count,
+                                     timeout)
+            self._check()
+            return done
 
     def fail(self, why: str) -> None:
         """Break the stream: waiting and later calls on either end raise EIO."""

@@ -6,7 +6,10 @@ so that the domain always has exactly one owner:
 
 1. the receiver creates ``<name>--incoming``, paused (:meth:`MigrationShell.on_migrate_receive`
    starts the restore pipeline, which builds everything up front and then reads the stream);
-2. the sender writes the stream (:mod:`.save`, in chunks: :mod:`.channel`);
+2. the sender writes the stream (:mod:`.save`, in chunks: :mod:`.channel`); before it
+   suspends the domain for the last round it waits until the receiver is built and has
+   read every chunk sent (:meth:`on_migrate_prepared`), so no backlog is worked off while
+   the domain is down;
 3. the receiver says "domain received, ready to unpause" (:meth:`on_migrate_received`);
 4. the sender renames its copy ``<name>--migratedaway`` and says "domain is yours, you are
    cleared to unpause" (:meth:`on_migrate_go`): the receiver renames its domain ``<name>``
@@ -135,7 +138,8 @@ class MigrationShell:
             sender = ChunkSender(lambda seq, data: self.transport.call(
                 dest, "migrate_chunk", session, seq, data, timeout=CHUNK_CALL_TIMEOUT_S))
             saver = self._saver(rec, sender.write, opts, ready=lambda: self.transport.call(
-                dest, "migrate_prepared", session, timeout=HANDSHAKE_TIMEOUT_S))
+                dest, "migrate_prepared", session, sender.drain(),
+                timeout=HANDSHAKE_TIMEOUT_S))
             try:
                 report = saver.run()
                 sender.close()
@@ -308,14 +312,25 @@ class MigrationShell:
     def on_migrate_end(self, session: str, count: int) -> None:
         self._session(session).chunks.end(count)
 
-    def on_migrate_prepared(self, session: str) -> None:
-        """Is everything but the stream's end built (the sender suspends the domain only
-        then)? Waits for it; the build's error if it failed."""
+    def on_migrate_prepared(self, session: str, sent: int) -> None:
+        """Is everything but the stream's end built, and has the restore read the ``sent``
+        chunks of the live rounds? The sender suspends the domain only then. Waits for both;
+        the build's error if it failed. Without the second wait the restore's backlog (up to
+        the chunks buffered and in flight, 44 MiB) is worked off while the domain is down;
+        through xl's ssh pipe the backlog is a socket buffer's."""
         inc = self._session(session)
+        if type(sent) is not int:
+            raise XenError(Errno.EINVAL, "migrate_prepared: the chunks sent are a count")
         if not inc.prepared.wait(HANDSHAKE_TIMEOUT_S):
             raise XenError(Errno.ETIMEDOUT, "the destination was not built in time")
         if inc.error is not None:
             raise inc.error
+        try:
+            caught_up = inc.chunks.wait_read(sent, HANDSHAKE_TIMEOUT_S)
+        except XenError as e:  # the stream failed: the build's error says why, if it failed
+            raise inc.error or e from None
+        if not caught_up:
+            raise XenError(Errno.ETIMEDOUT, "the destination did not read the stream in time")
 
     def on_migrate_received(self, session: str) -> dict[str, Any]:
         """"domain received, ready to unpause" once the restore is built, or its error."""

@@ -88,3 +88,27 @@ def test_a_quiet_sender_times_the_reader_out():
     with pytest.raises(XenError) as e:
         rx.read()
     assert e.value.errno is Errno.ETIMEDOUT
+
+
+def test_drain_waits_for_every_chunk_and_wait_read_for_the_reader_to_take_them():
+    """Before the suspend, the sender drains its chunks and the receiver waits until the
+    restore has read them: the backlog is not worked off while the domain is down."""
+    rx = ChunkReceiver(buffered=8, timeout=10)
+    tx = ChunkSender(rx.put, window=3, chunk_bytes=4)
+    for i in range(5):
+        tx.write(bytes([i]) * 4)
+    tx.write(b"tail")  # gathered, not yet a chunk of its own
+    sent = tx.drain()
+    assert sent == 6 and tx.chunks_sent == 6  # the tail was flushed and taken
+    assert not rx.wait_read(sent, timeout=0.05)  # nobody has read them yet
+    got = []
+    reader = threading.Thread(target=lambda: got.extend(rx.read() for _ in range(6)))
+    reader.start()
+    assert rx.wait_read(sent, timeout=10)
+    reader.join()
+    assert got[-1] == b"tail"
+    rx.fail("the sender cancelled")
+    with pytest.raises(XenError) as e:
+        rx.wait_read(sent + 1, timeout=10)
+    assert e.value.errno == Errno.EIO
+    tx.close()
