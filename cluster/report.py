@@ -59,17 +59,22 @@ def vcpu_table(rows: list[dict[str, Any]]) -> str:
 SCHED_COLUMNS = (("Name", "left"), ("ID", "right"), ("Weight", "right"), ("Cap", "right"))
 
 
-def sched_text(kind: str, answers: list[dict[str, Any]]) -> str:
+def sched_text(kind: str, answers: list[dict[str, Any]], *, pool: bool = True,
+               domains: bool = True) -> str:
     """``xl sched-credit`` / ``sched-credit2``: per host its pool line (credit: tslice and
-    ratelimit; credit2: ratelimit), then Name, ID, Weight, Cap."""
+    ratelimit; credit2: ratelimit) unless not ``pool``, then Name, ID, Weight, Cap unless not
+    ``domains``."""
     out = []
     for a in answers:
-        pool = a["pool"]
-        params = (f"tslice={pool['tslice_ms']}ms " if "tslice_ms" in pool else "") + \
-            f"ratelimit={pool['ratelimit_us']}us"
-        out.append(f"Cpupool Pool-0 ({a['host']}): {params}")
-        out.append(text_table(SCHED_COLUMNS, [(r["name"], str(r["domid"]), str(r["weight"]),
-                                               str(r["cap"])) for r in a["rows"]]))
+        if pool:
+            p = a["pool"]
+            params = (f"tslice={p['tslice_ms']}ms " if "tslice_ms" in p else "") + \
+                f"ratelimit={p['ratelimit_us']}us"
+            out.append(f"Cpupool Pool-0 ({a['host']}): {params}")
+        if domains:
+            out.append(text_table(SCHED_COLUMNS, [(r["name"], str(r["domid"]),
+                                                   str(r["weight"]), str(r["cap"]))
+                                                  for r in a["rows"]]))
     return "\n".join(out)
 
 

@@ -185,15 +185,15 @@ class Scheduling:
         return {"cpumap_hard": to_bitmap(cpus, self.pcpus)}, self._switched(switches)
 
     def _sysctl_scheduler_op(self, a: dict) -> dict[str, Any]:
-        """``XEN_SYSCTL_scheduler_op``: the host's (pool 0's) timeslice and ratelimit; 0
-        leaves a value as it is. Another scheduler's id or pool, or a value out of range:
-        -EINVAL."""
+        """``XEN_SYSCTL_scheduler_op``: the host's (pool 0's) timeslice and ratelimit. A
+        putinfo sets every value the scheduler has, as given (ratelimit 0: off), so libxl
+        reads them first. Another scheduler's id or pool, or a value out of range (credit's
+        timeslice 0 among them): -EINVAL."""
         sched = self.vcpus.sched
         if a["sched_id"] != sched.sched_id or a["cpupool_id"] != 0:
             raise XenError(Errno.EINVAL, f"the host runs {sched.name} in pool 0")
         if a["cmd"] == SchedCmd.putinfo:
-            kw = {k: a[k] for k in ("tslice_ms", "ratelimit_us")
-                  if a[k] and k in sched.get_global()}
+            kw = {k: a[k] for k in sched.get_global()}
             try:
                 sched.set_global(self._clock_ns(), **kw)
             except ValueError as e:

@@ -204,18 +204,36 @@ class ToolstackShell(MigrationShell, Endpoint):
                  ratelimit_us: int | None = None) -> dict[str, Any]:
         """``xl sched-credit`` / ``sched-credit2``: set what is given (a domain's weight and
         cap; the host's timeslice and ratelimit), then answer the host's parameters and a
-        row per domain (Name, ID, Weight, Cap)."""
+        row per domain (Name, ID, Weight, Cap). As libxl's ``*_params_set``, each set reads
+        the current values and changes only those given, and libxl's range checks come
+        first (Xen takes weight 0 and cap 0xFFFF as "unchanged")."""
         sched_id = self.hv(Hypercall.sysctl, Sysctl.sched_id)["sched_id"]
+
+        def pool_op(cmd: SchedCmd, **values: int) -> dict[str, Any]:
+            return self.hv(Hypercall.sysctl, Sysctl.scheduler_op, cpupool_id=0,
+                           sched_id=sched_id, cmd=cmd, **{"tslice_ms": 0, "ratelimit_us": 0,
+                                                          **values})
+
         if tslice_ms is not None or ratelimit_us is not None:
-            self.hv(Hypercall.sysctl, Sysctl.scheduler_op, cpupool_id=0, sched_id=sched_id,
-                    cmd=SchedCmd.putinfo, tslice_ms=tslice_ms or 0,
-                    ratelimit_us=ratelimit_us or 0)
+            current = pool_op(SchedCmd.getinfo)
+            given = {"tslice_ms": tslice_ms, "ratelimit_us": ratelimit_us}
+            pool_op(SchedCmd.putinfo, **{k: current[k] if given[k] is None else given[k]
+                                         for k in ("tslice_ms", "ratelimit_us")
+                                         if k in current})
         if name is not None and (weight is not None or cap is not None):
-            self.hv(Hypercall.domctl, Domctl.scheduler_op, domain=self._domid(name),
-                    sched_id=sched_id, cmd=SchedCmd.putinfo, weight=weight or 0,
+            domid = self._domid(name)
+            if weight is not None and not 1 <= weight <= 65535:
+                raise XenError(Errno.EINVAL, "Cpu weight out of range, valid values are "
+                                             "within range from 1 to 65535")
+            max_cap = 100 * (self.hv(Hypercall.domctl, Domctl.getdomaininfo,
+                                     domain=domid)["max_vcpu_id"] + 1)
+            if cap is not None and not 0 <= cap <= max_cap:
+                raise XenError(Errno.EINVAL, f"Cpu cap out of range, valid range is from 0 to "
+                                             f"{max_cap} for specified number of vcpus")
+            self.hv(Hypercall.domctl, Domctl.scheduler_op, domain=domid, sched_id=sched_id,
+                    cmd=SchedCmd.putinfo, weight=0 if weight is None else weight,
                     cap=0xFFFF if cap is None else cap)
-        pool = self.hv(Hypercall.sysctl, Sysctl.scheduler_op, cpupool_id=0, sched_id=sched_id,
-                       cmd=SchedCmd.getinfo, tslice_ms=0, ratelimit_us=0)
+        pool = pool_op(SchedCmd.getinfo)
         rows = []
         for row in self._named_domains(name):
             if row["domid"] == 0:

@@ -38,8 +38,10 @@ SCHED_ARGS = (arg("-d", "--domain", default=None, help="domain name"),
               arg("-w", "--weight", type=int, default=None, help="weight (1-65535)"),
               arg("-c", "--cap", type=int, default=None,
                   help="cap, percent of one pCPU (0: none)"),
+              arg("-s", "--schedparam", action="store_true",
+                  help="the pool's parameters: show them, or set them with -r (-t)"),
               arg("-r", "--ratelimit", type=int, default=None,
-                  help="ratelimit, us (100-500000)"),
+                  help="ratelimit, us (0: off, or 100-500000; with -s)"),
               arg("--json", action="store_true", help="machine-readable output"))
 C = "cluster.cli.commands"
 L = "cluster.cli.local"
@@ -72,7 +74,7 @@ COMMANDS: tuple[CommandSpec, ...] = (
     CommandSpec("sched-credit", f"{C}:cmd_sched_credit",
                 "get or set credit scheduler parameters (xl sched-credit)",
                 (*SCHED_ARGS, arg("-t", "--tslice", type=int, default=None,
-                                  help="timeslice, ms (1-1000)"))),
+                                  help="timeslice, ms (1-1000; with -s)"))),
     CommandSpec("sched-credit2", f"{C}:cmd_sched_credit2",
                 "get or set credit2 scheduler parameters (xl sched-credit2)", SCHED_ARGS),
     CommandSpec("vcpu-list", f"{C}:cmd_vcpu_list", "list vCPUs: pCPU, state, time, affinity",

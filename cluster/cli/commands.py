@@ -94,16 +94,32 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def _sched(kind: str):
+    """xl's ``sched-credit`` / ``sched-credit2`` (``tools/xl/xl_sched.c``): ``-s`` shows the
+    pool's parameters or, with ``-t``/``-r``, sets them; ``-d`` shows one domain's row or,
+    with ``-w``/``-c``, sets them; neither lists every domain under its pool's line. A set
+    prints nothing."""
     def impl(a: argparse.Namespace) -> int:
+        tslice = getattr(a, "tslice", None)
+        domain_opts = a.weight is not None or a.cap is not None
+        pool_opts = tslice is not None or a.ratelimit is not None
+        refusal = ("Specifying a cpupool or schedparam is not allowed with domain options."
+                   if a.schedparam and (a.domain is not None or domain_opts) else
+                   "Must specify a domain." if a.domain is None and domain_opts else
+                   "Must specify schedparam to set schedule parameter values."
+                   if pool_opts and not a.schedparam else None)
+        if refusal:
+            print(f"xenray sched-{kind}: {refusal}", file=sys.stderr)
+            return 1
         args = {"kind": kind, "name": a.domain, "weight": a.weight, "cap": a.cap,
                 "ratelimit_us": a.ratelimit}
         if kind == "credit":
-            args["tslice_ms"] = a.tslice
-        if (a.weight is not None or a.cap is not None) and a.domain is None:
-            print(f"xenray sched-{kind}: -w and -c need a domain (-d)", file=sys.stderr)
-            return 2
+            args["tslice_ms"] = tslice
         answers = ask("sched", **args)
-        print(json.dumps(answers) if a.json else sched_text(kind, answers))
+        if a.json:
+            print(json.dumps(answers))
+        elif not (domain_opts or pool_opts):
+            print(sched_text(kind, answers, pool=a.domain is None,
+                             domains=not a.schedparam))
         return 0
     return impl
 

@@ -83,14 +83,25 @@ def test_cli_vcpu_list_pin_and_sched_credit2(xen, domains, cluster_home):
     assert bad.returncode != 0 and "pcpu 7 does not exist" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
     out = cli(cluster_home, "sched-credit2", "-d", "pinned", "-w", "768")
-    assert out.returncode == 0, out.stderr
-    assert "ratelimit=1000us" in out.stdout
-    row = next(ln for ln in out.stdout.splitlines() if ln.startswith("pinned"))
-    assert row.split()[2:] == ["768", "0"], out.stdout
+    assert (out.returncode, out.stdout) == (0, ""), out.stderr  # xl: a set prints nothing
+    out = cli(cluster_home, "sched-credit2", "-d", "pinned")
+    assert out.stdout.splitlines()[0].split() == ["Name", "ID", "Weight", "Cap"], out.stdout
+    assert out.stdout.splitlines()[1].split()[2:] == ["768", "0"], out.stdout
     wrong = cli(cluster_home, "sched-credit", "-d", "pinned", "-w", "5")
     assert wrong.returncode != 0 and "run credit2, not credit" in wrong.stderr
-    bad_weight = cli(cluster_home, "sched-credit2", "-d", "pinned", "-w", "70000")
-    assert bad_weight.returncode != 0
+    for weight, words in (("70000", "Cpu weight out of range"), ("0", "Cpu weight out of "
+                                                                      "range")):
+        bad = cli(cluster_home, "sched-credit2", "-d", "pinned", "-w", weight)
+        assert bad.returncode == 1 and words in bad.stderr, bad.stderr
+    bad_cap = cli(cluster_home, "sched-credit2", "-d", "pinned", "-c", "101")
+    assert bad_cap.returncode == 1 and "valid range is from 0 to 100" in bad_cap.stderr
+    no_s = cli(cluster_home, "sched-credit2", "-r", "0")
+    assert no_s.returncode == 1 and "Must specify schedparam" in no_s.stderr
+    # -s -r 0 switches the ratelimit off (as Xen's csched2_sys_cntl), then back on
+    for ratelimit in ("0", "1000"):
+        assert cli(cluster_home, "sched-credit2", "-s", "-r", ratelimit).returncode == 0
+        shown = cli(cluster_home, "sched-credit2", "-s").stdout
+        assert f"ratelimit={ratelimit}us" in shown and "Weight" not in shown, shown
 
 
 @pytest.mark.parametrize("cfg, words", [

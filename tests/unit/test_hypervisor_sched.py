@@ -194,17 +194,26 @@ def test_scheduler_op_reads_and_sets_weight_and_cap(world):
 
 
 def test_sysctl_scheduler_op_ratelimit_and_its_range(world):
+    """A putinfo sets every value the scheduler has, as given (libxl reads them first):
+    ratelimit 0 is off, and credit's timeslice 0 is out of its range."""
     hv, clock = world
     xl = Caller(hv, 0, hv.table.domains[0].secret, "h1/xl")
     sid = hv.vcpus.sched.sched_id
-    args = dict(cpupool_id=0, sched_id=sid, tslice_ms=0)
-    assert xl(Hypercall.sysctl, Sysctl.scheduler_op, cmd=SchedCmd.putinfo, ratelimit_us=2000,
-              **args)[0] == 0
-    rc, got = xl(Hypercall.sysctl, Sysctl.scheduler_op, cmd=SchedCmd.getinfo, ratelimit_us=0,
-                 **args)
+
+    def op(cmd, **values):
+        return xl(Hypercall.sysctl, Sysctl.scheduler_op, cpupool_id=0, sched_id=sid, cmd=cmd,
+                  **{"tslice_ms": 0, "ratelimit_us": 0, **values})
+
+    current = op(SchedCmd.getinfo)[1]
+    tslice = {"tslice_ms": current["tslice_ms"]} if "tslice_ms" in current else {}
+    assert op(SchedCmd.putinfo, ratelimit_us=2000, **tslice)[0] == 0
+    rc, got = op(SchedCmd.getinfo)
     assert got["ratelimit_us"] == 2000 and got["sched"] == hv.vcpus.sched.name
-    assert xl(Hypercall.sysctl, Sysctl.scheduler_op, cmd=SchedCmd.putinfo, ratelimit_us=99,
-              **args)[0] == -Errno.EINVAL
+    assert op(SchedCmd.putinfo, ratelimit_us=99, **tslice)[0] == -Errno.EINVAL
+    assert op(SchedCmd.putinfo, ratelimit_us=0, **tslice)[0] == 0
+    assert op(SchedCmd.getinfo)[1]["ratelimit_us"] == 0
+    if tslice:
+        assert op(SchedCmd.putinfo, ratelimit_us=0)[0] == -Errno.EINVAL  # tslice 0
 
 
 def test_vcpu_affinity_and_vcpuinfo(world):
