@@ -313,12 +313,12 @@ class Toolstack:
 def state_string(flags: int) -> str:
     """xl list's State column: ``r b p s <reason> d`` (``tools/xl/xl_info.c``)."""
     shutdown = bool(flags & DomInfoFlag.shutdown)
-    code = dominf_shutdown_code(flags)
+    code = dominf_shutdown_code(flags) if shutdown else 0
     return "".join([
         "r" if flags & DomInfoFlag.running else "-",
         "b" if flags & DomInfoFlag.blocked else "-",
         "p" if flags & DomInfoFlag.paused else "-",
         "s" if shutdown else "-",
-        REASON_LETTERS[code] if shutdown and code < len(REASON_LETTERS) else "-",
+        REASON_LETTERS[code] if code < len(REASON_LETTERS) else "?",  # a code xl has no letter for
         "d" if flags & DomInfoFlag.dying else "-",
     ])

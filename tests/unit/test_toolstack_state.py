@@ -222,6 +222,9 @@ def test_xl_info_c_state_string_letters():
     assert state_string(dominf_flags(DomInfoFlag.running)) == "r-----"
     assert state_string(shutdown_flags(ShutdownReason.crash)) == "--psc-"
     assert state_string(dominf_flags(DomInfoFlag.dying)) == "-----d"
+    # a shutdown code xl has no letter for (a guest may give any): '?'; not shut down: '-'
+    assert state_string(dominf_flags(DomInfoFlag.shutdown, 9)) == "---s?-"
+    assert state_string(dominf_flags(DomInfoFlag.running, 9)) == "r-----"
 
 
 # -- save, restore and migrate ---------------------------------------------------------------
