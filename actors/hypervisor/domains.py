@@ -73,9 +73,11 @@ class Domain:
             flags |= DomInfoFlag.shutdown
         if self.paused:
             flags |= DomInfoFlag.paused
-        runnable = self.online_vcpus > 0 and not self.paused and not self.is_shutdown
-        if runnable and self.dying is Dying.ALIVE:
-            running, blocked = vcpus if vcpus is not None else (True, False)
+        if self.online_vcpus > 0 and self.dying is Dying.ALIVE:
+            # as Xen's getdomaininfo, from the vCPUs whatever the domain's pause: a paused
+            # domain whose vCPUs had blocked shows b (pausing leaves _VPF_blocked alone)
+            running, blocked = vcpus if vcpus is not None else (
+                not self.paused and not self.is_shutdown, False)
             if running:
                 flags |= DomInfoFlag.running
             if blocked:

@@ -140,6 +140,21 @@ def test_an_unbound_or_masked_virq_timer_does_not_wake_a_blocked_vcpu(world):
     assert not hv.vcpus.get(a, 0).blocked  # ... but its poller wakes
 
 
+def test_a_paused_domain_keeps_its_blocked_flag(world):
+    """getdomaininfo reads r and b from the vCPUs whatever the pause: xl list shows an idle
+    paused domain as -bp---, a busy one as --p---."""
+    hv, clock = world
+    a, ga, xl = start(hv, "a")
+    b, gb, _ = start(hv, "b")
+    ga(Hypercall.sched_op, SchedOp.block, vcpu=0, events=0)
+    for domid in (a, b):
+        assert xl(Hypercall.domctl, Domctl.pausedomain, domain=domid)[0] == 0
+    flags = {d: hv._dominfo(hv.table.domains[d])["flags"] for d in (a, b)}
+    both = DomInfoFlag.blocked | DomInfoFlag.paused
+    assert flags[a] & both == both and not flags[a] & DomInfoFlag.running
+    assert flags[b] & both == DomInfoFlag.paused and not flags[b] & DomInfoFlag.running
+
+
 def test_an_idle_host_has_no_deadline(world):
     hv, clock = world
     a, ga, _ = start(hv, "a")
