@@ -444,9 +444,10 @@ class Cluster:
             rows.extend(host_rows)
         return rows
 
-    def vcpu_set(self, name: str, count: int) -> None:
-        """``xl vcpu-set``: ``count`` vCPUs of ``name`` online (the guest follows)."""
-        self._call(self._where(name), "xl", "vcpu_set", name, count)
+    def vcpu_set(self, name: str, count: int, *, ignore_host: bool = False) -> None:
+        """``xl vcpu-set [-i]``: ``count`` vCPUs of ``name`` online (the guest follows);
+        more than its host's pCPUs only with ``ignore_host``."""
+        self._call(self._where(name), "xl", "vcpu_set", name, count, not ignore_host)
 
     def vcpu_pin(self, name: str, vcpu: int | None, cpus: str) -> None:
         """``xl vcpu-pin``: vCPU ``vcpu`` (None: all) of ``name`` may run only on ``cpus``."""

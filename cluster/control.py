@@ -213,7 +213,8 @@ OPS: dict[str, Op] = {
     "sched": lambda xen, args, emit: xen.sched(args.pop("kind"), args.pop("name", None),
                                                **args),
     "vcpu_list": _vcpu_list,
-    "vcpu_set": lambda xen, args, emit: xen.vcpu_set(args["name"], args["count"]),
+    "vcpu_set": lambda xen, args, emit: xen.vcpu_set(
+        args["name"], args["count"], ignore_host=args.get("ignore_host", False)),
     "vcpu_pin": lambda xen, args, emit: xen.vcpu_pin(args["name"], args["vcpu"],
                                                      args["cpus"]),
     "destroy": _by_name("destroy"),

@@ -279,16 +279,24 @@ class ToolstackShell(MigrationShell, Endpoint):
                     cpumap_hard=to_bitmap(chosen, nr_cpus),
                     cpumap_soft=to_bitmap(None, nr_cpus))
 
-    def on_vcpu_set(self, name: str, count: int) -> None:
+    def on_vcpu_set(self, name: str, count: int, check_host: bool = True) -> None:
         """``xl vcpu-set``: vCPUs 0..count-1 online, the rest offline, as the PV guest reads
         ``cpu/N/availability`` (``libxl_set_vcpuonline``); more than maxvcpus or fewer than
-        one is -EINVAL."""
+        one is -EINVAL, with libxl's words. ``check_host`` (xl's, unless ``-i``): more vCPUs
+        than online now and than the host has pCPUs is -EINVAL too."""
         domid = self._domid(name)
         info = self.hv(Hypercall.domctl, Domctl.getdomaininfo, domain=domid)
         maxvcpus = info["max_vcpu_id"] + 1
-        if not 1 <= count <= maxvcpus:
-            raise XenError(Errno.EINVAL, f"{name!r} may have 1 to {maxvcpus} vCPUs (maxvcpus), "
-                                         f"not {count}")
+        if count < 1:
+            raise XenError(Errno.EINVAL, f"Requested {count} VCPUs!")
+        if count > maxvcpus:
+            raise XenError(Errno.EINVAL, f"Requested {count} VCPUs, however maxcpus is "
+                                         f"{maxvcpus}!")
+        host_cpus = self.hv(Hypercall.sysctl, Sysctl.physinfo)["nr_cpus"]
+        if check_host and count > info["nr_online_vcpus"] and count > host_cpus:
+            raise XenError(Errno.EINVAL, f"You are overcommmitting! You have {host_cpus} "
+                                         f"physical CPUs and want {count} vCPUs! Aborting, "
+                                         "use --ignore-host to continue")
         dom = domain_path(domid)
 
         def body(t: int) -> None:

@@ -135,7 +135,7 @@ def cmd_vcpu_list(a: argparse.Namespace) -> int:
 
 
 def cmd_vcpu_set(a: argparse.Namespace) -> int:
-    ask("vcpu_set", name=a.name, count=a.count)
+    ask("vcpu_set", name=a.name, count=a.count, ignore_host=a.ignore_host)
     return 0
 
 

@@ -116,3 +116,21 @@ def test_bad_cpu_settings_are_one_line_errors_and_leave_nothing(xen, tmp_path, c
     assert out.returncode != 0 and words in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert xen.find("badcpu") is None
+
+
+def test_cli_vcpu_set_beyond_the_hosts_pcpus_needs_ignore_host(xen, domains, cluster_home):
+    """xl vcpu-set refuses more vCPUs than the host has pCPUs ("You are overcommmitting!",
+    xl's words) unless -i, and libxl's words for a count beyond maxvcpus."""
+    pcpus = next(h["nr_cpus"] for h in xen.info() if h["host"] == "h1")
+    want = pcpus + 1
+    domains(parse_config(f'name = "wide"\nmemory = 32\nextra = "init=idle"\n'
+                         f'maxvcpus = {want}\n')[0], "h1")
+    refused = cli(cluster_home, "vcpu-set", "wide", str(want))
+    assert refused.returncode == 1 and "You are overcommmitting! You have " \
+        f"{pcpus} physical CPUs and want {want} vCPUs!" in refused.stderr, refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    beyond = cli(cluster_home, "vcpu-set", "-i", "wide", str(want + 1))
+    assert beyond.returncode == 1 and f"however maxcpus is {want}!" in beyond.stderr
+    assert cli(cluster_home, "vcpu-set", "-i", "wide", str(want)).returncode == 0
+    xen.wait_for(lambda: all(r["online"] for r in xen.vcpu_list("wide")), 30,
+                 "every vCPU of wide to come up")
