@@ -1,7 +1,8 @@
 """pCPU lists as xl writes them (``cpus=`` in xl.cfg, ``xl vcpu-pin``, ``xl vcpu-list``).
 
 Why: libxl's ``parse_cpurange`` (``tools/xl/xl_parse.c``) takes "all", "3", "0-3", "^1" (take
-away), "nodes:0" and comma-separated mixes of them, applied left to right; ``print_bitmap``
+away), "node:0" or "nodes:0" and comma-separated mixes of them, applied left to right ("^all"
+is refused); ``print_bitmap``
 (``xl_vcpu.c``) prints "all" or ranges. Both ends live here so they agree.
 
 Decisions: a host here is one NUMA node, so "nodes:0" is every pCPU and another node is an
@@ -12,26 +13,41 @@ from __future__ import annotations
 
 import re
 
-_ITEM = re.compile(r"(\^)?(?:(nodes:)?(\d+)(?:-(\d+))?|(all))")
+_ITEM = re.compile(r"(\^)?(nodes?:)?(?:(all)|(\d+)(?:-(\d+))?)")
+
+
+def _items(text: str) -> list[tuple[bool, bool, int | None, int | None]]:
+    """``update_cpumap_range`` for each comma-separated part: (take away, a NUMA node range,
+    first, last; None, None: all). ValueError with xl's words."""
+    out = []
+    for part in text.replace(" ", "").split(","):
+        m = _ITEM.fullmatch(part)
+        if m is None or (m[5] and int(m[5]) < int(m[4])):
+            raise ValueError(f"Invalid pcpu range: {part}.")
+        neg, nodes, everything, lo, hi = m.groups()
+        if everything and neg:
+            raise ValueError('Can\'t combine "^" and "all".')
+        first = None if everything else int(lo)
+        out.append((bool(neg), bool(nodes), first, None if everything else int(hi or lo)))
+    return out
+
+
+def check_cpulist(text: str) -> None:
+    """xl's syntax of a pCPU list, before any host is known (xl.cfg's ``cpus=``)."""
+    _items(text)
 
 
 def parse_cpulist(text: str, nr_cpus: int) -> frozenset[int]:
     """The pCPUs ``text`` names on a host of ``nr_cpus``; ValueError with xl's words."""
     cpus: set[int] = set()
-    for part in text.replace(" ", "").split(","):
-        m = _ITEM.fullmatch(part)
-        if m is None:
-            raise ValueError(f"invalid pcpu range `{part}'")
-        neg, nodes, lo, hi, everything = m.groups()
-        if everything or nodes:
-            if nodes and max(int(lo), int(hi or lo)) > 0:
-                raise ValueError(f"no NUMA node {max(int(lo), int(hi or lo))} here: a host "
-                                 "is one node (0)")
+    for neg, nodes, first, last in _items(text):
+        if first is None:
+            chosen = set(range(nr_cpus))
+        elif nodes:
+            if last > 0:
+                raise ValueError(f"no NUMA node {last} here: a host is one node (0)")
             chosen = set(range(nr_cpus))
         else:
-            first, last = int(lo), int(hi) if hi else int(lo)
-            if last < first:
-                raise ValueError(f"invalid pcpu range `{part}'")
             if last >= nr_cpus:
                 raise ValueError(f"pcpu {last} does not exist (the host has {nr_cpus})")
             chosen = set(range(first, last + 1))

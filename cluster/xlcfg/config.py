@@ -37,6 +37,7 @@ from actors.guest.api import init_program
 from cluster.xlcfg.disk import parse_disk_spec
 from cluster.xlcfg.syntax import Atom, ConfigFile, ListValue, XlCfgError, c_strtol, parse
 from cluster.xlcfg.vif import parse_vif_spec
+from protocols.cpumap import check_cpulist
 from protocols.libxl_types import (DEFAULT_MAX_EVENT_CHANNELS, DEFAULT_MEMORY_MIB, DOMAIN_TYPES,
                                    ON_SHUTDOWN_DEFAULTS, Action, DiskSpec, DomainConfig, VifSpec)
 
@@ -45,7 +46,6 @@ _U16_MAX = 65535
 _U32_MAX = (1 << 32) - 1
 _INT_MAX = (1 << 31) - 1
 _UUID = re.compile(r"[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}")
-_CPU_ITEM = re.compile(r"(\^)?(?:nodes?:)?(?:(all)|(\d+)(?:-(\d+))?)")
 
 SUPPORTED_KEYS = frozenset("""
     name type builder memory maxmem vcpus maxvcpus cpus cpus_soft cpu_weight cap pool
@@ -236,10 +236,10 @@ class _Reader:
             return None
         items = [setting.value] if isinstance(setting.value, Atom) else self.items(key)
         for item in items:
-            for part in item.text.split(","):
-                m = _CPU_ITEM.fullmatch(part)
-                if m is None or (m[1] and m[2]) or (m[4] and int(m[4]) < int(m[3])):
-                    raise self.error(key, f"invalid pcpu range `{part}'")
+            try:
+                check_cpulist(item.text)
+            except ValueError as e:
+                raise self.error(key, str(e)) from None
         if isinstance(setting.value, Atom):
             return setting.value.text
         return tuple(item.text for item in items)
