@@ -151,6 +151,9 @@ class _Reader:
                 self.warn(key, "is not supported by xenray and is ignored")
             elif key not in SUPPORTED_KEYS:
                 self.warn(key, "unknown key, ignored")
+        if "cpus_soft" in self.cfg.settings:
+            self.warn("cpus_soft", "is checked but has no effect: xenray's schedulers have "
+                                   "no soft affinity")
         name = self.string("name")
         if not name:
             raise self.error("name", "domain name must be specified")

@@ -281,3 +281,11 @@ def test_xlcfg_arbitrary_text_only_raises_xlcfg_error(text):
         assert str(e)
     else:
         assert cfg.name and isinstance(warnings, list)
+
+
+def test_xlcfg_cpus_soft_is_checked_and_said_to_have_no_effect():
+    """The schedulers here have no soft affinity: cpus_soft= is checked, with a warning
+    rather than silence."""
+    cfg, warnings = parse_config('name="d"\ncpus_soft="0-1"')
+    assert cfg.cpus_soft == "0-1" and "no soft affinity" in warnings[0]
+    assert _error('name="d"\ncpus_soft="^all"').key == "cpus_soft"
