@@ -26,7 +26,7 @@ from actors.memory import Mapping
 from actors.toolstack.builder import SUPERPAGE_ORDER
 from protocols.errno import Errno, XenError
 from protocols.hypercall import Hypercall, MemoryOp
-from protocols.migration.libxc import PageData, PageType, RecType, page_type_has_data
+from protocols.migration.libxc import PageData, PageType, RecType, page_types_have_data
 from protocols.migration.libxl import SaveStreamReader
 from protocols.page import PAGE_SIZE
 
@@ -97,8 +97,7 @@ class DomainRestorer:
             raise XenError(Errno.EINVAL, "PAGE_DATA of a page type a PV guest here has not "
                                          "(broken or unallocated)")
         pfns = np.asarray(value.pfns, dtype=np.int64)
-        has_data = np.fromiter((page_type_has_data(t) for t in value.types), dtype=bool,
-                               count=len(pfns))
+        has_data = page_types_have_data(value.types)
         data = np.frombuffer(value.data, dtype=np.uint8).reshape(-1, PAGE_SIZE)
         with_data = pfns[has_data]
         if out["verify_mismatches"] is not None:

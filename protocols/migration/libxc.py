@@ -118,6 +118,11 @@ def page_type_has_data(t: int) -> bool:
     return _HAS_DATA[t]
 
 
+def page_types_have_data(types: Sequence[int] | np.ndarray) -> np.ndarray:
+    """:func:`page_type_has_data` of each type at once (a batch's, 1024 at a time)."""
+    return _HAS_DATA_ARRAY[np.asarray(types, dtype=np.intp)]
+
+
 # ----------------------------------------------------------------------------------------
 # Values of decoded records
 
@@ -339,7 +344,7 @@ def page_data_gather(pages: np.ndarray, pfns: np.ndarray,
     count = len(pfns)
     if not 1 <= count <= MAX_BATCH_SIZE:
         raise err(f"PAGE_DATA needs 1..{MAX_BATCH_SIZE} pfns, got {count}")
-    with_data = pfns if types is None else pfns[_HAS_DATA_ARRAY[types]]
+    with_data = pfns if types is None else pfns[page_types_have_data(types)]
     head = RHDR.size + _PAGE_DATA_HDR.size + 8 * count
     out = np.empty(head + len(with_data) * PAGE_SIZE, dtype=np.uint8)
     RHDR.pack_into(out, 0, RecType.PAGE_DATA, len(out) - RHDR.size)
