@@ -2,8 +2,8 @@
 
 Why: libxl's ``parse_cpurange`` (``tools/xl/xl_parse.c``) takes "all", "3", "0-3", "^1" (take
 away), "node:0" or "nodes:0" and comma-separated mixes of them, applied left to right ("^all"
-is refused); ``print_bitmap``
-(``xl_vcpu.c``) prints "all" or ranges. Both ends live here so they agree.
+is refused); ``print_bitmap`` (``xl_vcpu.c``) prints "all" or ranges. Both ends live here so
+they agree, and xl.cfg's parser checks its ``cpus=`` with the same grammar.
 
 Decisions: a host here is one NUMA node, so "nodes:0" is every pCPU and another node is an
 error; a pCPU beyond the host's is an error, as libxl refuses a cpumap with none it has.

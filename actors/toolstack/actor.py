@@ -292,8 +292,8 @@ class ToolstackShell(MigrationShell, Endpoint):
         if count > maxvcpus:
             raise XenError(Errno.EINVAL, f"Requested {count} VCPUs, however maxcpus is "
                                          f"{maxvcpus}!")
-        host_cpus = self.hv(Hypercall.sysctl, Sysctl.physinfo)["nr_cpus"]
-        if check_host and count > info["nr_online_vcpus"] and count > host_cpus:
+        if check_host and count > info["nr_online_vcpus"] and \
+                count > (host_cpus := self.hv(Hypercall.sysctl, Sysctl.physinfo)["nr_cpus"]):
             raise XenError(Errno.EINVAL, f"You are overcommmitting! You have {host_cpus} "
                                          f"physical CPUs and want {count} vCPUs! Aborting, "
                                          "use --ignore-host to continue")
