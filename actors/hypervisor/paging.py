@@ -46,9 +46,7 @@ class Paging:
     def mark_dirty(self, domid: int, pfn: int) -> None:
         """``paging_mark_dirty``: the hypervisor (or a grant mapping) dirtied this page through
         a mapping the guest's own logging does not see. Nothing unless in log-dirty mode."""
-        marked = self._logdirty.get(domid)
-        if marked is not None:
-            marked.add(pfn)
+        self.mark_extents_dirty(domid, [pfn], 0)
 
     def mark_extents_dirty(self, domid: int, extents: list[int], order: int) -> None:
         """``paging_mark_dirty`` for each pfn of these extents of ``2**order`` pages, which
