@@ -356,7 +356,7 @@ class PVKernel:
         try:
             si = StartInfo.unpack(bytes(memory.page(PFN_START_INFO)[:START_INFO_SIZE]))
             intf = ConsoleInterface(memory.page(si.console_mfn))
-            nr_pages = min(si.nr_pages, memory.first_frame + memory.nr_pages)
+            nr_pages = min(si.nr_pages, self._mapped_pfns())
             pages = PagePool(memory.page, PFN_FIRST_FREE, max(0, nr_pages - PFN_FIRST_FREE),
                              headroom=DRIVER_HEADROOM_PAGES)
             initmem = InitMemory(memory.pages, nr_pages, pages.reserve_above)
